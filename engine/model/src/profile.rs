@@ -1,0 +1,438 @@
+//! The 360-degree customer profile and how one touchpoint updates it.
+//!
+//! The profile is the per-customer state every journey reads. It is updated in
+//! place for each event and only encoded when a commit interval writes it out,
+//! so the per-event cost is a few field updates, never a serialisation.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::touchpoint::{Channel, EventType, SurveyKind, Touchpoint};
+
+/// How many recent touchpoints a profile keeps, so no agent makes the customer repeat themselves.
+pub const RECENT_TOUCHPOINTS: usize = 10;
+/// How many products a profile tracks interest in; the least recently viewed is dropped.
+pub const TRACKED_PRODUCTS: usize = 16;
+/// How many view times per product are kept (enough for any sensible view threshold).
+pub const VIEWS_PER_PRODUCT: usize = 8;
+/// How many help searches / contacts are kept for the "anxious" signals.
+pub const RECENT_CONTACTS: usize = 8;
+
+/// Activity on one channel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelActivity {
+    /// Touchpoints seen on this channel.
+    pub count: u64,
+    /// Event time of the latest one, epoch ms (0 when none).
+    pub last_ms: i64,
+}
+
+/// A survey score and when it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Score {
+    /// The score on the survey's own scale.
+    pub score: i32,
+    /// Event time of the answer, epoch ms.
+    pub at_ms: i64,
+}
+
+/// One recent touchpoint, as shown to agents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentTouch {
+    /// Event id.
+    pub event_id: String,
+    /// Channel.
+    pub channel: Channel,
+    /// What happened.
+    pub event_type: EventType,
+    /// Event time, epoch ms.
+    pub at_ms: i64,
+}
+
+/// Interest in one product: recent view times and the latest purchase of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductInterest {
+    /// Product id.
+    pub sku: String,
+    /// Event times of recent views, oldest first, at most [`VIEWS_PER_PRODUCT`].
+    pub views_ms: Vec<i64>,
+    /// Event time of the latest purchase of this product (0 when none).
+    pub purchased_ms: i64,
+}
+
+impl ProductInterest {
+    /// Views at or after `since_ms`.
+    pub fn views_since(&self, since_ms: i64) -> impl Iterator<Item = i64> + '_ {
+        self.views_ms
+            .iter()
+            .copied()
+            .filter(move |&t| t >= since_ms)
+    }
+}
+
+/// When a journey last fired for this customer, per journey-specific key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JourneyMark {
+    /// Journey name.
+    pub journey: String,
+    /// Journey-specific key (a sku, or empty).
+    pub key: String,
+    /// Event time of the last firing, epoch ms.
+    pub fired_ms: i64,
+    /// How many times it fired.
+    pub count: u32,
+}
+
+/// Everything Rapport knows about one customer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    /// The id the profile is keyed by (customer id, or anonymous id before identification).
+    pub id: String,
+    /// Anonymous ids linked to this customer.
+    pub anonymous_ids: Vec<String>,
+    /// Event time of the first touchpoint, epoch ms.
+    pub first_seen_ms: i64,
+    /// Latest event time seen, epoch ms (late events do not move it back).
+    pub last_seen_ms: i64,
+    /// Touchpoints applied.
+    pub events: u64,
+    /// Activity per channel, indexed by [`Channel::index`].
+    pub channels: [ChannelActivity; 7],
+    /// Purchases.
+    pub orders: u32,
+    /// Sum of purchase amounts minus returns (currency as sent; one currency assumed).
+    pub lifetime_value: f64,
+    /// Returns.
+    pub returns: u32,
+    /// Event time of the latest purchase (0 when none).
+    pub last_purchase_ms: i64,
+    /// Latest NPS answer.
+    pub nps: Option<Score>,
+    /// Latest CSAT answer.
+    pub csat: Option<Score>,
+    /// Latest CES answer.
+    pub ces: Option<Score>,
+    /// Open issues: failed deliveries, refund requests and tickets not yet resolved.
+    pub open_issues: u32,
+    /// Exponentially weighted chat sentiment, -1..=1.
+    pub sentiment: f64,
+    /// Event times of recent help searches, calls and chats (anxiety signals).
+    pub contacts_ms: Vec<i64>,
+    /// Longest call wait seen recently, seconds.
+    pub max_wait_seconds: i32,
+    /// Products the customer looked at.
+    pub products: Vec<ProductInterest>,
+    /// The last few touchpoints, oldest first.
+    pub recent: VecDeque<RecentTouch>,
+    /// Journey firings, for cooldowns and caps.
+    pub journeys: Vec<JourneyMark>,
+}
+
+/// The state-encoding version written by this build. Readers accept every version up
+/// to this one, so state written by version N stays readable by N+1.
+pub const PROFILE_ENCODING_VERSION: u8 = 1;
+
+/// A stored profile could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes are empty.
+    #[error("empty profile record")]
+    Empty,
+    /// Written by a newer Rapport than this one.
+    #[error("profile encoding version {0} is newer than this build understands ({PROFILE_ENCODING_VERSION})")]
+    UnknownVersion(u8),
+    /// Corrupt body.
+    #[error("corrupt profile record: {0}")]
+    Corrupt(#[from] postcard::Error),
+}
+
+impl Profile {
+    /// An empty profile for `id`.
+    pub fn new(id: &str) -> Self {
+        Profile {
+            id: id.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    /// Encodes the profile for storage: a version byte, then the postcard body.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![PROFILE_ENCODING_VERSION];
+        // Serialising plain owned data to a Vec cannot fail.
+        out.extend(postcard::to_allocvec(self).unwrap_or_default());
+        out
+    }
+
+    /// Decodes a stored profile.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        match bytes.split_first() {
+            None => Err(DecodeError::Empty),
+            Some((&PROFILE_ENCODING_VERSION, body)) => Ok(postcard::from_bytes(body)?),
+            Some((&v, _)) => Err(DecodeError::UnknownVersion(v)),
+        }
+    }
+
+    /// Applies one validated touchpoint.
+    pub fn apply(&mut self, t: &Touchpoint) {
+        let at = t.event_time;
+        if self.events == 0 || at < self.first_seen_ms {
+            self.first_seen_ms = at;
+        }
+        self.last_seen_ms = self.last_seen_ms.max(at);
+        self.events += 1;
+        let ch = &mut self.channels[t.channel.index()];
+        ch.count += 1;
+        ch.last_ms = ch.last_ms.max(at);
+
+        if let Some(anon) = t.anonymous_id.as_deref() {
+            if t.customer_id.is_some()
+                && anon != self.id
+                && !self.anonymous_ids.iter().any(|a| a == anon)
+            {
+                self.anonymous_ids.push(anon.to_owned());
+            }
+        }
+
+        match t.event_type {
+            EventType::ProductView => {
+                if let Some(sku) = t.sku() {
+                    self.product(sku, at).push_view(at);
+                }
+            }
+            EventType::Purchase => {
+                self.orders += 1;
+                self.last_purchase_ms = self.last_purchase_ms.max(at);
+                if let Some(c) = &t.commerce {
+                    self.lifetime_value += c.amount.unwrap_or(0.0);
+                    if let Some(sku) = c.sku.as_deref() {
+                        let p = self.product(sku, at);
+                        p.purchased_ms = p.purchased_ms.max(at);
+                    }
+                }
+            }
+            EventType::Return => {
+                self.returns += 1;
+                if let Some(a) = t.commerce.as_ref().and_then(|c| c.amount) {
+                    self.lifetime_value = (self.lifetime_value - a).max(0.0);
+                }
+            }
+            EventType::SurveyResponse => {
+                if let Some(s) = &t.survey {
+                    let slot = match s.kind {
+                        SurveyKind::Nps => &mut self.nps,
+                        SurveyKind::Csat => &mut self.csat,
+                        SurveyKind::Ces => &mut self.ces,
+                    };
+                    // A late answer does not overwrite a newer one.
+                    if slot.is_none_or(|old| old.at_ms <= at) {
+                        *slot = Some(Score {
+                            score: s.score,
+                            at_ms: at,
+                        });
+                    }
+                }
+            }
+            EventType::DeliveryFailed | EventType::RefundRequested | EventType::TicketOpened => {
+                self.open_issues += 1;
+            }
+            EventType::TicketResolved => {
+                self.open_issues = self.open_issues.saturating_sub(1);
+            }
+            EventType::HelpSearch | EventType::CallStarted | EventType::ChatHandoff => {
+                push_bounded(&mut self.contacts_ms, at, RECENT_CONTACTS);
+            }
+            _ => {}
+        }
+        if let Some(wait) = t.call.as_ref().and_then(|c| c.wait_seconds) {
+            self.max_wait_seconds = self.max_wait_seconds.max(wait);
+        }
+        if let Some(s) = t.chat.as_ref().and_then(|c| c.sentiment) {
+            self.sentiment = 0.7 * self.sentiment + 0.3 * s;
+        }
+
+        if self.recent.len() == RECENT_TOUCHPOINTS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(RecentTouch {
+            event_id: t.event_id.clone(),
+            channel: t.channel,
+            event_type: t.event_type,
+            at_ms: at,
+        });
+    }
+
+    /// The interest record for `sku`, created if missing (evicting the stalest).
+    fn product(&mut self, sku: &str, at: i64) -> &mut ProductInterest {
+        if let Some(i) = self.products.iter().position(|p| p.sku == sku) {
+            return &mut self.products[i];
+        }
+        if self.products.len() == TRACKED_PRODUCTS {
+            let stalest = self
+                .products
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, p)| p.views_ms.last().copied().unwrap_or(0).max(p.purchased_ms))
+                .map(|(i, _)| i)
+                .unwrap_or(0);
+            self.products.swap_remove(stalest);
+        }
+        let _ = at;
+        self.products.push(ProductInterest {
+            sku: sku.to_owned(),
+            views_ms: Vec::with_capacity(VIEWS_PER_PRODUCT),
+            purchased_ms: 0,
+        });
+        self.products.last_mut().expect("just pushed")
+    }
+
+    /// Interest in `sku`, if tracked.
+    pub fn product_interest(&self, sku: &str) -> Option<&ProductInterest> {
+        self.products.iter().find(|p| p.sku == sku)
+    }
+
+    /// Contacts (help searches, calls, chat hand-offs) at or after `since_ms`.
+    pub fn contacts_since(&self, since_ms: i64) -> usize {
+        self.contacts_ms.iter().filter(|&&t| t >= since_ms).count()
+    }
+
+    /// The last firing of `journey` for `key`.
+    pub fn journey_mark(&self, journey: &str, key: &str) -> Option<&JourneyMark> {
+        self.journeys
+            .iter()
+            .find(|m| m.journey == journey && m.key == key)
+    }
+
+    /// Records that `journey` fired for `key` at `at_ms`.
+    pub fn mark_journey(&mut self, journey: &str, key: &str, at_ms: i64) {
+        match self
+            .journeys
+            .iter_mut()
+            .find(|m| m.journey == journey && m.key == key)
+        {
+            Some(m) => {
+                m.fired_ms = m.fired_ms.max(at_ms);
+                m.count += 1;
+            }
+            None => self.journeys.push(JourneyMark {
+                journey: journey.to_owned(),
+                key: key.to_owned(),
+                fired_ms: at_ms,
+                count: 1,
+            }),
+        }
+    }
+}
+
+impl ProductInterest {
+    fn push_view(&mut self, at: i64) {
+        // Keep view times sorted so out-of-order events still count in the right window.
+        let pos = self.views_ms.partition_point(|&t| t <= at);
+        self.views_ms.insert(pos, at);
+        if self.views_ms.len() > VIEWS_PER_PRODUCT {
+            self.views_ms.remove(0);
+        }
+    }
+}
+
+/// Inserts `at` keeping the newest `cap` values in time order.
+fn push_bounded(v: &mut Vec<i64>, at: i64, cap: usize) {
+    let pos = v.partition_point(|&t| t <= at);
+    v.insert(pos, at);
+    if v.len() > cap {
+        v.remove(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::tp;
+
+    #[test]
+    fn counts_channels_orders_and_scores() {
+        let mut p = Profile::new("c1");
+        p.apply(&tp("e1", "c1", Channel::Web, EventType::ProductView, 1_000).with_sku("s1"));
+        p.apply(
+            &tp("e2", "c1", Channel::Store, EventType::Purchase, 2_000)
+                .with_sku("s1")
+                .with_amount(40.0),
+        );
+        p.apply(
+            &tp("e3", "c1", Channel::Email, EventType::SurveyResponse, 3_000)
+                .with_survey(SurveyKind::Nps, 4),
+        );
+        p.apply(
+            &tp("e4", "c1", Channel::Email, EventType::SurveyResponse, 2_500)
+                .with_survey(SurveyKind::Nps, 10),
+        );
+        assert_eq!(p.events, 4);
+        assert_eq!(p.channels[Channel::Web.index()].count, 1);
+        assert_eq!(p.channels[Channel::Store.index()].last_ms, 2_000);
+        assert_eq!(p.orders, 1);
+        assert_eq!(p.lifetime_value, 40.0);
+        assert_eq!(p.first_seen_ms, 1_000);
+        assert_eq!(p.last_seen_ms, 3_000);
+        // The late NPS answer (2_500) does not replace the newer one (3_000).
+        assert_eq!(
+            p.nps,
+            Some(Score {
+                score: 4,
+                at_ms: 3_000
+            })
+        );
+        assert_eq!(p.product_interest("s1").unwrap().purchased_ms, 2_000);
+        assert_eq!(p.recent.len(), 4);
+    }
+
+    #[test]
+    fn recent_touchpoints_and_products_are_bounded() {
+        let mut p = Profile::new("c1");
+        for i in 0..100 {
+            p.apply(
+                &tp(
+                    &format!("e{i}"),
+                    "c1",
+                    Channel::Web,
+                    EventType::ProductView,
+                    1_000 + i,
+                )
+                .with_sku(&format!("s{}", i % 40)),
+            );
+        }
+        assert_eq!(p.recent.len(), RECENT_TOUCHPOINTS);
+        assert_eq!(p.recent.back().unwrap().event_id, "e99");
+        assert_eq!(p.products.len(), TRACKED_PRODUCTS);
+        // The most recently viewed product is still tracked.
+        assert!(p.product_interest("s19").is_some());
+    }
+
+    #[test]
+    fn out_of_order_views_stay_sorted() {
+        let mut p = Profile::new("c1");
+        for at in [5_000, 1_000, 3_000] {
+            p.apply(&tp("e", "c1", Channel::Web, EventType::ProductView, at).with_sku("s"));
+        }
+        assert_eq!(
+            p.product_interest("s").unwrap().views_ms,
+            vec![1_000, 3_000, 5_000]
+        );
+    }
+
+    #[test]
+    fn encoding_round_trips_and_refuses_unknown_versions() {
+        let mut p = Profile::new("c1");
+        p.apply(&tp("e1", "c1", Channel::Chat, EventType::ChatMessage, 1_000).with_sentiment(-0.5));
+        p.mark_journey("recovery", "", 1_000);
+        let bytes = p.encode();
+        assert_eq!(bytes[0], PROFILE_ENCODING_VERSION);
+        assert_eq!(Profile::decode(&bytes).unwrap(), p);
+        let mut newer = bytes.clone();
+        newer[0] = PROFILE_ENCODING_VERSION + 1;
+        assert!(matches!(
+            Profile::decode(&newer),
+            Err(DecodeError::UnknownVersion(_))
+        ));
+        assert!(Profile::decode(&bytes[..bytes.len() / 2]).is_err());
+    }
+}
