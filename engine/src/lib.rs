@@ -1,1 +1,27 @@
+//! Rapport: an event-streaming customer-journey engine.
+//!
+//! Touchpoints arrive on Kafka topics, update a per-customer profile in RocksDB,
+//! and trigger actions that go back to Kafka. The domain rules live in
+//! [`rapport_model`]; this crate holds the edges around them:
+//!
+//! - [`config`]: load and validate `rapport.toml`
+//! - [`ingest`]: decode and validate records (JSON, Avro single-object)
+//! - [`state`]: profiles and offsets in RocksDB
+//! - [`kafka`]: client settings, topic admin, header names
+//! - [`runtime`]: the consume / update / evaluate / produce / commit loop
+//! - [`http`]: metrics, health, readiness, the profile API
+//! - [`broker`]: the local development broker (`deploy/kafka.sh`)
+//! - [`demo`]: the guided demo
+#![warn(missing_docs)]
 
+pub mod broker;
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod ingest;
+pub mod kafka;
+pub mod metrics;
+pub mod runtime;
+pub mod state;
+
+pub use config::Config;

@@ -1,0 +1,59 @@
+//! Writing simulated (or imported) touchpoints to a Kafka topic at a steady rate.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+use crate::simulator::Simulator;
+
+/// Publishes `sim`'s records to `topic` at about `rate` records/s (0 = as fast as
+/// possible) until `stop` is set or `limit` records are written. Event times are
+/// wall-clock. Returns the number of records acknowledged.
+pub fn publish(
+    bootstrap: &str,
+    topic: &str,
+    sim: &mut Simulator,
+    rate: u64,
+    limit: Option<u64>,
+    stop: &AtomicBool,
+    sent: &AtomicU64,
+) -> anyhow::Result<u64> {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "10")
+        .set("compression.type", "lz4")
+        .set("enable.idempotence", "true")
+        .create()?;
+    let started = Instant::now();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) && limit.is_none_or(|l| n < l) {
+        if rate > 0 {
+            let due = Duration::from_secs_f64(n as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                producer.poll(wait.min(Duration::from_millis(50)));
+                continue;
+            }
+        }
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let r = sim.next_record(now_ms);
+        let mut record = BaseRecord::to(topic).key(&r.key).payload(&r.value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+        n += 1;
+        sent.store(n, Ordering::Relaxed);
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30))?;
+    Ok(n)
+}

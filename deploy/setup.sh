@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian/Ubuntu machine lacks to build, test and demo Rapport:
+# the C/C++ headers the bundled RocksDB and librdkafka builds need, kcat (the
+# interop tests' Kafka client), a JRE and Maven (the local broker comes from Maven
+# Central), and Python's fastavro (the schema checks). Safe to run repeatedly.
+set -euo pipefail
+
+need=()
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+for pkg in libclang-dev libcurl4-openssl-dev kcat cmake g++ make pkg-config zlib1g-dev; do
+  have_pkg "$pkg" || need+=("$pkg")
+done
+command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || need+=(maven)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+
+if ((${#need[@]})); then
+  if [ "$(id -u)" = 0 ]; then
+    echo "rapport setup: installing ${need[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    echo "rapport setup: installing ${need[*]}" >&2
+    sudo apt-get update -qq
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "rapport setup: missing packages; run: sudo apt-get install ${need[*]}" >&2
+    exit 1
+  fi
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "rapport setup: cargo not found; install Rust from your distribution or rustup (1.88 or newer)" >&2
+  exit 1
+fi
+
+if ! python3 -c 'import fastavro' 2>/dev/null; then
+  echo "rapport setup: installing fastavro" >&2
+  python3 -m pip install --quiet fastavro 2>/dev/null || python3 -m pip install --quiet --break-system-packages fastavro
+fi

@@ -1,0 +1,408 @@
+//! Configuration: loaded from one TOML file and validated in one place.
+//!
+//! A bad configuration is refused at start-up with the file, the line and what to
+//! change, never discovered later by a running engine.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use rapport_model::Journeys;
+use serde::Deserialize;
+
+/// The environment variable that names an existing Kafka cluster.
+pub const BOOTSTRAP_ENV: &str = "RAPPORT_KAFKA_BOOTSTRAP";
+/// The bootstrap address of the local broker started by `deploy/kafka.sh`.
+pub const LOCAL_BOOTSTRAP: &str = "127.0.0.1:19092";
+
+/// The whole engine configuration (`rapport.toml`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Kafka connection and topics.
+    pub kafka: KafkaConfig,
+    /// Local state (RocksDB).
+    pub state: StateConfig,
+    /// Processing loop.
+    pub engine: EngineConfig,
+    /// Metrics, health and profile API.
+    pub http: HttpConfig,
+    /// Journey definitions.
+    pub journeys: Journeys,
+}
+
+/// Kafka connection and topics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers; defaults to `$RAPPORT_KAFKA_BOOTSTRAP`, else the local broker.
+    pub bootstrap_servers: String,
+    /// Consumer group shared by all instances of one deployment.
+    pub group_id: String,
+    /// Touchpoint topics, keyed by customer id and co-partitioned.
+    pub touchpoint_topics: Vec<String>,
+    /// Where actions go.
+    pub action_topic: String,
+    /// Where records that cannot be processed go, with the reason.
+    pub dead_letter_topic: String,
+    /// Extra librdkafka consumer properties.
+    pub consumer: BTreeMap<String, String>,
+    /// Extra librdkafka producer properties.
+    pub producer: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: std::env::var(BOOTSTRAP_ENV)
+                .unwrap_or_else(|_| LOCAL_BOOTSTRAP.into()),
+            group_id: "rapport".into(),
+            touchpoint_topics: vec!["rapport.touchpoints".into()],
+            action_topic: "rapport.actions".into(),
+            dead_letter_topic: "rapport.dead-letter".into(),
+            consumer: BTreeMap::new(),
+            producer: BTreeMap::new(),
+        }
+    }
+}
+
+/// Local state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    /// RocksDB directory.
+    pub path: PathBuf,
+    /// Shared block cache, MiB.
+    pub block_cache_mb: usize,
+    /// Memtable budget across all column families, MiB.
+    pub write_buffer_mb: usize,
+    /// Profiles kept decoded in memory between commits.
+    pub profile_cache: usize,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            path: PathBuf::from("rapport-state"),
+            block_cache_mb: 64,
+            write_buffer_mb: 64,
+            profile_cache: 100_000,
+        }
+    }
+}
+
+/// Delivery guarantee.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    /// Actions may repeat after a crash, always with the same id.
+    AtLeastOnce,
+    /// Actions, state and offsets commit atomically (Kafka transactions).
+    ExactlyOnce,
+}
+
+/// The processing loop.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Delivery guarantee.
+    pub guarantee: Guarantee,
+    /// How often state, actions and offsets are committed, ms.
+    pub commit_interval_ms: u64,
+    /// Records larger than this go to the dead-letter topic, bytes.
+    pub max_record_bytes: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            guarantee: Guarantee::AtLeastOnce,
+            commit_interval_ms: 100,
+            max_record_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Metrics, health and profile API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address; empty disables the server.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The parsed listen address, `None` when disabled.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
+}
+
+/// A configuration that cannot be used, with where and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{}: {}", self.file.display(), l, self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: None,
+            message: format!("cannot read the configuration file: {e}"),
+        })?;
+        Config::parse(&src, path)
+    }
+
+    /// Parses and validates configuration text; `file` names it in errors.
+    pub fn parse(src: &str, file: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(src).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            line: e.span().map(|s| line_of(src, s.start)),
+            message: e.message().trim().to_owned(),
+        })?;
+        cfg.validate().map_err(|(key, message)| ConfigError {
+            file: file.to_owned(),
+            line: locate(src, key),
+            message: format!("{key}: {message}"),
+        })?;
+        Ok(cfg)
+    }
+
+    /// Checks the rules types cannot express; returns the offending key and a message.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let k = &self.kafka;
+        if k.bootstrap_servers.trim().is_empty() {
+            return Err((
+                "kafka.bootstrap_servers",
+                "is empty; set it to host:port of a broker, or set RAPPORT_KAFKA_BOOTSTRAP".into(),
+            ));
+        }
+        if k.group_id.trim().is_empty() {
+            return Err((
+                "kafka.group_id",
+                "is empty; every deployment needs a consumer group id, e.g. \"rapport\"".into(),
+            ));
+        }
+        if k.touchpoint_topics.is_empty() || k.touchpoint_topics.iter().any(|t| t.trim().is_empty())
+        {
+            return Err((
+                "kafka.touchpoint_topics",
+                "must list at least one non-empty topic name".into(),
+            ));
+        }
+        for (key, topic) in [
+            ("kafka.action_topic", &k.action_topic),
+            ("kafka.dead_letter_topic", &k.dead_letter_topic),
+        ] {
+            if topic.trim().is_empty() {
+                return Err((key, "is empty; name the topic to write to".into()));
+            }
+            if k.touchpoint_topics.contains(topic) {
+                return Err((
+                    key,
+                    format!(
+                        "{topic:?} is also a touchpoint topic; output would be read back as input"
+                    ),
+                ));
+            }
+        }
+        if self.engine.guarantee == Guarantee::ExactlyOnce {
+            return Err(("engine.guarantee", "exactly_once is not available in this version of Rapport; use \"at_least_once\" (actions carry deterministic ids for de-duplication)".into()));
+        }
+        if !(10..=60_000).contains(&self.engine.commit_interval_ms) {
+            return Err((
+                "engine.commit_interval_ms",
+                format!(
+                    "{} is outside 10..=60000; 100 is a good default",
+                    self.engine.commit_interval_ms
+                ),
+            ));
+        }
+        if self.engine.max_record_bytes < 256 {
+            return Err((
+                "engine.max_record_bytes",
+                format!(
+                    "{} is too small for any touchpoint; use at least 256 (default 1048576)",
+                    self.engine.max_record_bytes
+                ),
+            ));
+        }
+        if self.state.path.as_os_str().is_empty() {
+            return Err((
+                "state.path",
+                "is empty; name a directory for RocksDB".into(),
+            ));
+        }
+        if self.state.block_cache_mb == 0 || self.state.write_buffer_mb == 0 {
+            return Err((
+                "state.block_cache_mb",
+                "block_cache_mb and write_buffer_mb must be at least 1".into(),
+            ));
+        }
+        if !self.http.listen.is_empty() && self.http.addr().is_none() {
+            return Err((
+                "http.listen",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:9464 (empty disables the server)",
+                    self.http.listen
+                ),
+            ));
+        }
+        let h = &self.journeys.hesitation;
+        if h.min_views < 2 || h.min_views > rapport_model::profile::VIEWS_PER_PRODUCT {
+            return Err((
+                "journeys.hesitation.min_views",
+                format!(
+                    "{} is outside 2..={}",
+                    h.min_views,
+                    rapport_model::profile::VIEWS_PER_PRODUCT
+                ),
+            ));
+        }
+        if h.window_hours == 0 {
+            return Err((
+                "journeys.hesitation.window_hours",
+                "must be at least 1".into(),
+            ));
+        }
+        let r = &self.journeys.recovery;
+        if !(0..=10).contains(&r.nps_max) {
+            return Err((
+                "journeys.recovery.nps_max",
+                format!("{} is outside the NPS scale 0..=10", r.nps_max),
+            ));
+        }
+        if !(1..=5).contains(&r.csat_max) {
+            return Err((
+                "journeys.recovery.csat_max",
+                format!("{} is outside the CSAT scale 1..=5", r.csat_max),
+            ));
+        }
+        if !(1..=7).contains(&r.ces_max) {
+            return Err((
+                "journeys.recovery.ces_max",
+                format!("{} is outside the CES scale 1..=7", r.ces_max),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line of byte offset `at`.
+fn line_of(src: &str, at: usize) -> usize {
+    src[..at.min(src.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Finds the line that sets dotted `key` (`table.sub.key`), if the file sets it.
+fn locate(src: &str, key: &str) -> Option<usize> {
+    let (table, leaf) = key.rsplit_once('.').unwrap_or(("", key));
+    let mut current = String::new();
+    for (i, raw) in src.lines().enumerate() {
+        let line = raw.trim();
+        if let Some(h) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
+            current = h.trim().to_owned();
+            continue;
+        }
+        if let Some((k, _)) = line.split_once('=') {
+            let k = k.trim().trim_matches('"');
+            let full = if current.is_empty() {
+                k.to_owned()
+            } else {
+                format!("{current}.{k}")
+            };
+            if full == key || (current == table && k == leaf) {
+                return Some(i + 1);
+            }
+        }
+    }
+    // The key is not set: point at its table, if present.
+    src.lines()
+        .position(|l| l.trim() == format!("[{table}]"))
+        .map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s, Path::new("rapport.toml"))
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse("").unwrap();
+        assert_eq!(c.engine.commit_interval_ms, 100);
+        assert_eq!(c.kafka.touchpoint_topics, vec!["rapport.touchpoints"]);
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid_and_matches_the_defaults() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rapport.toml"));
+        let c = Config::load(path).unwrap();
+        let d = Config::default();
+        assert_eq!(c.journeys, d.journeys);
+        assert_eq!(c.engine.commit_interval_ms, d.engine.commit_interval_ms);
+        assert_eq!(c.state.block_cache_mb, d.state.block_cache_mb);
+    }
+
+    #[test]
+    fn syntax_errors_name_file_and_line() {
+        let e = parse("[kafka]\ngroup_id = \"g\"\n\n[engine]\ncommit_interval_ms = \"fast\"\n")
+            .unwrap_err();
+        assert_eq!(e.line, Some(5), "{e}");
+        assert!(e.to_string().starts_with("rapport.toml:5: "), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = parse("[engine]\ncommit_interval = 5\n").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("commit_interval"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key_line_and_fix() {
+        let e = parse("[kafka]\ngroup_id = \"g\"\n[engine]\n# fast\ncommit_interval_ms = 0\n")
+            .unwrap_err();
+        assert_eq!(e.line, Some(5), "{e}");
+        assert!(e.message.contains("engine.commit_interval_ms"), "{e}");
+        assert!(e.message.contains("100"), "{e}");
+
+        let e = parse("[journeys.recovery]\nnps_max = 11\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.message.contains("NPS scale"), "{e}");
+
+        let e = parse("[kafka]\ntouchpoint_topics = [\"a\"]\naction_topic = \"a\"\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+    }
+}

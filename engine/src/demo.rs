@@ -1,0 +1,261 @@
+//! `rapport demo`: the whole loop on one machine, live.
+//!
+//! Starts (or reuses) a broker, creates fresh topics, feeds a simulated population
+//! across web, app, call center, store and chat, runs the engine, and prints what
+//! it does: events per second, actions by kind, dead letters, and the latest action
+//! with its reasons. It ends by itself and stops what it started.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rapport_connectors::publish::publish;
+use rapport_connectors::simulator::{SimConfig, Simulator};
+use rapport_model::Action;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::Message;
+
+use crate::config::Config;
+use crate::kafka::{ensure_topics, TopicSpec, DLQ_REASON};
+use crate::metrics::Metrics;
+use crate::state::StateStore;
+use crate::{broker, runtime};
+
+/// Demo options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoOptions {
+    /// How long to feed events, seconds.
+    #[arg(long, default_value_t = 30)]
+    pub seconds: u64,
+    /// Simulated customers.
+    #[arg(long, default_value_t = 5_000)]
+    pub customers: u64,
+    /// Touchpoints per second.
+    #[arg(long, default_value_t = 5_000)]
+    pub rate: u64,
+    /// Leave the local broker running afterwards (faster next start).
+    #[arg(long)]
+    pub keep_broker: bool,
+}
+
+/// What the action and dead-letter readers saw.
+#[derive(Default)]
+struct Seen {
+    by_kind: BTreeMap<String, u64>,
+    latest: Option<Action>,
+    dead_letters: u64,
+    latest_dead_letter: Option<String>,
+}
+
+/// Runs the demo.
+pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
+    println!(
+        "Rapport demo: {} customers, {} touchpoints/s for {}s\n",
+        opts.customers, opts.rate, opts.seconds
+    );
+    let b = broker::ensure()?;
+    let result = run_on(&b.bootstrap, &opts);
+    if b.started_here && !opts.keep_broker {
+        println!("stopping the local broker");
+        broker::stop()?;
+    }
+    result
+}
+
+fn run_on(bootstrap: &str, opts: &DemoOptions) -> anyhow::Result<()> {
+    let run_id = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
+    let mut cfg = Config::default();
+    cfg.kafka.bootstrap_servers = bootstrap.to_owned();
+    cfg.kafka.group_id = format!("rapport-demo-{run_id}");
+    cfg.kafka.touchpoint_topics = vec![format!("rapport.demo.{run_id}.touchpoints")];
+    cfg.kafka.action_topic = format!("rapport.demo.{run_id}.actions");
+    cfg.kafka.dead_letter_topic = format!("rapport.demo.{run_id}.dead-letter");
+    let state_dir = tempfile::tempdir()?;
+    cfg.state.path = state_dir.path().to_owned();
+    cfg.validate()
+        .map_err(|(k, m)| anyhow::anyhow!("{k}: {m}"))?;
+    let topics: Vec<TopicSpec> = [
+        &cfg.kafka.touchpoint_topics[0],
+        &cfg.kafka.action_topic,
+        &cfg.kafka.dead_letter_topic,
+    ]
+    .into_iter()
+    .map(|name| TopicSpec {
+        name: name.clone(),
+        partitions: 4,
+        configs: vec![],
+    })
+    .collect();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(ensure_topics(bootstrap, &topics))
+        .context("creating the demo topics")?;
+    println!(
+        "topics: {} -> {} (+ {})",
+        topics[0].name, topics[1].name, topics[2].name
+    );
+
+    let state = Arc::new(StateStore::open(&cfg.state)?);
+    let metrics = Metrics::new();
+    let engine = runtime::start(cfg.clone(), state.clone(), metrics.clone())?;
+    if let Some(addr) = cfg.http.addr() {
+        let app = crate::http::AppState {
+            metrics: metrics.clone(),
+            state: state.clone(),
+            progress: engine.progress.clone(),
+        };
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                // A busy port only costs the demo its metrics page.
+                let _ = rt.block_on(crate::http::serve(addr, app));
+            }
+        });
+        println!("metrics: http://{addr}/metrics   profiles: http://{addr}/v1/profiles/c-000128\n");
+    }
+
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop_readers = Arc::new(AtomicBool::new(false));
+    let readers = [
+        cfg.kafka.action_topic.clone(),
+        cfg.kafka.dead_letter_topic.clone(),
+    ]
+    .map(|topic| {
+        let (seen, stop, bootstrap) = (seen.clone(), stop_readers.clone(), bootstrap.to_owned());
+        let is_actions = topic == cfg.kafka.action_topic;
+        std::thread::spawn(move || read_outputs(&bootstrap, &topic, is_actions, &seen, &stop))
+    });
+
+    let stop_sim = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let sim = {
+        let (stop, sent, bootstrap) = (stop_sim.clone(), sent.clone(), bootstrap.to_owned());
+        let topic = cfg.kafka.touchpoint_topics[0].clone();
+        let (customers, rate) = (opts.customers, opts.rate);
+        std::thread::spawn(move || {
+            let mut sim = Simulator::new(SimConfig {
+                customers,
+                ..SimConfig::default()
+            });
+            publish(&bootstrap, &topic, &mut sim, rate, None, &stop, &sent)
+        })
+    };
+
+    let started = Instant::now();
+    let mut last = (Instant::now(), 0u64);
+    while started.elapsed() < Duration::from_secs(opts.seconds) && !engine.is_finished() {
+        std::thread::sleep(Duration::from_secs(2));
+        let handled = engine.progress.handled.load(Ordering::Relaxed);
+        let rate = (handled - last.1) as f64 / last.0.elapsed().as_secs_f64();
+        last = (Instant::now(), handled);
+        print_summary(started.elapsed().as_secs(), rate, handled, &seen);
+    }
+    stop_sim.store(true, Ordering::SeqCst);
+    let published = sim
+        .join()
+        .map_err(|_| anyhow::anyhow!("simulator panicked"))??;
+    // Let the engine catch up with everything published, then stop it cleanly.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while engine.progress.committed.load(Ordering::SeqCst) < published
+        && Instant::now() < deadline
+        && !engine.is_finished()
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    engine.shutdown()?;
+    std::thread::sleep(Duration::from_millis(500));
+    stop_readers.store(true, Ordering::SeqCst);
+    for r in readers {
+        let _ = r.join();
+    }
+    let s = seen
+        .lock()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))?;
+    println!(
+        "\ndone: {published} touchpoints published, {} actions, {} dead letters",
+        s.by_kind.values().sum::<u64>(),
+        s.dead_letters
+    );
+    for (kind, n) in &s.by_kind {
+        println!("  {kind:<18} {n}");
+    }
+    if let Some(r) = &s.latest_dead_letter {
+        println!("  latest dead-letter reason: {r}");
+    }
+    Ok(())
+}
+
+fn print_summary(secs: u64, rate: f64, handled: u64, seen: &Mutex<Seen>) {
+    let Ok(s) = seen.lock() else { return };
+    let kinds: Vec<String> = s.by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "[{secs:>3}s] {rate:>8.0} events/s  (total {handled})  actions: {}  dead-letter: {}",
+        if kinds.is_empty() {
+            "none yet".into()
+        } else {
+            kinds.join(", ")
+        },
+        s.dead_letters
+    );
+    if let Some(a) = &s.latest {
+        let state = a.emotional_state.map(|e| e.as_str()).unwrap_or("unknown");
+        let _ = writeln!(
+            out,
+            "       latest: {} for {} via {:?} (journey {}, feeling {state})",
+            a.kind.as_str(),
+            a.customer_id,
+            a.channel,
+            a.journey
+        );
+        for r in &a.reasons {
+            let _ = writeln!(out, "         because {} = {}", r.condition, r.value);
+        }
+    }
+}
+
+fn read_outputs(
+    bootstrap: &str,
+    topic: &str,
+    actions: bool,
+    seen: &Mutex<Seen>,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("{topic}.demo-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    while !stop.load(Ordering::Relaxed) {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let Ok(mut s) = seen.lock() else { break };
+        if actions {
+            if let Ok(a) = serde_json::from_slice::<Action>(m.payload().unwrap_or_default()) {
+                *s.by_kind.entry(a.kind.as_str().to_owned()).or_default() += 1;
+                s.latest = Some(a);
+            }
+        } else {
+            s.dead_letters += 1;
+            if let Some(h) = m
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == DLQ_REASON))
+            {
+                s.latest_dead_letter = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! Prometheus metrics: what the engine did, per outcome, so ops can see it.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// The engine's metrics, registered in their own registry.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry served at `/metrics`.
+    pub registry: Registry,
+    /// Touchpoints applied to profiles, by source topic.
+    pub events: IntCounterVec,
+    /// Records skipped because their offset was already applied to state (replay after restart).
+    pub skipped: IntCounter,
+    /// Records sent to the dead-letter topic, by stage and class.
+    pub dead_letters: IntCounterVec,
+    /// Actions emitted, by journey and kind.
+    pub actions: IntCounterVec,
+    /// Commits of state, actions and offsets.
+    pub commits: IntCounter,
+    /// Duration of a commit.
+    pub commit_seconds: Histogram,
+    /// Profiles held decoded in memory.
+    pub cached_profiles: IntGauge,
+    /// 1 when the engine is consuming, 0 otherwise.
+    pub ready: IntGauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let m = Metrics {
+            events: IntCounterVec::new(
+                Opts::new("rapport_events_total", "Touchpoints applied to profiles"),
+                &["topic"],
+            )
+            .expect("valid metric"),
+            skipped: IntCounter::new(
+                "rapport_events_skipped_total",
+                "Records skipped because state already reflects them",
+            )
+            .expect("valid metric"),
+            dead_letters: IntCounterVec::new(
+                Opts::new(
+                    "rapport_dead_letters_total",
+                    "Records sent to the dead-letter topic",
+                ),
+                &["stage", "class"],
+            )
+            .expect("valid metric"),
+            actions: IntCounterVec::new(
+                Opts::new("rapport_actions_total", "Actions emitted"),
+                &["journey", "kind"],
+            )
+            .expect("valid metric"),
+            commits: IntCounter::new(
+                "rapport_commits_total",
+                "Commits of state, actions and offsets",
+            )
+            .expect("valid metric"),
+            commit_seconds: Histogram::with_opts(
+                HistogramOpts::new("rapport_commit_seconds", "Duration of one commit").buckets(
+                    vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0],
+                ),
+            )
+            .expect("valid metric"),
+            cached_profiles: IntGauge::new(
+                "rapport_cached_profiles",
+                "Profiles held decoded in memory",
+            )
+            .expect("valid metric"),
+            ready: IntGauge::new("rapport_ready", "1 when the engine is consuming")
+                .expect("valid metric"),
+            registry,
+        };
+        for c in [
+            Box::new(m.events.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.skipped.clone()),
+            Box::new(m.dead_letters.clone()),
+            Box::new(m.actions.clone()),
+            Box::new(m.commits.clone()),
+            Box::new(m.commit_seconds.clone()),
+            Box::new(m.cached_profiles.clone()),
+            Box::new(m.ready.clone()),
+        ] {
+            m.registry.register(c).expect("metric names are unique");
+        }
+        m
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,35 @@
+//! The binary refuses a bad configuration with the file, line and what to fix.
+
+use std::process::Command;
+
+#[test]
+fn bad_config_is_refused_with_file_line_and_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rapport.toml");
+    std::fs::write(
+        &path,
+        "[kafka]\ngroup_id = \"g\"\n\n[engine]\ncommit_interval_ms = 0\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rapport"))
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:5:", path.display())), "{err}");
+    assert!(err.contains("commit_interval_ms"), "{err}");
+
+    std::fs::write(&path, "[kafka]\ngroup_id = \"g\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rapport"))
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

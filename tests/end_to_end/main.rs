@@ -1,0 +1,13 @@
+//! End-to-end tests against a real Kafka broker and real RocksDB.
+//!
+//! The broker is `RAPPORT_KAFKA_BOOTSTRAP` if set, else the local one that
+//! `deploy/kafka.sh` starts (or reuses). Every test uses its own topics and
+//! consumer group, so they run in parallel.
+
+mod cli;
+mod dead_letter;
+mod journeys;
+mod kcat;
+mod restart;
+mod schemas;
+mod support;

@@ -1,0 +1,229 @@
+//! Test support: the real broker, unique topics, producing, draining topics, and
+//! running the engine until it has committed what was produced.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use rapport::config::Config;
+use rapport::kafka::{ensure_topics, TopicSpec};
+use rapport::metrics::Metrics;
+use rapport::runtime::{self, EngineHandle};
+use rapport::state::StateStore;
+use rapport_model::{Action, Touchpoint};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+/// The broker every test uses: `RAPPORT_KAFKA_BOOTSTRAP`, or the local one (started once).
+pub fn bootstrap() -> String {
+    static B: OnceLock<String> = OnceLock::new();
+    B.get_or_init(|| {
+        rapport::broker::ensure()
+            .expect("a Kafka broker for the tests")
+            .bootstrap
+    })
+    .clone()
+}
+
+/// A topic or group name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "test.{prefix}.{}.{}.{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Topics of one test: touchpoints in, actions and dead letters out.
+pub struct Topics {
+    pub input: String,
+    pub actions: String,
+    pub dead_letter: String,
+}
+
+impl Topics {
+    pub fn new(name: &str, partitions: i32) -> Topics {
+        let t = Topics {
+            input: unique(&format!("{name}.touchpoints")),
+            actions: unique(&format!("{name}.actions")),
+            dead_letter: unique(&format!("{name}.dlq")),
+        };
+        let specs: Vec<TopicSpec> = [(&t.input, partitions), (&t.actions, 2), (&t.dead_letter, 1)]
+            .into_iter()
+            .map(|(n, p)| TopicSpec {
+                name: n.clone(),
+                partitions: p,
+                configs: vec![],
+            })
+            .collect();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(ensure_topics(&bootstrap(), &specs))
+            .expect("creating test topics");
+        t
+    }
+
+    /// An engine configuration for these topics, state in `state_dir`, consumer group `group`.
+    pub fn config(&self, state_dir: &Path, group: &str) -> Config {
+        let mut c = Config::default();
+        c.kafka.bootstrap_servers = bootstrap();
+        c.kafka.group_id = group.to_owned();
+        c.kafka.touchpoint_topics = vec![self.input.clone()];
+        c.kafka.action_topic = self.actions.clone();
+        c.kafka.dead_letter_topic = self.dead_letter.clone();
+        c.state.path = state_dir.to_owned();
+        c.state.block_cache_mb = 8;
+        c.state.write_buffer_mb = 8;
+        c.http.listen = String::new();
+        c.validate().expect("valid test config");
+        c
+    }
+}
+
+/// Produces `(key, value, headers)` records and waits until all are acknowledged.
+pub fn produce_raw(topic: &str, records: &[(String, Vec<u8>, Vec<(&str, &str)>)]) {
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    for (k, v, headers) in records {
+        let mut h = OwnedHeaders::new();
+        for (key, value) in headers {
+            h = h.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        p.send(BaseRecord::to(topic).key(k).payload(v).headers(h))
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// Produces touchpoints as JSON, keyed by identity.
+pub fn produce(topic: &str, tps: &[Touchpoint]) {
+    let records: Vec<_> = tps
+        .iter()
+        .map(|t| {
+            (
+                t.identity().unwrap().to_owned(),
+                serde_json::to_vec(t).unwrap(),
+                vec![],
+            )
+        })
+        .collect();
+    produce_raw(topic, &records);
+}
+
+/// Reads every committed record currently in `topic`, from the beginning.
+pub fn drain(topic: &str) -> Vec<OwnedMessage> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", unique("drain"))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let mut ends = HashMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for &p in &partitions {
+        let (lo, hi) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
+        if hi > lo {
+            ends.insert(p, hi);
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return out;
+    }
+    c.assign(&tpl).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ends.is_empty() {
+        assert!(Instant::now() < deadline, "timed out draining {topic}");
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                if ends
+                    .get(&m.partition())
+                    .is_some_and(|&hi| m.offset() + 1 >= hi)
+                {
+                    ends.remove(&m.partition());
+                }
+                out.push(m.detach());
+            }
+            Some(Err(e)) => panic!("draining {topic}: {e}"),
+            None => {
+                // read_committed may stop short of the high watermark (control records).
+                for p in ends.keys().copied().collect::<Vec<_>>() {
+                    let pos = c
+                        .position()
+                        .unwrap()
+                        .find_partition(topic, p)
+                        .map(|e| e.offset());
+                    if let Some(Offset::Offset(o)) = pos {
+                        if o >= ends[&p] {
+                            ends.remove(&p);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The actions currently in `topic`.
+pub fn actions(topic: &str) -> Vec<Action> {
+    drain(topic)
+        .iter()
+        .map(|m| serde_json::from_slice(m.payload().unwrap()).expect("action JSON"))
+        .collect()
+}
+
+/// Runs an engine on `cfg` until it has committed `records` records, then stops it cleanly.
+pub fn run_engine(cfg: &Config, state: Arc<StateStore>, records: u64) -> Metrics {
+    let metrics = Metrics::new();
+    let engine = runtime::start(cfg.clone(), state, metrics.clone()).expect("engine starts");
+    wait_committed(&engine, records);
+    engine.shutdown().expect("clean shutdown");
+    metrics
+}
+
+/// Waits until `engine` has committed at least `records` records.
+pub fn wait_committed(engine: &EngineHandle, records: u64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while engine.progress.committed.load(Ordering::SeqCst) < records {
+        assert!(!engine.is_finished(), "engine stopped early");
+        assert!(
+            Instant::now() < deadline,
+            "engine committed only {} of {records} records",
+            engine.progress.committed.load(Ordering::SeqCst)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Opens a state store in `dir`.
+pub fn state(cfg: &Config) -> Arc<StateStore> {
+    Arc::new(StateStore::open(&cfg.state).expect("state opens"))
+}
