@@ -171,7 +171,7 @@ impl Simulator {
         };
         match (persona, step) {
             (Persona::Hesitating, 0..=3) => {
-                let ch = if step % 2 == 0 {
+                let ch = if step.is_multiple_of(2) {
                     Channel::Web
                 } else {
                     Channel::App

@@ -47,7 +47,7 @@ pub struct DemoOptions {
 #[derive(Default)]
 struct Seen {
     by_kind: BTreeMap<String, u64>,
-    latest: Option<Action>,
+    latest: BTreeMap<String, Action>,
     dead_letters: u64,
     latest_dead_letter: Option<String>,
 }
@@ -207,15 +207,14 @@ fn print_summary(secs: u64, rate: f64, handled: u64, seen: &Mutex<Seen>) {
         },
         s.dead_letters
     );
-    if let Some(a) = &s.latest {
+    for a in s.latest.values() {
         let state = a.emotional_state.map(|e| e.as_str()).unwrap_or("unknown");
         let _ = writeln!(
             out,
-            "       latest: {} for {} via {:?} (journey {}, feeling {state})",
+            "       latest {} for {} via {} (feeling {state})",
             a.kind.as_str(),
             a.customer_id,
-            a.channel,
-            a.journey
+            a.channel.as_str()
         );
         for r in &a.reasons {
             let _ = writeln!(out, "         because {} = {}", r.condition, r.value);
@@ -245,7 +244,7 @@ fn read_outputs(
         if actions {
             if let Ok(a) = serde_json::from_slice::<Action>(m.payload().unwrap_or_default()) {
                 *s.by_kind.entry(a.kind.as_str().to_owned()).or_default() += 1;
-                s.latest = Some(a);
+                s.latest.insert(a.kind.as_str().to_owned(), a);
             }
         } else {
             s.dead_letters += 1;

@@ -9,11 +9,7 @@ use crate::support::*;
 
 const T0: i64 = 1_764_000_000_000;
 
-fn simulated(
-    sim: &mut Simulator,
-    from: i64,
-    n: i64,
-) -> Vec<(String, Vec<u8>, Vec<(&'static str, &'static str)>)> {
+fn simulated(sim: &mut Simulator, from: i64, n: i64) -> Vec<Raw> {
     (from..from + n)
         .map(|i| sim.next_record(T0 + i * 1_000))
         .map(|r| (r.key, r.value, vec![]))

@@ -92,8 +92,11 @@ impl Topics {
     }
 }
 
+/// A record to produce: key, value and headers.
+pub type Raw = (String, Vec<u8>, Vec<(&'static str, &'static str)>);
+
 /// Produces `(key, value, headers)` records and waits until all are acknowledged.
-pub fn produce_raw(topic: &str, records: &[(String, Vec<u8>, Vec<(&str, &str)>)]) {
+pub fn produce_raw(topic: &str, records: &[Raw]) {
     let p: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .create()

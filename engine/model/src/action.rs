@@ -50,6 +50,22 @@ pub enum DeliveryChannel {
     Store,
 }
 
+impl DeliveryChannel {
+    /// The schema symbol.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryChannel::Email => "email",
+            DeliveryChannel::Sms => "sms",
+            DeliveryChannel::Push => "push",
+            DeliveryChannel::Web => "web",
+            DeliveryChannel::App => "app",
+            DeliveryChannel::CallCenter => "call_center",
+            DeliveryChannel::Chat => "chat",
+            DeliveryChannel::Store => "store",
+        }
+    }
+}
+
 /// The emotional state Rapport recognised when it decided, see [`crate::emotion`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -145,7 +145,10 @@ impl Journeys {
             ),
         ];
         let feeling = assess(p, t.event_time, &self.emotion);
-        reasons.extend(feeling.reasons);
+        // Hesitation already is the reason; other states add what they saw.
+        if feeling.state != EmotionalState::Uncertain {
+            reasons.extend(feeling.reasons);
+        }
         let mut payload = BTreeMap::new();
         payload.insert("sku".into(), sku.to_owned());
         payload.insert("guide_url".into(), c.guide_url.replace("{sku}", sku));
