@@ -46,10 +46,25 @@ pub struct KafkaConfig {
     pub action_topic: String,
     /// Where records that cannot be processed go, with the reason.
     pub dead_letter_topic: String,
+    /// Compacted topic that makes profile state durable; default `<group_id>-profiles-changelog`.
+    pub changelog_topic: String,
+    /// Replication factor of topics the engine creates; -1 uses the broker's default.
+    pub replication_factor: i32,
     /// Extra librdkafka consumer properties.
     pub consumer: BTreeMap<String, String>,
     /// Extra librdkafka producer properties.
     pub producer: BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    /// The changelog topic name.
+    pub fn changelog(&self) -> String {
+        if self.changelog_topic.is_empty() {
+            format!("{}-profiles-changelog", self.group_id)
+        } else {
+            self.changelog_topic.clone()
+        }
+    }
 }
 
 impl Default for KafkaConfig {
@@ -61,6 +76,8 @@ impl Default for KafkaConfig {
             touchpoint_topics: vec!["rapport.touchpoints".into()],
             action_topic: "rapport.actions".into(),
             dead_letter_topic: "rapport.dead-letter".into(),
+            changelog_topic: String::new(),
+            replication_factor: -1,
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
         }
@@ -79,6 +96,8 @@ pub struct StateConfig {
     pub write_buffer_mb: usize,
     /// Profiles kept decoded in memory between commits.
     pub profile_cache: usize,
+    /// Skip RocksDB's write-ahead log: the changelog topic is the durable log.
+    pub disable_wal: bool,
 }
 
 impl Default for StateConfig {
@@ -88,6 +107,7 @@ impl Default for StateConfig {
             block_cache_mb: 64,
             write_buffer_mb: 64,
             profile_cache: 100_000,
+            disable_wal: true,
         }
     }
 }
@@ -112,14 +132,31 @@ pub struct EngineConfig {
     pub commit_interval_ms: u64,
     /// Records larger than this go to the dead-letter topic, bytes.
     pub max_record_bytes: usize,
+    /// This instance's name within the group; its transactional id is
+    /// `<group_id>-<instance_id>`, so a restarted instance fences its predecessor.
+    /// Default: `$RAPPORT_INSTANCE_ID`, else the host name.
+    pub instance_id: String,
+    /// Kafka transaction timeout, ms: how long a crashed instance's open
+    /// transaction can hold back read_committed consumers.
+    pub transaction_timeout_ms: u64,
+    /// Also fire due timers on wall-clock time when a partition is idle (live mode).
+    /// Off, timers fire on event time only, as a replay of history does.
+    pub wall_clock_timers: bool,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            guarantee: Guarantee::AtLeastOnce,
+            guarantee: Guarantee::ExactlyOnce,
             commit_interval_ms: 100,
             max_record_bytes: 1 << 20,
+            instance_id: std::env::var("RAPPORT_INSTANCE_ID")
+                .or_else(|_| std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()))
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "rapport-0".into()),
+            transaction_timeout_ms: 10_000,
+            wall_clock_timers: true,
         }
     }
 }
@@ -231,8 +268,32 @@ impl Config {
                 ));
             }
         }
-        if self.engine.guarantee == Guarantee::ExactlyOnce {
-            return Err(("engine.guarantee", "exactly_once is not available in this version of Rapport; use \"at_least_once\" (actions carry deterministic ids for de-duplication)".into()));
+        if self.engine.instance_id.trim().is_empty() {
+            return Err((
+                "engine.instance_id",
+                "is empty; give each instance of the group a distinct, stable name".into(),
+            ));
+        }
+        if self.engine.transaction_timeout_ms < 1_000
+            || self.engine.transaction_timeout_ms < 10 * self.engine.commit_interval_ms
+        {
+            return Err((
+                "engine.transaction_timeout_ms",
+                format!(
+                    "{} is too short: use at least 1000 and ten commit intervals (default 10000)",
+                    self.engine.transaction_timeout_ms
+                ),
+            ));
+        }
+        let changelog = k.changelog();
+        if k.touchpoint_topics.contains(&changelog)
+            || changelog == k.action_topic
+            || changelog == k.dead_letter_topic
+        {
+            return Err((
+                "kafka.changelog_topic",
+                format!("{changelog:?} is also an input or output topic; name a topic of its own"),
+            ));
         }
         if !(10..=60_000).contains(&self.engine.commit_interval_ms) {
             return Err((

@@ -85,11 +85,7 @@ fn run_on(bootstrap: &str, opts: &DemoOptions) -> anyhow::Result<()> {
         &cfg.kafka.dead_letter_topic,
     ]
     .into_iter()
-    .map(|name| TopicSpec {
-        name: name.clone(),
-        partitions: 4,
-        configs: vec![],
-    })
+    .map(|name| TopicSpec::new(name, 4))
     .collect();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

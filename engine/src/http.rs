@@ -64,7 +64,7 @@ async fn ready(State(app): State<AppState>) -> Response {
 }
 
 async fn profile(State(app): State<AppState>, Path(id): Path<String>) -> Response {
-    match app.state.profile(&id) {
+    match app.state.find_profile(&id) {
         Ok(Some(p)) => Json(p).into_response(),
         Ok(None) => (StatusCode::NOT_FOUND, format!("no profile for {id:?}\n")).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),

@@ -2,10 +2,12 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
+
+use anyhow::Context;
 
 use crate::config::KafkaConfig;
 
@@ -64,17 +66,112 @@ pub struct TopicSpec {
     pub partitions: i32,
     /// Topic configs, e.g. `cleanup.policy=compact`.
     pub configs: Vec<(String, String)>,
+    /// Replication factor; -1 for the broker's default.
+    pub replication: i32,
+}
+
+impl TopicSpec {
+    /// A topic with the broker's default replication and no special configs.
+    pub fn new(name: &str, partitions: i32) -> Self {
+        TopicSpec {
+            name: name.to_owned(),
+            partitions,
+            configs: Vec::new(),
+            replication: -1,
+        }
+    }
+}
+
+/// Checks the topics the engine reads and writes, before it starts: the touchpoint
+/// topics exist and are co-partitioned; the changelog is compacted with the same
+/// partition count; missing output topics and changelog are created. Returns the
+/// partition count.
+pub async fn prepare_topics(k: &KafkaConfig) -> anyhow::Result<i32> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &k.bootstrap_servers)
+        .create()?;
+    let timeout = Duration::from_secs(30);
+    let md = admin
+        .inner()
+        .fetch_metadata(None, timeout)
+        .context("fetching cluster metadata")?;
+    let count = |name: &str| {
+        md.topics()
+            .iter()
+            .find(|t| t.name() == name && t.error().is_none())
+            .map(|t| t.partitions().len() as i32)
+    };
+    let mut counts = Vec::new();
+    for t in &k.touchpoint_topics {
+        match count(t) {
+            Some(n) if n > 0 => counts.push((t.as_str(), n)),
+            _ => anyhow::bail!("touchpoint topic {t:?} does not exist; create it (keyed by customer id) before starting Rapport"),
+        }
+    }
+    let partitions = counts[0].1;
+    if let Some((t, n)) = counts.iter().find(|(_, n)| *n != partitions) {
+        anyhow::bail!(
+            "touchpoint topics are not co-partitioned: {:?} has {partitions} partitions but {t:?} has {n}; give every touchpoint topic the same partition count",
+            counts[0].0
+        );
+    }
+    let changelog = k.changelog();
+    match count(&changelog) {
+        Some(n) if n != partitions => anyhow::bail!(
+            "changelog topic {changelog:?} has {n} partitions but the touchpoint topics have {partitions}; \
+             state is partitioned like the input, so recreate the changelog with {partitions} partitions"
+        ),
+        Some(_) => {
+            let opts = AdminOptions::new().request_timeout(Some(timeout));
+            let described = admin.describe_configs(&[ResourceSpecifier::Topic(&changelog)], &opts).await?;
+            let policy = described
+                .into_iter()
+                .flatten()
+                .flat_map(|r| r.entries)
+                .find(|e| e.name == "cleanup.policy")
+                .and_then(|e| e.value)
+                .unwrap_or_default();
+            if !policy.contains("compact") {
+                anyhow::bail!("changelog topic {changelog:?} has cleanup.policy={policy}; it must be compacted (cleanup.policy=compact)");
+            }
+        }
+        None => {}
+    }
+    let mut create = Vec::new();
+    if count(&changelog).is_none() {
+        let mut spec = TopicSpec::new(&changelog, partitions);
+        spec.replication = k.replication_factor;
+        spec.configs
+            .push(("cleanup.policy".into(), "compact".into()));
+        create.push(spec);
+    }
+    for out in [&k.action_topic, &k.dead_letter_topic] {
+        if count(out).is_none() {
+            let mut spec = TopicSpec::new(out, partitions);
+            spec.replication = k.replication_factor;
+            create.push(spec);
+        }
+    }
+    ensure_topics(&k.bootstrap_servers, &create).await?;
+    Ok(partitions)
 }
 
 /// Creates the topics that do not exist yet; existing ones are left as they are.
 pub async fn ensure_topics(bootstrap: &str, topics: &[TopicSpec]) -> anyhow::Result<()> {
+    if topics.is_empty() {
+        return Ok(());
+    }
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()?;
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|t| {
-            let mut n = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(1));
+            let mut n = NewTopic::new(
+                &t.name,
+                t.partitions,
+                TopicReplication::Fixed(t.replication),
+            );
             for (k, v) in &t.configs {
                 n = n.set(k, v);
             }

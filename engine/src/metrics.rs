@@ -15,6 +15,10 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// Actions emitted, by journey and kind.
     pub actions: IntCounterVec,
+    /// Timers fired (actions they produced).
+    pub timers_fired: IntCounter,
+    /// Changelog records restored into local state.
+    pub restored: IntCounter,
     /// Commits of state, actions and offsets.
     pub commits: IntCounter,
     /// Duration of a commit.
@@ -53,6 +57,16 @@ impl Metrics {
                 &["journey", "kind"],
             )
             .expect("valid metric"),
+            timers_fired: IntCounter::new(
+                "rapport_timer_actions_total",
+                "Actions produced by durable timers",
+            )
+            .expect("valid metric"),
+            restored: IntCounter::new(
+                "rapport_restored_records_total",
+                "Changelog records restored into local state",
+            )
+            .expect("valid metric"),
             commits: IntCounter::new(
                 "rapport_commits_total",
                 "Commits of state, actions and offsets",
@@ -79,6 +93,8 @@ impl Metrics {
             Box::new(m.dead_letters.clone()),
             Box::new(m.actions.clone()),
             Box::new(m.commits.clone()),
+            Box::new(m.timers_fired.clone()),
+            Box::new(m.restored.clone()),
             Box::new(m.commit_seconds.clone()),
             Box::new(m.cached_profiles.clone()),
             Box::new(m.ready.clone()),

@@ -1,33 +1,50 @@
-//! The processing loop: consume in batches, update profiles, evaluate journeys,
-//! produce actions, and commit state, actions and offsets together each interval.
+//! The processing loop: consume in batches, update profiles, evaluate journeys and
+//! timers, produce actions, and commit actions, state and offsets together at each
+//! commit interval.
 //!
-//! Delivery is at-least-once with deterministic action ids: a commit first waits
-//! until every action and dead letter of the interval is acknowledged, then writes
-//! the interval's profiles together with the source offsets they reflect in one
-//! RocksDB batch, then commits the offsets to Kafka. Records at offsets the state
-//! already reflects are skipped on replay, so a restart never applies an event
-//! twice and never invents a different action; at worst it repeats one, with the
-//! same id.
+//! One task per assigned input partition: its profiles, timers and offsets are
+//! scoped to the partition in RocksDB and in the compacted changelog topic, which
+//! has the input's partition count. A partition that arrives (at start or in a
+//! rebalance) is restored from the changelog before its records are processed; one
+//! that leaves is committed first and released.
+//!
+//! Commits, per guarantee:
+//! - `exactly_once`: actions, dead letters and changelog records are produced in a
+//!   Kafka transaction that also carries the consumed offsets (with the group's
+//!   metadata); RocksDB is written only after the transaction commits. A crash at
+//!   any instant leaves RocksDB at or behind the committed changelog, and the next
+//!   assignment restores the difference.
+//! - `at_least_once`: the same records without a transaction; the changelog is
+//!   acknowledged before offsets are committed. After a crash an action may repeat,
+//!   always with the same id.
+//!
+//! In both, each stored profile carries the source offsets it reflects, so a
+//! replayed record is never applied twice to a profile. Any Kafka error during a
+//! commit aborts and stops the engine: a restart recovers through the same path
+//! as a crash, which is the path the tests exercise.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use rapport_model::{Action, Journeys, Profile};
+use rapport_model::{Action, Journeys, Profile, Touchpoint};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
-use crate::config::Config;
+use crate::config::{Config, Guarantee};
 use crate::ingest::{Decoder, Rejection};
 use crate::kafka::{self, consumer_config, producer_config};
 use crate::metrics::Metrics;
-use crate::state::{Offsets, StateStore};
+use crate::state::{topic_hash, StateBatch, StateStore, Stored};
+
+/// Changelog key that carries a partition's event-time watermark.
+pub const WATERMARK_KEY: &[u8] = b"\0rapport.watermark";
 
 /// Live counters shared between the engine thread and its observers.
 #[derive(Debug, Default)]
@@ -36,7 +53,7 @@ pub struct Progress {
     pub handled: AtomicU64,
     /// Records whose effects are committed.
     pub committed: AtomicU64,
-    /// True once the engine has an assignment and is consuming.
+    /// True once the engine has an assignment, restored, and is consuming.
     pub ready: AtomicBool,
 }
 
@@ -83,12 +100,17 @@ impl Drop for EngineHandle {
     }
 }
 
-/// Starts the engine on its own thread.
+/// Prepares the topics (co-partitioning check, changelog and outputs created if
+/// missing) and starts the engine on its own thread.
 pub fn start(
     cfg: Config,
     state: Arc<StateStore>,
     metrics: Metrics,
 ) -> anyhow::Result<EngineHandle> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(kafka::prepare_topics(&cfg.kafka))?;
     let progress = Arc::new(Progress::default());
     let stop = Arc::new(AtomicBool::new(false));
     let worker = Worker::new(cfg, state, metrics, progress.clone())?;
@@ -103,33 +125,74 @@ pub fn start(
     })
 }
 
-/// Logs rebalances and tracks readiness.
+/// The consumer's context: commits revoked partitions and restores assigned ones
+/// inside the rebalance, so partitions move without loss.
 struct EngineContext {
+    core: Arc<Mutex<Core>>,
     progress: Arc<Progress>,
+    failed: Mutex<Option<anyhow::Error>>,
+}
+
+impl EngineContext {
+    fn fail(&self, e: anyhow::Error) {
+        tracing::error!(error = %format!("{e:#}"), "rebalance handling failed");
+        if let Ok(mut f) = self.failed.lock() {
+            f.get_or_insert(e);
+        }
+    }
 }
 
 impl ClientContext for EngineContext {}
 
 impl ConsumerContext for EngineContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let partitions = partitions_of(tpl);
+            tracing::info!(?partitions, "partitions revoked: committing and releasing");
+            let mut core = lock(&self.core);
+            if let Err(e) = core
+                .commit(consumer, CommitMode::Sync)
+                .and_then(|_| core.release(&partitions))
+            {
+                self.fail(e);
+            }
+        }
+    }
+
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                tracing::info!(partitions = tpl.count(), "partitions assigned");
-                self.progress.ready.store(true, Ordering::SeqCst);
+                let partitions = partitions_of(tpl);
+                tracing::info!(?partitions, "partitions assigned: restoring");
+                let mut core = lock(&self.core);
+                match core.assign(&partitions) {
+                    Ok(()) => self.progress.ready.store(true, Ordering::SeqCst),
+                    Err(e) => self.fail(e),
+                }
             }
-            Rebalance::Revoke(tpl) => {
-                tracing::info!(partitions = tpl.count(), "partitions revoked")
-            }
+            Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
     }
 }
 
-/// Counts failed deliveries so a commit never covers a lost action.
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
+    let set: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+    set.into_iter().collect()
+}
+
+fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
+    core.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Counts failed deliveries so a commit never covers a lost record, and notes the
+/// changelog offsets written, for the restore checkpoint.
 #[derive(Default)]
 struct DeliveryContext {
+    changelog: String,
     failed: AtomicU64,
     last_error: Mutex<Option<String>>,
+    changelog_offsets: Mutex<HashMap<i32, i64>>,
 }
 
 impl ClientContext for DeliveryContext {}
@@ -138,51 +201,71 @@ impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, m)) = result {
-            self.failed.fetch_add(1, Ordering::SeqCst);
-            if let Ok(mut last) = self.last_error.lock() {
-                *last = Some(format!(
-                    "{} to {}: {e}",
-                    if m.topic().is_empty() {
-                        "record"
-                    } else {
-                        "delivery"
-                    },
-                    m.topic()
-                ));
+        match result {
+            Ok(m) if m.topic() == self.changelog => {
+                if let Ok(mut o) = self.changelog_offsets.lock() {
+                    let e = o.entry(m.partition()).or_insert(0);
+                    *e = (*e).max(m.offset() + 1);
+                }
+            }
+            Ok(_) => {}
+            Err((e, m)) => {
+                self.failed.fetch_add(1, Ordering::SeqCst);
+                if let Ok(mut last) = self.last_error.lock() {
+                    *last = Some(format!("to {}: {e}", m.topic()));
+                }
             }
         }
     }
 }
 
-/// A profile held in memory, and whether it changed since the last commit.
+/// A profile held in memory, and what is needed to write it back.
 struct Slot {
-    profile: Profile,
+    partition: i32,
+    stored: Stored,
     dirty: bool,
+    /// Timer times currently in the persisted index.
+    persisted_timers: Vec<i64>,
 }
 
-/// The consumer, apart from the processing core so that records borrowed from it
-/// can be handed to the core.
+/// One owned input partition.
+#[derive(Default)]
+struct Task {
+    /// Pending timers, `(fire_at, customer id)`.
+    timers: BTreeSet<(i64, String)>,
+    /// Highest event time seen.
+    watermark: i64,
+    watermark_dirty: bool,
+    /// Next offset to apply, per topic (records below were applied to state).
+    applied: HashMap<String, i64>,
+    /// Whether a record arrived during the current commit interval.
+    active: bool,
+}
+
 struct Worker {
     consumer: BaseConsumer<EngineContext>,
-    core: Core,
+    core: Arc<Mutex<Core>>,
 }
 
-/// Everything but the consumer: profiles, producer, pending offsets.
+/// Everything but the consumer: tasks, profiles, producer, pending offsets.
 struct Core {
     cfg: Config,
+    changelog: String,
     producer: BaseProducer<DeliveryContext>,
+    restorer: BaseConsumer,
+    in_transaction: bool,
+    /// Set after an error: nothing more may be committed.
+    poisoned: bool,
     decoder: Decoder,
     journeys: Journeys,
     state: Arc<StateStore>,
     metrics: Metrics,
     progress: Arc<Progress>,
-    /// Decoded profiles; the dirty ones are written at the next commit.
+    tasks: HashMap<i32, Task>,
+    /// Decoded profiles by customer id; the dirty ones are written at the next commit.
     cache: HashMap<String, Slot>,
-    /// The next offset to apply per partition, as reflected by state plus this interval.
-    applied: Offsets,
-    /// Offsets advanced in this interval.
-    pending: Offsets,
+    /// Offsets consumed in this interval, `(topic, partition) -> next`.
+    pending: HashMap<(String, i32), i64>,
     pending_records: u64,
     actions: Vec<Action>,
 }
@@ -194,9 +277,68 @@ impl Worker {
         metrics: Metrics,
         progress: Arc<Progress>,
     ) -> anyhow::Result<Self> {
-        let consumer: BaseConsumer<EngineContext> = consumer_config(&cfg.kafka)
+        let changelog = cfg.kafka.changelog();
+        let mut pc = producer_config(&cfg.kafka);
+        if cfg.engine.guarantee == Guarantee::ExactlyOnce {
+            pc.set(
+                "transactional.id",
+                format!("{}-{}", cfg.kafka.group_id, cfg.engine.instance_id),
+            )
+            .set(
+                "transaction.timeout.ms",
+                cfg.engine.transaction_timeout_ms.to_string(),
+            );
+        }
+        let producer: BaseProducer<DeliveryContext> = pc
+            .create_with_context(DeliveryContext {
+                changelog: changelog.clone(),
+                ..Default::default()
+            })
+            .context("creating the Kafka producer")?;
+        if cfg.engine.guarantee == Guarantee::ExactlyOnce {
+            // Fences a previous incarnation of this instance and aborts its open transaction.
+            producer
+                .init_transactions(Duration::from_secs(60))
+                .context("initialising Kafka transactions")?;
+        }
+        let restorer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &cfg.kafka.bootstrap_servers)
+            .set("group.id", format!("{}-restore", cfg.kafka.group_id))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .context("creating the changelog restore consumer")?;
+        let core = Arc::new(Mutex::new(Core {
+            decoder: Decoder::new(cfg.engine.max_record_bytes)?,
+            journeys: cfg.journeys.clone(),
+            changelog,
+            producer,
+            restorer,
+            in_transaction: false,
+            poisoned: false,
+            state,
+            metrics,
+            progress: progress.clone(),
+            tasks: HashMap::new(),
+            cache: HashMap::new(),
+            pending: HashMap::new(),
+            pending_records: 0,
+            actions: Vec::new(),
+            cfg: cfg.clone(),
+        }));
+        let mut cc = consumer_config(&cfg.kafka);
+        if cfg.kafka.touchpoint_topics.len() > 1 {
+            // Co-partitioned topics must be assigned partition-aligned: the range
+            // assignor gives partition n of every topic to the same member.
+            cc.set("partition.assignment.strategy", "range");
+        }
+        let consumer: BaseConsumer<EngineContext> = cc
             .create_with_context(EngineContext {
-                progress: progress.clone(),
+                core: core.clone(),
+                progress,
+                failed: Mutex::new(None),
             })
             .context("creating the Kafka consumer")?;
         let topics: Vec<&str> = cfg
@@ -208,132 +350,305 @@ impl Worker {
         consumer
             .subscribe(&topics)
             .context("subscribing to the touchpoint topics")?;
-        let producer: BaseProducer<DeliveryContext> = producer_config(&cfg.kafka)
-            .create_with_context(DeliveryContext::default())
-            .context("creating the Kafka producer")?;
-        let applied = state
-            .offsets()
-            .context("reading committed offsets from state")?;
-        let core = Core {
-            decoder: Decoder::new(cfg.engine.max_record_bytes)?,
-            journeys: cfg.journeys.clone(),
-            producer,
-            state,
-            metrics,
-            progress,
-            cache: HashMap::new(),
-            applied,
-            pending: Offsets::new(),
-            pending_records: 0,
-            actions: Vec::new(),
-            cfg,
-        };
         Ok(Worker { consumer, core })
     }
 
-    fn run(mut self, stop: &AtomicBool) -> anyhow::Result<()> {
-        let interval = Duration::from_millis(self.core.cfg.engine.commit_interval_ms);
+    fn run(self, stop: &AtomicBool) -> anyhow::Result<()> {
+        let (interval, metrics) = {
+            let core = lock(&self.core);
+            (
+                Duration::from_millis(core.cfg.engine.commit_interval_ms),
+                core.metrics.clone(),
+            )
+        };
         let mut last_commit = Instant::now();
-        self.core.metrics.ready.set(1);
+        metrics.ready.set(1);
         let result = (|| {
             while !stop.load(Ordering::SeqCst) {
-                // Drain what is already fetched, up to the commit deadline.
                 let deadline = last_commit + interval;
                 let mut wait = Duration::from_millis(20);
+                // Drain what is already fetched, up to the commit deadline.
                 while Instant::now() < deadline {
-                    match self.consumer.poll(wait) {
-                        Some(Ok(m)) => self.core.handle(&m)?,
+                    let polled = self.consumer.poll(wait);
+                    self.check_rebalance()?;
+                    match polled {
+                        Some(Ok(m)) => lock(&self.core).handle(&m)?,
                         Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                         None => break,
                     }
                     wait = Duration::ZERO;
                 }
-                self.core.producer.poll(Duration::ZERO);
+                let mut core = lock(&self.core);
+                core.producer.poll(Duration::ZERO);
                 if last_commit.elapsed() >= interval {
-                    self.core.commit(&self.consumer, CommitMode::Async)?;
+                    core.fire_idle_timers()?;
+                    core.commit(&self.consumer, CommitMode::Async)?;
                     last_commit = Instant::now();
                 }
             }
-            self.core.commit(&self.consumer, CommitMode::Sync)
+            lock(&self.core).commit(&self.consumer, CommitMode::Sync)
         })();
-        self.core.metrics.ready.set(0);
-        self.core.progress.ready.store(false, Ordering::SeqCst);
+        metrics.ready.set(0);
+        self.consumer
+            .context()
+            .progress
+            .ready
+            .store(false, Ordering::SeqCst);
+        let result = match result {
+            Ok(()) => {
+                // Leaving the group revokes (and commits) whatever is left.
+                self.consumer.unsubscribe();
+                let _ = self.consumer.poll(Duration::from_millis(100));
+                self.check_rebalance()
+                    .and_then(|_| lock(&self.core).state.flush().map_err(Into::into))
+            }
+            Err(e) => {
+                lock(&self.core).abort();
+                Err(e)
+            }
+        };
         if let Err(e) = &result {
             tracing::error!(error = %format!("{e:#}"), "engine stopped on an error");
         }
         result
     }
+
+    fn check_rebalance(&self) -> anyhow::Result<()> {
+        match self
+            .consumer
+            .context()
+            .failed
+            .lock()
+            .ok()
+            .and_then(|mut f| f.take())
+        {
+            Some(e) => Err(e.context("during a rebalance")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The slot of customer `id` in `partition`, loaded from state if needed.
+fn slot<'a>(
+    cache: &'a mut HashMap<String, Slot>,
+    state: &StateStore,
+    partition: i32,
+    id: &str,
+) -> anyhow::Result<&'a mut Slot> {
+    if !cache.contains_key(id) {
+        let stored = state.get(partition, id)?.unwrap_or_else(|| Stored {
+            sources: Vec::new(),
+            profile: Profile::new(id),
+        });
+        let persisted_timers = stored.profile.timers.iter().map(|t| t.fire_at_ms).collect();
+        cache.insert(
+            id.to_owned(),
+            Slot {
+                partition,
+                stored,
+                dirty: false,
+                persisted_timers,
+            },
+        );
+    }
+    Ok(cache.get_mut(id).expect("just inserted"))
 }
 
 impl Core {
+    fn exactly_once(&self) -> bool {
+        self.cfg.engine.guarantee == Guarantee::ExactlyOnce
+    }
+
     fn handle(&mut self, m: &BorrowedMessage<'_>) -> anyhow::Result<()> {
-        let key = (m.topic().to_owned(), m.partition());
         self.progress.handled.fetch_add(1, Ordering::Relaxed);
-        let next = m.offset() + 1;
-        match self.applied.get(&key) {
-            // State already reflects this record (replay after a restart): skip it.
-            Some(&applied) if m.offset() < applied => self.metrics.skipped.inc(),
-            _ => {
-                match self.decoder.decode(m.payload().unwrap_or_default()) {
-                    Ok(tp) => self.apply(m.topic(), &tp)?,
-                    Err(r) => self.dead_letter(m, &r)?,
-                }
-                self.applied.insert(key.clone(), next);
+        let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
+        let Some(task) = self.tasks.get_mut(&partition) else {
+            // A record fetched before a revocation took effect; its new owner handles it.
+            return Ok(());
+        };
+        task.active = true;
+        let already = task.applied.get(topic).is_some_and(|&next| offset < next);
+        if already {
+            self.metrics.skipped.inc();
+        } else {
+            match self.decoder.decode(m.payload().unwrap_or_default()) {
+                Ok(tp) => self.apply(topic, partition, offset, &tp)?,
+                Err(r) => self.dead_letter(m, &r)?,
+            }
+            if let Some(task) = self.tasks.get_mut(&partition) {
+                task.applied.insert(topic.to_owned(), offset + 1);
             }
         }
-        let applied = self.applied.get(&key).copied().unwrap_or(next).max(next);
-        self.pending.insert(key, applied);
+        self.pending
+            .insert((topic.to_owned(), partition), offset + 1);
         self.pending_records += 1;
         Ok(())
     }
 
-    /// Updates the customer's profile with `tp` and emits the actions it triggers.
-    fn apply(&mut self, topic: &str, tp: &rapport_model::Touchpoint) -> anyhow::Result<()> {
-        let id = tp.identity().unwrap_or_default();
-        let slot = match self.cache.get_mut(id) {
-            Some(s) => s,
-            None => {
-                let profile = self.state.profile(id)?.unwrap_or_else(|| Profile::new(id));
-                self.cache.entry(id.to_owned()).or_insert(Slot {
-                    profile,
-                    dirty: false,
-                })
-            }
-        };
-        slot.profile.apply(tp);
-        slot.dirty = true;
+    /// Updates the customer's profile with `tp`, emits the actions it triggers, and
+    /// fires timers the new watermark makes due.
+    fn apply(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        tp: &Touchpoint,
+    ) -> anyhow::Result<()> {
+        let id = tp.identity().unwrap_or_default().to_owned();
+        let hash = topic_hash(topic);
+        let slot = slot(&mut self.cache, &self.state, partition, &id)?;
+        if slot.stored.reflects(hash, offset) {
+            self.metrics.skipped.inc();
+            return Ok(());
+        }
+        let before: Vec<i64> = slot
+            .stored
+            .profile
+            .timers
+            .iter()
+            .map(|t| t.fire_at_ms)
+            .collect();
+        slot.stored.profile.apply(tp);
         self.journeys
-            .evaluate(&mut slot.profile, tp, &mut self.actions);
+            .evaluate(&mut slot.stored.profile, tp, &mut self.actions);
+        slot.stored.advance(hash, offset);
+        slot.dirty = true;
+        let after: Vec<i64> = slot
+            .stored
+            .profile
+            .timers
+            .iter()
+            .map(|t| t.fire_at_ms)
+            .collect();
+        self.reindex(partition, &id, &before, &after);
         self.metrics.events.with_label_values(&[topic]).inc();
-        for a in std::mem::take(&mut self.actions) {
-            self.emit(&a)?;
+        self.emit_pending()?;
+        let task = self.tasks.entry(partition).or_default();
+        if tp.event_time > task.watermark {
+            task.watermark = tp.event_time;
+            task.watermark_dirty = true;
+            let wm = task.watermark;
+            self.fire_timers(partition, wm)?;
         }
         Ok(())
     }
 
-    fn emit(&self, a: &Action) -> anyhow::Result<()> {
-        let body = serde_json::to_vec(a)?;
-        let headers = OwnedHeaders::new().insert(Header {
-            key: kafka::ACTION_ID,
-            value: Some(a.action_id.as_bytes()),
-        });
-        self.send(
-            BaseRecord::to(&self.cfg.kafka.action_topic)
-                .key(a.customer_id.as_bytes())
-                .payload(body.as_slice())
-                .headers(headers),
-        )?;
-        self.metrics
-            .actions
-            .with_label_values(&[&a.journey, a.kind.as_str()])
-            .inc();
+    fn reindex(&mut self, partition: i32, id: &str, before: &[i64], after: &[i64]) {
+        if before == after {
+            return;
+        }
+        let task = self.tasks.entry(partition).or_default();
+        for t in before {
+            task.timers.remove(&(*t, id.to_owned()));
+        }
+        for t in after {
+            task.timers.insert((*t, id.to_owned()));
+        }
+    }
+
+    /// Fires every timer of `partition` due at `now` (event time, or wall-clock time
+    /// for an idle partition in live mode).
+    fn fire_timers(&mut self, partition: i32, now: i64) -> anyhow::Result<()> {
+        loop {
+            let Some(task) = self.tasks.get_mut(&partition) else {
+                return Ok(());
+            };
+            let Some((at, id)) = task.timers.first().cloned() else {
+                return Ok(());
+            };
+            if at > now {
+                return Ok(());
+            }
+            task.timers.remove(&(at, id.clone()));
+            let slot = slot(&mut self.cache, &self.state, partition, &id)?;
+            let before: Vec<i64> = slot
+                .stored
+                .profile
+                .timers
+                .iter()
+                .map(|t| t.fire_at_ms)
+                .collect();
+            if self
+                .journeys
+                .fire_due(&mut slot.stored.profile, now, &mut self.actions)
+            {
+                slot.dirty = true;
+            }
+            let after: Vec<i64> = slot
+                .stored
+                .profile
+                .timers
+                .iter()
+                .map(|t| t.fire_at_ms)
+                .collect();
+            self.reindex(partition, &id, &before, &after);
+            self.metrics.timers_fired.inc_by(self.actions.len() as u64);
+            self.emit_pending()?;
+        }
+    }
+
+    /// In live mode, partitions that received nothing this interval fire their due
+    /// timers on wall-clock time, so a quiet partition is not stuck.
+    fn fire_idle_timers(&mut self) -> anyhow::Result<()> {
+        if !self.cfg.engine.wall_clock_timers {
+            return Ok(());
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        let idle: Vec<i32> = self
+            .tasks
+            .iter_mut()
+            .filter_map(|(p, t)| {
+                let idle = !t.active && t.timers.first().is_some_and(|(at, _)| *at <= now);
+                t.active = false;
+                idle.then_some(*p)
+            })
+            .collect();
+        for p in idle {
+            self.fire_timers(p, now)?;
+        }
+        Ok(())
+    }
+
+    fn begin(&mut self) -> anyhow::Result<()> {
+        if self.exactly_once() && !self.in_transaction {
+            self.producer
+                .begin_transaction()
+                .context("beginning a Kafka transaction")?;
+            self.in_transaction = true;
+        }
+        Ok(())
+    }
+
+    fn emit_pending(&mut self) -> anyhow::Result<()> {
+        if self.actions.is_empty() {
+            return Ok(());
+        }
+        self.begin()?;
+        for a in std::mem::take(&mut self.actions) {
+            let body = serde_json::to_vec(&a)?;
+            let headers = OwnedHeaders::new().insert(Header {
+                key: kafka::ACTION_ID,
+                value: Some(a.action_id.as_bytes()),
+            });
+            self.send(
+                BaseRecord::to(&self.cfg.kafka.action_topic)
+                    .key(a.customer_id.as_bytes())
+                    .payload(body.as_slice())
+                    .headers(headers),
+            )?;
+            self.metrics
+                .actions
+                .with_label_values(&[&a.journey, a.kind.as_str()])
+                .inc();
+        }
         Ok(())
     }
 
     /// Sends a record the engine could not process to the dead-letter topic: the
     /// original key, bytes and headers, plus headers naming where it came from and why.
-    fn dead_letter(&self, m: &BorrowedMessage<'_>, r: &Rejection) -> anyhow::Result<()> {
+    fn dead_letter(&mut self, m: &BorrowedMessage<'_>, r: &Rejection) -> anyhow::Result<()> {
         tracing::debug!(topic = m.topic(), partition = m.partition(), offset = m.offset(), reason = %r.reason, "dead-lettered");
+        self.begin()?;
         let mut headers = OwnedHeaders::new();
         if let Some(h) = m.headers() {
             for h in h.iter() {
@@ -376,25 +691,79 @@ impl Core {
                     record = r;
                     self.producer.poll(Duration::from_millis(5));
                 }
-                Err((e, _)) => bail!("producing to {}: {e}", record_topic(&self.cfg)),
+                Err((e, r)) => bail!("producing to {}: {e}", r.topic),
             }
         }
     }
 
-    /// Makes the interval's effects durable: actions acknowledged, then profiles and
-    /// offsets in one RocksDB batch, then offsets committed to Kafka.
+    /// Makes the interval's effects durable (see the module docs for the order).
     fn commit(
         &mut self,
         consumer: &BaseConsumer<EngineContext>,
         mode: CommitMode,
     ) -> anyhow::Result<()> {
-        if self.pending.is_empty() {
+        if self.poisoned {
+            bail!("not committing after an earlier error");
+        }
+        if self.pending.is_empty() && !self.cache.values().any(|s| s.dirty) {
             return Ok(());
         }
         let started = Instant::now();
+        self.begin()?;
+        // Changelog: one record per changed profile, not per event.
+        let mut batch = StateBatch::default();
+        let dirty: Vec<String> = self
+            .cache
+            .iter()
+            .filter(|(_, s)| s.dirty)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in &dirty {
+            let slot = &self.cache[id];
+            let bytes = slot.stored.encode();
+            self.send(
+                BaseRecord::to(&self.changelog)
+                    .partition(slot.partition)
+                    .key(id.as_bytes())
+                    .payload(bytes.as_slice()),
+            )?;
+            batch.put_profile(slot.partition, id, &bytes);
+            let now: Vec<i64> = slot
+                .stored
+                .profile
+                .timers
+                .iter()
+                .map(|t| t.fire_at_ms)
+                .collect();
+            for t in slot.persisted_timers.iter().filter(|t| !now.contains(t)) {
+                batch.delete_timer(slot.partition, *t, id);
+            }
+            for t in now.iter().filter(|t| !slot.persisted_timers.contains(t)) {
+                batch.put_timer(slot.partition, *t, id);
+            }
+        }
+        let watermarks: Vec<(i32, i64)> = self
+            .tasks
+            .iter_mut()
+            .filter(|(_, t)| t.watermark_dirty)
+            .map(|(p, t)| {
+                t.watermark_dirty = false;
+                (*p, t.watermark)
+            })
+            .collect();
+        for (p, wm) in watermarks {
+            let bytes = wm.to_be_bytes();
+            self.send(
+                BaseRecord::to(&self.changelog)
+                    .partition(p)
+                    .key(WATERMARK_KEY)
+                    .payload(&bytes[..]),
+            )?;
+            batch.set_watermark(p, wm);
+        }
         self.producer
             .flush(Duration::from_secs(60))
-            .context("waiting for actions to be acknowledged")?;
+            .context("waiting for records to be acknowledged")?;
         let ctx = self.producer.context();
         if ctx.failed.load(Ordering::SeqCst) > 0 {
             let last = ctx
@@ -403,22 +772,55 @@ impl Core {
                 .ok()
                 .and_then(|l| l.clone())
                 .unwrap_or_default();
-            bail!("{} records could not be delivered ({last}); stopping without committing so they are retried", ctx.failed.load(Ordering::SeqCst));
+            bail!(
+                "{} records could not be delivered ({last}); stopping without committing",
+                ctx.failed.load(Ordering::SeqCst)
+            );
         }
-        self.state
-            .commit(
-                self.cache.values().filter(|s| s.dirty).map(|s| &s.profile),
-                &self.pending,
-            )
-            .context("writing state")?;
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), next) in &self.pending {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+            batch.set_offset(*partition, topic, *next);
         }
-        if let Err(e) = consumer.commit(&tpl, mode) {
-            // State already reflects these offsets; a failed Kafka commit only means a
-            // longer replay, whose records are skipped.
-            tracing::warn!(error = %e, "offset commit to Kafka failed");
+        if self.exactly_once() {
+            let timeout = Duration::from_secs(30);
+            if tpl.count() > 0 {
+                let meta = consumer
+                    .group_metadata()
+                    .context("consumer group metadata")?;
+                self.producer
+                    .send_offsets_to_transaction(&tpl, &meta, timeout)
+                    .context("adding offsets to the transaction")?;
+            }
+            self.producer
+                .commit_transaction(timeout)
+                .context("committing the Kafka transaction")?;
+            self.in_transaction = false;
+        }
+        if let Ok(mut offsets) = self.producer.context().changelog_offsets.lock() {
+            for (p, next) in offsets.drain() {
+                batch.set_checkpoint(p, next);
+            }
+        }
+        self.state.write(batch).context("writing state")?;
+        if !self.exactly_once() && tpl.count() > 0 {
+            if let Err(e) = consumer.commit(&tpl, mode) {
+                // State and changelog already reflect these records; a failed offset
+                // commit only means a longer replay, whose records are skipped.
+                tracing::warn!(error = %e, "offset commit to Kafka failed");
+            }
+        }
+        for id in &dirty {
+            if let Some(s) = self.cache.get_mut(id) {
+                s.dirty = false;
+                s.persisted_timers = s
+                    .stored
+                    .profile
+                    .timers
+                    .iter()
+                    .map(|t| t.fire_at_ms)
+                    .collect();
+            }
         }
         self.pending.clear();
         self.progress
@@ -427,8 +829,6 @@ impl Core {
         self.pending_records = 0;
         if self.cache.len() > self.cfg.state.profile_cache {
             self.cache.clear();
-        } else {
-            self.cache.values_mut().for_each(|s| s.dirty = false);
         }
         self.metrics.cached_profiles.set(self.cache.len() as i64);
         self.metrics.commits.inc();
@@ -437,8 +837,124 @@ impl Core {
             .observe(started.elapsed().as_secs_f64());
         Ok(())
     }
-}
 
-fn record_topic(cfg: &Config) -> &str {
-    &cfg.kafka.action_topic
+    /// After an error: aborts an open transaction (best effort) and forgets everything
+    /// uncommitted, so nothing after the error can be committed. The process stops;
+    /// a restart recovers from the last commit.
+    fn abort(&mut self) {
+        self.poisoned = true;
+        self.pending.clear();
+        self.cache.clear();
+        self.tasks.clear();
+        if self.in_transaction {
+            if let Err(e) = self.producer.abort_transaction(Duration::from_secs(10)) {
+                tracing::warn!(error = %e, "aborting the Kafka transaction failed");
+            }
+            self.in_transaction = false;
+        }
+    }
+
+    /// Releases revoked partitions: their committed state stays in RocksDB for a
+    /// cheap return, their cached profiles and timers leave memory.
+    fn release(&mut self, partitions: &[i32]) -> anyhow::Result<()> {
+        let gone: HashSet<i32> = partitions.iter().copied().collect();
+        self.cache.retain(|_, s| !gone.contains(&s.partition));
+        for p in partitions {
+            self.tasks.remove(p);
+        }
+        Ok(())
+    }
+
+    /// Restores assigned partitions from the changelog, then loads their timers.
+    fn assign(&mut self, partitions: &[i32]) -> anyhow::Result<()> {
+        for &p in partitions {
+            let restored = self
+                .restore(p)
+                .with_context(|| format!("restoring partition {p} from {}", self.changelog))?;
+            let task = Task {
+                timers: self.state.timers(p)?.into_iter().collect(),
+                watermark: self.state.watermark(p)?.unwrap_or(i64::MIN),
+                watermark_dirty: false,
+                applied: self.state.offsets(p)?,
+                active: false,
+            };
+            tracing::info!(
+                partition = p,
+                restored,
+                timers = task.timers.len(),
+                "partition ready"
+            );
+            self.tasks.insert(p, task);
+        }
+        Ok(())
+    }
+
+    /// Replays changelog partition `p` from the local checkpoint to its end into
+    /// RocksDB. Returns the number of records applied.
+    fn restore(&mut self, p: i32) -> anyhow::Result<u64> {
+        let from = self.state.checkpoint(p)?.unwrap_or(0);
+        let (low, high) =
+            self.restorer
+                .fetch_watermarks(&self.changelog, p, Duration::from_secs(30))?;
+        if high <= from.max(low) {
+            return Ok(0);
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.changelog, p, Offset::Offset(from.max(low)))?;
+        self.restorer.assign(&tpl)?;
+        let started = Instant::now();
+        let (mut n, mut next) = (0u64, from);
+        let mut batch = StateBatch::default();
+        loop {
+            match self.restorer.poll(Duration::from_secs(1)) {
+                Some(Ok(m)) => {
+                    next = m.offset() + 1;
+                    let key = m.key().unwrap_or_default();
+                    if key == WATERMARK_KEY {
+                        if let Some(v) = m.payload().and_then(|v| <[u8; 8]>::try_from(v).ok()) {
+                            batch.set_watermark(p, i64::from_be_bytes(v));
+                        }
+                    } else {
+                        let id = String::from_utf8_lossy(key);
+                        // The timer index follows the profile: drop the old entries, add the new.
+                        if let Some(old) = self.state.get(p, &id)? {
+                            for t in &old.profile.timers {
+                                batch.delete_timer(p, t.fire_at_ms, &id);
+                            }
+                        }
+                        match m.payload() {
+                            Some(v) => {
+                                let stored = Stored::decode(&id, v)?;
+                                for t in &stored.profile.timers {
+                                    batch.put_timer(p, t.fire_at_ms, &id);
+                                }
+                                batch.put_profile(p, &id, v);
+                            }
+                            None => batch.delete_profile(p, &id),
+                        }
+                    }
+                    n += 1;
+                    if batch.len() >= 10_000 {
+                        batch.set_checkpoint(p, next);
+                        self.state.write(std::mem::take(&mut batch))?;
+                    }
+                    if next >= high {
+                        break;
+                    }
+                }
+                // read_committed stops at the last stable offset: the rest is aborted or not yet decided.
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => return Err(e.into()),
+                None if started.elapsed() > Duration::from_secs(120) => {
+                    bail!("changelog restore made no progress for 120 s")
+                }
+                None => {}
+            }
+        }
+        batch.set_checkpoint(p, next);
+        self.state.write(batch)?;
+        self.restorer.unassign()?;
+        self.metrics.restored.inc_by(n);
+        Ok(n)
+    }
 }

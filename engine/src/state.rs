@@ -1,20 +1,29 @@
-//! Local profile state in RocksDB.
+//! Local state in RocksDB, scoped by input partition.
 //!
-//! Profiles and the source offsets they reflect are written together in one
-//! `WriteBatch` per commit interval, so the store is always a consistent
-//! snapshot of "every record before these offsets has been applied".
+//! Every key starts with a one-byte kind and the partition number, so one task's
+//! profiles, timers and offsets can be read, restored or dropped on their own.
+//! A commit interval's changes go in one `WriteBatch`: profiles, the timer index,
+//! the source offsets they reflect and the changelog checkpoint, so the store is
+//! always a consistent snapshot.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use rapport_model::profile::DecodeError;
 use rapport_model::Profile;
-use rocksdb::{BlockBasedOptions, Cache, Options, WriteBatch, WriteBufferManager, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, Direction, IteratorMode, Options, WriteBatch, WriteBufferManager,
+    WriteOptions, DB,
+};
 
 use crate::config::StateConfig;
 
-const PROFILE_PREFIX: &[u8] = b"p\0";
-const OFFSET_PREFIX: &[u8] = b"o\0";
+const PROFILE: u8 = b'p';
+const TIMER: u8 = b't';
+const OFFSET: u8 = b'o';
+const CHECKPOINT: u8 = b'c';
+const WATERMARK: u8 = b'w';
+const ENVELOPE_VERSION: u8 = 1;
 
 /// A state operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -30,29 +39,176 @@ pub enum StateError {
         /// Why.
         source: DecodeError,
     },
-    /// A stored offset entry is malformed.
-    #[error("malformed offset entry in state")]
-    Offset,
+    /// A stored record's envelope is malformed.
+    #[error("malformed stored record: {0}")]
+    Malformed(&'static str),
 }
 
-/// The next offset to apply, per source topic and partition.
-pub type Offsets = HashMap<(String, i32), i64>;
+/// A profile with the source offsets it reflects: for each input topic (by
+/// [`topic_hash`]), the next offset of that topic's partition not yet applied.
+/// Replayed records below it are skipped, so an event is never counted twice, even
+/// when state restored from the changelog is ahead of the committed offsets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    /// `(topic hash, next offset)` pairs.
+    pub sources: Vec<(u32, i64)>,
+    /// The profile.
+    pub profile: Profile,
+}
 
-/// The RocksDB-backed profile store.
+impl Stored {
+    /// Whether the record at `offset` of topic `hash` is already reflected.
+    pub fn reflects(&self, hash: u32, offset: i64) -> bool {
+        self.sources
+            .iter()
+            .any(|&(h, next)| h == hash && offset < next)
+    }
+
+    /// Notes that records of topic `hash` up to `offset` are reflected.
+    pub fn advance(&mut self, hash: u32, offset: i64) {
+        match self.sources.iter_mut().find(|(h, _)| *h == hash) {
+            Some((_, next)) => *next = (*next).max(offset + 1),
+            None => self.sources.push((hash, offset + 1)),
+        }
+    }
+
+    /// Encodes for RocksDB and the changelog: version, sources, then the profile.
+    pub fn encode(&self) -> Vec<u8> {
+        let body = self.profile.encode();
+        let mut out = Vec::with_capacity(2 + self.sources.len() * 12 + body.len());
+        out.push(ENVELOPE_VERSION);
+        out.push(self.sources.len() as u8);
+        for (h, o) in &self.sources {
+            out.extend_from_slice(&h.to_le_bytes());
+            out.extend_from_slice(&o.to_le_bytes());
+        }
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Decodes what [`Stored::encode`] wrote.
+    pub fn decode(id: &str, bytes: &[u8]) -> Result<Stored, StateError> {
+        let [ENVELOPE_VERSION, n, rest @ ..] = bytes else {
+            return Err(StateError::Malformed("unknown envelope version"));
+        };
+        let n = *n as usize;
+        if rest.len() < n * 12 {
+            return Err(StateError::Malformed("truncated source offsets"));
+        }
+        let (offsets, body) = rest.split_at(n * 12);
+        let sources = offsets
+            .chunks_exact(12)
+            .map(|c| {
+                let (h, o) = c.split_at(4);
+                (
+                    u32::from_le_bytes(h.try_into().unwrap_or_default()),
+                    i64::from_le_bytes(o.try_into().unwrap_or_default()),
+                )
+            })
+            .collect();
+        let profile = Profile::decode(body).map_err(|source| StateError::Profile {
+            id: id.to_owned(),
+            source,
+        })?;
+        Ok(Stored { sources, profile })
+    }
+}
+
+/// A stable 32-bit hash of a topic name (FNV-1a), used to tag source offsets compactly.
+pub fn topic_hash(topic: &str) -> u32 {
+    topic.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+fn key(kind: u8, partition: i32, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + rest.len());
+    k.push(kind);
+    k.extend_from_slice(&(partition as u32).to_be_bytes());
+    k.extend_from_slice(rest);
+    k
+}
+
+fn timer_key(partition: i32, fire_at: i64, id: &str) -> Vec<u8> {
+    // Sign-flipped big-endian sorts signed times correctly.
+    let t = ((fire_at as u64) ^ (1 << 63)).to_be_bytes();
+    key(TIMER, partition, &[&t[..], id.as_bytes()].concat())
+}
+
+/// Changes to write atomically.
+#[derive(Default)]
+pub struct StateBatch {
+    batch: WriteBatch,
+}
+
+impl StateBatch {
+    /// Stores a profile of `partition`.
+    pub fn put_profile(&mut self, partition: i32, id: &str, encoded: &[u8]) {
+        self.batch
+            .put(key(PROFILE, partition, id.as_bytes()), encoded);
+    }
+
+    /// Deletes a profile of `partition`.
+    pub fn delete_profile(&mut self, partition: i32, id: &str) {
+        self.batch.delete(key(PROFILE, partition, id.as_bytes()));
+    }
+
+    /// Indexes a pending timer of customer `id`.
+    pub fn put_timer(&mut self, partition: i32, fire_at: i64, id: &str) {
+        self.batch.put(timer_key(partition, fire_at, id), []);
+    }
+
+    /// Removes a timer from the index.
+    pub fn delete_timer(&mut self, partition: i32, fire_at: i64, id: &str) {
+        self.batch.delete(timer_key(partition, fire_at, id));
+    }
+
+    /// Records that `topic`'s `partition` is applied up to (excluding) `next`.
+    pub fn set_offset(&mut self, partition: i32, topic: &str, next: i64) {
+        self.batch
+            .put(key(OFFSET, partition, topic.as_bytes()), next.to_be_bytes());
+    }
+
+    /// Records the next changelog offset to restore from.
+    pub fn set_checkpoint(&mut self, partition: i32, next: i64) {
+        self.batch
+            .put(key(CHECKPOINT, partition, &[]), next.to_be_bytes());
+    }
+
+    /// Records the partition's event-time watermark.
+    pub fn set_watermark(&mut self, partition: i32, at: i64) {
+        self.batch
+            .put(key(WATERMARK, partition, &[]), at.to_be_bytes());
+    }
+
+    /// Number of changes.
+    pub fn len(&self) -> usize {
+        self.batch.len()
+    }
+
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+}
+
+/// The RocksDB-backed store.
 pub struct StateStore {
     db: DB,
+    write: WriteOptions,
 }
 
 impl StateStore {
-    /// Opens (or creates) the store with memory bounded by configuration:
-    /// one shared block cache and one write-buffer budget.
+    /// Opens (or creates) the store with memory bounded by configuration: one
+    /// shared block cache with the memtables charged to it. The write-ahead log is
+    /// off: the changelog topic is the durable log.
     pub fn open(cfg: &StateConfig) -> Result<Self, StateError> {
         Self::open_path(&cfg.path, cfg)
     }
 
     /// Opens the store at `path` with the memory limits of `cfg`.
     pub fn open_path(path: &Path, cfg: &StateConfig) -> Result<Self, StateError> {
-        let cache = Cache::new_lru_cache(cfg.block_cache_mb << 20);
+        let cache = Cache::new_lru_cache((cfg.block_cache_mb + cfg.write_buffer_mb) << 20);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
         table.set_bloom_filter(10.0, false);
@@ -67,79 +223,153 @@ impl StateStore {
         ));
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.set_max_background_jobs(2);
+        let mut write = WriteOptions::default();
+        write.disable_wal(cfg.disable_wal);
         Ok(StateStore {
             db: DB::open(&opts, path)?,
+            write,
         })
     }
 
-    /// The committed profile for `id`.
-    pub fn profile(&self, id: &str) -> Result<Option<Profile>, StateError> {
-        let key = profile_key(id);
-        match self.db.get_pinned(&key)? {
+    /// The stored profile `id` of `partition`.
+    pub fn get(&self, partition: i32, id: &str) -> Result<Option<Stored>, StateError> {
+        match self.db.get_pinned(key(PROFILE, partition, id.as_bytes()))? {
             None => Ok(None),
-            Some(bytes) => {
-                Profile::decode(&bytes)
-                    .map(Some)
-                    .map_err(|source| StateError::Profile {
-                        id: id.to_owned(),
-                        source,
-                    })
-            }
+            Some(bytes) => Stored::decode(id, &bytes).map(Some),
         }
     }
 
-    /// Writes a commit interval's profiles and source offsets atomically.
-    pub fn commit<'a>(
-        &self,
-        profiles: impl IntoIterator<Item = &'a Profile>,
-        offsets: &Offsets,
-    ) -> Result<(), StateError> {
-        let mut batch = WriteBatch::default();
-        for p in profiles {
-            batch.put(profile_key(&p.id), p.encode());
+    /// The committed profile `id`, whichever partition holds it (for the profile API).
+    pub fn find_profile(&self, id: &str) -> Result<Option<Profile>, StateError> {
+        for p in self.partitions()? {
+            if let Some(s) = self.get(p, id)? {
+                return Ok(Some(s.profile));
+            }
         }
-        for ((topic, partition), next) in offsets {
-            batch.put(offset_key(topic, *partition), next.to_be_bytes());
+        Ok(None)
+    }
+
+    /// Partitions that have any profile stored.
+    pub fn partitions(&self) -> Result<Vec<i32>, StateError> {
+        let mut out = Vec::new();
+        let mut next = key(PROFILE, 0, &[]);
+        loop {
+            let mut it = self
+                .db
+                .iterator(IteratorMode::From(&next, Direction::Forward));
+            match it.next() {
+                Some(Ok((k, _))) if k.first() == Some(&PROFILE) && k.len() >= 5 => {
+                    let p = u32::from_be_bytes(k[1..5].try_into().unwrap_or_default());
+                    out.push(p as i32);
+                    if p == u32::MAX {
+                        break;
+                    }
+                    next = key(PROFILE, (p + 1) as i32, &[]);
+                }
+                Some(Err(e)) => return Err(e.into()),
+                _ => break,
+            }
         }
-        self.db.write(batch)?;
+        Ok(out)
+    }
+
+    /// Every profile of `partition`.
+    pub fn profiles(&self, partition: i32) -> Result<Vec<(String, Stored)>, StateError> {
+        let mut out = Vec::new();
+        for (k, v) in self.scan(PROFILE, partition)? {
+            let id = String::from_utf8_lossy(&k).into_owned();
+            let s = Stored::decode(&id, &v)?;
+            out.push((id, s));
+        }
+        Ok(out)
+    }
+
+    /// The pending timers of `partition`, as `(fire_at, customer id)`.
+    pub fn timers(&self, partition: i32) -> Result<Vec<(i64, String)>, StateError> {
+        self.scan(TIMER, partition)?
+            .into_iter()
+            .map(|(k, _)| {
+                if k.len() < 8 {
+                    return Err(StateError::Malformed("timer key"));
+                }
+                let (t, id) = k.split_at(8);
+                let t = (u64::from_be_bytes(t.try_into().unwrap_or_default()) ^ (1 << 63)) as i64;
+                Ok((t, String::from_utf8_lossy(id).into_owned()))
+            })
+            .collect()
+    }
+
+    /// Applied source offsets of `partition`, by topic.
+    pub fn offsets(&self, partition: i32) -> Result<HashMap<String, i64>, StateError> {
+        self.scan(OFFSET, partition)?
+            .into_iter()
+            .map(|(k, v)| Ok((String::from_utf8_lossy(&k).into_owned(), be_i64(&v)?)))
+            .collect()
+    }
+
+    /// The next changelog offset to restore `partition` from.
+    pub fn checkpoint(&self, partition: i32) -> Result<Option<i64>, StateError> {
+        self.db
+            .get_pinned(key(CHECKPOINT, partition, &[]))?
+            .map(|v| be_i64(&v))
+            .transpose()
+    }
+
+    /// The event-time watermark of `partition`.
+    pub fn watermark(&self, partition: i32) -> Result<Option<i64>, StateError> {
+        self.db
+            .get_pinned(key(WATERMARK, partition, &[]))?
+            .map(|v| be_i64(&v))
+            .transpose()
+    }
+
+    /// Writes a batch atomically.
+    pub fn write(&self, batch: StateBatch) -> Result<(), StateError> {
+        self.db.write_opt(batch.batch, &self.write)?;
         Ok(())
     }
 
-    /// Every stored source offset.
-    pub fn offsets(&self) -> Result<Offsets, StateError> {
-        let mut out = Offsets::new();
-        for item in self.db.prefix_iterator(OFFSET_PREFIX) {
+    /// Deletes everything stored for `partition`.
+    pub fn drop_partition(&self, partition: i32) -> Result<(), StateError> {
+        let mut b = WriteBatch::default();
+        for kind in [PROFILE, TIMER, OFFSET, CHECKPOINT, WATERMARK] {
+            b.delete_range(
+                key(kind, partition, &[]),
+                key(kind, partition.wrapping_add(1), &[]),
+            );
+        }
+        self.db.write(b)?;
+        Ok(())
+    }
+
+    /// Makes everything written so far durable on disk (used at shutdown, since the WAL is off).
+    pub fn flush(&self) -> Result<(), StateError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn scan(&self, kind: u8, partition: i32) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+        let prefix = key(kind, partition, &[]);
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&prefix, Direction::Forward))
+        {
             let (k, v) = item?;
-            if !k.starts_with(OFFSET_PREFIX) {
+            if !k.starts_with(&prefix) {
                 break;
             }
-            let rest = &k[OFFSET_PREFIX.len()..];
-            if rest.len() < 5 {
-                return Err(StateError::Offset);
-            }
-            let (topic, part) = rest.split_at(rest.len() - 4);
-            let topic =
-                std::str::from_utf8(&topic[..topic.len() - 1]).map_err(|_| StateError::Offset)?;
-            let partition = i32::from_be_bytes(part.try_into().map_err(|_| StateError::Offset)?);
-            let next = i64::from_be_bytes(v.as_ref().try_into().map_err(|_| StateError::Offset)?);
-            out.insert((topic.to_owned(), partition), next);
+            out.push((k[prefix.len()..].to_vec(), v.to_vec()));
         }
         Ok(out)
     }
 }
 
-fn profile_key(id: &str) -> Vec<u8> {
-    [PROFILE_PREFIX, id.as_bytes()].concat()
-}
-
-fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
-    [
-        OFFSET_PREFIX,
-        topic.as_bytes(),
-        b"\0",
-        &partition.to_be_bytes(),
-    ]
-    .concat()
+fn be_i64(v: &[u8]) -> Result<i64, StateError> {
+    Ok(i64::from_be_bytes(
+        v.try_into()
+            .map_err(|_| StateError::Malformed("offset value"))?,
+    ))
 }
 
 #[cfg(test)]
@@ -148,13 +378,19 @@ mod tests {
     use rapport_model::testing::tp;
     use rapport_model::{Channel, EventType};
 
-    #[test]
-    fn profiles_and_offsets_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = StateConfig {
-            path: dir.path().to_owned(),
+    fn store(dir: &Path) -> StateStore {
+        StateStore::open(&StateConfig {
+            path: dir.to_owned(),
+            block_cache_mb: 8,
+            write_buffer_mb: 8,
             ..Default::default()
-        };
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn partitions_are_separate_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
         let mut p = Profile::new("c-1");
         p.apply(&tp(
             "e1",
@@ -163,16 +399,51 @@ mod tests {
             EventType::PageView,
             1_764_000_000_000,
         ));
-        let mut offsets = Offsets::new();
-        offsets.insert(("touch.points".into(), 3), 42);
-        offsets.insert(("other".into(), 0), 7);
+        let mut stored = Stored {
+            sources: vec![],
+            profile: p,
+        };
+        stored.advance(topic_hash("touch"), 41);
         {
-            let s = StateStore::open(&cfg).unwrap();
-            assert_eq!(s.profile("c-1").unwrap(), None);
-            s.commit([&p], &offsets).unwrap();
+            let s = store(dir.path());
+            let mut b = StateBatch::default();
+            b.put_profile(3, "c-1", &stored.encode());
+            b.put_timer(3, -5, "c-1");
+            b.put_timer(3, 1_000, "c-9");
+            b.set_offset(3, "touch", 42);
+            b.set_checkpoint(3, 7);
+            b.put_profile(4, "c-2", &stored.encode());
+            s.write(b).unwrap();
+            s.flush().unwrap();
         }
-        let s = StateStore::open(&cfg).unwrap();
-        assert_eq!(s.profile("c-1").unwrap(), Some(p));
-        assert_eq!(s.offsets().unwrap(), offsets);
+        let s = store(dir.path());
+        assert_eq!(s.get(3, "c-1").unwrap(), Some(stored.clone()));
+        assert_eq!(s.get(4, "c-1").unwrap(), None);
+        assert_eq!(
+            s.timers(3).unwrap(),
+            vec![(-5, "c-1".to_owned()), (1_000, "c-9".to_owned())]
+        );
+        assert_eq!(
+            s.offsets(3).unwrap(),
+            HashMap::from([("touch".to_owned(), 42)])
+        );
+        assert_eq!(s.checkpoint(3).unwrap(), Some(7));
+        assert_eq!(s.partitions().unwrap(), vec![3, 4]);
+        assert!(stored.reflects(topic_hash("touch"), 41));
+        assert!(!stored.reflects(topic_hash("touch"), 42));
+        assert!(!stored.reflects(topic_hash("other"), 0));
+
+        s.drop_partition(3).unwrap();
+        assert_eq!(s.get(3, "c-1").unwrap(), None);
+        assert!(s.timers(3).unwrap().is_empty());
+        assert_eq!(s.checkpoint(3).unwrap(), None);
+        assert_eq!(s.find_profile("c-2").unwrap(), Some(stored.profile));
+    }
+
+    #[test]
+    fn corrupt_envelopes_are_errors_not_panics() {
+        assert!(Stored::decode("x", &[]).is_err());
+        assert!(Stored::decode("x", &[9, 0]).is_err());
+        assert!(Stored::decode("x", &[ENVELOPE_VERSION, 3, 1, 2]).is_err());
     }
 }

@@ -143,13 +143,16 @@ fn journeys_fire_for_the_right_customers_only() {
     assert_eq!(detractor.reasons[0].value, "3");
 
     // The profiles reflect every channel's events.
-    let buyer = state.profile("c-buyer").unwrap().expect("buyer profile");
+    let buyer = state
+        .find_profile("c-buyer")
+        .unwrap()
+        .expect("buyer profile");
     assert_eq!(
         (buyer.orders, buyer.lifetime_value, buyer.events),
         (1, 899.0, 4)
     );
     assert_eq!(buyer.channels[Channel::Store.index()].count, 1);
-    let det = state.profile("c-detractor").unwrap().unwrap();
+    let det = state.find_profile("c-detractor").unwrap().unwrap();
     assert_eq!(det.nps.map(|s| s.score), Some(3));
     assert_eq!(
         metrics

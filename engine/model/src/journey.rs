@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::action::{action_id, Action, ActionKind, DeliveryChannel, EmotionalState, Reason};
 use crate::emotion::{assess, EmotionConfig};
-use crate::profile::Profile;
+use crate::profile::{Profile, Timer};
 use crate::touchpoint::{Channel, EventType, SurveyKind, Touchpoint};
 
 const HOUR_MS: i64 = 3_600_000;
@@ -79,6 +79,30 @@ impl Default for RecoveryConfig {
     }
 }
 
+/// "Measure at the right moment": some time after a delivery, ask for a CSAT
+/// survey, unless the customer meanwhile reported a problem (the exit condition,
+/// which cancels the wait at once).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SurveyConfig {
+    /// Whether the journey runs.
+    pub enabled: bool,
+    /// How long after the delivery to ask, seconds.
+    pub wait_seconds: u64,
+    /// Which survey to ask for.
+    pub kind: SurveyKind,
+}
+
+impl Default for SurveyConfig {
+    fn default() -> Self {
+        SurveyConfig {
+            enabled: true,
+            wait_seconds: 2 * 3600,
+            kind: SurveyKind::Csat,
+        }
+    }
+}
+
 /// All journeys and the emotional-state thresholds they use.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -87,6 +111,8 @@ pub struct Journeys {
     pub hesitation: HesitationConfig,
     /// Recovery offer after a bad experience.
     pub recovery: RecoveryConfig,
+    /// Survey request after delivery.
+    pub survey: SurveyConfig,
     /// Emotional-state thresholds.
     pub emotion: EmotionConfig,
 }
@@ -95,6 +121,8 @@ pub struct Journeys {
 pub const HESITATION: &str = "hesitation_guide";
 /// Name of the recovery journey in actions and metrics.
 pub const RECOVERY: &str = "recovery_offer";
+/// Name of the post-delivery survey journey in actions and metrics.
+pub const SURVEY: &str = "post_delivery_survey";
 
 impl Journeys {
     /// Evaluates every journey for touchpoint `t`, already applied to `p`, and
@@ -105,6 +133,75 @@ impl Journeys {
         }
         if self.recovery.enabled {
             self.recovery(p, t, out);
+        }
+        if self.survey.enabled {
+            self.survey(p, t);
+        }
+    }
+
+    /// Fires the timers of `p` that are due at event time `now_ms`, pushing their
+    /// actions to `out`. Returns whether any timer was due.
+    pub fn fire_due(&self, p: &mut Profile, now_ms: i64, out: &mut Vec<Action>) -> bool {
+        if p.next_timer_ms().is_none_or(|t| t > now_ms) {
+            return false;
+        }
+        for timer in p.take_due(now_ms) {
+            if timer.journey == SURVEY && self.survey.enabled {
+                let kind = self.survey.kind;
+                let reasons = vec![Reason::new(
+                    format!(
+                        "{}s since delivery without a reported problem",
+                        self.survey.wait_seconds
+                    ),
+                    timer.key.clone(),
+                )];
+                let mut payload = BTreeMap::new();
+                payload.insert("survey".into(), kind.as_str().to_owned());
+                payload.insert("order_id".into(), timer.key.clone());
+                let feeling = assess(p, timer.fire_at_ms, &self.emotion);
+                out.push(Action {
+                    action_id: action_id(SURVEY, &p.id, &timer.trigger_event_id, "timer"),
+                    customer_id: p.id.clone(),
+                    kind: ActionKind::SurveyRequest,
+                    journey: SURVEY.to_owned(),
+                    trigger_event_id: timer.trigger_event_id,
+                    trigger_event_time: timer.fire_at_ms,
+                    channel: DeliveryChannel::Email,
+                    payload,
+                    reasons,
+                    emotional_state: Some(feeling.state),
+                });
+                p.mark_journey(SURVEY, &timer.key, timer.fire_at_ms);
+            }
+        }
+        true
+    }
+
+    fn survey(&self, p: &mut Profile, t: &Touchpoint) {
+        match t.event_type {
+            EventType::Delivered => {
+                let key = t
+                    .commerce
+                    .as_ref()
+                    .and_then(|c| c.order_id.clone())
+                    .unwrap_or_else(|| t.event_id.clone());
+                p.schedule(Timer {
+                    journey: SURVEY.to_owned(),
+                    key,
+                    fire_at_ms: t
+                        .event_time
+                        .saturating_add(self.survey.wait_seconds.saturating_mul(1000) as i64),
+                    trigger_event_id: t.event_id.clone(),
+                });
+            }
+            // Exit conditions: a problem reported before the survey is due.
+            EventType::DeliveryFailed
+            | EventType::RefundRequested
+            | EventType::TicketOpened
+            | EventType::Return => {
+                p.cancel(SURVEY);
+            }
+            _ => {}
         }
     }
 
@@ -432,6 +529,52 @@ mod tests {
             );
             assert!(a.is_empty(), "{kind:?} {score}: {a:?}");
         }
+    }
+
+    #[test]
+    fn survey_waits_after_delivery_and_an_exit_event_cancels_it() {
+        let j = Journeys::default();
+        let wait = j.survey.wait_seconds as i64 * 1000;
+        let mut out = Vec::new();
+        // Delivered, nothing else: due after the wait, not before.
+        let mut p = Profile::new("c1");
+        assert!(run(
+            &j,
+            &mut p,
+            tp("d1", "c1", Channel::System, EventType::Delivered, T0).with_order("o-1")
+        )
+        .is_empty());
+        assert!(!j.fire_due(&mut p, T0 + wait - 1, &mut out));
+        assert!(j.fire_due(&mut p, T0 + wait, &mut out));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].kind, ActionKind::SurveyRequest);
+        assert_eq!(out[0].trigger_event_time, T0 + wait);
+        assert_eq!(out[0].action_id, action_id(SURVEY, "c1", "d1", "timer"));
+        assert!(p.timers.is_empty());
+        assert!(!j.fire_due(&mut p, T0 + 2 * wait, &mut out), "fires once");
+
+        // A ticket opened during the wait exits the journey at once.
+        let mut p = Profile::new("c2");
+        run(
+            &j,
+            &mut p,
+            tp("d2", "c2", Channel::System, EventType::Delivered, T0).with_order("o-2"),
+        );
+        run(
+            &j,
+            &mut p,
+            tp(
+                "x2",
+                "c2",
+                Channel::CallCenter,
+                EventType::TicketOpened,
+                T0 + HOUR_MS,
+            ),
+        );
+        assert!(p.timers.is_empty());
+        out.clear();
+        assert!(!j.fire_due(&mut p, T0 + 10 * wait, &mut out));
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -84,6 +84,20 @@ pub struct JourneyMark {
     pub count: u32,
 }
 
+/// A durable wait: a journey step due at an event time, kept in the profile so it
+/// is committed, restored and replayed with the rest of the customer's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timer {
+    /// The journey that waits.
+    pub journey: String,
+    /// Journey-specific key (e.g. the order id), so one step per key is pending.
+    pub key: String,
+    /// When it is due, event time, epoch ms.
+    pub fire_at_ms: i64,
+    /// The event that started the wait; fired actions are traced (and identified) by it.
+    pub trigger_event_id: String,
+}
+
 /// Everything Rapport knows about one customer.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
@@ -127,6 +141,8 @@ pub struct Profile {
     pub recent: VecDeque<RecentTouch>,
     /// Journey firings, for cooldowns and caps.
     pub journeys: Vec<JourneyMark>,
+    /// Pending waits.
+    pub timers: Vec<Timer>,
 }
 
 /// The state-encoding version written by this build. Readers accept every version up
@@ -301,6 +317,44 @@ impl Profile {
         self.journeys
             .iter()
             .find(|m| m.journey == journey && m.key == key)
+    }
+
+    /// When the earliest pending timer is due.
+    pub fn next_timer_ms(&self) -> Option<i64> {
+        self.timers.iter().map(|t| t.fire_at_ms).min()
+    }
+
+    /// Starts (or restarts) the wait of `journey` for `key`.
+    pub fn schedule(&mut self, timer: Timer) {
+        self.timers
+            .retain(|t| !(t.journey == timer.journey && t.key == timer.key));
+        self.timers.push(timer);
+    }
+
+    /// Cancels every pending wait of `journey`; returns how many there were.
+    pub fn cancel(&mut self, journey: &str) -> usize {
+        let before = self.timers.len();
+        self.timers.retain(|t| t.journey != journey);
+        before - self.timers.len()
+    }
+
+    /// Removes and returns the timers due at or before `now_ms`, earliest first.
+    pub fn take_due(&mut self, now_ms: i64) -> Vec<Timer> {
+        let mut due: Vec<Timer> = Vec::new();
+        self.timers.retain(|t| {
+            if t.fire_at_ms <= now_ms {
+                due.push(t.clone());
+                false
+            } else {
+                true
+            }
+        });
+        due.sort_by(|a, b| {
+            a.fire_at_ms
+                .cmp(&b.fire_at_ms)
+                .then_with(|| a.key.cmp(&b.key))
+        });
+        due
     }
 
     /// Records that `journey` fired for `key` at `at_ms`.
