@@ -329,6 +329,11 @@ impl Worker {
             cfg: cfg.clone(),
         }));
         let mut cc = consumer_config(&cfg.kafka);
+        // Static membership: a restarted instance takes its partitions back at once
+        // instead of waiting for its old session to time out.
+        if !cfg.kafka.consumer.contains_key("group.instance.id") {
+            cc.set("group.instance.id", &cfg.engine.instance_id);
+        }
         if cfg.kafka.touchpoint_topics.len() > 1 {
             // Co-partitioned topics must be assigned partition-aligned: the range
             // assignor gives partition n of every topic to the same member.
@@ -907,6 +912,9 @@ impl Core {
         let mut batch = StateBatch::default();
         loop {
             match self.restorer.poll(Duration::from_secs(1)) {
+                // Left over from restoring another partition.
+                Some(Ok(m)) if m.partition() != p => {}
+                Some(Err(KafkaError::PartitionEOF(other))) if other != p => {}
                 Some(Ok(m)) => {
                     next = m.offset() + 1;
                     let key = m.key().unwrap_or_default();

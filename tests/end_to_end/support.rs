@@ -229,3 +229,199 @@ pub fn wait_committed(engine: &EngineHandle, records: u64) {
 pub fn state(cfg: &Config) -> Arc<StateStore> {
     Arc::new(StateStore::open(&cfg.state).expect("state opens"))
 }
+
+/// Serialises the tests that push 100k records through several processes, so
+/// they do not fight over the machine's two cores with each other.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static M: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    M.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Sum of the offsets group `group` has committed on `topic`.
+pub fn committed_total(group: &str, topic: &str) -> i64 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition(topic, p.id());
+    }
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Sum of the end offsets of `topic`'s partitions.
+pub fn end_total(topic: &str) -> i64 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    md.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| {
+            c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .sum()
+}
+
+/// Writes `cfg` as a TOML file for `rapport run`.
+pub fn write_config(cfg: &Config, path: &Path) {
+    let topics: Vec<String> = cfg
+        .kafka
+        .touchpoint_topics
+        .iter()
+        .map(|t| format!("{t:?}"))
+        .collect();
+    let consumer: String = cfg
+        .kafka
+        .consumer
+        .iter()
+        .map(|(k, v)| format!("{k:?} = {v:?}\n"))
+        .collect();
+    let guarantee = match cfg.engine.guarantee {
+        rapport::config::Guarantee::ExactlyOnce => "exactly_once",
+        rapport::config::Guarantee::AtLeastOnce => "at_least_once",
+    };
+    let text = format!(
+        "[kafka]\nbootstrap_servers = {:?}\ngroup_id = {:?}\ntouchpoint_topics = [{}]\naction_topic = {:?}\ndead_letter_topic = {:?}\n\n\
+         [kafka.consumer]\n{consumer}\n\
+         [state]\npath = {:?}\nblock_cache_mb = 16\nwrite_buffer_mb = 16\n\n\
+         [engine]\nguarantee = {guarantee:?}\ninstance_id = {:?}\nwall_clock_timers = {}\ncommit_interval_ms = {}\n\n\
+         [http]\nlisten = \"\"\n",
+        cfg.kafka.bootstrap_servers,
+        cfg.kafka.group_id,
+        topics.join(", "),
+        cfg.kafka.action_topic,
+        cfg.kafka.dead_letter_topic,
+        cfg.state.path.display().to_string(),
+        cfg.engine.instance_id,
+        cfg.engine.wall_clock_timers,
+        cfg.engine.commit_interval_ms,
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+/// A `rapport run` process.
+pub struct Instance {
+    pub child: std::process::Child,
+    pub log: std::path::PathBuf,
+}
+
+impl Instance {
+    /// Starts `rapport run` on `cfg`; its log goes to a file beside the config.
+    pub fn spawn(cfg: &Config, dir: &Path, name: &str) -> Instance {
+        let conf = dir.join(format!("{name}.toml"));
+        write_config(cfg, &conf);
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_rapport"))
+            .args(["run", "--config"])
+            .arg(&conf)
+            .env("RAPPORT_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("rapport run starts");
+        Instance { child, log }
+    }
+
+    /// SIGKILL: no chance to commit or clean up.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "rapport exited with {status} on SIGTERM; log: {}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    /// Fails the test if the process has exited (with its log).
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!(
+                "rapport exited early with {status}; log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// Waits until group `group` has committed everything in `topic`.
+pub fn wait_caught_up(group: &str, topic: &str, instances: &mut [&mut Instance]) {
+    let end = end_total(topic);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let done = committed_total(group, topic);
+        if done >= end {
+            return;
+        }
+        for i in instances.iter_mut() {
+            i.assert_running();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "group {group} committed {done} of {end}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every profile in the stores at `dirs`; where several hold one customer (a
+/// partition that moved), the one that has seen the most events is the latest.
+pub fn all_profiles(dirs: &[&Path]) -> std::collections::BTreeMap<String, rapport_model::Profile> {
+    let mut out: std::collections::BTreeMap<String, rapport_model::Profile> = Default::default();
+    for dir in dirs {
+        let cfg = rapport::config::StateConfig {
+            path: dir.to_path_buf(),
+            block_cache_mb: 8,
+            write_buffer_mb: 8,
+            ..Default::default()
+        };
+        let store = StateStore::open(&cfg).unwrap();
+        for p in store.partitions().unwrap() {
+            for (id, s) in store.profiles(p).unwrap() {
+                match out.get(&id) {
+                    Some(old) if old.events >= s.profile.events => {}
+                    _ => {
+                        out.insert(id, s.profile);
+                    }
+                }
+            }
+        }
+    }
+    out
+}

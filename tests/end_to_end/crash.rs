@@ -1,0 +1,200 @@
+//! Crashes and scale-out: SIGKILL at random points, and a group of three that loses
+//! a member, end with the same committed actions and profiles as a clean run.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rapport::config::{Config, Guarantee};
+use rapport_connectors::simulator::{SimConfig, Simulator};
+use rapport_model::{Action, Profile};
+
+use crate::support::*;
+
+const T0: i64 = 1_764_000_000_000;
+
+/// Writes `n` simulated touchpoints for `customers` customers, a tenth of a second apart.
+fn feed(topic: &str, n: i64, customers: u64, seed: u64) {
+    let mut sim = Simulator::new(SimConfig {
+        customers,
+        seed,
+        malformed_per_mille: 2,
+    });
+    for chunk in (0..n).collect::<Vec<_>>().chunks(20_000) {
+        let records: Vec<Raw> = chunk
+            .iter()
+            .map(|i| sim.next_record(T0 + i * 100))
+            .map(|r| (r.key, r.value, vec![]))
+            .collect();
+        produce_raw(topic, &records);
+    }
+}
+
+/// The reference: one uninterrupted in-process run over `input`.
+fn clean_run(input: &str, n: u64) -> (Vec<Action>, BTreeMap<String, Profile>) {
+    let out = Topics::new("clean", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = out.config(dir.path(), &unique("clean"));
+    cfg.kafka.touchpoint_topics = vec![input.to_owned()];
+    run_engine(&cfg, state(&cfg), n);
+    let actions = actions(&out.actions);
+    (actions, all_profiles(&[dir.path()]))
+}
+
+fn ids(actions: &[Action]) -> BTreeSet<String> {
+    actions.iter().map(|a| a.action_id.clone()).collect()
+}
+
+/// Runs `rapport run` over `topics`, killing it with SIGKILL whenever the group's
+/// committed progress passes one of `kill_at` (fractions of the input), then lets a
+/// last instance finish and stops it with SIGTERM.
+fn crashing_run(cfg: &Config, dir: &std::path::Path, kill_at: &[f64], rng: &mut SmallRng) {
+    let end = end_total(&cfg.kafka.touchpoint_topics[0]);
+    for (round, fraction) in kill_at.iter().enumerate() {
+        let mut inst = Instance::spawn(cfg, dir, &format!("run{round}"));
+        let target = (end as f64 * fraction) as i64;
+        while committed_total(&cfg.kafka.group_id, &cfg.kafka.touchpoint_topics[0]) < target {
+            inst.assert_running();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Kill somewhere inside the next commit interval or two, not on a boundary.
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..250)));
+        inst.kill9();
+    }
+    let mut last = Instance::spawn(cfg, dir, "final");
+    wait_caught_up(
+        &cfg.kafka.group_id,
+        &cfg.kafka.touchpoint_topics[0],
+        &mut [&mut last],
+    );
+    last.terminate();
+}
+
+fn crash_test(guarantee: Guarantee, seed: u64) {
+    let _serial = heavy();
+    let n = 100_000;
+    let topics = Topics::new("crash", 4);
+    feed(&topics.input, n, 10_000, seed);
+    let (clean_actions, clean_profiles) = clean_run(&topics.input, n as u64);
+    assert!(
+        clean_actions.len() > 1_000,
+        "the stream triggers journeys ({})",
+        clean_actions.len()
+    );
+    assert!(
+        clean_profiles.len() >= 9_000,
+        "{} profiles",
+        clean_profiles.len()
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = topics.config(&dir.path().join("state"), &unique("crash"));
+    cfg.engine.guarantee = guarantee;
+    cfg.engine.instance_id = "crashy".into();
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut points: Vec<f64> = (0..4).map(|_| rng.random_range(0.05..0.9)).collect();
+    points.sort_by(f64::total_cmp);
+    crashing_run(&cfg, dir.path(), &points, &mut rng);
+
+    let got = actions(&topics.actions);
+    match guarantee {
+        Guarantee::ExactlyOnce => {
+            assert_eq!(got.len(), ids(&got).len(), "exactly once: no duplicates");
+            assert_eq!(
+                ids(&got),
+                ids(&clean_actions),
+                "the same actions as a clean run, none missing, none invented"
+            );
+        }
+        Guarantee::AtLeastOnce => {
+            assert_eq!(
+                ids(&got),
+                ids(&clean_actions),
+                "the same actions as a clean run, none missing, none invented"
+            );
+            let clean: HashMap<&str, &Action> = clean_actions
+                .iter()
+                .map(|a| (a.action_id.as_str(), a))
+                .collect();
+            for a in &got {
+                assert_eq!(
+                    clean[a.action_id.as_str()],
+                    a,
+                    "a repeated action is identical to its original"
+                );
+            }
+        }
+    }
+    let profiles = all_profiles(&[&dir.path().join("state")]);
+    assert_eq!(profiles.len(), clean_profiles.len());
+    for (id, p) in &clean_profiles {
+        assert_eq!(
+            profiles.get(id),
+            Some(p),
+            "profile {id} differs from the clean run"
+        );
+    }
+}
+
+#[test]
+fn exactly_once_survives_sigkill_at_random_points() {
+    crash_test(Guarantee::ExactlyOnce, 42);
+}
+
+#[test]
+fn at_least_once_repeats_only_identical_actions_after_sigkill() {
+    crash_test(Guarantee::AtLeastOnce, 43);
+}
+
+#[test]
+fn a_group_of_three_loses_one_and_the_others_take_over() {
+    let _serial = heavy();
+    let n = 60_000;
+    let topics = Topics::new("group", 6);
+    feed(&topics.input, n, 6_000, 44);
+    let (clean_actions, clean_profiles) = clean_run(&topics.input, n as u64);
+
+    let dir = tempfile::tempdir().unwrap();
+    let group = unique("group");
+    let mut instances = Vec::new();
+    for name in ["a", "b", "c"] {
+        let mut cfg = topics.config(&dir.path().join(name), &group);
+        cfg.engine.instance_id = name.into();
+        // Notice a dead member within seconds, not the default 45 s.
+        cfg.kafka
+            .consumer
+            .insert("session.timeout.ms".into(), "6000".into());
+        cfg.kafka
+            .consumer
+            .insert("heartbeat.interval.ms".into(), "1000".into());
+        instances.push(Instance::spawn(&cfg, dir.path(), name));
+    }
+    // Kill "b" once the group is a fifth of the way through.
+    while committed_total(&group, &topics.input) < n / 5 {
+        instances.iter_mut().for_each(Instance::assert_running);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let b = instances.remove(1);
+    b.kill9();
+    let (mut a, mut c) = (instances.remove(0), instances.remove(0));
+    wait_caught_up(&group, &topics.input, &mut [&mut a, &mut c]);
+    a.terminate();
+    c.terminate();
+
+    let got = actions(&topics.actions);
+    assert_eq!(got.len(), ids(&got).len(), "exactly once: no duplicates");
+    assert_eq!(ids(&got), ids(&clean_actions));
+    let dirs: Vec<std::path::PathBuf> =
+        ["a", "b", "c"].iter().map(|n| dir.path().join(n)).collect();
+    let profiles = all_profiles(&dirs.iter().map(|d| d.as_path()).collect::<Vec<_>>());
+    assert_eq!(profiles, clean_profiles);
+    let logs: String = ["a", "c"]
+        .iter()
+        .map(|n| std::fs::read_to_string(dir.path().join(format!("{n}.log"))).unwrap())
+        .collect();
+    assert!(
+        logs.contains("partitions assigned"),
+        "survivors took over partitions"
+    );
+}
