@@ -71,6 +71,18 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run(cfg: Config) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    // Listen for signals before anything slow starts, so an early SIGTERM is a clean stop.
+    let (mut term, mut int) = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        anyhow::Ok((
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        ))
+    })?;
     let state = Arc::new(
         StateStore::open(&cfg.state)
             .with_context(|| format!("opening state at {}", cfg.state.path.display()))?,
@@ -79,10 +91,6 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     let http_addr = cfg.http.addr();
     let mut engine = runtime::start(cfg, state.clone(), metrics.clone())?;
     let stop = engine.stop_flag();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
     if let Some(addr) = http_addr {
         let app = AppState {
             metrics,
@@ -96,16 +104,14 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         });
     }
     rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
+                _ = int.recv() => break,
                 _ = term.recv() => break,
                 _ = tokio::time::sleep(Duration::from_millis(200)) => if engine.is_finished() { break },
             }
         }
-        anyhow::Ok(())
-    })?;
+    });
     tracing::info!("stopping: final commit");
     stop.store(true, Ordering::SeqCst);
     engine.join()

@@ -104,6 +104,17 @@ impl Metrics {
         m
     }
 
+    /// Actions emitted in total, all journeys and kinds.
+    pub fn actions_total(&self) -> u64 {
+        use prometheus::core::Collector;
+        self.actions
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         prometheus::TextEncoder::new()

@@ -135,6 +135,9 @@ fn timer_key(partition: i32, fire_at: i64, id: &str) -> Vec<u8> {
     key(TIMER, partition, &[&t[..], id.as_bytes()].concat())
 }
 
+/// Raw key suffixes and values of one kind and partition.
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Changes to write atomically.
 #[derive(Default)]
 pub struct StateBatch {
@@ -348,7 +351,7 @@ impl StateStore {
         Ok(())
     }
 
-    fn scan(&self, kind: u8, partition: i32) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+    fn scan(&self, kind: u8, partition: i32) -> Result<Entries, StateError> {
         let prefix = key(kind, partition, &[]);
         let mut out = Vec::new();
         for item in self

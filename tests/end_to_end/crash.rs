@@ -63,6 +63,8 @@ fn crashing_run(cfg: &Config, dir: &std::path::Path, kill_at: &[f64], rng: &mut 
         inst.kill9();
     }
     let mut last = Instance::spawn(cfg, dir, "final");
+    // The last instance restores every partition before it finishes the stream.
+    last.wait_ready(4);
     wait_caught_up(
         &cfg.kafka.group_id,
         &cfg.kafka.touchpoint_topics[0],

@@ -12,3 +12,4 @@ mod kcat;
 mod restart;
 mod schemas;
 mod support;
+mod timers;

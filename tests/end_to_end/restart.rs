@@ -73,6 +73,13 @@ fn restarts_and_replays_never_re_emit_actions_with_new_ids() {
     let mut fresh_cfg = topics.config(fresh_dir.path(), &unique("restart-fresh"));
     fresh_cfg.kafka.action_topic = fresh.actions.clone();
     fresh_cfg.kafka.dead_letter_topic = fresh.dead_letter.clone();
-    run_engine(&fresh_cfg, state(&fresh_cfg), 6_000);
-    assert_eq!(ids(&actions(&fresh.actions)), ids(&both));
+    let m = run_engine(&fresh_cfg, state(&fresh_cfg), 6_000);
+    let emitted = m.actions_total();
+    let fresh_actions = actions(&fresh.actions);
+    assert_eq!(
+        emitted as usize,
+        fresh_actions.len(),
+        "every emitted action is readable"
+    );
+    assert_eq!(ids(&fresh_actions), ids(&both));
 }

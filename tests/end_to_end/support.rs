@@ -369,6 +369,25 @@ impl Instance {
         );
     }
 
+    /// Waits until the instance has restored and taken `partitions` partitions.
+    pub fn wait_ready(&mut self, partitions: usize) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .matches("partition ready")
+            .count()
+            < partitions
+        {
+            self.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "instance not ready; log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Fails the test if the process has exited (with its log).
     pub fn assert_running(&mut self) {
         if let Some(status) = self.child.try_wait().unwrap() {
