@@ -35,7 +35,8 @@ impl Stage {
 }
 
 /// Why a record was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} failed: {reason}", stage.as_str())]
 pub struct Rejection {
     /// Where it failed.
     pub stage: Stage,

@@ -219,6 +219,32 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
+/// Offsets consumed in the current interval, looked up by `(partition, &str)`
+/// without allocating a topic name per record.
+#[derive(Default)]
+struct PendingOffsets(Vec<((i32, String), i64)>);
+
+impl PendingOffsets {
+    fn get_mut(&mut self, key: &(i32, &str)) -> Option<&mut i64> {
+        self.0
+            .iter_mut()
+            .find(|((p, t), _)| *p == key.0 && t == key.1)
+            .map(|(_, n)| n)
+    }
+    fn insert(&mut self, key: (i32, String), next: i64) {
+        self.0.push((key, next));
+    }
+    fn iter(&self) -> impl Iterator<Item = (&(i32, String), &i64)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
 /// A profile held in memory, and what is needed to write it back.
 struct Slot {
     partition: i32,
@@ -264,8 +290,12 @@ struct Core {
     tasks: HashMap<i32, Task>,
     /// Decoded profiles by customer id; the dirty ones are written at the next commit.
     cache: HashMap<String, Slot>,
-    /// Offsets consumed in this interval, `(topic, partition) -> next`.
-    pending: HashMap<(String, i32), i64>,
+    /// Ids of the profiles changed in this interval.
+    dirty: Vec<String>,
+    /// Per-topic event counters, resolved once.
+    event_counters: Vec<(String, prometheus::IntCounter)>,
+    /// Offsets consumed in this interval, `(partition, topic) -> next`.
+    pending: PendingOffsets,
     pending_records: u64,
     actions: Vec<Action>,
 }
@@ -301,15 +331,7 @@ impl Worker {
                 .init_transactions(Duration::from_secs(60))
                 .context("initialising Kafka transactions")?;
         }
-        let restorer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &cfg.kafka.bootstrap_servers)
-            .set("group.id", format!("{}-restore", cfg.kafka.group_id))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .context("creating the changelog restore consumer")?;
+        let restorer = restore_consumer(&cfg.kafka.bootstrap_servers, &cfg.kafka.group_id)?;
         let core = Arc::new(Mutex::new(Core {
             decoder: Decoder::new(cfg.engine.max_record_bytes)?,
             journeys: cfg.journeys.clone(),
@@ -323,7 +345,9 @@ impl Worker {
             progress: progress.clone(),
             tasks: HashMap::new(),
             cache: HashMap::new(),
-            pending: HashMap::new(),
+            dirty: Vec::new(),
+            event_counters: Vec::new(),
+            pending: PendingOffsets::default(),
             pending_records: 0,
             actions: Vec::new(),
             cfg: cfg.clone(),
@@ -433,6 +457,41 @@ impl Worker {
     }
 }
 
+/// The due times of a profile's pending timers (no allocation when there are none).
+fn timer_times(p: &Profile) -> Vec<i64> {
+    p.timers.iter().map(|t| t.fire_at_ms).collect()
+}
+
+/// Moves customer `id`'s entries in the partition's timer index from `before` to `after`.
+fn reindex(
+    tasks: &mut HashMap<i32, Task>,
+    partition: i32,
+    id: &str,
+    before: &[i64],
+    after: &[i64],
+) {
+    if before == after {
+        return;
+    }
+    let task = tasks.entry(partition).or_default();
+    for t in before {
+        task.timers.remove(&(*t, id.to_owned()));
+    }
+    for t in after {
+        task.timers.insert((*t, id.to_owned()));
+    }
+}
+
+/// Sets `map[topic] = next` without allocating when the topic is already there.
+fn set_next(map: &mut HashMap<String, i64>, topic: &str, next: i64) {
+    match map.get_mut(topic) {
+        Some(n) => *n = next,
+        None => {
+            map.insert(topic.to_owned(), next);
+        }
+    }
+}
+
 /// The slot of customer `id` in `partition`, loaded from state if needed.
 fn slot<'a>(
     cache: &'a mut HashMap<String, Slot>,
@@ -481,11 +540,16 @@ impl Core {
                 Err(r) => self.dead_letter(m, &r)?,
             }
             if let Some(task) = self.tasks.get_mut(&partition) {
-                task.applied.insert(topic.to_owned(), offset + 1);
+                set_next(&mut task.applied, topic, offset + 1);
             }
         }
-        self.pending
-            .insert((topic.to_owned(), partition), offset + 1);
+        match self.pending.get_mut(&(partition, topic)) {
+            Some(next) => *next = offset + 1,
+            None => {
+                self.pending
+                    .insert((partition, topic.to_owned()), offset + 1);
+            }
+        }
         self.pending_records += 1;
         Ok(())
     }
@@ -499,56 +563,43 @@ impl Core {
         offset: i64,
         tp: &Touchpoint,
     ) -> anyhow::Result<()> {
-        let id = tp.identity().unwrap_or_default().to_owned();
+        let id = tp.identity().unwrap_or_default();
         let hash = topic_hash(topic);
-        let slot = slot(&mut self.cache, &self.state, partition, &id)?;
+        let slot = slot(&mut self.cache, &self.state, partition, id)?;
         if slot.stored.reflects(hash, offset) {
             self.metrics.skipped.inc();
             return Ok(());
         }
-        let before: Vec<i64> = slot
-            .stored
-            .profile
-            .timers
-            .iter()
-            .map(|t| t.fire_at_ms)
-            .collect();
+        let before = timer_times(&slot.stored.profile);
         slot.stored.profile.apply(tp);
         self.journeys
             .evaluate(&mut slot.stored.profile, tp, &mut self.actions);
         slot.stored.advance(hash, offset);
-        slot.dirty = true;
-        let after: Vec<i64> = slot
-            .stored
-            .profile
-            .timers
-            .iter()
-            .map(|t| t.fire_at_ms)
-            .collect();
-        self.reindex(partition, &id, &before, &after);
-        self.metrics.events.with_label_values(&[topic]).inc();
+        if !slot.dirty {
+            slot.dirty = true;
+            self.dirty.push(id.to_owned());
+        }
+        let after = timer_times(&slot.stored.profile);
+        reindex(&mut self.tasks, partition, id, &before, &after);
+        match self.event_counters.iter().find(|(t, _)| t == topic) {
+            Some((_, c)) => c.inc(),
+            None => {
+                let c = self.metrics.events.with_label_values(&[topic]);
+                c.inc();
+                self.event_counters.push((topic.to_owned(), c));
+            }
+        }
         self.emit_pending()?;
         let task = self.tasks.entry(partition).or_default();
         if tp.event_time > task.watermark {
             task.watermark = tp.event_time;
             task.watermark_dirty = true;
             let wm = task.watermark;
-            self.fire_timers(partition, wm)?;
+            if task.timers.first().is_some_and(|(at, _)| *at <= wm) {
+                self.fire_timers(partition, wm)?;
+            }
         }
         Ok(())
-    }
-
-    fn reindex(&mut self, partition: i32, id: &str, before: &[i64], after: &[i64]) {
-        if before == after {
-            return;
-        }
-        let task = self.tasks.entry(partition).or_default();
-        for t in before {
-            task.timers.remove(&(*t, id.to_owned()));
-        }
-        for t in after {
-            task.timers.insert((*t, id.to_owned()));
-        }
     }
 
     /// Fires every timer of `partition` due at `now` (event time, or wall-clock time
@@ -566,27 +617,17 @@ impl Core {
             }
             task.timers.remove(&(at, id.clone()));
             let slot = slot(&mut self.cache, &self.state, partition, &id)?;
-            let before: Vec<i64> = slot
-                .stored
-                .profile
-                .timers
-                .iter()
-                .map(|t| t.fire_at_ms)
-                .collect();
+            let before = timer_times(&slot.stored.profile);
             if self
                 .journeys
                 .fire_due(&mut slot.stored.profile, now, &mut self.actions)
+                && !slot.dirty
             {
                 slot.dirty = true;
+                self.dirty.push(id.clone());
             }
-            let after: Vec<i64> = slot
-                .stored
-                .profile
-                .timers
-                .iter()
-                .map(|t| t.fire_at_ms)
-                .collect();
-            self.reindex(partition, &id, &before, &after);
+            let after = timer_times(&slot.stored.profile);
+            reindex(&mut self.tasks, partition, &id, &before, &after);
             self.metrics.timers_fired.inc_by(self.actions.len() as u64);
             self.emit_pending()?;
         }
@@ -710,19 +751,14 @@ impl Core {
         if self.poisoned {
             bail!("not committing after an earlier error");
         }
-        if self.pending.is_empty() && !self.cache.values().any(|s| s.dirty) {
+        if self.pending.is_empty() && self.dirty.is_empty() {
             return Ok(());
         }
         let started = Instant::now();
         self.begin()?;
         // Changelog: one record per changed profile, not per event.
         let mut batch = StateBatch::default();
-        let dirty: Vec<String> = self
-            .cache
-            .iter()
-            .filter(|(_, s)| s.dirty)
-            .map(|(k, _)| k.clone())
-            .collect();
+        let dirty = std::mem::take(&mut self.dirty);
         for id in &dirty {
             let slot = &self.cache[id];
             let bytes = slot.stored.encode();
@@ -783,7 +819,7 @@ impl Core {
             );
         }
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), next) in &self.pending {
+        for ((partition, topic), next) in self.pending.iter() {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
             batch.set_offset(*partition, topic, *next);
         }
@@ -849,6 +885,7 @@ impl Core {
     fn abort(&mut self) {
         self.poisoned = true;
         self.pending.clear();
+        self.dirty.clear();
         self.cache.clear();
         self.tasks.clear();
         if self.in_transaction {
@@ -864,6 +901,8 @@ impl Core {
     fn release(&mut self, partitions: &[i32]) -> anyhow::Result<()> {
         let gone: HashSet<i32> = partitions.iter().copied().collect();
         self.cache.retain(|_, s| !gone.contains(&s.partition));
+        let cache = &self.cache;
+        self.dirty.retain(|id| cache.contains_key(id));
         for p in partitions {
             self.tasks.remove(p);
         }
@@ -894,75 +933,104 @@ impl Core {
         Ok(())
     }
 
-    /// Replays changelog partition `p` from the local checkpoint to its end into
-    /// RocksDB. Returns the number of records applied.
+    /// Replays changelog partition `p` into RocksDB before the task starts.
     fn restore(&mut self, p: i32) -> anyhow::Result<u64> {
-        let from = self.state.checkpoint(p)?.unwrap_or(0);
-        let (low, high) =
-            self.restorer
-                .fetch_watermarks(&self.changelog, p, Duration::from_secs(30))?;
-        if high <= from.max(low) {
-            return Ok(0);
-        }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.changelog, p, Offset::Offset(from.max(low)))?;
-        self.restorer.assign(&tpl)?;
-        let started = Instant::now();
-        let (mut n, mut next) = (0u64, from);
-        let mut batch = StateBatch::default();
-        loop {
-            match self.restorer.poll(Duration::from_secs(1)) {
-                // Left over from restoring another partition.
-                Some(Ok(m)) if m.partition() != p => {}
-                Some(Err(KafkaError::PartitionEOF(other))) if other != p => {}
-                Some(Ok(m)) => {
-                    next = m.offset() + 1;
-                    let key = m.key().unwrap_or_default();
-                    if key == WATERMARK_KEY {
-                        if let Some(v) = m.payload().and_then(|v| <[u8; 8]>::try_from(v).ok()) {
-                            batch.set_watermark(p, i64::from_be_bytes(v));
-                        }
-                    } else {
-                        let id = String::from_utf8_lossy(key);
-                        // The timer index follows the profile: drop the old entries, add the new.
-                        if let Some(old) = self.state.get(p, &id)? {
-                            for t in &old.profile.timers {
-                                batch.delete_timer(p, t.fire_at_ms, &id);
-                            }
-                        }
-                        match m.payload() {
-                            Some(v) => {
-                                let stored = Stored::decode(&id, v)?;
-                                for t in &stored.profile.timers {
-                                    batch.put_timer(p, t.fire_at_ms, &id);
-                                }
-                                batch.put_profile(p, &id, v);
-                            }
-                            None => batch.delete_profile(p, &id),
-                        }
-                    }
-                    n += 1;
-                    if batch.len() >= 10_000 {
-                        batch.set_checkpoint(p, next);
-                        self.state.write(std::mem::take(&mut batch))?;
-                    }
-                    if next >= high {
-                        break;
-                    }
-                }
-                // read_committed stops at the last stable offset: the rest is aborted or not yet decided.
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
-                Some(Err(e)) => return Err(e.into()),
-                None if started.elapsed() > Duration::from_secs(120) => {
-                    bail!("changelog restore made no progress for 120 s")
-                }
-                None => {}
-            }
-        }
-        batch.set_checkpoint(p, next);
-        self.state.write(batch)?;
-        self.restorer.unassign()?;
+        let n = restore_partition(&self.restorer, &self.changelog, &self.state, p)?;
         self.metrics.restored.inc_by(n);
         Ok(n)
     }
+}
+
+/// The consumer that reads changelog partitions during restore.
+pub fn restore_consumer(bootstrap: &str, group_id: &str) -> anyhow::Result<BaseConsumer> {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("{group_id}-restore"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.max.bytes", "104857600")
+        .set("max.partition.fetch.bytes", "16777216")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .context("creating the changelog restore consumer")
+}
+
+/// Replays changelog partition `p` from the local checkpoint to its end into
+/// RocksDB, with `restorer` (a read_committed consumer with partition EOF events).
+/// Returns the number of records applied.
+pub fn restore_partition(
+    restorer: &BaseConsumer,
+    changelog: &str,
+    state: &StateStore,
+    p: i32,
+) -> anyhow::Result<u64> {
+    let checkpoint = state.checkpoint(p)?;
+    // Without a checkpoint this partition has no local state: nothing old to replace.
+    let fresh = checkpoint.is_none();
+    let from = checkpoint.unwrap_or(0);
+    let (low, high) = restorer.fetch_watermarks(changelog, p, Duration::from_secs(30))?;
+    if high <= from.max(low) {
+        return Ok(0);
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(changelog, p, Offset::Offset(from.max(low)))?;
+    restorer.assign(&tpl)?;
+    let started = Instant::now();
+    let (mut n, mut next) = (0u64, from);
+    let mut batch = StateBatch::default();
+    loop {
+        match restorer.poll(Duration::from_secs(1)) {
+            // Left over from restoring another partition.
+            Some(Ok(m)) if m.partition() != p => {}
+            Some(Err(KafkaError::PartitionEOF(other))) if other != p => {}
+            Some(Ok(m)) => {
+                next = m.offset() + 1;
+                let key = m.key().unwrap_or_default();
+                if key == WATERMARK_KEY {
+                    if let Some(v) = m.payload().and_then(|v| <[u8; 8]>::try_from(v).ok()) {
+                        batch.set_watermark(p, i64::from_be_bytes(v));
+                    }
+                } else {
+                    let id = String::from_utf8_lossy(key);
+                    // The timer index follows the profile: drop the old entries, add the new.
+                    if let Some(old) = if fresh { None } else { state.get(p, &id)? } {
+                        for t in &old.profile.timers {
+                            batch.delete_timer(p, t.fire_at_ms, &id);
+                        }
+                    }
+                    match m.payload() {
+                        Some(v) => {
+                            let stored = Stored::decode(&id, v)?;
+                            for t in &stored.profile.timers {
+                                batch.put_timer(p, t.fire_at_ms, &id);
+                            }
+                            batch.put_profile(p, &id, v);
+                        }
+                        None => batch.delete_profile(p, &id),
+                    }
+                }
+                n += 1;
+                if batch.len() >= 10_000 {
+                    batch.set_checkpoint(p, next);
+                    state.write(std::mem::take(&mut batch))?;
+                }
+                if next >= high {
+                    break;
+                }
+            }
+            // read_committed stops at the last stable offset: the rest is aborted or not yet decided.
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => return Err(e.into()),
+            None if started.elapsed() > Duration::from_secs(120) => {
+                bail!("changelog restore made no progress for 120 s")
+            }
+            None => {}
+        }
+    }
+    batch.set_checkpoint(p, next);
+    state.write(batch)?;
+    restorer.unassign()?;
+    Ok(n)
 }

@@ -13,3 +13,4 @@ mod restart;
 mod schemas;
 mod support;
 mod timers;
+mod topics;

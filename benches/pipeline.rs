@@ -1,0 +1,282 @@
+//! Rapport's benchmarks: the in-process pipeline, changelog restore, and Kafka to
+//! Kafka throughput under each guarantee against a bare consume-produce loop.
+//!
+//! ```sh
+//! CARGO_TARGET_DIR=~/.cache/rapport/target cargo bench --profile dev --bench pipeline -- all
+//! ```
+//! (`in-process`, `restore` or `guarantees` run one part.) The broker is
+//! `RAPPORT_KAFKA_BOOTSTRAP`, or the local one from `deploy/kafka.sh`. Numbers are
+//! printed as a Markdown table for the README.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rapport::config::{Config, Guarantee, StateConfig};
+use rapport::ingest::Decoder;
+use rapport::kafka::{ensure_topics, TopicSpec};
+use rapport::metrics::Metrics;
+use rapport::runtime::{self, restore_consumer, restore_partition};
+use rapport::state::{StateStore, Stored};
+use rapport_connectors::simulator::{SimConfig, Simulator};
+use rapport_model::{Journeys, Profile};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::Message;
+
+const T0: i64 = 1_764_000_000_000;
+
+fn main() -> anyhow::Result<()> {
+    let which = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .unwrap_or_else(|| "all".into());
+    println!("| benchmark | result |\n|---|---|");
+    if which == "all" || which == "in-process" {
+        for customers in [10_000, 1_000_000] {
+            in_process(1_000_000, customers);
+        }
+    }
+    if which == "all" || which == "restore" || which == "guarantees" {
+        let bootstrap = rapport::broker::ensure()?.bootstrap;
+        if which != "guarantees" {
+            restore(&bootstrap, 200_000)?;
+        }
+        if which != "restore" {
+            guarantees(&bootstrap, 200_000)?;
+        }
+    }
+    Ok(())
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn suffix() -> String {
+    format!(
+        "{}.{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_millis()
+    )
+}
+
+/// Decode + profile update + journeys on one core, no Kafka, no RocksDB.
+fn in_process(events: usize, customers: u64) {
+    let mut sim = Simulator::new(SimConfig {
+        customers,
+        seed: 1,
+        malformed_per_mille: 0,
+    });
+    let records: Vec<Vec<u8>> = (0..events)
+        .map(|i| sim.next_record(T0 + i as i64 * 10).value)
+        .collect();
+    let decoder = Decoder::new(1 << 20).expect("schema");
+    let journeys = Journeys::default();
+    let mut profiles: HashMap<String, Profile> = HashMap::with_capacity(customers as usize);
+    let mut actions = Vec::new();
+    let mut fired = 0usize;
+    let started = Instant::now();
+    for bytes in &records {
+        let tp = decoder.decode(bytes).expect("valid");
+        let id = tp.identity().unwrap_or_default();
+        let p = match profiles.get_mut(id) {
+            Some(p) => p,
+            None => profiles
+                .entry(id.to_owned())
+                .or_insert_with(|| Profile::new(id)),
+        };
+        p.apply(&tp);
+        journeys.evaluate(p, &tp, &mut actions);
+        fired += actions.len();
+        actions.clear();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "| in-process pipeline, {events} JSON events, {customers} customers (decode + profile + journeys, one core) | {:.0} events/s ({:.2} µs/event, {fired} actions) |",
+        events as f64 / secs,
+        secs * 1e6 / events as f64
+    );
+}
+
+/// Restore rate from a compacted changelog into a fresh RocksDB.
+fn restore(bootstrap: &str, profiles: u64) -> anyhow::Result<()> {
+    let topic = format!("bench.restore.{}", suffix());
+    let mut spec = TopicSpec::new(&topic, 4);
+    spec.configs
+        .push(("cleanup.policy".into(), "compact".into()));
+    rt().block_on(ensure_topics(bootstrap, &[spec]))?;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "20")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let mut sim = Simulator::new(SimConfig {
+        customers: profiles,
+        seed: 2,
+        malformed_per_mille: 0,
+    });
+    let decoder = Decoder::new(1 << 20)?;
+    for i in 0..profiles {
+        let id = Simulator::customer_id(i);
+        let mut p = Profile::new(&id);
+        for k in 0..5 {
+            // Realistic bodies: a few simulated touchpoints applied to each profile.
+            let r = sim.next_record(T0 + k * 1000);
+            let mut tp = decoder.decode(&r.value)?;
+            tp.customer_id = Some(id.clone());
+            p.apply(&tp);
+        }
+        let bytes = Stored {
+            sources: vec![(1, i as i64)],
+            profile: p,
+        }
+        .encode();
+        let mut rec = BaseRecord::<str, [u8]>::to(&topic)
+            .key(&id)
+            .payload(&bytes)
+            .partition((i % 4) as i32);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60))?;
+    let dir = tempfile::tempdir()?;
+    let state = StateStore::open(&StateConfig {
+        path: dir.path().to_owned(),
+        ..Default::default()
+    })?;
+    let consumer = restore_consumer(bootstrap, &format!("bench-{}", suffix()))?;
+    let started = Instant::now();
+    let mut n = 0;
+    for p in 0..4 {
+        n += restore_partition(&consumer, &topic, &state, p)?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "| changelog restore, {n} profile records into a fresh RocksDB | {:.0} profiles/s |",
+        n as f64 / secs
+    );
+    Ok(())
+}
+
+/// Kafka to Kafka: a bare consume-produce loop, then the engine under each guarantee.
+fn guarantees(bootstrap: &str, events: u64) -> anyhow::Result<()> {
+    let s = suffix();
+    let input = format!("bench.touchpoints.{s}");
+    rt().block_on(ensure_topics(bootstrap, &[TopicSpec::new(&input, 4)]))?;
+    let stop = AtomicBool::new(false);
+    let sent = AtomicU64::new(0);
+    let mut sim = Simulator::new(SimConfig {
+        customers: 100_000,
+        seed: 3,
+        malformed_per_mille: 0,
+    });
+    rapport_connectors::publish::publish(
+        bootstrap,
+        &input,
+        &mut sim,
+        0,
+        Some(events),
+        &stop,
+        &sent,
+    )?;
+
+    let secs = passthrough(bootstrap, &input, events, &s)?;
+    let bare = events as f64 / secs;
+    println!("| bare rdkafka consume-produce passthrough, {events} records, 4 partitions | {bare:.0} records/s |");
+    for (name, g) in [
+        ("at_least_once", Guarantee::AtLeastOnce),
+        ("exactly_once", Guarantee::ExactlyOnce),
+    ] {
+        let dir = tempfile::tempdir()?;
+        let mut cfg = Config::default();
+        cfg.kafka.bootstrap_servers = bootstrap.to_owned();
+        cfg.kafka.group_id = format!("bench-{name}-{s}");
+        cfg.kafka.touchpoint_topics = vec![input.clone()];
+        cfg.kafka.action_topic = format!("bench.actions.{name}.{s}");
+        cfg.kafka.dead_letter_topic = format!("bench.dlq.{name}.{s}");
+        cfg.state.path = dir.path().to_owned();
+        cfg.http.listen = String::new();
+        cfg.engine.guarantee = g;
+        cfg.engine.wall_clock_timers = false;
+        let state = Arc::new(StateStore::open(&cfg.state)?);
+        let engine = runtime::start(cfg, state, Metrics::new())?;
+        // Timed from the moment partitions are assigned, like the passthrough loop.
+        while !engine.progress.ready.load(Ordering::SeqCst) {
+            anyhow::ensure!(!engine.is_finished(), "engine stopped");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let started = Instant::now();
+        while engine.progress.committed.load(Ordering::SeqCst) < events {
+            anyhow::ensure!(!engine.is_finished(), "engine stopped");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let secs = started.elapsed().as_secs_f64();
+        engine.shutdown()?;
+        let rate = events as f64 / secs;
+        println!(
+            "| engine, {name}, {events} touchpoints, 100k customers, 4 partitions | {rate:.0} events/s ({:.0}% of passthrough) |",
+            100.0 * rate / bare
+        );
+    }
+    Ok(())
+}
+
+fn passthrough(bootstrap: &str, input: &str, events: u64, s: &str) -> anyhow::Result<f64> {
+    let out = format!("bench.passthrough.{s}");
+    rt().block_on(ensure_topics(bootstrap, &[TopicSpec::new(&out, 4)]))?;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("bench-passthrough-{s}"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .create()?;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "500000")
+        .create()?;
+    consumer.subscribe(&[input])?;
+    let mut started = None;
+    let mut n = 0;
+    while n < events {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m?;
+            started.get_or_insert_with(Instant::now);
+            let mut rec =
+                BaseRecord::<[u8], [u8]>::to(&out).payload(m.payload().unwrap_or_default());
+            if let Some(k) = m.key() {
+                rec = rec.key(k);
+            }
+            loop {
+                match producer.send(rec) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        rec = r;
+                        producer.poll(Duration::from_millis(1));
+                    }
+                }
+            }
+            producer.poll(Duration::ZERO);
+            n += 1;
+        }
+    }
+    producer.flush(Duration::from_secs(60))?;
+    Ok(started
+        .map(|s| s.elapsed().as_secs_f64())
+        .unwrap_or(f64::NAN))
+}
