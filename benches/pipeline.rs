@@ -17,7 +17,7 @@ use rapport::config::{Config, Guarantee, StateConfig};
 use rapport::ingest::Decoder;
 use rapport::kafka::{ensure_topics, TopicSpec};
 use rapport::metrics::Metrics;
-use rapport::runtime::{self, restore_consumer, restore_partition};
+use rapport::runtime::{self, restore_partition, Restorer};
 use rapport::state::{StateStore, Stored};
 use rapport_connectors::simulator::{SimConfig, Simulator};
 use rapport_model::{Journeys, Profile};
@@ -158,7 +158,7 @@ fn restore(bootstrap: &str, profiles: u64) -> anyhow::Result<()> {
         path: dir.path().to_owned(),
         ..Default::default()
     })?;
-    let consumer = restore_consumer(bootstrap, &format!("bench-{}", suffix()))?;
+    let consumer = Restorer::new(bootstrap, &format!("bench-{}", suffix()))?;
     let started = Instant::now();
     let mut n = 0;
     for p in 0..4 {

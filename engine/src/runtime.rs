@@ -159,13 +159,18 @@ impl ConsumerContext for EngineContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let partitions = partitions_of(tpl);
                 tracing::info!(?partitions, "partitions assigned: restoring");
                 let mut core = lock(&self.core);
-                match core.assign(&partitions) {
+                // Commit what is pending first: a restore may wait for a dead
+                // instance's transaction to time out, and ours must not time out meanwhile.
+                match core
+                    .commit(consumer, CommitMode::Sync)
+                    .and_then(|_| core.assign(&partitions))
+                {
                     Ok(()) => self.progress.ready.store(true, Ordering::SeqCst),
                     Err(e) => self.fail(e),
                 }
@@ -266,6 +271,8 @@ struct Task {
     applied: HashMap<String, i64>,
     /// Whether a record arrived during the current commit interval.
     active: bool,
+    /// Whether a record arrived since the assignment.
+    started: bool,
 }
 
 struct Worker {
@@ -278,7 +285,7 @@ struct Core {
     cfg: Config,
     changelog: String,
     producer: BaseProducer<DeliveryContext>,
-    restorer: BaseConsumer,
+    restorer: Restorer,
     in_transaction: bool,
     /// Set after an error: nothing more may be committed.
     poisoned: bool,
@@ -331,7 +338,7 @@ impl Worker {
                 .init_transactions(Duration::from_secs(60))
                 .context("initialising Kafka transactions")?;
         }
-        let restorer = restore_consumer(&cfg.kafka.bootstrap_servers, &cfg.kafka.group_id)?;
+        let restorer = Restorer::new(&cfg.kafka.bootstrap_servers, &cfg.kafka.group_id)?;
         let core = Arc::new(Mutex::new(Core {
             decoder: Decoder::new(cfg.engine.max_record_bytes)?,
             journeys: cfg.journeys.clone(),
@@ -531,6 +538,10 @@ impl Core {
             return Ok(());
         };
         task.active = true;
+        if !task.started {
+            task.started = true;
+            tracing::info!(partition, topic, offset, "first record of the assignment");
+        }
         let already = task.applied.get(topic).is_some_and(|&next| offset < next);
         if already {
             self.metrics.skipped.inc();
@@ -823,6 +834,7 @@ impl Core {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
             batch.set_offset(*partition, topic, *next);
         }
+        tracing::debug!(offsets = ?self.pending.0, profiles = dirty.len(), "committing");
         if self.exactly_once() {
             let timeout = Duration::from_secs(30);
             if tpl.count() > 0 {
@@ -921,6 +933,7 @@ impl Core {
                 watermark_dirty: false,
                 applied: self.state.offsets(p)?,
                 active: false,
+                started: false,
             };
             tracing::info!(
                 partition = p,
@@ -941,27 +954,45 @@ impl Core {
     }
 }
 
-/// The consumer that reads changelog partitions during restore.
-pub fn restore_consumer(bootstrap: &str, group_id: &str) -> anyhow::Result<BaseConsumer> {
-    rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("{group_id}-restore"))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.max.bytes", "104857600")
-        .set("max.partition.fetch.bytes", "16777216")
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .context("creating the changelog restore consumer")
+/// The clients that restore changelog partitions: a read_committed reader, and a
+/// read_uncommitted one that asks for the true end of a partition (a read_committed
+/// client would answer with the last stable offset, which stops short of a
+/// transaction a dead instance left in the middle of committing).
+pub struct Restorer {
+    reader: BaseConsumer,
+    ends: BaseConsumer,
+}
+
+impl Restorer {
+    /// Clients for the cluster at `bootstrap`.
+    pub fn new(bootstrap: &str, group_id: &str) -> anyhow::Result<Restorer> {
+        let base = |isolation: &str| {
+            rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", bootstrap)
+                .set("group.id", format!("{group_id}-restore"))
+                .set("enable.auto.commit", "false")
+                .set("isolation.level", isolation)
+                .set("enable.partition.eof", "true")
+                .set("auto.offset.reset", "earliest")
+                .set("fetch.max.bytes", "104857600")
+                .set("max.partition.fetch.bytes", "16777216")
+                .set("fetch.wait.max.ms", "10")
+                .create::<BaseConsumer>()
+                .context("creating the changelog restore consumer")
+        };
+        Ok(Restorer {
+            reader: base("read_committed")?,
+            ends: base("read_uncommitted")?,
+        })
+    }
 }
 
 /// Replays changelog partition `p` from the local checkpoint to its end into
-/// RocksDB, with `restorer` (a read_committed consumer with partition EOF events).
+/// RocksDB with `restorer`, waiting for transactions still open at the end of the
+/// partition to be decided.
 /// Returns the number of records applied.
 pub fn restore_partition(
-    restorer: &BaseConsumer,
+    restorer: &Restorer,
     changelog: &str,
     state: &StateStore,
     p: i32,
@@ -970,21 +1001,24 @@ pub fn restore_partition(
     // Without a checkpoint this partition has no local state: nothing old to replace.
     let fresh = checkpoint.is_none();
     let from = checkpoint.unwrap_or(0);
-    let (low, high) = restorer.fetch_watermarks(changelog, p, Duration::from_secs(30))?;
+    let (low, high) = restorer
+        .ends
+        .fetch_watermarks(changelog, p, Duration::from_secs(30))?;
     if high <= from.max(low) {
         return Ok(0);
     }
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(changelog, p, Offset::Offset(from.max(low)))?;
-    restorer.assign(&tpl)?;
+    restorer.reader.assign(&tpl)?;
     let started = Instant::now();
     let (mut n, mut next) = (0u64, from);
     let mut batch = StateBatch::default();
+    let start = from.max(low);
     loop {
-        match restorer.poll(Duration::from_secs(1)) {
-            // Left over from restoring another partition.
-            Some(Ok(m)) if m.partition() != p => {}
-            Some(Err(KafkaError::PartitionEOF(other))) if other != p => {}
+        let mut check_position = false;
+        match restorer.reader.poll(Duration::from_millis(200)) {
+            // Left over from an earlier restore (of another partition, or of this one).
+            Some(Ok(m)) if m.partition() != p || m.offset() < start => {}
             Some(Ok(m)) => {
                 next = m.offset() + 1;
                 let key = m.key().unwrap_or_default();
@@ -1016,21 +1050,36 @@ pub fn restore_partition(
                     batch.set_checkpoint(p, next);
                     state.write(std::mem::take(&mut batch))?;
                 }
-                if next >= high {
+            }
+            // End-of-partition events may be stale; the position below decides.
+            Some(Err(KafkaError::PartitionEOF(_))) | None => check_position = true,
+            Some(Err(e)) => return Err(e.into()),
+        }
+        if next >= high {
+            break;
+        }
+        if check_position {
+            // Aborted records and transaction markers are never returned, but the
+            // position moves past them once their transaction is decided (a dead
+            // instance's open transaction is aborted after transaction.timeout.ms).
+            let pos = restorer
+                .reader
+                .position()?
+                .find_partition(changelog, p)
+                .map(|e| e.offset());
+            if let Some(Offset::Offset(o)) = pos {
+                if o >= high {
+                    next = next.max(o);
                     break;
                 }
             }
-            // read_committed stops at the last stable offset: the rest is aborted or not yet decided.
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) => return Err(e.into()),
-            None if started.elapsed() > Duration::from_secs(120) => {
-                bail!("changelog restore made no progress for 120 s")
+            if started.elapsed() > Duration::from_secs(300) {
+                bail!("changelog restore stuck below offset {high} for 300 s");
             }
-            None => {}
         }
     }
     batch.set_checkpoint(p, next);
     state.write(batch)?;
-    restorer.unassign()?;
+    restorer.reader.unassign()?;
     Ok(n)
 }

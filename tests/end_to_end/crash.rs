@@ -186,7 +186,34 @@ fn a_group_of_three_loses_one_and_the_others_take_over() {
 
     let got = actions(&topics.actions);
     assert_eq!(got.len(), ids(&got).len(), "exactly once: no duplicates");
-    assert_eq!(ids(&got), ids(&clean_actions));
+    let (g, c) = (ids(&got), ids(&clean_actions));
+    let missing: Vec<&Action> = clean_actions
+        .iter()
+        .filter(|a| !g.contains(&a.action_id))
+        .take(3)
+        .collect();
+    let extra: Vec<&Action> = got
+        .iter()
+        .filter(|a| !c.contains(&a.action_id))
+        .take(3)
+        .collect();
+    if !(missing.is_empty() && extra.is_empty()) {
+        let keep = std::env::temp_dir().join(format!("rapport-group-{}", std::process::id()));
+        std::fs::create_dir_all(&keep).unwrap();
+        for n in ["a", "b", "c"] {
+            let _ = std::fs::copy(
+                dir.path().join(format!("{n}.log")),
+                keep.join(format!("{n}.log")),
+            );
+        }
+        eprintln!("instance logs kept in {}", keep.display());
+    }
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{} missing, {} extra; missing e.g. {missing:?}; extra e.g. {extra:?}",
+        c.difference(&g).count(),
+        g.difference(&c).count()
+    );
     let dirs: Vec<std::path::PathBuf> =
         ["a", "b", "c"].iter().map(|n| dir.path().join(n)).collect();
     let profiles = all_profiles(&dirs.iter().map(|d| d.as_path()).collect::<Vec<_>>());

@@ -145,8 +145,12 @@ pub fn drain(topic: &str) -> Vec<OwnedMessage> {
     let partitions: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
     let mut ends = HashMap::new();
     let mut tpl = TopicPartitionList::new();
+    // The true end (a read_committed client answers with the last stable offset,
+    // which stops before any transaction still open); reading stops past it only
+    // once every transaction in the partition is decided.
+    let uncommitted = read_uncommitted();
     for &p in &partitions {
-        let (lo, hi) = c
+        let (lo, hi) = uncommitted
             .fetch_watermarks(topic, p, Duration::from_secs(10))
             .unwrap();
         if hi > lo {
@@ -263,12 +267,18 @@ pub fn committed_total(group: &str, topic: &str) -> i64 {
         .sum()
 }
 
+/// A client that sees the true end of partitions, open transactions included.
+fn read_uncommitted() -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .unwrap()
+}
+
 /// Sum of the end offsets of `topic`'s partitions.
 pub fn end_total(topic: &str) -> i64 {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .unwrap();
+    let c = read_uncommitted();
     let md = c
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap();
@@ -340,7 +350,10 @@ impl Instance {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_rapport"))
             .args(["run", "--config"])
             .arg(&conf)
-            .env("RAPPORT_LOG", "info")
+            .env(
+                "RAPPORT_LOG",
+                std::env::var("RAPPORT_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(std::process::Stdio::null())
             .stderr(file)
             .spawn()
@@ -406,6 +419,7 @@ pub fn wait_caught_up(group: &str, topic: &str, instances: &mut [&mut Instance])
     loop {
         let done = committed_total(group, topic);
         if done >= end {
+            eprintln!("group {group} caught up: committed {done} of {end}");
             return;
         }
         for i in instances.iter_mut() {
