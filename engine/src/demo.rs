@@ -75,6 +75,8 @@ fn run_on(bootstrap: &str, opts: &DemoOptions) -> anyhow::Result<()> {
     cfg.kafka.touchpoint_topics = vec![format!("rapport.demo.{run_id}.touchpoints")];
     cfg.kafka.action_topic = format!("rapport.demo.{run_id}.actions");
     cfg.kafka.dead_letter_topic = format!("rapport.demo.{run_id}.dead-letter");
+    // Compressed time, so the post-delivery survey fires while you watch.
+    cfg.journeys.survey.wait_seconds = 5;
     let state_dir = tempfile::tempdir()?;
     cfg.state.path = state_dir.path().to_owned();
     cfg.validate()
@@ -92,6 +94,10 @@ fn run_on(bootstrap: &str, opts: &DemoOptions) -> anyhow::Result<()> {
         .build()?
         .block_on(ensure_topics(bootstrap, &topics))
         .context("creating the demo topics")?;
+    println!(
+        "post-delivery surveys wait {}s in the demo (2h by default)",
+        cfg.journeys.survey.wait_seconds
+    );
     println!(
         "topics: {} -> {} (+ {})",
         topics[0].name, topics[1].name, topics[2].name

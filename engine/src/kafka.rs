@@ -91,10 +91,26 @@ pub async fn prepare_topics(k: &KafkaConfig) -> anyhow::Result<i32> {
         .set("bootstrap.servers", &k.bootstrap_servers)
         .create()?;
     let timeout = Duration::from_secs(30);
-    let md = admin
+    // A topic created a moment ago may not be in every broker's metadata yet.
+    let mut md = admin
         .inner()
         .fetch_metadata(None, timeout)
         .context("fetching cluster metadata")?;
+    for _ in 0..20 {
+        let known = |name: &String| {
+            md.topics()
+                .iter()
+                .any(|t| &t.name() == name && t.error().is_none() && !t.partitions().is_empty())
+        };
+        if k.touchpoint_topics.iter().all(known) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        md = admin
+            .inner()
+            .fetch_metadata(None, timeout)
+            .context("fetching cluster metadata")?;
+    }
     let count = |name: &str| {
         md.topics()
             .iter()
