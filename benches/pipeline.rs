@@ -27,6 +27,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::Message;
 
 const T0: i64 = 1_764_000_000_000;
+static BYTES: AtomicU64 = AtomicU64::new(0);
 
 fn main() -> anyhow::Result<()> {
     let which = std::env::args()
@@ -138,6 +139,9 @@ fn restore(bootstrap: &str, profiles: u64) -> anyhow::Result<()> {
             profile: p,
         }
         .encode();
+        if i < 1000 {
+            BYTES.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
         let mut rec = BaseRecord::<str, [u8]>::to(&topic)
             .key(&id)
             .payload(&bytes)
@@ -166,7 +170,8 @@ fn restore(bootstrap: &str, profiles: u64) -> anyhow::Result<()> {
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "| changelog restore, {n} profile records into a fresh RocksDB | {:.0} profiles/s |",
+        "| changelog restore, {n} profile records (about {} bytes each) into a fresh RocksDB | {:.0} profiles/s |",
+        BYTES.load(Ordering::Relaxed) / 1000,
         n as f64 / secs
     );
     Ok(())
@@ -212,10 +217,20 @@ fn guarantees(bootstrap: &str, events: u64) -> anyhow::Result<()> {
         cfg.http.listen = String::new();
         cfg.engine.guarantee = g;
         cfg.engine.wall_clock_timers = false;
+        if let Ok(extra) = std::env::var("RAPPORT_BENCH_PRODUCER") {
+            for kv in extra.split(',').filter(|s| !s.is_empty()) {
+                if let Some((k, v)) = kv.split_once('=') {
+                    cfg.kafka.producer.insert(k.into(), v.into());
+                }
+            }
+        }
+        if let Some(ms) = std::env::var("RAPPORT_BENCH_COMMIT_MS").ok().and_then(|v| v.parse().ok()) {
+            cfg.engine.commit_interval_ms = ms;
+        }
         let state = Arc::new(StateStore::open(&cfg.state)?);
         let engine = runtime::start(cfg, state, Metrics::new())?;
-        // Timed from the moment partitions are assigned, like the passthrough loop.
-        while !engine.progress.ready.load(Ordering::SeqCst) {
+        // Timed from the first record, like the passthrough loop.
+        while engine.progress.handled.load(Ordering::SeqCst) == 0 {
             anyhow::ensure!(!engine.is_finished(), "engine stopped");
             std::thread::sleep(Duration::from_millis(1));
         }
