@@ -224,7 +224,17 @@ fn guarantees(bootstrap: &str, events: u64) -> anyhow::Result<()> {
                 }
             }
         }
-        if let Some(ms) = std::env::var("RAPPORT_BENCH_COMMIT_MS").ok().and_then(|v| v.parse().ok()) {
+        if let Ok(extra) = std::env::var("RAPPORT_BENCH_CONSUMER") {
+            for kv in extra.split(',').filter(|s| !s.is_empty()) {
+                if let Some((k, v)) = kv.split_once('=') {
+                    cfg.kafka.consumer.insert(k.into(), v.into());
+                }
+            }
+        }
+        if let Some(ms) = std::env::var("RAPPORT_BENCH_COMMIT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
             cfg.engine.commit_interval_ms = ms;
         }
         let state = Arc::new(StateStore::open(&cfg.state)?);

@@ -24,7 +24,9 @@ pub const DLQ_REASON: &str = "rapport.dlq.reason";
 /// Header carrying an action's id, so consumers can de-duplicate without parsing.
 pub const ACTION_ID: &str = "rapport.action_id";
 
-/// Consumer settings: manual commits, read_committed, cooperative rebalancing.
+/// Consumer settings: manual commits, read_committed, cooperative rebalancing, and
+/// deep prefetching (the engine processes faster than one fetch per partition
+/// round trip delivers with librdkafka's smaller defaults).
 pub fn consumer_config(k: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &k.bootstrap_servers)
@@ -34,8 +36,9 @@ pub fn consumer_config(k: &KafkaConfig) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("fetch.wait.max.ms", "50")
-        .set("queued.min.messages", "20000");
+        // Keep a deep local queue so processing never waits for a fetch round trip.
+        .set("queued.min.messages", "200000")
+        .set("max.partition.fetch.bytes", "4194304");
     for (key, v) in &k.consumer {
         c.set(key, v);
     }
@@ -100,7 +103,7 @@ pub async fn prepare_topics(k: &KafkaConfig) -> anyhow::Result<i32> {
         let known = |name: &String| {
             md.topics()
                 .iter()
-                .any(|t| &t.name() == name && t.error().is_none() && !t.partitions().is_empty())
+                .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
         };
         if k.touchpoint_topics.iter().all(known) {
             break;

@@ -250,6 +250,19 @@ impl PendingOffsets {
     }
 }
 
+/// A commit whose Kafka side (waiting for acknowledgements and, under
+/// exactly_once, committing the transaction) runs on a background thread while the
+/// next interval is processed on the other producer. Its RocksDB writes and offset
+/// commit happen only once that succeeded, and before the next commit starts.
+struct InFlight {
+    job: JoinHandle<anyhow::Result<()>>,
+    producer: usize,
+    batch: StateBatch,
+    offsets: TopicPartitionList,
+    records: u64,
+    started: Instant,
+}
+
 /// A profile held in memory, and what is needed to write it back.
 struct Slot {
     partition: i32,
@@ -284,7 +297,12 @@ struct Worker {
 struct Core {
     cfg: Config,
     changelog: String,
-    producer: BaseProducer<DeliveryContext>,
+    /// Two producers used in turn (see [`InFlight`]).
+    producers: [Arc<BaseProducer<DeliveryContext>>; 2],
+    /// The producer of the current interval.
+    current: usize,
+    /// The previous interval's commit, still running.
+    in_flight: Option<InFlight>,
     restorer: Restorer,
     in_transaction: bool,
     /// Set after an error: nothing more may be committed.
@@ -315,35 +333,43 @@ impl Worker {
         progress: Arc<Progress>,
     ) -> anyhow::Result<Self> {
         let changelog = cfg.kafka.changelog();
-        let mut pc = producer_config(&cfg.kafka);
-        if cfg.engine.guarantee == Guarantee::ExactlyOnce {
-            pc.set(
-                "transactional.id",
-                format!("{}-{}", cfg.kafka.group_id, cfg.engine.instance_id),
-            )
-            .set(
-                "transaction.timeout.ms",
-                cfg.engine.transaction_timeout_ms.to_string(),
-            );
-        }
-        let producer: BaseProducer<DeliveryContext> = pc
-            .create_with_context(DeliveryContext {
-                changelog: changelog.clone(),
-                ..Default::default()
-            })
-            .context("creating the Kafka producer")?;
-        if cfg.engine.guarantee == Guarantee::ExactlyOnce {
-            // Fences a previous incarnation of this instance and aborts its open transaction.
-            producer
-                .init_transactions(Duration::from_secs(60))
-                .context("initialising Kafka transactions")?;
-        }
+        // Two producers take turns: one commits an interval in the background while
+        // the other carries the next interval's records.
+        let make = |n: usize| -> anyhow::Result<Arc<BaseProducer<DeliveryContext>>> {
+            let mut pc = producer_config(&cfg.kafka);
+            if cfg.engine.guarantee == Guarantee::ExactlyOnce {
+                pc.set(
+                    "transactional.id",
+                    format!("{}-{}-{n}", cfg.kafka.group_id, cfg.engine.instance_id),
+                )
+                .set(
+                    "transaction.timeout.ms",
+                    cfg.engine.transaction_timeout_ms.to_string(),
+                );
+            }
+            let producer: BaseProducer<DeliveryContext> = pc
+                .create_with_context(DeliveryContext {
+                    changelog: changelog.clone(),
+                    ..Default::default()
+                })
+                .context("creating the Kafka producer")?;
+            if cfg.engine.guarantee == Guarantee::ExactlyOnce {
+                // Fences a previous incarnation of this instance and aborts its open transaction.
+                producer
+                    .init_transactions(Duration::from_secs(60))
+                    .context("initialising Kafka transactions")?;
+            }
+            Ok(Arc::new(producer))
+        };
+        let producers = [make(0)?, make(1)?];
         let restorer = Restorer::new(&cfg.kafka.bootstrap_servers, &cfg.kafka.group_id)?;
         let core = Arc::new(Mutex::new(Core {
             decoder: Decoder::new(cfg.engine.max_record_bytes)?,
             journeys: cfg.journeys.clone(),
             changelog,
-            producer,
+            producers,
+            current: 0,
+            in_flight: None,
             restorer,
             in_transaction: false,
             poisoned: false,
@@ -415,7 +441,7 @@ impl Worker {
                     wait = Duration::ZERO;
                 }
                 let mut core = lock(&self.core);
-                core.producer.poll(Duration::ZERO);
+                core.producer().poll(Duration::ZERO);
                 if last_commit.elapsed() >= interval {
                     core.fire_idle_timers()?;
                     core.commit(&self.consumer, CommitMode::Async)?;
@@ -668,7 +694,7 @@ impl Core {
 
     fn begin(&mut self) -> anyhow::Result<()> {
         if self.exactly_once() && !self.in_transaction {
-            self.producer
+            self.producer()
                 .begin_transaction()
                 .context("beginning a Kafka transaction")?;
             self.in_transaction = true;
@@ -742,11 +768,11 @@ impl Core {
 
     fn send(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> anyhow::Result<()> {
         loop {
-            match self.producer.send(record) {
+            match self.producer().send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
-                    self.producer.poll(Duration::from_millis(5));
+                    self.producer().poll(Duration::from_millis(5));
                 }
                 Err((e, r)) => bail!("producing to {}: {e}", r.topic),
             }
@@ -762,6 +788,8 @@ impl Core {
         if self.poisoned {
             bail!("not committing after an earlier error");
         }
+        // One commit in flight at a time, finished in order.
+        self.finish_in_flight(consumer, mode)?;
         if self.pending.is_empty() && self.dirty.is_empty() {
             return Ok(());
         }
@@ -813,82 +841,130 @@ impl Core {
             )?;
             batch.set_watermark(p, wm);
         }
-        self.producer
-            .flush(Duration::from_secs(60))
-            .context("waiting for records to be acknowledged")?;
-        let ctx = self.producer.context();
-        if ctx.failed.load(Ordering::SeqCst) > 0 {
-            let last = ctx
-                .last_error
-                .lock()
-                .ok()
-                .and_then(|l| l.clone())
-                .unwrap_or_default();
-            bail!(
-                "{} records could not be delivered ({last}); stopping without committing",
-                ctx.failed.load(Ordering::SeqCst)
-            );
-        }
         let mut tpl = TopicPartitionList::new();
         for ((partition, topic), next) in self.pending.iter() {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
             batch.set_offset(*partition, topic, *next);
         }
         tracing::debug!(offsets = ?self.pending.0, profiles = dirty.len(), "committing");
-        if self.exactly_once() {
-            let timeout = Duration::from_secs(30);
-            if tpl.count() > 0 {
-                let meta = consumer
+        let meta = if self.exactly_once() && tpl.count() > 0 {
+            Some(
+                consumer
                     .group_metadata()
-                    .context("consumer group metadata")?;
-                self.producer
-                    .send_offsets_to_transaction(&tpl, &meta, timeout)
-                    .context("adding offsets to the transaction")?;
+                    .context("consumer group metadata")?,
+            )
+        } else {
+            None
+        };
+        let (producer, offsets, eos) = (
+            self.producers[self.current].clone(),
+            tpl.clone(),
+            self.exactly_once(),
+        );
+        let job = std::thread::Builder::new()
+            .name("rapport-commit".into())
+            .spawn(move || -> anyhow::Result<()> {
+                producer
+                    .flush(Duration::from_secs(60))
+                    .context("waiting for records to be acknowledged")?;
+                let ctx = producer.context();
+                if ctx.failed.load(Ordering::SeqCst) > 0 {
+                    let last = ctx
+                        .last_error
+                        .lock()
+                        .ok()
+                        .and_then(|l| l.clone())
+                        .unwrap_or_default();
+                    bail!(
+                        "{} records could not be delivered ({last}); stopping without committing",
+                        ctx.failed.load(Ordering::SeqCst)
+                    );
+                }
+                if eos {
+                    let timeout = Duration::from_secs(30);
+                    if let Some(meta) = meta {
+                        producer
+                            .send_offsets_to_transaction(&offsets, &meta, timeout)
+                            .context("adding offsets to the transaction")?;
+                    }
+                    producer
+                        .commit_transaction(timeout)
+                        .context("committing the Kafka transaction")?;
+                }
+                Ok(())
+            })?;
+        for id in &dirty {
+            if let Some(s) = self.cache.get_mut(id) {
+                s.dirty = false;
+                s.persisted_timers = timer_times(&s.stored.profile);
             }
-            self.producer
-                .commit_transaction(timeout)
-                .context("committing the Kafka transaction")?;
-            self.in_transaction = false;
         }
-        if let Ok(mut offsets) = self.producer.context().changelog_offsets.lock() {
+        self.in_flight = Some(InFlight {
+            job,
+            producer: self.current,
+            batch,
+            offsets: tpl,
+            records: self.pending_records,
+            started,
+        });
+        self.pending.clear();
+        self.pending_records = 0;
+        self.current = 1 - self.current;
+        self.in_transaction = false;
+        if matches!(mode, CommitMode::Sync) {
+            self.finish_in_flight(consumer, mode)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the background commit, then writes its state to RocksDB and (under
+    /// at_least_once) commits its offsets.
+    fn finish_in_flight(
+        &mut self,
+        consumer: &BaseConsumer<EngineContext>,
+        mode: CommitMode,
+    ) -> anyhow::Result<()> {
+        let Some(mut f) = self.in_flight.take() else {
+            return Ok(());
+        };
+        f.job
+            .join()
+            .map_err(|_| anyhow::anyhow!("commit thread panicked"))??;
+        if let Ok(mut offsets) = self.producers[f.producer]
+            .context()
+            .changelog_offsets
+            .lock()
+        {
             for (p, next) in offsets.drain() {
-                batch.set_checkpoint(p, next);
+                f.batch.set_checkpoint(p, next);
             }
         }
-        self.state.write(batch).context("writing state")?;
-        if !self.exactly_once() && tpl.count() > 0 {
-            if let Err(e) = consumer.commit(&tpl, mode) {
+        self.state.write(f.batch).context("writing state")?;
+        if !self.exactly_once() && f.offsets.count() > 0 {
+            if let Err(e) = consumer.commit(&f.offsets, mode) {
                 // State and changelog already reflect these records; a failed offset
                 // commit only means a longer replay, whose records are skipped.
                 tracing::warn!(error = %e, "offset commit to Kafka failed");
             }
         }
-        for id in &dirty {
-            if let Some(s) = self.cache.get_mut(id) {
-                s.dirty = false;
-                s.persisted_timers = s
-                    .stored
-                    .profile
-                    .timers
-                    .iter()
-                    .map(|t| t.fire_at_ms)
-                    .collect();
-            }
-        }
-        self.pending.clear();
         self.progress
             .committed
-            .fetch_add(self.pending_records, Ordering::SeqCst);
-        self.pending_records = 0;
+            .fetch_add(f.records, Ordering::SeqCst);
         if self.cache.len() > self.cfg.state.profile_cache {
-            self.cache.clear();
+            // Only clean profiles may leave: their latest version is now in RocksDB.
+            self.cache.retain(|_, s| s.dirty);
         }
         self.metrics.cached_profiles.set(self.cache.len() as i64);
         self.metrics.commits.inc();
         self.metrics
             .commit_seconds
-            .observe(started.elapsed().as_secs_f64());
+            .observe(f.started.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// The producer of the current interval.
+    fn producer(&self) -> &BaseProducer<DeliveryContext> {
+        &self.producers[self.current]
     }
 
     /// After an error: aborts an open transaction (best effort) and forgets everything
@@ -900,12 +976,16 @@ impl Core {
         self.dirty.clear();
         self.cache.clear();
         self.tasks.clear();
-        if self.in_transaction {
-            if let Err(e) = self.producer.abort_transaction(Duration::from_secs(10)) {
-                tracing::warn!(error = %e, "aborting the Kafka transaction failed");
-            }
-            self.in_transaction = false;
+        if let Some(f) = self.in_flight.take() {
+            let _ = f.job.join();
         }
+        if self.exactly_once() {
+            for p in &self.producers {
+                // Fails harmlessly when that producer has no open transaction.
+                let _ = p.abort_transaction(Duration::from_secs(10));
+            }
+        }
+        self.in_transaction = false;
     }
 
     /// Releases revoked partitions: their committed state stays in RocksDB for a
