@@ -149,6 +149,19 @@ impl Decoder {
     }
 }
 
+/// Encodes a touchpoint in Avro single-object encoding, as Java and Python
+/// producers write it (header with the specification's fingerprint), for
+/// connectors that publish Avro and for tests.
+pub fn encode_avro(t: &Touchpoint) -> Result<Vec<u8>, SchemaError> {
+    let schema = Schema::parse_str(TOUCHPOINT_AVSC)?;
+    let value = apache_avro::to_value(t)?.resolve(&schema)?;
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(&AVRO_SINGLE_OBJECT);
+    out.extend(spec_fingerprint(TOUCHPOINT_AVSC)?);
+    out.extend(apache_avro::to_avro_datum(&schema, value)?);
+    Ok(out)
+}
+
 /// The CRC-64-AVRO fingerprint of a schema's canonical form, in wire order.
 fn rabin(schema: &Schema) -> [u8; 8] {
     let fp = schema.fingerprint::<Rabin>().bytes;
@@ -197,14 +210,8 @@ mod tests {
 
     const T0: i64 = 1_764_000_000_000;
 
-    /// Single-object bytes as Java and Python producers write them (spec fingerprint).
     fn avro_bytes(t: &Touchpoint) -> Vec<u8> {
-        let schema = Schema::parse_str(TOUCHPOINT_AVSC).unwrap();
-        let value: Value = apache_avro::to_value(t).unwrap().resolve(&schema).unwrap();
-        let mut out = vec![0xC3, 0x01];
-        out.extend(spec_fingerprint(TOUCHPOINT_AVSC).unwrap());
-        out.extend(apache_avro::to_avro_datum(&schema, value).unwrap());
-        out
+        encode_avro(t).unwrap()
     }
 
     #[test]

@@ -214,10 +214,33 @@ fn a_group_of_three_loses_one_and_the_others_take_over() {
         c.difference(&g).count(),
         g.difference(&c).count()
     );
-    let dirs: Vec<std::path::PathBuf> =
-        ["a", "b", "c"].iter().map(|n| dir.path().join(n)).collect();
-    let profiles = all_profiles(&dirs.iter().map(|d| d.as_path()).collect::<Vec<_>>());
-    assert_eq!(profiles, clean_profiles);
+    // The durable state is the changelog: restore all of it into a fresh store, as
+    // any instance taking over every partition would, and compare.
+    let restored = tempfile::tempdir().unwrap();
+    {
+        let cfg = rapport::config::StateConfig {
+            path: restored.path().to_owned(),
+            ..Default::default()
+        };
+        let store = rapport::state::StateStore::open(&cfg).unwrap();
+        let restorer = rapport::runtime::Restorer::new(&bootstrap(), &unique("verify")).unwrap();
+        for p in 0..6 {
+            rapport::runtime::restore_partition(
+                &restorer,
+                &format!("{group}-profiles-changelog"),
+                &store,
+                p,
+            )
+            .unwrap();
+        }
+        store.flush().unwrap();
+    }
+    let profiles = all_profiles(&[restored.path()]);
+    assert_eq!(profiles.len(), clean_profiles.len());
+    assert!(
+        profiles == clean_profiles,
+        "restored profiles differ from the clean run"
+    );
     let logs: String = ["a", "c"]
         .iter()
         .map(|n| std::fs::read_to_string(dir.path().join(format!("{n}.log"))).unwrap())

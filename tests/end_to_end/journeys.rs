@@ -2,7 +2,6 @@
 
 use std::collections::BTreeSet;
 
-use rapport::ingest::{spec_fingerprint, TOUCHPOINT_AVSC};
 use rapport_model::action::action_id;
 use rapport_model::journey::{HESITATION, RECOVERY};
 use rapport_model::testing::tp;
@@ -14,12 +13,7 @@ const T0: i64 = 1_764_000_000_000;
 const HOUR: i64 = 3_600_000;
 
 fn avro_single_object(t: &Touchpoint) -> Vec<u8> {
-    let schema = apache_avro::Schema::parse_str(TOUCHPOINT_AVSC).unwrap();
-    let value = apache_avro::to_value(t).unwrap().resolve(&schema).unwrap();
-    let mut out = vec![0xC3, 0x01];
-    out.extend(spec_fingerprint(TOUCHPOINT_AVSC).unwrap());
-    out.extend(apache_avro::to_avro_datum(&schema, value).unwrap());
-    out
+    rapport::ingest::encode_avro(t).unwrap()
 }
 
 #[test]
