@@ -154,8 +154,6 @@ fn a_group_of_three_loses_one_and_the_others_take_over() {
     let _serial = heavy();
     let n = 60_000;
     let topics = Topics::new("group", 6);
-    feed(&topics.input, n, 6_000, 44);
-    let (clean_actions, clean_profiles) = clean_run(&topics.input, n as u64);
 
     let dir = tempfile::tempdir().unwrap();
     let group = unique("group");
@@ -172,6 +170,9 @@ fn a_group_of_three_loses_one_and_the_others_take_over() {
             .insert("heartbeat.interval.ms".into(), "1000".into());
         instances.push(Instance::spawn(&cfg, dir.path(), name));
     }
+    // Every member owns partitions before the stream starts, so the kill is mid-stream.
+    instances.iter_mut().for_each(|i| i.wait_ready(1));
+    feed(&topics.input, n, 6_000, 44);
     // Kill "b" once the group is a fifth of the way through.
     while committed_total(&group, &topics.input) < n / 5 {
         instances.iter_mut().for_each(Instance::assert_running);
@@ -183,6 +184,7 @@ fn a_group_of_three_loses_one_and_the_others_take_over() {
     wait_caught_up(&group, &topics.input, &mut [&mut a, &mut c]);
     a.terminate();
     c.terminate();
+    let (clean_actions, clean_profiles) = clean_run(&topics.input, n as u64);
 
     let got = actions(&topics.actions);
     assert_eq!(got.len(), ids(&got).len(), "exactly once: no duplicates");
