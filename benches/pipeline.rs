@@ -19,6 +19,7 @@ use rapport::kafka::{ensure_topics, TopicSpec};
 use rapport::metrics::Metrics;
 use rapport::runtime::{self, restore_partition, Restorer};
 use rapport::state::{StateStore, Stored};
+use rapport_connectors::publish::send_when_room;
 use rapport_connectors::simulator::{SimConfig, Simulator};
 use rapport_model::{Journeys, Profile};
 use rdkafka::config::ClientConfig;
@@ -142,19 +143,11 @@ fn restore(bootstrap: &str, profiles: u64) -> anyhow::Result<()> {
         if i < 1000 {
             BYTES.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         }
-        let mut rec = BaseRecord::<str, [u8]>::to(&topic)
+        let rec = BaseRecord::<str, [u8]>::to(&topic)
             .key(&id)
             .payload(&bytes)
             .partition((i % 4) as i32);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    rec = r;
-                    producer.poll(Duration::from_millis(10));
-                }
-            }
-        }
+        send_when_room(&producer, rec)?;
     }
     producer.flush(Duration::from_secs(60))?;
     let dir = tempfile::tempdir()?;
@@ -287,15 +280,7 @@ fn passthrough(bootstrap: &str, input: &str, events: u64, s: &str) -> anyhow::Re
             if let Some(k) = m.key() {
                 rec = rec.key(k);
             }
-            loop {
-                match producer.send(rec) {
-                    Ok(()) => break,
-                    Err((_, r)) => {
-                        rec = r;
-                        producer.poll(Duration::from_millis(1));
-                    }
-                }
-            }
+            send_when_room(&producer, rec)?;
             producer.poll(Duration::ZERO);
             n += 1;
         }

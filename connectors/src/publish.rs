@@ -9,6 +9,29 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use crate::simulator::Simulator;
 
+/// Sends `record`, waiting (and serving delivery reports) while the producer's
+/// local queue is full; any other error is returned with the record's topic.
+pub fn send_when_room<C, K, P>(
+    producer: &BaseProducer<C>,
+    mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
+) -> Result<(), KafkaError>
+where
+    C: rdkafka::producer::ProducerContext,
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(5));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
 /// Publishes `sim`'s records to `topic` at about `rate` records/s (0 = as fast as
 /// possible) until `stop` is set or `limit` records are written. Event times are
 /// wall-clock. Returns the number of records acknowledged.
@@ -39,17 +62,10 @@ pub fn publish(
         }
         let now_ms = chrono::Utc::now().timestamp_millis();
         let r = sim.next_record(now_ms);
-        let mut record = BaseRecord::to(topic).key(&r.key).payload(&r.value);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    producer.poll(Duration::from_millis(5));
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
+        send_when_room(
+            &producer,
+            BaseRecord::to(topic).key(&r.key).payload(&r.value),
+        )?;
         n += 1;
         sent.store(n, Ordering::Relaxed);
         producer.poll(Duration::ZERO);

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use rapport_model::{Action, Journeys, Profile, Touchpoint};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
@@ -766,17 +766,10 @@ impl Core {
         Ok(())
     }
 
-    fn send(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> anyhow::Result<()> {
-        loop {
-            match self.producer().send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    self.producer().poll(Duration::from_millis(5));
-                }
-                Err((e, r)) => bail!("producing to {}: {e}", r.topic),
-            }
-        }
+    fn send(&self, record: BaseRecord<'_, [u8], [u8]>) -> anyhow::Result<()> {
+        let topic = record.topic;
+        rapport_connectors::publish::send_when_room(self.producer(), record)
+            .with_context(|| format!("producing to {topic}"))
     }
 
     /// Makes the interval's effects durable (see the module docs for the order).
