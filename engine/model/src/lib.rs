@@ -11,6 +11,7 @@ pub mod journey;
 pub mod profile;
 pub mod testing;
 pub mod touchpoint;
+pub mod window;
 
 pub use action::{Action, ActionKind, DeliveryChannel, EmotionalState, Reason};
 pub use journey::Journeys;

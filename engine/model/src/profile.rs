@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::touchpoint::{Channel, EventType, SurveyKind, Touchpoint};
+use crate::window::Windows;
 
 /// How many recent touchpoints a profile keeps, so no agent makes the customer repeat themselves.
 pub const RECENT_TOUCHPOINTS: usize = 10;
@@ -143,11 +144,112 @@ pub struct Profile {
     pub journeys: Vec<JourneyMark>,
     /// Pending waits.
     pub timers: Vec<Timer>,
+    // Fields below were added in encoding version 2; a version-1 record decodes
+    // with their defaults. New fields go at the end, with a new version.
+    /// Event counts per type and channel over sliding windows.
+    #[serde(default)]
+    pub windows: Windows,
+    /// Journey instances in progress (file-defined journeys, `rapport-journeys`).
+    #[serde(default)]
+    pub journey_runs: Vec<JourneyRun>,
+    /// When file-defined journeys were entered, for their re-entry rules.
+    #[serde(default)]
+    pub journey_entries: Vec<JourneyEntries>,
+}
+
+/// A customer inside a journey: where they are and since when. Kept in the
+/// profile so a journey resumes after restarts, rebalances and replays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JourneyRun {
+    /// Journey id.
+    pub journey: String,
+    /// Version of the journey the customer entered.
+    pub version: u32,
+    /// Instance key (e.g. an order id); one instance per journey and key.
+    pub key: String,
+    /// Path of the step the customer waits at (indexes into nested step lists).
+    pub at: Vec<u32>,
+    /// Event time of the entry, epoch ms.
+    pub entered_ms: i64,
+    /// The event that started the instance; later actions are traced to it.
+    pub trigger_event_id: String,
+}
+
+/// Entry times of one journey for one key, newest last, pruned to what the
+/// journey's re-entry rule still needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JourneyEntries {
+    /// Journey id.
+    pub journey: String,
+    /// Instance key.
+    pub key: String,
+    /// Event times of entries, epoch ms, oldest first.
+    pub entered_ms: Vec<i64>,
 }
 
 /// The state-encoding version written by this build. Readers accept every version up
 /// to this one, so state written by version N stays readable by N+1.
-pub const PROFILE_ENCODING_VERSION: u8 = 1;
+///
+/// Version 2 appended `windows`, `journey_runs` and `journey_entries`. Postcard
+/// is not self-describing: a struct with more fields cannot read a shorter
+/// record, so version-1 bodies are read as [`ProfileV1`] and converted.
+pub const PROFILE_ENCODING_VERSION: u8 = 2;
+
+/// The profile as encoding version 1 wrote it: the fields of [`Profile`] before
+/// `windows`. Only ever decoded.
+#[derive(Deserialize)]
+struct ProfileV1 {
+    id: String,
+    anonymous_ids: Vec<String>,
+    first_seen_ms: i64,
+    last_seen_ms: i64,
+    events: u64,
+    channels: [ChannelActivity; 7],
+    orders: u32,
+    lifetime_value: f64,
+    returns: u32,
+    last_purchase_ms: i64,
+    nps: Option<Score>,
+    csat: Option<Score>,
+    ces: Option<Score>,
+    open_issues: u32,
+    sentiment: f64,
+    contacts_ms: Vec<i64>,
+    max_wait_seconds: i32,
+    products: Vec<ProductInterest>,
+    recent: VecDeque<RecentTouch>,
+    journeys: Vec<JourneyMark>,
+    timers: Vec<Timer>,
+}
+
+impl From<ProfileV1> for Profile {
+    fn from(v: ProfileV1) -> Self {
+        Profile {
+            id: v.id,
+            anonymous_ids: v.anonymous_ids,
+            first_seen_ms: v.first_seen_ms,
+            last_seen_ms: v.last_seen_ms,
+            events: v.events,
+            channels: v.channels,
+            orders: v.orders,
+            lifetime_value: v.lifetime_value,
+            returns: v.returns,
+            last_purchase_ms: v.last_purchase_ms,
+            nps: v.nps,
+            csat: v.csat,
+            ces: v.ces,
+            open_issues: v.open_issues,
+            sentiment: v.sentiment,
+            contacts_ms: v.contacts_ms,
+            max_wait_seconds: v.max_wait_seconds,
+            products: v.products,
+            recent: v.recent,
+            journeys: v.journeys,
+            timers: v.timers,
+            ..Default::default()
+        }
+    }
+}
 
 /// A stored profile could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +287,7 @@ impl Profile {
         match bytes.split_first() {
             None => Err(DecodeError::Empty),
             Some((&PROFILE_ENCODING_VERSION, body)) => Ok(postcard::from_bytes(body)?),
+            Some((&1, body)) => Ok(postcard::from_bytes::<ProfileV1>(body)?.into()),
             Some((&v, _)) => Err(DecodeError::UnknownVersion(v)),
         }
     }
@@ -276,6 +379,7 @@ impl Profile {
             event_type: t.event_type,
             at_ms: at,
         });
+        self.windows.record(t.event_type, t.channel, at);
     }
 
     /// The interest record for `sku`, created if missing (evicting the stalest).
@@ -488,5 +592,52 @@ mod tests {
             Err(DecodeError::UnknownVersion(_))
         ));
         assert!(Profile::decode(&bytes[..bytes.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn a_version_1_record_decodes_with_empty_new_fields() {
+        let mut p = Profile::new("c1");
+        p.apply(&tp("e1", "c1", Channel::Web, EventType::ProductView, 1_000).with_sku("s"));
+        p.mark_journey("recovery", "", 1_000);
+        p.schedule(Timer {
+            journey: "survey".into(),
+            key: "o-1".into(),
+            fire_at_ms: 9_000,
+            trigger_event_id: "e1".into(),
+        });
+        // What version 1 wrote: the body without the fields appended in version 2.
+        let mut v1 = vec![1u8];
+        v1.extend(
+            postcard::to_allocvec(&(
+                (
+                    &p.id,
+                    &p.anonymous_ids,
+                    p.first_seen_ms,
+                    p.last_seen_ms,
+                    p.events,
+                ),
+                (
+                    &p.channels,
+                    p.orders,
+                    p.lifetime_value,
+                    p.returns,
+                    p.last_purchase_ms,
+                ),
+                (&p.nps, &p.csat, &p.ces, p.open_issues, p.sentiment),
+                (&p.contacts_ms, p.max_wait_seconds, &p.products, &p.recent),
+                (&p.journeys, &p.timers),
+            ))
+            .unwrap(),
+        );
+        // Appending fields alone would not do: the current struct cannot read it.
+        assert!(postcard::from_bytes::<Profile>(&v1[1..]).is_err());
+        let old = Profile::decode(&v1).unwrap();
+        assert!(old.windows.series.is_empty() && old.journey_runs.is_empty());
+        let expected = Profile {
+            windows: Windows::default(),
+            ..p.clone()
+        };
+        assert_eq!(old, expected);
+        assert_eq!(Profile::decode(&p.encode()).unwrap(), p);
     }
 }

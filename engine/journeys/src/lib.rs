@@ -1,0 +1,120 @@
+//! Rapport's journey language: journeys written as TOML files with CEL
+//! conditions, loaded and type-checked once, then evaluated per event and per
+//! due wait against the customer's profile.
+//!
+//! The crate is pure: no Kafka, no RocksDB, no clock. Journey state (who is in
+//! which journey, waits, re-entry history) lives in [`rapport_model::Profile`],
+//! so the runtime commits, restores and replays it with the rest of the
+//! customer's state. See `README.md` for the language reference.
+#![warn(missing_docs)]
+
+mod bind;
+mod check;
+pub mod duration;
+pub mod error;
+mod format;
+pub mod journey;
+mod load;
+pub mod run;
+pub mod schema;
+pub mod symbols;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rapport_model::emotion::EmotionConfig;
+
+pub use duration::cel_duration_ms;
+pub use error::{LoadError, Problem};
+pub use journey::{Journey, Purpose, Reentry};
+pub use run::{Decision, EvalError, Report};
+
+/// The journeys shipped with Rapport, embedded so they can be loaded without
+/// the source tree: (file name, contents).
+pub const SHIPPED: &[(&str, &str)] = &[
+    (
+        "hesitation_guide.toml",
+        include_str!("../shipped/hesitation_guide.toml"),
+    ),
+    (
+        "recovery_offer.toml",
+        include_str!("../shipped/recovery_offer.toml"),
+    ),
+    (
+        "post_delivery_survey.toml",
+        include_str!("../shipped/post_delivery_survey.toml"),
+    ),
+];
+
+/// A set of checked, compiled journeys, ready to evaluate. Shareable across
+/// threads: compiled programs are immutable.
+pub struct CompiledJourneys {
+    journeys: Vec<Journey>,
+    env: Arc<cel::Env>,
+    emotion: EmotionConfig,
+}
+
+impl std::fmt::Debug for CompiledJourneys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledJourneys")
+            .field(
+                "journeys",
+                &self.journeys.iter().map(|j| &j.id).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl CompiledJourneys {
+    /// Loads the journey files matching `patterns`, globs relative to `base`
+    /// (e.g. `["journeys/*.toml"]`). Returns every problem of every file.
+    pub fn load(base: &Path, patterns: &[&str]) -> Result<Self, LoadError> {
+        let env = bind::environment();
+        let journeys = load::load_globs(&env, base, patterns)?;
+        Ok(Self::new(journeys, env))
+    }
+
+    /// Compiles journey files given as (path for messages, contents).
+    pub fn from_sources(sources: &[(PathBuf, String)]) -> Result<Self, LoadError> {
+        let env = bind::environment();
+        let journeys = load::load_sources(&env, sources)?;
+        Ok(Self::new(journeys, env))
+    }
+
+    /// The journeys shipped with Rapport ([`SHIPPED`]).
+    pub fn shipped() -> Result<Self, LoadError> {
+        let sources: Vec<(PathBuf, String)> = SHIPPED
+            .iter()
+            .map(|(name, text)| (Path::new("shipped").join(name), (*text).to_owned()))
+            .collect();
+        Self::from_sources(&sources)
+    }
+
+    fn new(journeys: Vec<Journey>, env: Arc<cel::Env>) -> Self {
+        CompiledJourneys {
+            journeys,
+            env,
+            emotion: EmotionConfig::default(),
+        }
+    }
+
+    /// Uses these emotional-state thresholds (for `profile.emotional_state` and
+    /// the state and reasons each action carries).
+    pub fn with_emotion(mut self, emotion: EmotionConfig) -> Self {
+        self.emotion = emotion;
+        self
+    }
+
+    /// The journeys, ordered by id (the order they are evaluated in).
+    pub fn journeys(&self) -> &[Journey] {
+        &self.journeys
+    }
+
+    /// The journey with id `id`.
+    pub fn journey(&self, id: &str) -> Option<&Journey> {
+        self.journeys.iter().find(|j| j.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests;

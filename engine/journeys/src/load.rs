@@ -1,0 +1,842 @@
+//! The loader: journey files (globs under a base directory) to checked,
+//! compiled journeys, or every problem found, each at `file:line:column`.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cel::common::ast::{operators as op, Expr as Ast};
+use cel::{Env, IdedExpr};
+use serde::Deserialize;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::Spanned;
+
+use crate::check::{check, Scope};
+use crate::duration::parse_duration;
+use crate::error::{LoadError, Problem, SourceFile};
+use crate::format::*;
+use crate::journey::*;
+use crate::schema::Ty;
+use crate::symbols;
+
+/// The longest wait a journey may declare: waits are always bounded.
+pub const MAX_WAIT_MS: i64 = 400 * 86_400_000;
+
+/// Reads the files matching `patterns` (globs relative to `base`), in path
+/// order, and compiles them with `env`.
+pub(crate) fn load_globs(
+    env: &Env,
+    base: &Path,
+    patterns: &[&str],
+) -> Result<Vec<Journey>, LoadError> {
+    let mut paths = Vec::new();
+    for pattern in patterns {
+        let full = base.join(pattern);
+        let full = full.to_string_lossy();
+        let matches = glob::glob(&full).map_err(|e| LoadError::Pattern {
+            pattern: (*pattern).to_owned(),
+            reason: e.to_string(),
+        })?;
+        for m in matches {
+            paths.push(m.map_err(|e| LoadError::Read {
+                path: e.path().to_path_buf(),
+                reason: e.error().to_string(),
+            })?);
+        }
+    }
+    paths.sort();
+    paths.dedup();
+    let mut sources = Vec::with_capacity(paths.len());
+    for path in paths {
+        let text = std::fs::read_to_string(&path).map_err(|e| LoadError::Read {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        sources.push((path, text));
+    }
+    load_sources(env, &sources)
+}
+
+/// Compiles journey files given as (path, text).
+pub(crate) fn load_sources(
+    env: &Env,
+    sources: &[(PathBuf, String)],
+) -> Result<Vec<Journey>, LoadError> {
+    let mut problems = Vec::new();
+    let mut journeys: Vec<(Journey, Problem)> = Vec::new();
+    for (path, text) in sources {
+        let file = SourceFile { path, text };
+        for raw in parse_file(&file, &mut problems) {
+            let id_at = file.at(&raw.id.span(), String::new(), "");
+            let mut c = Compiler {
+                env,
+                file: &file,
+                problems: &mut problems,
+            };
+            if let Some(j) = c.journey(raw) {
+                journeys.push((j, id_at));
+            }
+        }
+    }
+    duplicate_ids(&journeys, &mut problems);
+    if problems.is_empty() {
+        let mut js: Vec<Journey> = journeys.into_iter().map(|(j, _)| j).collect();
+        js.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(js)
+    } else {
+        Err(LoadError::Invalid(problems))
+    }
+}
+
+fn duplicate_ids(journeys: &[(Journey, Problem)], problems: &mut Vec<Problem>) {
+    let mut first: BTreeMap<&str, &Problem> = BTreeMap::new();
+    for (j, at) in journeys {
+        match first.get(j.id.as_str()) {
+            Some(prev) => problems.push(Problem {
+                message: format!("journey id {:?} is already used", j.id),
+                hint: format!(
+                    "ids must be unique across all journey files; the first is at {}:{}:{}",
+                    prev.file.display(),
+                    prev.line,
+                    prev.column
+                ),
+                ..(*at).clone()
+            }),
+            None => {
+                first.insert(&j.id, at);
+            }
+        }
+    }
+}
+
+/// Parses one file into its `[[journey]]` tables, recording syntax and shape problems.
+fn parse_file(file: &SourceFile, problems: &mut Vec<Problem>) -> Vec<RawJourney> {
+    let (root, errors) = DeTable::parse_recoverable(file.text);
+    if !errors.is_empty() {
+        for e in errors {
+            let at = e.span().map_or(0, |s| s.start);
+            problems.push(file.problem(
+                at,
+                format!("TOML syntax error: {}", e.message().trim()),
+                "fix the TOML syntax (strings need quotes, tables [[journey]])",
+            ));
+        }
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (key, value) in root.into_inner() {
+        if key.get_ref().as_ref() != "journey" {
+            problems.push(file.at(
+                &key.span(),
+                format!("unknown top-level key {:?}", key.get_ref().as_ref()),
+                "a journey file holds only [[journey]] tables",
+            ));
+            continue;
+        }
+        let span = value.span();
+        let DeValue::Array(items) = value.into_inner() else {
+            problems.push(file.at(
+                &span,
+                "`journey` is not an array of tables".into(),
+                "write each journey as [[journey]]",
+            ));
+            continue;
+        };
+        for item in items {
+            match RawJourney::deserialize(ValueDeserializer::from(item)) {
+                Ok(j) => out.push(j),
+                Err(e) => problems.push(file.problem(
+                    e.span().map_or(span.start, |s| s.start),
+                    e.message().trim().to_owned(),
+                    "see the field reference in engine/journeys/README.md",
+                )),
+            }
+        }
+    }
+    out
+}
+
+struct Compiler<'a> {
+    env: &'a Env,
+    file: &'a SourceFile<'a>,
+    problems: &'a mut Vec<Problem>,
+}
+
+/// Where a step list runs: whether an event is at hand (no wait before it).
+#[derive(Clone, Copy)]
+struct StepCx {
+    event: bool,
+}
+
+impl Compiler<'_> {
+    fn fail(&mut self, span: &Range<usize>, message: String, hint: impl Into<String>) {
+        self.problems.push(self.file.at(span, message, hint));
+    }
+
+    fn journey(&mut self, raw: RawJourney) -> Option<Journey> {
+        let before = self.problems.len();
+        if raw.id.get_ref().trim().is_empty() {
+            self.fail(
+                &raw.id.span(),
+                "journey id is empty".into(),
+                "give the journey a stable id such as \"cart_recovery\"",
+            );
+        }
+        let version = u32::try_from(*raw.version.get_ref()).unwrap_or_else(|_| {
+            self.fail(
+                &raw.version.span(),
+                "version must be a non-negative integer".into(),
+                "use 1, then 2 when steps change",
+            );
+            0
+        });
+        let (trigger_events, trigger_channels) = self.trigger(&raw.trigger);
+        let full = Scope {
+            event: true,
+            key: true,
+        };
+        let key = raw.key.as_ref().and_then(|k| {
+            self.expr(
+                k,
+                Scope {
+                    event: true,
+                    key: false,
+                },
+                Some(Ty::String),
+            )
+        });
+        let when = raw
+            .when
+            .as_ref()
+            .and_then(|w| self.expr(w, full, Some(Ty::Bool)));
+        let exit_when = raw
+            .exit_when
+            .as_ref()
+            .and_then(|w| self.expr(w, full, Some(Ty::Bool)));
+        let reentry = raw
+            .reentry
+            .as_ref()
+            .map_or(Reentry::Always, |r| self.reentry(r));
+        let mut actions = 0;
+        let mut after_wait = false;
+        let steps = self.steps(
+            &raw.steps,
+            StepCx { event: true },
+            &mut actions,
+            &mut after_wait,
+        );
+        if actions == 0 {
+            self.fail(
+                &raw.id.span(),
+                format!("journey {:?} has no action step", raw.id.get_ref()),
+                "add an [[journey.steps]] with an action",
+            );
+        }
+        let reason_scope = Scope {
+            event: !after_wait,
+            key: true,
+        };
+        let reasons = raw
+            .reason
+            .iter()
+            .filter_map(|r| self.reason(r, reason_scope))
+            .collect();
+        let explain = match (&raw.when, &when, raw.explain_when.unwrap_or(true)) {
+            (Some(src), Some(_), true) => self.explain(src),
+            _ => Vec::new(),
+        };
+        (self.problems.len() == before).then(|| Journey {
+            id: raw.id.into_inner(),
+            version,
+            description: raw.description.unwrap_or_default(),
+            file: self.file.path.to_path_buf(),
+            trigger_events,
+            trigger_channels,
+            reentry,
+            steps,
+            key,
+            when,
+            exit_when,
+            reasons,
+            explain,
+            actions,
+        })
+    }
+
+    fn trigger(
+        &mut self,
+        t: &Spanned<RawTrigger>,
+    ) -> (Vec<rapport_model::EventType>, Vec<rapport_model::Channel>) {
+        let raw = t.get_ref();
+        if raw.events.is_empty() {
+            self.fail(
+                &t.span(),
+                "trigger has no events".into(),
+                "list the event types that start the journey, e.g. events = [\"delivered\"]",
+            );
+        }
+        let mut events = Vec::new();
+        for e in &raw.events {
+            match symbols::event_type(e.get_ref()) {
+                Some(t) => events.push(t),
+                None => self.fail(
+                    &e.span(),
+                    format!("unknown event type {:?}", e.get_ref()),
+                    format!(
+                        "event types are: {}",
+                        symbols::list(&symbols::EVENT_TYPES, |e| e.as_str())
+                    ),
+                ),
+            }
+        }
+        let mut channels = Vec::new();
+        for c in &raw.channels {
+            match symbols::channel(c.get_ref()) {
+                Some(ch) => channels.push(ch),
+                None => self.fail(
+                    &c.span(),
+                    format!("unknown channel {:?}", c.get_ref()),
+                    format!(
+                        "channels are: {}",
+                        symbols::list(&rapport_model::Channel::ALL, |c| c.as_str())
+                    ),
+                ),
+            }
+        }
+        (events, channels)
+    }
+
+    fn reentry(&mut self, r: &Spanned<RawReentry>) -> Reentry {
+        let raw = r.get_ref();
+        let hint = "write reentry = { never = true }, { after = \"24h\" } or { at_most = 2, per = \"7d\" }";
+        match (&raw.never, &raw.after, &raw.at_most, &raw.per) {
+            (Some(n), None, None, None) if *n.get_ref() => Reentry::Never,
+            (Some(_), None, None, None) => Reentry::Always,
+            (None, Some(after), None, None) => {
+                Reentry::After(self.window(after, "re-entry cooldown"))
+            }
+            (None, None, Some(count), Some(per)) => {
+                let per_ms = self.window(per, "re-entry window");
+                let count = u32::try_from(*count.get_ref())
+                    .ok()
+                    .filter(|&c| c > 0)
+                    .unwrap_or_else(|| {
+                        self.fail(
+                            &count.span(),
+                            "at_most must be a positive integer".into(),
+                            "allow at least one entry per window, or use never = true",
+                        );
+                        1
+                    });
+                Reentry::AtMost { count, per_ms }
+            }
+            _ => {
+                self.fail(
+                    &r.span(),
+                    "re-entry rule is incomplete or mixes rules".into(),
+                    hint,
+                );
+                Reentry::Always
+            }
+        }
+    }
+
+    /// A positive duration.
+    fn window(&mut self, d: &Spanned<String>, what: &str) -> i64 {
+        match parse_duration(d.get_ref()) {
+            Ok(0) => {
+                self.fail(
+                    &d.span(),
+                    format!("{what} is zero"),
+                    format!(
+                        "a zero {what} means no rule: give a positive duration, or drop the rule"
+                    ),
+                );
+                1
+            }
+            Ok(ms) => ms,
+            Err(e) => {
+                self.fail(
+                    &d.span(),
+                    e,
+                    "write durations like \"90s\", \"30m\", \"2h\", \"7d\"",
+                );
+                1
+            }
+        }
+    }
+
+    fn steps(
+        &mut self,
+        raw: &[RawStep],
+        cx: StepCx,
+        actions: &mut usize,
+        after_wait: &mut bool,
+    ) -> Vec<Step> {
+        let mut cx = cx;
+        let mut out = Vec::with_capacity(raw.len());
+        for s in raw {
+            if let Some(step) = self.step(s, cx, actions, after_wait) {
+                if matches!(step, Step::Wait { .. }) {
+                    cx.event = false;
+                }
+                out.push(step);
+            }
+        }
+        out
+    }
+
+    fn step(
+        &mut self,
+        s: &RawStep,
+        cx: StepCx,
+        actions: &mut usize,
+        after_wait: &mut bool,
+    ) -> Option<Step> {
+        let scope = Scope {
+            event: cx.event,
+            key: true,
+        };
+        match (&s.wait, &s.branch, &s.action) {
+            (Some(w), None, None) => Some(self.wait(w)),
+            (None, Some(b), None) => {
+                let raw = b.get_ref();
+                let cond = self.expr(&raw.if_, scope, Some(Ty::Bool));
+                let then = self.steps(&raw.then, cx, actions, after_wait);
+                let otherwise = self.steps(&raw.else_, cx, actions, after_wait);
+                Some(Step::Branch {
+                    cond: cond?,
+                    then,
+                    otherwise,
+                })
+            }
+            (None, None, Some(a)) => {
+                *actions += 1;
+                *after_wait |= !cx.event;
+                self.action(a, scope).map(Step::Action)
+            }
+            _ => {
+                let span = [
+                    s.wait.as_ref().map(|w| w.span()),
+                    s.branch.as_ref().map(|b| b.span()),
+                    s.action.as_ref().map(|a| a.span()),
+                ]
+                .into_iter()
+                .flatten()
+                .next()
+                .unwrap_or(0..0);
+                self.fail(
+                    &span,
+                    "a step needs exactly one of wait, branch, action".into(),
+                    "split it into separate [[journey.steps]] entries",
+                );
+                None
+            }
+        }
+    }
+
+    fn wait(&mut self, w: &Spanned<RawWait>) -> Step {
+        let raw = w.get_ref();
+        let for_ms = match &raw.for_ {
+            None => {
+                self.fail(&w.span(), "wait has no bound".into(), "every wait needs `for`, e.g. wait = { for = \"2h\" }; waits never run unbounded");
+                0
+            }
+            Some(d) => {
+                let ms = self.window(d, "wait");
+                if ms > MAX_WAIT_MS {
+                    self.fail(
+                        &d.span(),
+                        format!("wait {:?} is longer than 400 days", d.get_ref()),
+                        "use a shorter wait",
+                    );
+                }
+                ms
+            }
+        };
+        let scope = Scope {
+            event: true,
+            key: true,
+        };
+        let cancel_when = raw
+            .cancel_when
+            .as_ref()
+            .and_then(|c| self.expr(c, scope, Some(Ty::Bool)));
+        Step::Wait {
+            for_ms,
+            cancel_when,
+        }
+    }
+
+    fn action(&mut self, a: &Spanned<RawAction>, scope: Scope) -> Option<ActionStep> {
+        let raw = a.get_ref();
+        let kind = symbols::action_kind(raw.kind.get_ref());
+        if kind.is_none() {
+            self.fail(
+                &raw.kind.span(),
+                format!("unknown action kind {:?}", raw.kind.get_ref()),
+                format!(
+                    "action kinds (schemas/v1/action.avsc) are: {}",
+                    symbols::list(&symbols::ACTION_KINDS, |k| k.as_str())
+                ),
+            );
+        }
+        let channel = self.channel(&raw.channel, scope);
+        let purpose = match &raw.purpose {
+            None => kind.map(Purpose::default_for),
+            Some(p) => Purpose::parse(p.get_ref()).or_else(|| {
+                self.fail(
+                    &p.span(),
+                    format!("unknown purpose {:?}", p.get_ref()),
+                    "purposes are: marketing, survey, service",
+                );
+                None
+            }),
+        };
+        let addresses = raw.addresses.as_ref().and_then(|s| {
+            symbols::emotional_state(s.get_ref()).or_else(|| {
+                self.fail(
+                    &s.span(),
+                    format!("unknown emotional state {:?}", s.get_ref()),
+                    format!(
+                        "states are: {}",
+                        symbols::list(&symbols::EMOTIONAL_STATES, |e| e.as_str())
+                    ),
+                );
+                None
+            })
+        });
+        let discriminator = raw
+            .discriminator
+            .as_ref()
+            .and_then(|d| self.template(d, scope));
+        let mut payload = Vec::with_capacity(raw.payload.len());
+        for (name, t) in &raw.payload {
+            if let Some(t) = self.template(t, scope) {
+                payload.push((name.clone(), t));
+            }
+        }
+        let policy = self.policy(raw.policy.as_ref());
+        Some(ActionStep {
+            kind: kind?,
+            channel: channel?,
+            purpose: purpose?,
+            policy: Arc::new(policy),
+            discriminator,
+            payload,
+            emotion_reasons: raw.emotion_reasons.unwrap_or(true),
+            addresses,
+        })
+    }
+
+    fn channel(&mut self, c: &Spanned<String>, scope: Scope) -> Option<ChannelSpec> {
+        let s = c.get_ref();
+        if s == "reply" {
+            if !scope.event {
+                self.fail(&c.span(), "channel \"reply\" needs the customer's event, but this action runs after a wait".into(), "name a delivery channel, e.g. \"email\"");
+            }
+            return Some(ChannelSpec::Reply);
+        }
+        if s.contains("{{") {
+            return self.template(c, scope).map(ChannelSpec::Template);
+        }
+        symbols::delivery_channel(s)
+            .map(ChannelSpec::Fixed)
+            .or_else(|| {
+                self.fail(
+                    &c.span(),
+                    format!("unknown delivery channel {s:?}"),
+                    format!(
+                        "use \"reply\", a template, or one of: {}",
+                        symbols::list(&symbols::DELIVERY_CHANNELS, |c| c.as_str())
+                    ),
+                );
+                None
+            })
+    }
+
+    fn policy(&mut self, p: Option<&RawPolicy>) -> Policy {
+        let Some(p) = p else { return Policy::default() };
+        let holdout_percent = p.holdout_percent.as_ref().and_then(|h| {
+            u8::try_from(*h.get_ref())
+                .ok()
+                .filter(|&v| v <= 100)
+                .or_else(|| {
+                    self.fail(
+                        &h.span(),
+                        "holdout_percent must be 0..=100".into(),
+                        "give the share of customers to hold out, in percent",
+                    );
+                    None
+                })
+        });
+        Policy {
+            cap: p.cap.clone(),
+            quiet_hours: p.quiet_hours,
+            consent: p.consent.clone(),
+            holdout_percent,
+            priority: p.priority,
+        }
+    }
+
+    fn reason(&mut self, r: &RawReason, scope: Scope) -> Option<ReasonSpec> {
+        let condition = self.template(&r.condition, scope);
+        let value = self.expr(&r.value, scope, None);
+        let when = match &r.when {
+            Some(w) => Some(self.expr(w, scope, Some(Ty::Bool))?),
+            None => None,
+        };
+        Some(ReasonSpec {
+            condition: condition?,
+            value: value?,
+            when,
+        })
+    }
+
+    /// Compiles and checks one expression; `want` is the type it must have.
+    fn expr(&mut self, s: &Spanned<String>, scope: Scope, want: Option<Ty>) -> Option<Expr> {
+        self.expr_at(s, 0, s.get_ref(), scope, want)
+    }
+
+    /// Like [`Self::expr`] for `source`, found `offset` characters into the string `s`.
+    fn expr_at(
+        &mut self,
+        s: &Spanned<String>,
+        offset: usize,
+        source: &str,
+        scope: Scope,
+        want: Option<Ty>,
+    ) -> Option<Expr> {
+        let program = match self.env.compile(source) {
+            Ok(p) => p,
+            Err(errors) => {
+                for e in errors.errors {
+                    let at = offset + char_offset(source, e.pos.0, e.pos.1);
+                    let p = self.file.in_string(
+                        &s.span(),
+                        at,
+                        format!("invalid CEL: {}", e.msg),
+                        "fix the expression (see https://cel.dev for the syntax)",
+                    );
+                    self.problems.push(p);
+                }
+                return None;
+            }
+        };
+        match check(&program, scope) {
+            Err(errors) => {
+                for e in errors {
+                    let p = self
+                        .file
+                        .in_string(&s.span(), offset + e.offset, e.message, e.hint);
+                    self.problems.push(p);
+                }
+                None
+            }
+            Ok(ty) => {
+                let ok = match &want {
+                    Some(Ty::Bool) => matches!(ty, Ty::Bool | Ty::Dyn),
+                    Some(Ty::String) => matches!(ty, Ty::String | Ty::Dyn),
+                    _ => !matches!(ty, Ty::Record(_)),
+                };
+                if !ok {
+                    let want = want.map_or("a value".to_owned(), |w| w.to_string());
+                    let hint = if matches!(ty, Ty::Record(_)) {
+                        "select one of its fields".to_owned()
+                    } else {
+                        format!("make the expression a {want}, e.g. compare it: `... > 0`")
+                    };
+                    let p = self.file.in_string(
+                        &s.span(),
+                        offset,
+                        format!("expression is {ty}, not {want}"),
+                        hint,
+                    );
+                    self.problems.push(p);
+                    return None;
+                }
+                Some(Expr {
+                    program,
+                    source: source.to_owned(),
+                })
+            }
+        }
+    }
+
+    /// Compiles a template: text with `{{ expression }}` placeholders.
+    fn template(&mut self, s: &Spanned<String>, scope: Scope) -> Option<Template> {
+        let text = s.get_ref();
+        let mut parts = Vec::new();
+        let mut rest = text.as_str();
+        let mut ok = true;
+        while let Some(open) = rest.find("{{") {
+            if open > 0 {
+                parts.push(Part::Text(rest[..open].to_owned()));
+            }
+            let after = &rest[open + 2..];
+            let Some(close) = after.find("}}") else {
+                let at = text.len() - rest.len() + open;
+                let p = self.file.in_string(
+                    &s.span(),
+                    text[..at].chars().count(),
+                    "`{{` without a closing `}}`".into(),
+                    "close the placeholder: {{ event.commerce.sku }}",
+                );
+                self.problems.push(p);
+                return None;
+            };
+            let source = &after[..close];
+            let start = text.len() - after.len();
+            match self.expr_at(s, text[..start].chars().count(), source, scope, None) {
+                Some(e) => parts.push(Part::Expr(e)),
+                None => ok = false,
+            }
+            rest = &after[close + 2..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        ok.then_some(Template { parts })
+    }
+
+    /// The top-level `&&` conjuncts of `when`, each compiled with the value it observes.
+    fn explain(&mut self, src: &Spanned<String>) -> Vec<Explain> {
+        let Ok(program) = self.env.compile(src.get_ref()) else {
+            return Vec::new();
+        };
+        let chars: Vec<char> = src.get_ref().chars().collect();
+        let mut conjuncts = Vec::new();
+        split_and(program.expression(), &mut conjuncts);
+        let scope = Scope {
+            event: true,
+            key: true,
+        };
+        let mut out = Vec::new();
+        for c in conjuncts {
+            let Some(text) = node_text(&program, c, &chars) else {
+                continue;
+            };
+            let observed = match &c.expr {
+                Ast::Call(call) if is_comparison(&call.func_name) && call.target.is_none() => {
+                    node_text(&program, &call.args[0], &chars)
+                }
+                _ => None,
+            };
+            let value_src = observed.unwrap_or_else(|| text.clone());
+            let Ok(value) = self.env.compile(&value_src) else {
+                continue;
+            };
+            if check(&value, scope).is_ok() {
+                out.push(Explain {
+                    condition: text,
+                    value: Expr {
+                        program: value,
+                        source: value_src,
+                    },
+                });
+            }
+        }
+        out
+    }
+}
+
+fn split_and<'a>(e: &'a IdedExpr, out: &mut Vec<&'a IdedExpr>) {
+    match &e.expr {
+        Ast::Call(c) if c.func_name == op::LOGICAL_AND && c.target.is_none() => {
+            for a in &c.args {
+                split_and(a, out);
+            }
+        }
+        _ => out.push(e),
+    }
+}
+
+fn is_comparison(name: &str) -> bool {
+    [
+        op::EQUALS,
+        op::NOT_EQUALS,
+        op::LESS,
+        op::LESS_EQUALS,
+        op::GREATER,
+        op::GREATER_EQUALS,
+    ]
+    .contains(&name)
+}
+
+/// The source text of the subtree at `e`, from the offsets of all its nodes.
+fn node_text(program: &cel::Program, e: &IdedExpr, chars: &[char]) -> Option<String> {
+    let mut lo = usize::MAX;
+    let mut hi = 0;
+    visit(e, &mut |n| {
+        if let Some((s, t)) = program.source_info().offset_for(n.id) {
+            lo = lo.min(s as usize);
+            hi = hi.max(t as usize + 1);
+        }
+    });
+    if lo >= hi {
+        return None;
+    }
+    // Offsets mark where tokens start: complete the last identifier, then close
+    // what is open (calls, lists, strings).
+    let mut hi = hi.min(chars.len());
+    while hi < chars.len() && (chars[hi].is_alphanumeric() || chars[hi] == '_') {
+        hi += 1;
+    }
+    let mut text: String = chars.get(lo..hi)?.iter().collect();
+    let mut open: Vec<char> = Vec::new();
+    let mut quote: Option<char> = None;
+    for &ch in &chars[lo..hi] {
+        track(ch, &mut open, &mut quote);
+    }
+    let mut i = hi;
+    while i < chars.len() && (!open.is_empty() || quote.is_some()) {
+        track(chars[i], &mut open, &mut quote);
+        text.push(chars[i]);
+        i += 1;
+    }
+    Some(text.trim().to_owned())
+}
+
+/// Follows brackets and quotes, to know what is still open.
+fn track(ch: char, open: &mut Vec<char>, quote: &mut Option<char>) {
+    match (*quote, ch) {
+        (Some(q), c) if c == q => *quote = None,
+        (Some(_), _) => {}
+        (None, '"' | '\'') => *quote = Some(ch),
+        (None, '(') => open.push(')'),
+        (None, '[') => open.push(']'),
+        (None, '{') => open.push('}'),
+        (None, ')' | ']' | '}') => {
+            open.pop();
+        }
+        _ => {}
+    }
+}
+
+fn visit(e: &IdedExpr, f: &mut impl FnMut(&IdedExpr)) {
+    f(e);
+    match &e.expr {
+        Ast::Call(c) => {
+            if let Some(t) = &c.target {
+                visit(t, f);
+            }
+            c.args.iter().for_each(|a| visit(a, f));
+        }
+        Ast::Select(s) => visit(&s.operand, f),
+        Ast::List(l) => l.elements.iter().for_each(|x| visit(x, f)),
+        Ast::Comprehension(c) => visit(&c.iter_range, f),
+        _ => {}
+    }
+}
+
+/// The character offset of CEL parser position (line 1-based, column 0-based).
+fn char_offset(source: &str, line: isize, column: isize) -> usize {
+    let line = line.max(1) as usize;
+    let before: usize = source
+        .split_inclusive('\n')
+        .take(line - 1)
+        .map(|l| l.chars().count())
+        .sum();
+    before + column.max(0) as usize
+}

@@ -1,0 +1,187 @@
+//! The loader rejects broken journeys with every problem, each at
+//! `file:line:column` with what to do.
+
+use super::{compile, problems};
+use crate::Problem;
+
+/// A valid journey whose `when` (line 5) and steps can be replaced.
+fn journey(when: &str, step: &str) -> String {
+    format!(
+        r#"[[journey]]
+id = "j"
+version = 1
+trigger = {{ events = ["product_view"] }}
+when = "{when}"
+
+{step}
+"#
+    )
+}
+
+const ACTION: &str = r#"[[journey.steps]]
+action = { kind = "guide_link", channel = "web" }"#;
+
+fn only(text: &str) -> Problem {
+    let p = problems(text);
+    assert_eq!(p.len(), 1, "{p:#?}");
+    p.into_iter().next().unwrap()
+}
+
+/// The problem is at line 5, `offset` characters into the `when` string.
+fn at_when(p: &Problem, offset: usize) {
+    assert_eq!((p.line, p.column), (5, 9 + offset), "{p}");
+    assert_eq!(p.file.to_str(), Some("test.toml"));
+}
+
+#[test]
+fn the_base_journey_is_valid() {
+    assert!(compile(&journey("profile.orders > 0", ACTION)).is_ok());
+}
+
+#[test]
+fn a_toml_syntax_error_points_at_the_line() {
+    let p = problems("[[journey]]\nid = \"j\"\nversion = \n");
+    assert!(!p.is_empty());
+    assert_eq!(p[0].line, 3, "{}", p[0]);
+    assert!(p[0].message.contains("TOML syntax"), "{}", p[0]);
+}
+
+#[test]
+fn an_unknown_profile_field_is_rejected_at_its_position() {
+    let p = only(&journey("profile.ordrs > 0", ACTION));
+    at_when(&p, 7);
+    assert!(
+        p.message.contains("unknown profile field `profile.ordrs`"),
+        "{p}"
+    );
+    assert!(p.hint.contains("orders"), "the hint lists the fields: {p}");
+    assert!(p.to_string().starts_with("test.toml:5:16: "), "{p}");
+}
+
+#[test]
+fn an_unknown_event_field_is_rejected() {
+    let p = only(&journey("event.commerce.colour == 'red'", ACTION));
+    at_when(&p, 14);
+    assert!(p.message.contains("`event.commerce.colour`"), "{p}");
+    assert!(p.hint.contains("sku"), "{p}");
+}
+
+#[test]
+fn a_string_compared_with_a_number_is_a_type_error() {
+    let p = only(&journey("event.commerce.sku > 3", ACTION));
+    assert!(p.message.contains("cannot order string against int"), "{p}");
+    let p = only(&journey("profile.id == 3", ACTION));
+    assert!(p.message.contains("cannot compare string with int"), "{p}");
+    at_when(&p, 11);
+}
+
+#[test]
+fn a_non_boolean_condition_is_rejected() {
+    let p = only(&journey("profile.orders + 1", ACTION));
+    assert!(p.message.contains("expression is int, not bool"), "{p}");
+    at_when(&p, 0);
+}
+
+#[test]
+fn an_unknown_function_is_rejected() {
+    let p = only(&journey("frobnicate(profile.orders)", ACTION));
+    assert!(p.message.contains("unknown function `frobnicate`"), "{p}");
+    let p = only(&journey("profile.views('tv', duration('72h')) > 2", ACTION));
+    assert!(
+        p.message
+            .contains("unknown profile function `profile.views`"),
+        "{p}"
+    );
+    assert!(p.hint.contains("product_views"), "{p}");
+    // Wrong argument types and event-type typos in a known function.
+    let p = only(&journey(
+        "profile.count('prodct_view', duration('72h')) > 2",
+        ACTION,
+    ));
+    assert!(
+        p.message.contains("unknown event type \"prodct_view\""),
+        "{p}"
+    );
+    at_when(&p, 14);
+    let p = only(&journey("profile.count(3, duration('72h')) > 2", ACTION));
+    assert!(
+        p.message
+            .contains("takes (string, duration), got (int, duration)"),
+        "{p}"
+    );
+}
+
+#[test]
+fn an_unknown_action_kind_is_rejected() {
+    let step = "[[journey.steps]]\naction = { kind = \"coupon_spam\", channel = \"web\" }";
+    let p = only(&journey("true", step));
+    assert!(
+        p.message.contains("unknown action kind \"coupon_spam\""),
+        "{p}"
+    );
+    assert!(p.hint.contains("guide_link"), "{p}");
+    assert_eq!((p.line, p.column), (8, 19), "{p}");
+}
+
+#[test]
+fn a_wait_without_a_bound_is_rejected() {
+    let step = format!("[[journey.steps]]\nwait = {{ cancel_when = \"true\" }}\n\n{ACTION}");
+    let p = only(&journey("true", &step));
+    assert!(p.message.contains("wait has no bound"), "{p}");
+    assert_eq!(p.line, 8, "{p}");
+}
+
+#[test]
+fn a_zero_reentry_window_is_rejected() {
+    let text = journey("true", ACTION)
+        .replace("when =", "reentry = { at_most = 1, per = \"0h\" }\nwhen =");
+    let p = only(&text);
+    assert!(p.message.contains("re-entry window is zero"), "{p}");
+    assert_eq!((p.line, p.column), (5, 32), "{p}");
+    let text = journey("true", ACTION).replace("when =", "reentry = { after = \"0s\" }\nwhen =");
+    assert!(only(&text).message.contains("cooldown is zero"));
+}
+
+#[test]
+fn two_journeys_with_one_id_are_rejected() {
+    let one = journey("true", ACTION);
+    let text = format!("{one}\n{one}");
+    let p = only(&text);
+    assert!(
+        p.message.contains("journey id \"j\" is already used"),
+        "{p}"
+    );
+    assert_eq!(p.line, 11, "{p}");
+    assert!(p.hint.contains("test.toml:2:6"), "{p}");
+}
+
+#[test]
+fn all_problems_are_reported_not_only_the_first() {
+    let step = "[[journey.steps]]\naction = { kind = \"nope\", channel = \"pigeon\" }";
+    let text = journey("profile.x > 0 && event.y == 1", step);
+    let p = problems(&text);
+    let messages: Vec<&str> = p.iter().map(|p| p.message.as_str()).collect();
+    assert_eq!(p.len(), 4, "{messages:#?}");
+    // Each is printable as file:line:column: what; what to do.
+    for problem in &p {
+        let s = problem.to_string();
+        assert!(s.starts_with("test.toml:") && s.contains("; "), "{s}");
+    }
+}
+
+#[test]
+fn event_is_not_available_after_a_wait() {
+    let step = concat!(
+        "[[journey.steps]]\nwait = { for = \"1h\" }\n\n[[journey.steps]]\n",
+        "action = { kind = \"guide_link\", channel = \"web\", payload = { sku = \"{{ event.commerce.sku }}\" } }"
+    );
+    let p = only(&journey("true", step));
+    assert!(p.message.contains("`event` is not available here"), "{p}");
+}
+
+#[test]
+fn invalid_cel_syntax_is_reported_inside_the_expression() {
+    let p = problems(&journey("profile.orders >", ACTION));
+    assert!(p[0].message.starts_with("invalid CEL"), "{}", p[0]);
+    assert_eq!(p[0].line, 5);
+}

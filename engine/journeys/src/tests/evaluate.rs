@@ -1,0 +1,327 @@
+//! The evaluator: exits, waits, branches, re-entry, reasons and profile functions.
+
+use std::path::{Path, PathBuf};
+
+use rapport_model::testing::tp;
+use rapport_model::{ActionKind, Channel, DeliveryChannel, EventType, Profile, Reason, SurveyKind};
+
+use super::{feed, fire, journeys, HOUR_MS, T0};
+use crate::{CompiledJourneys, Purpose};
+
+/// Waits 1h after a cart add; leaves at once on a purchase; re-enters per `reentry`.
+fn cart(reentry: &str) -> CompiledJourneys {
+    journeys(&format!(
+        r#"[[journey]]
+id = "cart_nudge"
+version = 1
+trigger = {{ events = ["add_to_cart"] }}
+when = 'event.channel == "web" && profile.count("add_to_cart", duration("24h")) >= 1'
+exit_when = 'event.event_type == "purchase"'
+{reentry}
+
+[[journey.steps]]
+wait = {{ for = "1h" }}
+
+[[journey.steps]]
+action = {{ kind = "guide_link", channel = "email", payload = {{ carts = "{{{{ profile.count('add_to_cart', duration('24h')) }}}}" }} }}
+"#
+    ))
+}
+
+fn add(id: &str, at: i64) -> rapport_model::Touchpoint {
+    tp(id, "c1", Channel::Web, EventType::AddToCart, at)
+}
+
+#[test]
+fn exit_when_ends_the_journey_at_once_and_cancels_its_wait() {
+    let j = cart("");
+    let mut p = Profile::new("c1");
+    feed(&j, &mut p, add("a1", T0));
+    assert_eq!(p.journey_runs.len(), 1);
+    assert_eq!(p.timers.len(), 1);
+    let mut out = Vec::new();
+    let buy = tp("b", "c1", Channel::Store, EventType::Purchase, T0 + 60_000);
+    p.apply(&buy);
+    let report = j.on_event(&mut p, &buy, &mut out);
+    assert_eq!(report.exited, 1);
+    assert!(p.timers.is_empty() && p.journey_runs.is_empty());
+    assert!(fire(&j, &mut p, T0 + 5 * HOUR_MS).is_empty());
+}
+
+#[test]
+fn a_wait_fires_in_event_time_with_what_the_profile_holds_then() {
+    let j = cart("");
+    let mut p = Profile::new("c1");
+    feed(&j, &mut p, add("a1", T0));
+    // A second add while inside the journey does not start another instance.
+    feed(&j, &mut p, add("a2", T0 + 60_000));
+    assert_eq!(p.journey_runs.len(), 1);
+    let a = fire(&j, &mut p, T0 + HOUR_MS);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].action.payload["carts"], "2");
+    assert_eq!(a[0].action.trigger_event_id, "a1");
+    assert_eq!(a[0].purpose, Purpose::Marketing);
+    // The `when` conjuncts explain the action with the values they saw... but
+    // only when an event is at hand; after a wait, the named reasons remain.
+    assert!(a[0].action.reasons.is_empty(), "{:?}", a[0].action.reasons);
+}
+
+#[test]
+fn reentry_rules_hold_per_rolling_window() {
+    let cycle = |j: &CompiledJourneys, p: &mut Profile, at: i64| {
+        feed(j, p, add(&format!("a{at}"), at));
+        fire(j, p, at + HOUR_MS).len()
+    };
+    // never: once, ever.
+    let j = cart("reentry = { never = true }");
+    let mut p = Profile::new("c1");
+    assert_eq!(cycle(&j, &mut p, T0), 1);
+    assert_eq!(cycle(&j, &mut p, T0 + 1000 * HOUR_MS), 0);
+
+    // after: not within 24h of the last entry.
+    let j = cart("reentry = { after = \"24h\" }");
+    let mut p = Profile::new("c1");
+    assert_eq!(cycle(&j, &mut p, T0), 1);
+    assert_eq!(cycle(&j, &mut p, T0 + 2 * HOUR_MS), 0);
+    assert_eq!(cycle(&j, &mut p, T0 + 24 * HOUR_MS), 1);
+
+    // at_most 2 per 24h, rolling (not per calendar day).
+    let j = cart("reentry = { at_most = 2, per = \"24h\" }");
+    let mut p = Profile::new("c1");
+    let fired: Vec<usize> = [0, 2, 4, 23, 25]
+        .iter()
+        .map(|h| cycle(&j, &mut p, T0 + h * HOUR_MS))
+        .collect();
+    assert_eq!(fired, [1, 1, 0, 0, 1]);
+    assert!(
+        p.journey_entries[0].entered_ms.len() <= 2,
+        "history is pruned"
+    );
+}
+
+#[test]
+fn when_conjuncts_are_reported_with_the_values_they_saw() {
+    let j = journeys(
+        r#"[[journey]]
+id = "vip"
+version = 1
+trigger = { events = ["purchase"] }
+when = 'profile.orders >= 2 && profile.lifetime_value > 100.0 && event.channel in ["store", "web"]'
+
+[[journey.reason]]
+condition = "customer {{ profile.id }} is loyal"
+value = "profile.orders"
+when = "profile.orders > 1"
+
+[[journey.steps]]
+action = { kind = "exclusive_offer", channel = "reply", emotion_reasons = false, policy = { cap = "marketing", holdout_percent = 10 } }
+"#,
+    );
+    let mut p = Profile::new("c1");
+    let buy =
+        |id: &str, at: i64| tp(id, "c1", Channel::Store, EventType::Purchase, at).with_amount(80.0);
+    assert!(feed(&j, &mut p, buy("p1", T0)).is_empty());
+    let a = feed(&j, &mut p, buy("p2", T0 + HOUR_MS));
+    assert_eq!(a.len(), 1);
+    let d = &a[0];
+    assert_eq!(d.action.channel, DeliveryChannel::Store);
+    assert_eq!(d.policy.holdout_percent, Some(10));
+    assert_eq!(d.policy.cap.as_deref(), Some("marketing"));
+    assert_eq!(
+        d.action.reasons,
+        vec![
+            Reason::new("customer c1 is loyal", 2),
+            Reason::new("profile.orders >= 2", 2),
+            Reason::new("profile.lifetime_value > 100.0", 160),
+            Reason::new("event.channel in [\"store\", \"web\"]", true),
+        ]
+    );
+}
+
+#[test]
+fn closed_loop_alert_raises_a_ticket_and_escalates_without_resolution() {
+    let base = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let j = CompiledJourneys::load(base, &["examples/closed_loop_alert.toml"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let nps = |id: &str, c: &str, at: i64, score: i32| {
+        tp(id, c, Channel::Email, EventType::SurveyResponse, at).with_survey(SurveyKind::Nps, score)
+    };
+    // A passive customer: nothing.
+    let mut p = Profile::new("c0");
+    assert!(feed(&j, &mut p, nps("s0", "c0", T0, 5)).is_empty());
+
+    // Resolved in time: one ticket, no escalation.
+    let mut p = Profile::new("c1");
+    let a = feed(&j, &mut p, nps("s1", "c1", T0, 2));
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].action.kind, ActionKind::AlertTicket);
+    assert_eq!(a[0].action.channel, DeliveryChannel::CallCenter);
+    assert_eq!(a[0].purpose, Purpose::Service);
+    assert_eq!(a[0].policy.quiet_hours, Some(false));
+    assert_eq!(a[0].action.payload["cause"], "survey_response");
+    feed(
+        &j,
+        &mut p,
+        tp(
+            "r1",
+            "c1",
+            Channel::System,
+            EventType::TicketResolved,
+            T0 + 5 * HOUR_MS,
+        ),
+    );
+    assert!(fire(&j, &mut p, T0 + 100 * HOUR_MS).is_empty());
+
+    // Not resolved: escalated after 48h, with its own id.
+    let mut p = Profile::new("c2");
+    let first = feed(&j, &mut p, nps("s2", "c2", T0, 1));
+    let esc = fire(&j, &mut p, T0 + 48 * HOUR_MS);
+    assert_eq!(esc.len(), 1);
+    assert_eq!(esc[0].action.payload["escalation"], "sla_breached");
+    assert_ne!(esc[0].action.action_id, first[0].action.action_id);
+    assert_eq!(esc[0].action.trigger_event_time, T0 + 48 * HOUR_MS);
+}
+
+#[test]
+fn waits_of_a_removed_journey_are_dropped_and_foreign_timers_kept() {
+    let j = cart("");
+    let mut p = Profile::new("c1");
+    feed(&j, &mut p, add("a1", T0));
+    p.schedule(rapport_model::profile::Timer {
+        journey: "post_delivery_survey_builtin".into(),
+        key: "o-1".into(),
+        fire_at_ms: T0,
+        trigger_event_id: "d".into(),
+    });
+    let other = journeys(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("shipped/recovery_offer.toml"),
+        )
+        .unwrap(),
+    );
+    let mut out = Vec::new();
+    let report = other.fire_due(&mut p, T0 + HOUR_MS, &mut out);
+    assert_eq!((report.timers_fired, report.orphaned), (1, 1));
+    assert!(out.is_empty() && p.journey_runs.is_empty());
+    assert_eq!(
+        p.timers.len(),
+        1,
+        "the built-in journey's timer is not ours to take"
+    );
+}
+
+#[test]
+fn run_time_failures_are_reported_and_count_as_false() {
+    let j = journeys(
+        r#"[[journey]]
+id = "odd"
+version = 1
+trigger = { events = ["page_view"] }
+when = 'profile.count(event.attributes["type"], duration("1h")) > 0'
+[[journey.steps]]
+action = { kind = "self_service_link", channel = "web" }
+"#,
+    );
+    let mut p = Profile::new("c1");
+    let mut t = tp("e", "c1", Channel::Web, EventType::PageView, T0);
+    t.attributes.insert("type".into(), "no_such_type".into());
+    p.apply(&t);
+    let mut out = Vec::new();
+    let r = j.on_event(&mut p, &t, &mut out);
+    assert!(out.is_empty());
+    assert_eq!(r.errors.len(), 1, "{r:?}");
+    assert!(r.errors[0].message.contains("no_such_type"), "{r:?}");
+    t.attributes.insert("type".into(), "page_view".into());
+    assert_eq!(j.on_event(&mut p, &t, &mut out).errors.len(), 0);
+    assert_eq!(out.len(), 1);
+    let _ = PathBuf::new();
+}
+
+#[test]
+fn the_readme_example_loads_and_runs() {
+    let readme = include_str!("../../README.md");
+    let start = readme.find("```toml\n").expect("a toml block") + 8;
+    let end = start + readme[start..].find("```").expect("closed");
+    let j = journeys(&readme[start..end]);
+    let mut p = Profile::new("c1");
+    feed(
+        &j,
+        &mut p,
+        tp("a", "c1", Channel::Web, EventType::AddToCart, T0).with_sku("tv"),
+    );
+    let a = fire(&j, &mut p, T0 + HOUR_MS);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].action.payload["url"], "https://shop.example/guides/tv");
+    assert_eq!(
+        a[0].action.reasons[0],
+        Reason::new("carts in the last 24h", 1)
+    );
+    // A checkout during the wait cancels it.
+    feed(
+        &j,
+        &mut p,
+        tp(
+            "b",
+            "c1",
+            Channel::Web,
+            EventType::AddToCart,
+            T0 + 200 * HOUR_MS,
+        )
+        .with_sku("tv"),
+    );
+    let mut out = Vec::new();
+    let co = tp(
+        "c",
+        "c1",
+        Channel::Web,
+        EventType::CheckoutStarted,
+        T0 + 200 * HOUR_MS + 1,
+    );
+    p.apply(&co);
+    assert_eq!(j.on_event(&mut p, &co, &mut out).cancelled, 1);
+    assert!(fire(&j, &mut p, T0 + 300 * HOUR_MS).is_empty());
+}
+
+#[test]
+fn profile_functions_count_per_channel_and_know_recency() {
+    let j = journeys(
+        r#"[[journey]]
+id = "busy_caller"
+version = 1
+trigger = { events = ["call_started"] }
+when = '''profile.count_on("call_started", "call_center", duration("48h")) >= 3
+  && profile.count("help_search", duration("48h")) == 0
+  && profile.last("call_started") == now
+  && profile.contacts(duration("1h")) >= 1
+  && profile.emotional_state == "anxious"'''
+[[journey.steps]]
+action = { kind = "callback", channel = "call_center" }
+"#,
+    );
+    let mut p = Profile::new("c1");
+    let call = |i: i64, ch: Channel| {
+        tp(
+            &format!("k{i}"),
+            "c1",
+            ch,
+            EventType::CallStarted,
+            T0 + i * HOUR_MS,
+        )
+    };
+    assert!(feed(&j, &mut p, call(0, Channel::CallCenter)).is_empty());
+    assert!(
+        feed(&j, &mut p, call(1, Channel::App)).is_empty(),
+        "an app call is not on call_center"
+    );
+    assert!(feed(&j, &mut p, call(2, Channel::CallCenter)).is_empty());
+    let a = feed(&j, &mut p, call(3, Channel::CallCenter));
+    assert_eq!(a.len(), 1, "three call-center calls within 48h");
+    assert_eq!(a[0].purpose, Purpose::Service);
+    assert_eq!(
+        a[0].action.reasons.len(),
+        5 + 1,
+        "five conjuncts and the anxious signal"
+    );
+    // Two days later the first calls are out of the window.
+    assert!(feed(&j, &mut p, call(60, Channel::CallCenter)).is_empty());
+}

@@ -1,0 +1,68 @@
+//! Unit tests: the loader's errors, the evaluator, and the shipped journeys.
+
+mod errors;
+mod evaluate;
+mod shipped;
+
+use std::path::PathBuf;
+
+use rapport_model::{Profile, Touchpoint};
+
+use crate::{CompiledJourneys, Decision, LoadError, Problem};
+
+/// 2025-11-24T16:00:00Z.
+pub(crate) const T0: i64 = 1_764_000_000_000;
+pub(crate) const HOUR_MS: i64 = 3_600_000;
+
+/// Compiles one file named `test.toml`.
+pub(crate) fn compile(text: &str) -> Result<CompiledJourneys, LoadError> {
+    CompiledJourneys::from_sources(&[(PathBuf::from("test.toml"), text.to_owned())])
+}
+
+/// Compiles and expects it to work.
+pub(crate) fn journeys(text: &str) -> CompiledJourneys {
+    match compile(text) {
+        Ok(j) => j,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The problems of a file that must not load.
+pub(crate) fn problems(text: &str) -> Vec<Problem> {
+    match compile(text) {
+        Ok(_) => panic!("loaded, but should not have"),
+        Err(e) => e.problems().to_vec(),
+    }
+}
+
+/// Applies `t` to `p` and evaluates, as the runtime does.
+pub(crate) fn feed(j: &CompiledJourneys, p: &mut Profile, t: Touchpoint) -> Vec<Decision> {
+    p.apply(&t);
+    let mut out = Vec::new();
+    let report = j.on_event(p, &t, &mut out);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    out
+}
+
+/// Fires due waits.
+pub(crate) fn fire(j: &CompiledJourneys, p: &mut Profile, now: i64) -> Vec<Decision> {
+    let mut out = Vec::new();
+    let report = j.fire_due(p, now, &mut out);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    out
+}
+
+#[test]
+fn shipped_and_example_journeys_load() {
+    let j = CompiledJourneys::shipped().unwrap_or_else(|e| panic!("{e}"));
+    let ids: Vec<&str> = j.journeys().iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["hesitation_guide", "post_delivery_survey", "recovery_offer"]
+    );
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let all = CompiledJourneys::load(base, &["shipped/*.toml", "examples/*.toml"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(all.journeys().len(), 4);
+    assert!(all.journey("closed_loop_alert").is_some());
+}

@@ -1,0 +1,257 @@
+//! Event counts over sliding windows, kept compactly in the profile.
+//!
+//! Journeys ask "how many product views in the last 168 hours" or "how many
+//! calls on the call-center channel in 48 hours". Keeping every event time would
+//! grow without bound, so each (event type, channel) series keeps counts in
+//! buckets that coarsen with age (a minute wide for recent events, a day wide
+//! for old ones) and drop out after [`RETENTION_MS`]. Ages are measured against
+//! the newest event of the series, in event time, so replays give the same
+//! buckets as live processing and nothing needs a clock or a sweep.
+
+use serde::{Deserialize, Serialize};
+
+use crate::touchpoint::{Channel, EventType};
+
+const MINUTE_MS: i64 = 60_000;
+const HOUR_MS: i64 = 60 * MINUTE_MS;
+const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// How long counts are kept: the longest window a journey may ask about.
+pub const RETENTION_MS: i64 = 92 * DAY_MS;
+
+/// Bucket widths by age: events younger than the first bound are counted per
+/// minute, and so on. A window is exact to the bucket width at its boundary's age.
+const TIERS: [(i64, i64); 4] = [
+    (HOUR_MS, MINUTE_MS),
+    (24 * HOUR_MS, 15 * MINUTE_MS),
+    (7 * DAY_MS, HOUR_MS),
+    (RETENTION_MS, DAY_MS),
+];
+
+/// Most buckets one series keeps (the tiers above need at most 60 + 92 + 144 + 86);
+/// beyond it the oldest are dropped, so no event source can make a profile large.
+pub const MAX_BUCKETS: usize = 384;
+
+/// The events of one bucket: those at or after `start_ms`, before the next bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bucket {
+    /// Start of the bucket, epoch ms, aligned to its width.
+    pub start_ms: i64,
+    /// Events in it.
+    pub count: u32,
+}
+
+/// The counts of one event type on one channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Series {
+    /// What happened.
+    pub event_type: EventType,
+    /// Where.
+    pub channel: Channel,
+    /// Event time of the newest event, epoch ms (exact, for recency).
+    pub last_ms: i64,
+    /// Buckets, oldest first.
+    pub buckets: Vec<Bucket>,
+}
+
+/// Windowed event counts per (event type, channel).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Windows {
+    /// One series per (event type, channel) seen within the retention.
+    pub series: Vec<Series>,
+}
+
+impl Windows {
+    /// Counts one event.
+    pub fn record(&mut self, event_type: EventType, channel: Channel, at_ms: i64) {
+        let i = match self
+            .series
+            .iter()
+            .position(|s| s.event_type == event_type && s.channel == channel)
+        {
+            Some(i) => i,
+            None => {
+                self.series.push(Series {
+                    event_type,
+                    channel,
+                    last_ms: at_ms,
+                    buckets: Vec::new(),
+                });
+                self.series.len() - 1
+            }
+        };
+        self.series[i].record(at_ms);
+        // Series whose newest event fell out of the retention of the newest overall go.
+        let newest = self.series.iter().map(|s| s.last_ms).max().unwrap_or(at_ms);
+        self.series.retain(|s| s.last_ms > newest - RETENTION_MS);
+    }
+
+    /// Events of `event_type` on any channel in `[since_ms, until_ms]`.
+    pub fn count(&self, event_type: EventType, since_ms: i64, until_ms: i64) -> u64 {
+        self.series
+            .iter()
+            .filter(|s| s.event_type == event_type)
+            .map(|s| s.count(since_ms, until_ms))
+            .sum()
+    }
+
+    /// Events of `event_type` on `channel` in `[since_ms, until_ms]`.
+    pub fn count_on(
+        &self,
+        event_type: EventType,
+        channel: Channel,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> u64 {
+        self.series
+            .iter()
+            .filter(|s| s.event_type == event_type && s.channel == channel)
+            .map(|s| s.count(since_ms, until_ms))
+            .sum()
+    }
+
+    /// Event time of the newest event of `event_type` on any channel (0 when none).
+    pub fn last_ms(&self, event_type: EventType) -> i64 {
+        self.series
+            .iter()
+            .filter(|s| s.event_type == event_type)
+            .map(|s| s.last_ms)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+impl Series {
+    fn record(&mut self, at_ms: i64) {
+        self.last_ms = self.last_ms.max(at_ms);
+        let start = align(at_ms, width_at(self.last_ms - at_ms));
+        let pos = self.buckets.partition_point(|b| b.start_ms < start);
+        match self.buckets.get_mut(pos) {
+            Some(b) if b.start_ms == start => b.count = b.count.saturating_add(1),
+            _ => self.buckets.insert(
+                pos,
+                Bucket {
+                    start_ms: start,
+                    count: 1,
+                },
+            ),
+        }
+        self.coarsen();
+    }
+
+    /// Re-aligns buckets to the width their age calls for, merging neighbours
+    /// that fall into one bucket, and drops what is too old.
+    fn coarsen(&mut self) {
+        let newest = self.last_ms;
+        let mut merged: Vec<Bucket> = Vec::with_capacity(self.buckets.len());
+        for b in &self.buckets {
+            if b.start_ms <= newest - RETENTION_MS {
+                continue;
+            }
+            let start = align(b.start_ms, width_at(newest - b.start_ms));
+            match merged.last_mut() {
+                Some(last) if last.start_ms == start => {
+                    last.count = last.count.saturating_add(b.count)
+                }
+                _ => merged.push(Bucket {
+                    start_ms: start,
+                    count: b.count,
+                }),
+            }
+        }
+        let excess = merged.len().saturating_sub(MAX_BUCKETS);
+        merged.drain(..excess);
+        self.buckets = merged;
+    }
+
+    fn count(&self, since_ms: i64, until_ms: i64) -> u64 {
+        self.buckets
+            .iter()
+            .filter(|b| b.start_ms >= since_ms && b.start_ms <= until_ms)
+            .map(|b| u64::from(b.count))
+            .sum()
+    }
+}
+
+/// The bucket width for an event `age_ms` older than the newest of its series.
+fn width_at(age_ms: i64) -> i64 {
+    TIERS
+        .iter()
+        .find(|(bound, _)| age_ms < *bound)
+        .map_or(DAY_MS, |&(_, w)| w)
+}
+
+fn align(at_ms: i64, width: i64) -> i64 {
+    at_ms - at_ms.rem_euclid(width)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_764_000_000_000;
+
+    #[test]
+    fn counts_per_type_and_channel_within_the_window() {
+        let mut w = Windows::default();
+        for i in 0..5 {
+            w.record(EventType::ProductView, Channel::Web, T0 + i * HOUR_MS);
+        }
+        w.record(EventType::ProductView, Channel::App, T0 + 5 * HOUR_MS);
+        w.record(
+            EventType::CallStarted,
+            Channel::CallCenter,
+            T0 + 5 * HOUR_MS,
+        );
+        let now = T0 + 5 * HOUR_MS;
+        assert_eq!(w.count(EventType::ProductView, now - 168 * HOUR_MS, now), 6);
+        assert_eq!(
+            w.count_on(
+                EventType::ProductView,
+                Channel::Web,
+                now - 168 * HOUR_MS,
+                now
+            ),
+            5
+        );
+        // The last two hours hold the views at +3h (boundary), +4h and +5h.
+        assert_eq!(w.count(EventType::ProductView, now - 2 * HOUR_MS, now), 3);
+        assert_eq!(w.count(EventType::Purchase, 0, now), 0);
+        assert_eq!(w.last_ms(EventType::CallStarted), now);
+    }
+
+    #[test]
+    fn old_buckets_coarsen_and_expire_so_a_series_stays_small() {
+        let mut w = Windows::default();
+        // One event a minute for ten days.
+        for i in 0..(10 * 24 * 60) {
+            w.record(EventType::PageView, Channel::Web, T0 + i * MINUTE_MS);
+        }
+        let s = &w.series[0];
+        assert!(s.buckets.len() <= MAX_BUCKETS, "{}", s.buckets.len());
+        let now = s.last_ms;
+        // Recent minutes stay exact.
+        assert_eq!(w.count(EventType::PageView, now - 30 * MINUTE_MS, now), 31);
+        // A much later event expires everything older than the retention.
+        w.record(
+            EventType::PageView,
+            Channel::Web,
+            now + RETENTION_MS + DAY_MS,
+        );
+        assert_eq!(w.series[0].buckets.len(), 1);
+        assert_eq!(w.count(EventType::PageView, 0, i64::MAX), 1);
+    }
+
+    #[test]
+    fn late_events_land_in_their_own_bucket() {
+        let mut w = Windows::default();
+        w.record(EventType::HelpSearch, Channel::Web, T0 + 10 * HOUR_MS);
+        w.record(EventType::HelpSearch, Channel::Web, T0);
+        assert_eq!(
+            w.count(EventType::HelpSearch, T0 + HOUR_MS, T0 + 10 * HOUR_MS),
+            1
+        );
+        assert_eq!(w.count(EventType::HelpSearch, T0, T0 + 10 * HOUR_MS), 2);
+        assert_eq!(w.last_ms(EventType::HelpSearch), T0 + 10 * HOUR_MS);
+    }
+}
