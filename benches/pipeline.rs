@@ -136,7 +136,7 @@ fn restore(bootstrap: &str, profiles: u64) -> anyhow::Result<()> {
             p.apply(&tp);
         }
         let bytes = Stored {
-            sources: vec![(1, i as i64)],
+            sources: vec![(1, (i % 4) as i32, i as i64)],
             profile: p,
         }
         .encode();
@@ -155,7 +155,11 @@ fn restore(bootstrap: &str, profiles: u64) -> anyhow::Result<()> {
         path: dir.path().to_owned(),
         ..Default::default()
     })?;
-    let consumer = Restorer::new(bootstrap, &format!("bench-{}", suffix()))?;
+    let consumer = Restorer::new(&rapport::config::KafkaConfig {
+        bootstrap_servers: bootstrap.to_owned(),
+        group_id: format!("bench-{}", suffix()),
+        ..Default::default()
+    })?;
     let started = Instant::now();
     let mut n = 0;
     for p in 0..4 {

@@ -49,6 +49,8 @@ pub fn publish(
         .set("linger.ms", "10")
         .set("compression.type", "lz4")
         .set("enable.idempotence", "true")
+        // Kafka's Java default partitioner (murmur2), which the engine expects by default.
+        .set("partitioner", "murmur2_random")
         .create()?;
     let started = Instant::now();
     let mut n = 0u64;

@@ -50,6 +50,14 @@ pub struct KafkaConfig {
     pub changelog_topic: String,
     /// Replication factor of topics the engine creates; -1 uses the broker's default.
     pub replication_factor: i32,
+    /// librdkafka properties for every client the engine creates (consumers,
+    /// producers, the changelog restorer, admin clients): security (TLS, SASL)
+    /// and anything else that is about reaching the cluster.
+    pub client: BTreeMap<String, String>,
+    /// How producers of the touchpoint topics choose a partition for a key; a
+    /// record on another partition than its key maps to is dead-lettered
+    /// (`wrong_partition`), so a customer never has two profiles.
+    pub partitioner: Partitioner,
     /// Extra librdkafka consumer properties.
     pub consumer: BTreeMap<String, String>,
     /// Extra librdkafka producer properties.
@@ -78,10 +86,22 @@ impl Default for KafkaConfig {
             dead_letter_topic: "rapport.dead-letter".into(),
             changelog_topic: String::new(),
             replication_factor: -1,
+            client: BTreeMap::new(),
+            partitioner: Partitioner::Murmur2,
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
         }
     }
+}
+
+/// The partitioner that producers of the touchpoint topics use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Partitioner {
+    /// Kafka's Java default (murmur2 of the key); librdkafka's `murmur2_random`.
+    Murmur2,
+    /// librdkafka's default `consistent_random` (CRC32 of the key).
+    Consistent,
 }
 
 /// Local state.
@@ -142,6 +162,10 @@ pub struct EngineConfig {
     /// Also fire due timers on wall-clock time when a partition is idle (live mode).
     /// Off, timers fire on event time only, as a replay of history does.
     pub wall_clock_timers: bool,
+    /// How long the engine rides out an unreachable cluster (a broker restart, a
+    /// network partition) before it stops, ms. Commits that fail meanwhile are
+    /// aborted and redone from the last commit.
+    pub kafka_unavailable_timeout_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -157,6 +181,7 @@ impl Default for EngineConfig {
                 .unwrap_or_else(|| "rapport-0".into()),
             transaction_timeout_ms: 10_000,
             wall_clock_timers: true,
+            kafka_unavailable_timeout_ms: 300_000,
         }
     }
 }
@@ -282,6 +307,15 @@ impl Config {
                 format!(
                     "{} is too short: use at least 1000 and ten commit intervals (default 10000)",
                     self.engine.transaction_timeout_ms
+                ),
+            ));
+        }
+        if !(1_000..=86_400_000).contains(&self.engine.kafka_unavailable_timeout_ms) {
+            return Err((
+                "engine.kafka_unavailable_timeout_ms",
+                format!(
+                    "{} is outside 1000..=86400000; 300000 (five minutes) is a good default",
+                    self.engine.kafka_unavailable_timeout_ms
                 ),
             ));
         }

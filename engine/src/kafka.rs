@@ -24,13 +24,33 @@ pub const DLQ_REASON: &str = "rapport.dlq.reason";
 /// Header carrying an action's id, so consumers can de-duplicate without parsing.
 pub const ACTION_ID: &str = "rapport.action_id";
 
+/// Header with a dead-lettered record's size before any truncation, bytes.
+pub const DLQ_ORIGINAL_SIZE: &str = "rapport.dlq.original_size";
+/// Header with the SHA-256 (hex) of a dead-lettered record's original value.
+pub const DLQ_SHA256: &str = "rapport.dlq.sha256";
+/// Header present (`true`) when a dead letter carries only the start of the value,
+/// because the whole value is over the dead-letter topic's size limit.
+pub const DLQ_TRUNCATED: &str = "rapport.dlq.truncated";
+
+/// The settings every Kafka client of the engine shares: the bootstrap servers and
+/// the `[kafka.client]` section (security and connection settings). Consumers,
+/// producers, the changelog restorer and admin clients all start from this, so a
+/// secured cluster is reachable by each of them.
+pub fn client_config(k: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.bootstrap_servers);
+    for (key, v) in &k.client {
+        c.set(key, v);
+    }
+    c
+}
+
 /// Consumer settings: manual commits, read_committed, cooperative rebalancing, and
 /// deep prefetching (the engine processes faster than one fetch per partition
 /// round trip delivers with librdkafka's smaller defaults).
 pub fn consumer_config(k: &KafkaConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &k.bootstrap_servers)
-        .set("group.id", &k.group_id)
+    let mut c = client_config(k);
+    c.set("group.id", &k.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -47,9 +67,8 @@ pub fn consumer_config(k: &KafkaConfig) -> ClientConfig {
 
 /// Producer settings: idempotent, batched, compressed.
 pub fn producer_config(k: &KafkaConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &k.bootstrap_servers)
-        .set("enable.idempotence", "true")
+    let mut c = client_config(k);
+    c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
@@ -85,14 +104,30 @@ impl TopicSpec {
     }
 }
 
+/// What the engine learns about its topics before it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicLayout {
+    /// Partition count of the (co-partitioned) touchpoint topics.
+    pub partitions: i32,
+    /// The largest record the dead-letter topic accepts (`max.message.bytes`).
+    pub dead_letter_max_bytes: usize,
+}
+
+/// Room for a dead letter's key, headers and batch framing next to its value.
+pub const RECORD_OVERHEAD: usize = 64 * 1024;
+
+/// The broker's default `max.message.bytes`, used when a topic does not say.
+const BROKER_DEFAULT_MAX_MESSAGE_BYTES: usize = 1_048_588;
+
 /// Checks the topics the engine reads and writes, before it starts: the touchpoint
 /// topics exist and are co-partitioned; the changelog is compacted with the same
-/// partition count; missing output topics and changelog are created. Returns the
-/// partition count.
-pub async fn prepare_topics(k: &KafkaConfig) -> anyhow::Result<i32> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &k.bootstrap_servers)
-        .create()?;
+/// partition count; missing output topics and changelog are created, the
+/// dead-letter topic large enough for a whole `max_record_bytes` record.
+pub async fn prepare_topics(
+    k: &KafkaConfig,
+    max_record_bytes: usize,
+) -> anyhow::Result<TopicLayout> {
+    let admin: AdminClient<DefaultClientContext> = client_config(k).create()?;
     let timeout = Duration::from_secs(30);
     // A topic created a moment ago may not be in every broker's metadata yet.
     let mut md = admin
@@ -141,14 +176,8 @@ pub async fn prepare_topics(k: &KafkaConfig) -> anyhow::Result<i32> {
              state is partitioned like the input, so recreate the changelog with {partitions} partitions"
         ),
         Some(_) => {
-            let opts = AdminOptions::new().request_timeout(Some(timeout));
-            let described = admin.describe_configs(&[ResourceSpecifier::Topic(&changelog)], &opts).await?;
-            let policy = described
-                .into_iter()
-                .flatten()
-                .flat_map(|r| r.entries)
-                .find(|e| e.name == "cleanup.policy")
-                .and_then(|e| e.value)
+            let policy = topic_config(&admin, &changelog, "cleanup.policy")
+                .await?
                 .unwrap_or_default();
             if !policy.contains("compact") {
                 anyhow::bail!("changelog topic {changelog:?} has cleanup.policy={policy}; it must be compacted (cleanup.policy=compact)");
@@ -168,21 +197,59 @@ pub async fn prepare_topics(k: &KafkaConfig) -> anyhow::Result<i32> {
         if count(out).is_none() {
             let mut spec = TopicSpec::new(out, partitions);
             spec.replication = k.replication_factor;
+            if out == &k.dead_letter_topic {
+                let max =
+                    (max_record_bytes + RECORD_OVERHEAD).max(BROKER_DEFAULT_MAX_MESSAGE_BYTES);
+                spec.configs
+                    .push(("max.message.bytes".into(), max.to_string()));
+            }
             create.push(spec);
         }
     }
-    ensure_topics(&k.bootstrap_servers, &create).await?;
-    Ok(partitions)
+    create_topics(client_config(k), &create).await?;
+    let dead_letter_max_bytes = topic_config(&admin, &k.dead_letter_topic, "max.message.bytes")
+        .await?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(BROKER_DEFAULT_MAX_MESSAGE_BYTES);
+    Ok(TopicLayout {
+        partitions,
+        dead_letter_max_bytes,
+    })
 }
 
-/// Creates the topics that do not exist yet; existing ones are left as they are.
+/// The effective value of one config of `topic` (its own setting or the broker's default).
+async fn topic_config(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    name: &str,
+) -> anyhow::Result<Option<String>> {
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+    let described = admin
+        .describe_configs(&[ResourceSpecifier::Topic(topic)], &opts)
+        .await
+        .with_context(|| format!("describing topic {topic}"))?;
+    Ok(described
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r.entries)
+        .find(|e| e.name == name)
+        .and_then(|e| e.value))
+}
+
+/// Creates the topics that do not exist yet on the cluster at `bootstrap`.
 pub async fn ensure_topics(bootstrap: &str, topics: &[TopicSpec]) -> anyhow::Result<()> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    create_topics(c, topics).await
+}
+
+/// Creates the topics that do not exist yet with an admin client made from
+/// `client`; existing ones are left as they are.
+pub async fn create_topics(client: ClientConfig, topics: &[TopicSpec]) -> anyhow::Result<()> {
     if topics.is_empty() {
         return Ok(());
     }
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> = client.create()?;
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|t| {

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub restored: IntCounter,
     /// Commits of state, actions and offsets.
     pub commits: IntCounter,
+    /// Times uncommitted work was dropped and redone from the last commit.
+    pub rewinds: IntCounter,
     /// Duration of a commit.
     pub commit_seconds: Histogram,
     /// Profiles held decoded in memory.
@@ -72,6 +74,11 @@ impl Metrics {
                 "Commits of state, actions and offsets",
             )
             .expect("valid metric"),
+            rewinds: IntCounter::new(
+                "rapport_rewinds_total",
+                "Times a failed commit (a rebalance, a broker restart) made the engine drop uncommitted work and redo it from the last commit",
+            )
+            .expect("valid metric"),
             commit_seconds: Histogram::with_opts(
                 HistogramOpts::new("rapport_commit_seconds", "Duration of one commit").buckets(
                     vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0],
@@ -93,6 +100,7 @@ impl Metrics {
             Box::new(m.dead_letters.clone()),
             Box::new(m.actions.clone()),
             Box::new(m.commits.clone()),
+            Box::new(m.rewinds.clone()),
             Box::new(m.timers_fired.clone()),
             Box::new(m.restored.clone()),
             Box::new(m.commit_seconds.clone()),

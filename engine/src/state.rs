@@ -23,7 +23,8 @@ const TIMER: u8 = b't';
 const OFFSET: u8 = b'o';
 const CHECKPOINT: u8 = b'c';
 const WATERMARK: u8 = b'w';
-const ENVELOPE_VERSION: u8 = 1;
+/// Version 2 keeps source offsets per topic and partition; version 1 (per topic) is still read.
+const ENVELOPE_VERSION: u8 = 2;
 
 /// A state operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,65 +46,79 @@ pub enum StateError {
 }
 
 /// A profile with the source offsets it reflects: for each input topic (by
-/// [`topic_hash`]), the next offset of that topic's partition not yet applied.
-/// Replayed records below it are skipped, so an event is never counted twice, even
-/// when state restored from the changelog is ahead of the committed offsets.
+/// [`topic_hash`]) and partition, the next offset not yet applied. Replayed
+/// records below it are skipped, so an event is never counted twice, even when
+/// state restored from the changelog is ahead of the committed offsets.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stored {
-    /// `(topic hash, next offset)` pairs.
-    pub sources: Vec<(u32, i64)>,
+    /// `(topic hash, partition, next offset)` triples.
+    pub sources: Vec<(u32, i32, i64)>,
     /// The profile.
     pub profile: Profile,
 }
 
 impl Stored {
-    /// Whether the record at `offset` of topic `hash` is already reflected.
-    pub fn reflects(&self, hash: u32, offset: i64) -> bool {
+    /// Whether the record at `offset` of topic `hash`, `partition` is already reflected.
+    pub fn reflects(&self, hash: u32, partition: i32, offset: i64) -> bool {
         self.sources
             .iter()
-            .any(|&(h, next)| h == hash && offset < next)
+            .any(|&(h, p, next)| h == hash && p == partition && offset < next)
     }
 
-    /// Notes that records of topic `hash` up to `offset` are reflected.
-    pub fn advance(&mut self, hash: u32, offset: i64) {
-        match self.sources.iter_mut().find(|(h, _)| *h == hash) {
-            Some((_, next)) => *next = (*next).max(offset + 1),
-            None => self.sources.push((hash, offset + 1)),
+    /// Notes that records of topic `hash`, `partition` up to `offset` are reflected.
+    pub fn advance(&mut self, hash: u32, partition: i32, offset: i64) {
+        match self
+            .sources
+            .iter_mut()
+            .find(|(h, p, _)| *h == hash && *p == partition)
+        {
+            Some((_, _, next)) => *next = (*next).max(offset + 1),
+            None => self.sources.push((hash, partition, offset + 1)),
         }
     }
 
     /// Encodes for RocksDB and the changelog: version, sources, then the profile.
     pub fn encode(&self) -> Vec<u8> {
         let body = self.profile.encode();
-        let mut out = Vec::with_capacity(2 + self.sources.len() * 12 + body.len());
+        let mut out = Vec::with_capacity(2 + self.sources.len() * 16 + body.len());
         out.push(ENVELOPE_VERSION);
         out.push(self.sources.len() as u8);
-        for (h, o) in &self.sources {
+        for (h, p, o) in &self.sources {
             out.extend_from_slice(&h.to_le_bytes());
+            out.extend_from_slice(&p.to_le_bytes());
             out.extend_from_slice(&o.to_le_bytes());
         }
         out.extend_from_slice(&body);
         out
     }
 
-    /// Decodes what [`Stored::encode`] wrote.
-    pub fn decode(id: &str, bytes: &[u8]) -> Result<Stored, StateError> {
-        let [ENVELOPE_VERSION, n, rest @ ..] = bytes else {
-            return Err(StateError::Malformed("unknown envelope version"));
+    /// Decodes what [`Stored::encode`] wrote, in this or an earlier envelope
+    /// version; `partition` is the partition the record is stored under (version 1
+    /// kept source offsets per topic only, all of that partition).
+    pub fn decode(id: &str, partition: i32, bytes: &[u8]) -> Result<Stored, StateError> {
+        let (width, n, rest) = match bytes {
+            [1, n, rest @ ..] => (12, *n as usize, rest),
+            [ENVELOPE_VERSION, n, rest @ ..] => (16, *n as usize, rest),
+            _ => return Err(StateError::Malformed("unknown envelope version")),
         };
-        let n = *n as usize;
-        if rest.len() < n * 12 {
+        if rest.len() < n * width {
             return Err(StateError::Malformed("truncated source offsets"));
         }
-        let (offsets, body) = rest.split_at(n * 12);
+        let (offsets, body) = rest.split_at(n * width);
         let sources = offsets
-            .chunks_exact(12)
+            .chunks_exact(width)
             .map(|c| {
-                let (h, o) = c.split_at(4);
-                (
-                    u32::from_le_bytes(h.try_into().unwrap_or_default()),
-                    i64::from_le_bytes(o.try_into().unwrap_or_default()),
-                )
+                let le4 = |b: &[u8]| <[u8; 4]>::try_from(b).unwrap_or_default();
+                let le8 = |b: &[u8]| <[u8; 8]>::try_from(b).unwrap_or_default();
+                let h = u32::from_le_bytes(le4(&c[..4]));
+                match width {
+                    12 => (h, partition, i64::from_le_bytes(le8(&c[4..12]))),
+                    _ => (
+                        h,
+                        i32::from_le_bytes(le4(&c[4..8])),
+                        i64::from_le_bytes(le8(&c[8..16])),
+                    ),
+                }
             })
             .collect();
         let profile = Profile::decode(body).map_err(|source| StateError::Profile {
@@ -238,7 +253,7 @@ impl StateStore {
     pub fn get(&self, partition: i32, id: &str) -> Result<Option<Stored>, StateError> {
         match self.db.get_pinned(key(PROFILE, partition, id.as_bytes()))? {
             None => Ok(None),
-            Some(bytes) => Stored::decode(id, &bytes).map(Some),
+            Some(bytes) => Stored::decode(id, partition, &bytes).map(Some),
         }
     }
 
@@ -281,7 +296,7 @@ impl StateStore {
         let mut out = Vec::new();
         for (k, v) in self.scan(PROFILE, partition)? {
             let id = String::from_utf8_lossy(&k).into_owned();
-            let s = Stored::decode(&id, &v)?;
+            let s = Stored::decode(&id, partition, &v)?;
             out.push((id, s));
         }
         Ok(out)
@@ -406,7 +421,7 @@ mod tests {
             sources: vec![],
             profile: p,
         };
-        stored.advance(topic_hash("touch"), 41);
+        stored.advance(topic_hash("touch"), 3, 41);
         {
             let s = store(dir.path());
             let mut b = StateBatch::default();
@@ -432,9 +447,10 @@ mod tests {
         );
         assert_eq!(s.checkpoint(3).unwrap(), Some(7));
         assert_eq!(s.partitions().unwrap(), vec![3, 4]);
-        assert!(stored.reflects(topic_hash("touch"), 41));
-        assert!(!stored.reflects(topic_hash("touch"), 42));
-        assert!(!stored.reflects(topic_hash("other"), 0));
+        assert!(stored.reflects(topic_hash("touch"), 3, 41));
+        assert!(!stored.reflects(topic_hash("touch"), 3, 42));
+        assert!(!stored.reflects(topic_hash("touch"), 2, 0));
+        assert!(!stored.reflects(topic_hash("other"), 3, 0));
 
         s.drop_partition(3).unwrap();
         assert_eq!(s.get(3, "c-1").unwrap(), None);
@@ -445,8 +461,21 @@ mod tests {
 
     #[test]
     fn corrupt_envelopes_are_errors_not_panics() {
-        assert!(Stored::decode("x", &[]).is_err());
-        assert!(Stored::decode("x", &[9, 0]).is_err());
-        assert!(Stored::decode("x", &[ENVELOPE_VERSION, 3, 1, 2]).is_err());
+        assert!(Stored::decode("x", 0, &[]).is_err());
+        assert!(Stored::decode("x", 0, &[9, 0]).is_err());
+        assert!(Stored::decode("x", 0, &[ENVELOPE_VERSION, 3, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn version_1_envelopes_are_read_with_the_partition_they_are_stored_under() {
+        let profile = Profile::new("c-1");
+        let mut v1 = vec![1u8, 1];
+        v1.extend_from_slice(&topic_hash("touch").to_le_bytes());
+        v1.extend_from_slice(&41i64.to_le_bytes());
+        v1.extend_from_slice(&profile.encode());
+        let s = Stored::decode("c-1", 5, &v1).unwrap();
+        assert_eq!(s.sources, vec![(topic_hash("touch"), 5, 41)]);
+        assert_eq!(s.profile, profile);
+        assert_eq!(Stored::decode("c-1", 5, &s.encode()).unwrap(), s);
     }
 }

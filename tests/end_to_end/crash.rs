@@ -15,34 +15,54 @@ use crate::support::*;
 const T0: i64 = 1_764_000_000_000;
 
 /// Writes `n` simulated touchpoints for `customers` customers, a tenth of a second apart.
-fn feed(topic: &str, n: i64, customers: u64, seed: u64) {
+pub(crate) fn feed(topic: &str, n: i64, customers: u64, seed: u64) {
     let mut sim = Simulator::new(SimConfig {
         customers,
         seed,
         malformed_per_mille: 2,
     });
-    for chunk in (0..n).collect::<Vec<_>>().chunks(20_000) {
+    feed_from(&bootstrap(), topic, &mut sim, 0..n);
+}
+
+/// Writes `sim`'s records number `range` (event times a tenth of a second apart)
+/// to `topic` on the cluster at `bootstrap`.
+pub(crate) fn feed_from(
+    bootstrap: &str,
+    topic: &str,
+    sim: &mut Simulator,
+    range: std::ops::Range<i64>,
+) {
+    for chunk in range.collect::<Vec<_>>().chunks(20_000) {
         let records: Vec<Raw> = chunk
             .iter()
             .map(|i| sim.next_record(T0 + i * 100))
             .map(|r| (r.key, r.value, vec![]))
             .collect();
-        produce_raw(topic, &records);
+        produce_raw_on(bootstrap, topic, &records);
     }
 }
 
 /// The reference: one uninterrupted in-process run over `input`.
-fn clean_run(input: &str, n: u64) -> (Vec<Action>, BTreeMap<String, Profile>) {
-    let out = Topics::new("clean", 1);
+pub(crate) fn clean_run(input: &str, n: u64) -> (Vec<Action>, BTreeMap<String, Profile>) {
+    clean_run_on(&bootstrap(), input, n)
+}
+
+/// [`clean_run`] on the cluster at `bootstrap`.
+pub(crate) fn clean_run_on(
+    bootstrap: &str,
+    input: &str,
+    n: u64,
+) -> (Vec<Action>, BTreeMap<String, Profile>) {
+    let out = Topics::on(bootstrap, "clean", 1);
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = out.config(dir.path(), &unique("clean"));
     cfg.kafka.touchpoint_topics = vec![input.to_owned()];
     run_engine(&cfg, state(&cfg), n);
-    let actions = actions(&out.actions);
+    let actions = actions_on(bootstrap, &out.actions);
     (actions, all_profiles(&[dir.path()]))
 }
 
-fn ids(actions: &[Action]) -> BTreeSet<String> {
+pub(crate) fn ids(actions: &[Action]) -> BTreeSet<String> {
     actions.iter().map(|a| a.action_id.clone()).collect()
 }
 
@@ -218,26 +238,7 @@ fn a_group_of_three_loses_one_and_the_others_take_over() {
     );
     // The durable state is the changelog: restore all of it into a fresh store, as
     // any instance taking over every partition would, and compare.
-    let restored = tempfile::tempdir().unwrap();
-    {
-        let cfg = rapport::config::StateConfig {
-            path: restored.path().to_owned(),
-            ..Default::default()
-        };
-        let store = rapport::state::StateStore::open(&cfg).unwrap();
-        let restorer = rapport::runtime::Restorer::new(&bootstrap(), &unique("verify")).unwrap();
-        for p in 0..6 {
-            rapport::runtime::restore_partition(
-                &restorer,
-                &format!("{group}-profiles-changelog"),
-                &store,
-                p,
-            )
-            .unwrap();
-        }
-        store.flush().unwrap();
-    }
-    let profiles = all_profiles(&[restored.path()]);
+    let profiles = changelog_profiles(&bootstrap(), &group, 6);
     assert_eq!(profiles.len(), clean_profiles.len());
     assert!(
         profiles == clean_profiles,

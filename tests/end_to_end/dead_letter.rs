@@ -22,6 +22,8 @@ fn malformed_records_are_dead_lettered_with_reasons_and_neighbours_processed() {
     let broken_json = br#"{"event_id":"x1","customer_id":"c-2","channel":"web""#.to_vec();
     let bad_score = br#"{"event_id":"x2","customer_id":"c-3","channel":"email","event_type":"survey_response","event_time":1764000000000,"survey":{"kind":"nps","score":42}}"#.to_vec();
     let unknown_type = br#"{"event_id":"x3","customer_id":"c-4","channel":"web","event_type":"teleported","event_time":1764000000000}"#.to_vec();
+    // serde would read an array as a struct's fields; the schema says object.
+    let array = br#"["x4","c-7",null,"web","page_view",1764000000000]"#.to_vec();
     let records = vec![
         ("c-1".to_owned(), good("g1", "c-1"), vec![]),
         (
@@ -33,6 +35,8 @@ fn malformed_records_are_dead_lettered_with_reasons_and_neighbours_processed() {
         ("c-3".to_owned(), bad_score.clone(), vec![]),
         ("c-4".to_owned(), unknown_type.clone(), vec![]),
         ("c-6".to_owned(), good("g3", "c-6"), vec![]),
+        ("c-7".to_owned(), array.clone(), vec![]),
+        ("c-8".to_owned(), b"42".to_vec(), vec![]),
     ];
     produce_raw(&topics.input, &records);
     let metrics = run_engine(&cfg, state(&cfg), records.len() as u64);
@@ -49,7 +53,7 @@ fn malformed_records_are_dead_lettered_with_reasons_and_neighbours_processed() {
     );
 
     let dead = drain(&topics.dead_letter);
-    assert_eq!(dead.len(), 3);
+    assert_eq!(dead.len(), 5);
     let header = |m: &rdkafka::message::OwnedMessage, k: &str| {
         m.headers().and_then(|h| {
             h.iter()
@@ -62,6 +66,8 @@ fn malformed_records_are_dead_lettered_with_reasons_and_neighbours_processed() {
         (&broken_json, 1, "decode", "EOF"),
         (&bad_score, 3, "validate", "42"),
         (&unknown_type, 4, "decode", "teleported"),
+        (&array, 6, "decode", "JSON object"),
+        (&b"42".to_vec(), 7, "decode", "a number"),
     ];
     for (m, (bytes, offset, stage, hint)) in dead.iter().zip(expected) {
         assert_eq!(

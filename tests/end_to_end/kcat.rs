@@ -83,7 +83,17 @@ fn kcat_produces_touchpoints_and_reads_actions() {
         .collect();
     lines.push_str("c-kcat-4\tthis is not json\n");
     kcat(
-        &["-P", "-b", &b, "-t", &topics.input, "-K", "\t"],
+        &[
+            "-P",
+            "-b",
+            &b,
+            "-t",
+            &topics.input,
+            "-K",
+            "\t",
+            "-X",
+            "partitioner=murmur2_random",
+        ],
         Some(&lines),
     );
 

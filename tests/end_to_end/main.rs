@@ -7,6 +7,7 @@
 mod cli;
 mod crash;
 mod dead_letter;
+mod faults;
 mod journeys;
 mod kcat;
 mod restart;

@@ -46,6 +46,8 @@ pub fn unique(prefix: &str) -> String {
 
 /// Topics of one test: touchpoints in, actions and dead letters out.
 pub struct Topics {
+    /// The cluster they live on.
+    pub bootstrap: String,
     pub input: String,
     pub actions: String,
     pub dead_letter: String,
@@ -53,7 +55,13 @@ pub struct Topics {
 
 impl Topics {
     pub fn new(name: &str, partitions: i32) -> Topics {
+        Topics::on(&bootstrap(), name, partitions)
+    }
+
+    /// Topics on the cluster at `bootstrap`.
+    pub fn on(bootstrap: &str, name: &str, partitions: i32) -> Topics {
         let t = Topics {
+            bootstrap: bootstrap.to_owned(),
             input: unique(&format!("{name}.touchpoints")),
             actions: unique(&format!("{name}.actions")),
             dead_letter: unique(&format!("{name}.dlq")),
@@ -66,7 +74,7 @@ impl Topics {
             .enable_all()
             .build()
             .unwrap()
-            .block_on(ensure_topics(&bootstrap(), &specs))
+            .block_on(ensure_topics(bootstrap, &specs))
             .expect("creating test topics");
         t
     }
@@ -74,7 +82,7 @@ impl Topics {
     /// An engine configuration for these topics, state in `state_dir`, consumer group `group`.
     pub fn config(&self, state_dir: &Path, group: &str) -> Config {
         let mut c = Config::default();
-        c.kafka.bootstrap_servers = bootstrap();
+        c.kafka.bootstrap_servers = self.bootstrap.clone();
         c.kafka.group_id = group.to_owned();
         c.kafka.touchpoint_topics = vec![self.input.clone()];
         c.kafka.action_topic = self.actions.clone();
@@ -96,8 +104,15 @@ pub type Raw = (String, Vec<u8>, Vec<(&'static str, &'static str)>);
 
 /// Produces `(key, value, headers)` records and waits until all are acknowledged.
 pub fn produce_raw(topic: &str, records: &[Raw]) {
+    produce_raw_on(&bootstrap(), topic, records)
+}
+
+/// [`produce_raw`] on the cluster at `bootstrap`.
+pub fn produce_raw_on(bootstrap: &str, topic: &str, records: &[Raw]) {
     let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", bootstrap)
+        // Kafka's Java default partitioner, which the engine's key rule expects.
+        .set("partitioner", "murmur2_random")
         .create()
         .unwrap();
     for (k, v, headers) in records {
@@ -132,8 +147,13 @@ pub fn produce(topic: &str, tps: &[Touchpoint]) {
 
 /// Reads every committed record currently in `topic`, from the beginning.
 pub fn drain(topic: &str) -> Vec<OwnedMessage> {
+    drain_on(&bootstrap(), topic)
+}
+
+/// [`drain`] on the cluster at `bootstrap`.
+pub fn drain_on(bootstrap: &str, topic: &str) -> Vec<OwnedMessage> {
     let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("drain"))
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
@@ -148,7 +168,7 @@ pub fn drain(topic: &str) -> Vec<OwnedMessage> {
     // The true end (a read_committed client answers with the last stable offset,
     // which stops before any transaction still open); reading stops past it only
     // once every transaction in the partition is decided.
-    let uncommitted = read_uncommitted();
+    let uncommitted = read_uncommitted(bootstrap);
     for &p in &partitions {
         let (lo, hi) = uncommitted
             .fetch_watermarks(topic, p, Duration::from_secs(10))
@@ -200,7 +220,12 @@ pub fn drain(topic: &str) -> Vec<OwnedMessage> {
 
 /// The actions currently in `topic`.
 pub fn actions(topic: &str) -> Vec<Action> {
-    drain(topic)
+    actions_on(&bootstrap(), topic)
+}
+
+/// [`actions`] on the cluster at `bootstrap`.
+pub fn actions_on(bootstrap: &str, topic: &str) -> Vec<Action> {
+    drain_on(bootstrap, topic)
         .iter()
         .map(|m| serde_json::from_slice(m.payload().unwrap()).expect("action JSON"))
         .collect()
@@ -243,8 +268,13 @@ pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
 
 /// Sum of the offsets group `group` has committed on `topic`.
 pub fn committed_total(group: &str, topic: &str) -> i64 {
+    committed_total_on(&bootstrap(), group, topic)
+}
+
+/// [`committed_total`] on the cluster at `bootstrap`.
+pub fn committed_total_on(bootstrap: &str, group: &str, topic: &str) -> i64 {
     let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .create()
@@ -256,7 +286,18 @@ pub fn committed_total(group: &str, topic: &str) -> i64 {
     for p in md.topics()[0].partitions() {
         tpl.add_partition(topic, p.id());
     }
-    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    // Right after a broker restart the group coordinator may not be loaded yet.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let committed = loop {
+        match c.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("reading committed offsets of {group}: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("reading committed offsets of {group}: {e}"),
+        }
+    };
     committed
         .elements()
         .iter()
@@ -268,9 +309,9 @@ pub fn committed_total(group: &str, topic: &str) -> i64 {
 }
 
 /// A client that sees the true end of partitions, open transactions included.
-fn read_uncommitted() -> BaseConsumer {
+fn read_uncommitted(bootstrap: &str) -> BaseConsumer {
     ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .set("isolation.level", "read_uncommitted")
         .create()
         .unwrap()
@@ -278,7 +319,12 @@ fn read_uncommitted() -> BaseConsumer {
 
 /// Sum of the end offsets of `topic`'s partitions.
 pub fn end_total(topic: &str) -> i64 {
-    let c = read_uncommitted();
+    end_total_on(&bootstrap(), topic)
+}
+
+/// [`end_total`] on the cluster at `bootstrap`.
+pub fn end_total_on(bootstrap: &str, topic: &str) -> i64 {
+    let c = read_uncommitted(bootstrap);
     let md = c
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap();
@@ -384,20 +430,25 @@ impl Instance {
 
     /// Waits until the instance has restored and taken `partitions` partitions.
     pub fn wait_ready(&mut self, partitions: usize) {
+        self.wait_log("partition ready", partitions);
+    }
+
+    /// The instance's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the instance's log has `times` lines containing `what`.
+    pub fn wait_log(&mut self, what: &str, times: usize) {
         let deadline = Instant::now() + Duration::from_secs(120);
-        while std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .matches("partition ready")
-            .count()
-            < partitions
-        {
+        while self.log_text().matches(what).count() < times {
             self.assert_running();
             assert!(
                 Instant::now() < deadline,
-                "instance not ready; log:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
+                "{what:?} not logged {times} times; log:\n{}",
+                self.log_text()
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -414,10 +465,20 @@ impl Instance {
 
 /// Waits until group `group` has committed everything in `topic`.
 pub fn wait_caught_up(group: &str, topic: &str, instances: &mut [&mut Instance]) {
-    let end = end_total(topic);
+    wait_caught_up_on(&bootstrap(), group, topic, instances)
+}
+
+/// [`wait_caught_up`] on the cluster at `bootstrap`.
+pub fn wait_caught_up_on(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    instances: &mut [&mut Instance],
+) {
+    let end = end_total_on(bootstrap, topic);
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let done = committed_total(group, topic);
+        let done = committed_total_on(bootstrap, group, topic);
         if done >= end {
             eprintln!("group {group} caught up: committed {done} of {end}");
             return;
@@ -457,4 +518,79 @@ pub fn all_profiles(dirs: &[&Path]) -> std::collections::BTreeMap<String, rappor
         }
     }
     out
+}
+
+/// The profiles in group `group`'s changelog (of `partitions` partitions), restored
+/// into a fresh store as an instance taking over every partition would.
+pub fn changelog_profiles(
+    bootstrap: &str,
+    group: &str,
+    partitions: i32,
+) -> std::collections::BTreeMap<String, rapport_model::Profile> {
+    let restored = tempfile::tempdir().unwrap();
+    {
+        let cfg = rapport::config::StateConfig {
+            path: restored.path().to_owned(),
+            ..Default::default()
+        };
+        let store = StateStore::open(&cfg).unwrap();
+        let restorer = rapport::runtime::Restorer::new(&rapport::config::KafkaConfig {
+            bootstrap_servers: bootstrap.to_owned(),
+            group_id: unique("verify"),
+            ..Default::default()
+        })
+        .unwrap();
+        for p in 0..partitions {
+            rapport::runtime::restore_partition(
+                &restorer,
+                &format!("{group}-profiles-changelog"),
+                &store,
+                p,
+            )
+            .unwrap();
+        }
+        store.flush().unwrap();
+    }
+    all_profiles(&[restored.path()])
+}
+
+/// Asserts that `got` holds exactly the actions of `clean`: every id once, none
+/// missing, none invented, each with the same content.
+pub fn assert_same_actions(got: &[Action], clean: &[Action]) {
+    let clean_by_id: HashMap<&str, &Action> =
+        clean.iter().map(|a| (a.action_id.as_str(), a)).collect();
+    let got_ids: std::collections::BTreeSet<&str> =
+        got.iter().map(|a| a.action_id.as_str()).collect();
+    assert_eq!(got.len(), got_ids.len(), "exactly once: no duplicates");
+    let missing: Vec<&&Action> = clean_by_id
+        .iter()
+        .filter(|(id, _)| !got_ids.contains(*id))
+        .map(|(_, a)| a)
+        .take(3)
+        .collect();
+    let extra: Vec<&Action> = got
+        .iter()
+        .filter(|a| !clean_by_id.contains_key(a.action_id.as_str()))
+        .take(3)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{} actions missing, {} extra; missing e.g. {missing:?}; extra e.g. {extra:?}",
+        clean_by_id.len()
+            - got_ids
+                .iter()
+                .filter(|id| clean_by_id.contains_key(*id))
+                .count(),
+        got_ids
+            .iter()
+            .filter(|id| !clean_by_id.contains_key(*id))
+            .count()
+    );
+    for a in got {
+        assert_eq!(
+            clean_by_id[a.action_id.as_str()],
+            a,
+            "same content as the clean run"
+        );
+    }
 }

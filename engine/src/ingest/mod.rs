@@ -2,15 +2,18 @@
 //!
 //! Anything that cannot become a valid [`Touchpoint`] yields a [`Rejection`] with a
 //! reason a person can act on; the runtime sends it to the dead-letter topic.
+//! [`route`] holds the key rule: which partition a customer's records belong on.
+
+pub mod route;
 
 use apache_avro::rabin::Rabin;
 use apache_avro::Schema;
 use rapport_model::Touchpoint;
 
 /// The canonical touchpoint schema this build reads.
-pub const TOUCHPOINT_AVSC: &str = include_str!("../../schemas/v1/touchpoint.avsc");
+pub const TOUCHPOINT_AVSC: &str = include_str!("../../../schemas/v1/touchpoint.avsc");
 /// The canonical action schema this build writes.
-pub const ACTION_AVSC: &str = include_str!("../../schemas/v1/action.avsc");
+pub const ACTION_AVSC: &str = include_str!("../../../schemas/v1/action.avsc");
 
 /// The two-byte marker of Avro single-object encoding.
 const AVRO_SINGLE_OBJECT: [u8; 2] = [0xC3, 0x01];
@@ -22,6 +25,8 @@ pub enum Stage {
     Decode,
     /// The touchpoint breaks a rule of the model.
     Validate,
+    /// The record's key or partition is not its customer's (see [`route`]).
+    Route,
 }
 
 impl Stage {
@@ -30,6 +35,7 @@ impl Stage {
         match self {
             Stage::Decode => "decode",
             Stage::Validate => "validate",
+            Stage::Route => "route",
         }
     }
 }
@@ -104,8 +110,7 @@ impl Decoder {
                     "starts with byte 0x00 (schema-registry framing?); send JSON or Avro single-object encoding (0xC3 0x01)",
                 ))
             }
-            _ => serde_json::from_slice::<Touchpoint>(bytes)
-                .map_err(|e| Rejection::decode("json", format!("invalid touchpoint JSON: {e}")))?,
+            _ => decode_json(bytes)?,
         };
         tp.validate().map_err(|e| Rejection {
             stage: Stage::Validate,
@@ -146,6 +151,29 @@ impl Decoder {
                 format!("Avro record does not map to a touchpoint: {e}"),
             )
         })
+    }
+}
+
+/// Decodes a JSON touchpoint, which must be an object: serde would also accept a
+/// struct written as an array of its fields, which the published schema does not.
+fn decode_json(bytes: &[u8]) -> Result<Touchpoint, Rejection> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => serde_json::from_slice::<Touchpoint>(bytes)
+            .map_err(|e| Rejection::decode("json", format!("invalid touchpoint JSON: {e}"))),
+        first => {
+            let got = match first {
+                Some(b'[') => "an array",
+                Some(b'"') => "a string",
+                Some(b't' | b'f') => "a boolean",
+                Some(b'n') => "null",
+                Some(b'-' | b'0'..=b'9') => "a number",
+                _ => "not JSON",
+            };
+            Err(Rejection::decode(
+                "not_object",
+                format!("a touchpoint must be a JSON object (schemas/v1/touchpoint.schema.json); this value is {got}"),
+            ))
+        }
     }
 }
 
@@ -283,6 +311,19 @@ mod tests {
         assert_eq!(d.decode(&truncated).unwrap_err().class, "avro");
         let r = d.decode(&[0, 0, 0, 0, 1, 2]).unwrap_err();
         assert_eq!(r.class, "unknown_encoding");
+        for (value, what) in [
+            (
+                &br#"["e","c",null,"web","page_view",1764000000000]"#[..],
+                "an array",
+            ),
+            (b" 42", "a number"),
+            (br#""text""#, "a string"),
+            (b"null", "null"),
+        ] {
+            let r = d.decode(value).unwrap_err();
+            assert_eq!((r.stage, r.class), (Stage::Decode, "not_object"));
+            assert!(r.reason.contains(what), "{}", r.reason);
+        }
         let r = d.decode(&[b' '; 301]).unwrap_err();
         assert_eq!(r.class, "oversized");
         let r = d.decode(br#"{"event_id":"e","customer_id":"c","channel":"web","event_type":"survey_response","event_time":1764000000000,"survey":{"kind":"nps","score":42}}"#).unwrap_err();

@@ -1,0 +1,463 @@
+//! Making an interval's effects durable: the commit protocol of each guarantee as
+//! its own type, and the committer that runs one interval's Kafka commit in the
+//! background on one of two producers while the next interval is processed on the
+//! other.
+//!
+//! Every failure is classified once, here: an error Kafka may still answer
+//! (a timed-out request while a broker restarts) is retried until
+//! `engine.kafka_unavailable_timeout_ms`; anything else fails the interval, which
+//! the engine then drops and redoes from the last commit (see `Core::rewind`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadata};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext, PurgeConfig,
+};
+use rdkafka::{ClientContext, Message, TopicPartitionList};
+
+use crate::state::StateBatch;
+
+use super::rebalance::EngineContext;
+use super::LoopError;
+
+/// The engine's producers.
+pub(super) type Producer = BaseProducer<DeliveryContext>;
+
+/// Counts failed deliveries so a commit never covers a lost record, and notes the
+/// changelog offsets written, for the restore checkpoint.
+#[derive(Default)]
+pub(super) struct DeliveryContext {
+    changelog: String,
+    failed: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    changelog_offsets: Mutex<HashMap<i32, i64>>,
+}
+
+impl DeliveryContext {
+    /// Forgets the outcome of an earlier interval on this producer.
+    fn reset(&self) {
+        self.failed.store(0, Ordering::SeqCst);
+        if let Ok(mut o) = self.changelog_offsets.lock() {
+            o.clear();
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        let failed = self.failed.load(Ordering::SeqCst);
+        (failed > 0).then(|| {
+            let last = self.last_error.lock().ok().and_then(|l| l.clone());
+            format!(
+                "{failed} records could not be delivered ({})",
+                last.unwrap_or_default()
+            )
+        })
+    }
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(m) if m.topic() == self.changelog => {
+                if let Ok(mut o) = self.changelog_offsets.lock() {
+                    let e = o.entry(m.partition()).or_insert(0);
+                    *e = (*e).max(m.offset() + 1);
+                }
+            }
+            Ok(_) => {}
+            Err((e, m)) => {
+                self.failed.fetch_add(1, Ordering::SeqCst);
+                if let Ok(mut last) = self.last_error.lock() {
+                    *last = Some(format!("to {}: {e}", m.topic()));
+                }
+            }
+        }
+    }
+}
+
+/// Why an interval's Kafka commit failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The interval cannot commit (a rebalance moved the group on, a delivery
+    /// failed, the transaction was fenced or must abort): drop it and redo it.
+    #[error("{0}")]
+    Failed(String),
+    /// Kafka did not answer within `engine.kafka_unavailable_timeout_ms`.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// How an interval's records and consumed offsets become durable. One
+/// implementation per guarantee, so the processing loop has no `if` on it.
+pub(super) trait CommitProtocol: Send + Sync {
+    /// Producer settings for producer `n` of this instance.
+    fn configure(&self, producer: &mut ClientConfig, n: usize);
+    /// Prepares a new producer (under exactly-once: fences an earlier incarnation).
+    fn init(&self, p: &Producer) -> KafkaResult<()>;
+    /// Opens an interval on `p`.
+    fn begin(&self, p: &Producer) -> KafkaResult<()>;
+    /// Whether [`CommitProtocol::seal`] needs the consumer group's metadata.
+    fn wants_group_metadata(&self) -> bool;
+    /// Once every record of the interval is acknowledged: makes it durable with
+    /// the consumed `offsets`. Runs on the commit thread.
+    fn seal(
+        &self,
+        p: &Producer,
+        offsets: &TopicPartitionList,
+        meta: Option<&ConsumerGroupMetadata>,
+        deadline: Instant,
+    ) -> Result<(), CommitError>;
+    /// After the interval's state is in RocksDB.
+    fn after_state(&self, consumer: &BaseConsumer<EngineContext>, offsets: &TopicPartitionList);
+    /// Drops an interval that will not commit.
+    fn abort(&self, p: &Producer) -> KafkaResult<()>;
+}
+
+/// Actions, dead letters, changelog records and the consumed offsets commit in
+/// one Kafka transaction per interval (offsets with the group's metadata, KIP-447).
+pub(super) struct ExactlyOnce {
+    /// `<group_id>-<instance_id>`; producer `n` uses `<this>-<n>`.
+    pub transactional_id: String,
+    /// `transaction.timeout.ms`.
+    pub timeout_ms: u64,
+}
+
+impl CommitProtocol for ExactlyOnce {
+    fn configure(&self, producer: &mut ClientConfig, n: usize) {
+        producer
+            .set("transactional.id", format!("{}-{n}", self.transactional_id))
+            .set("transaction.timeout.ms", self.timeout_ms.to_string());
+    }
+
+    fn init(&self, p: &Producer) -> KafkaResult<()> {
+        p.init_transactions(Duration::from_secs(30))
+    }
+
+    fn begin(&self, p: &Producer) -> KafkaResult<()> {
+        p.begin_transaction()
+    }
+
+    fn wants_group_metadata(&self) -> bool {
+        true
+    }
+
+    fn seal(
+        &self,
+        p: &Producer,
+        offsets: &TopicPartitionList,
+        meta: Option<&ConsumerGroupMetadata>,
+        deadline: Instant,
+    ) -> Result<(), CommitError> {
+        if let Some(meta) = meta.filter(|_| offsets.count() > 0) {
+            retrying("adding offsets to the transaction", deadline, |t| {
+                p.send_offsets_to_transaction(offsets, meta, t)
+            })?;
+        }
+        retrying("committing the Kafka transaction", deadline, |t| {
+            p.commit_transaction(t)
+        })
+    }
+
+    fn after_state(&self, _: &BaseConsumer<EngineContext>, _: &TopicPartitionList) {}
+
+    fn abort(&self, p: &Producer) -> KafkaResult<()> {
+        p.abort_transaction(Duration::from_secs(10))
+    }
+}
+
+/// No transactions: records are acknowledged before the offsets are committed.
+/// After a failure an action may repeat, always with the same id.
+pub(super) struct AtLeastOnce;
+
+impl CommitProtocol for AtLeastOnce {
+    fn configure(&self, _: &mut ClientConfig, _: usize) {}
+
+    fn init(&self, _: &Producer) -> KafkaResult<()> {
+        Ok(())
+    }
+
+    fn begin(&self, _: &Producer) -> KafkaResult<()> {
+        Ok(())
+    }
+
+    fn wants_group_metadata(&self) -> bool {
+        false
+    }
+
+    fn seal(
+        &self,
+        _: &Producer,
+        _: &TopicPartitionList,
+        _: Option<&ConsumerGroupMetadata>,
+        _: Instant,
+    ) -> Result<(), CommitError> {
+        Ok(())
+    }
+
+    fn after_state(&self, consumer: &BaseConsumer<EngineContext>, offsets: &TopicPartitionList) {
+        if offsets.count() == 0 {
+            return;
+        }
+        if let Err(e) = consumer.commit(offsets, CommitMode::Async) {
+            // State and changelog already reflect these records; a failed offset
+            // commit only means a longer replay, whose records are skipped.
+            tracing::warn!(error = %e, "offset commit to Kafka failed");
+        }
+    }
+
+    fn abort(&self, _: &Producer) -> KafkaResult<()> {
+        Ok(())
+    }
+}
+
+/// Runs `op` until it succeeds, retrying errors Kafka marks retriable (a request
+/// that timed out while a broker was away) until `deadline`.
+fn retrying(
+    what: &str,
+    deadline: Instant,
+    mut op: impl FnMut(Duration) -> KafkaResult<()>,
+) -> Result<(), CommitError> {
+    loop {
+        let err = match op(Duration::from_secs(10)) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let retriable = matches!(&err, KafkaError::Transaction(e)
+            if e.is_retriable() && !e.txn_requires_abort() && !e.is_fatal());
+        if !retriable {
+            return Err(CommitError::Failed(format!("{what}: {err}")));
+        }
+        if Instant::now() >= deadline {
+            return Err(CommitError::Unavailable(format!("{what}: {err}")));
+        }
+        tracing::warn!(error = %err, "{what}: Kafka did not answer; retrying");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until every record sent on `p` is acknowledged.
+fn flush(p: &Producer, deadline: Instant) -> Result<(), CommitError> {
+    loop {
+        let flushed = p.flush(Duration::from_secs(1));
+        if let Some(failure) = p.context().failure() {
+            return Err(CommitError::Failed(failure));
+        }
+        match flushed {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(CommitError::Unavailable(format!(
+                    "waiting for records to be acknowledged: {e}"
+                )))
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// One interval's state changes and offsets, whose Kafka side is committing.
+pub(super) struct Interval {
+    /// RocksDB changes, written once Kafka has committed.
+    pub batch: StateBatch,
+    /// Consumed offsets (next to read).
+    pub offsets: TopicPartitionList,
+    /// Records handled in the interval.
+    pub records: u64,
+    /// When the commit started.
+    pub started: Instant,
+}
+
+struct InFlight {
+    job: JoinHandle<Result<(), CommitError>>,
+    producer: usize,
+    interval: Interval,
+}
+
+/// Two producers used in turn: one commits an interval in the background while
+/// the other carries the next interval's records.
+pub(super) struct Committer {
+    protocol: Arc<dyn CommitProtocol>,
+    config: ClientConfig,
+    changelog: String,
+    producers: [Arc<Producer>; 2],
+    current: usize,
+    /// Whether the current producer has an interval open.
+    open: bool,
+    in_flight: Option<InFlight>,
+    patience: Duration,
+}
+
+impl Committer {
+    /// Creates and prepares both producers.
+    pub fn new(
+        protocol: Arc<dyn CommitProtocol>,
+        config: ClientConfig,
+        changelog: String,
+        patience: Duration,
+    ) -> anyhow::Result<Self> {
+        let make = |n| make_producer(protocol.as_ref(), &config, &changelog, n);
+        let producers = [make(0)?, make(1)?];
+        Ok(Committer {
+            protocol,
+            config,
+            changelog,
+            producers,
+            current: 0,
+            open: false,
+            in_flight: None,
+            patience,
+        })
+    }
+
+    /// The commit protocol of the configured guarantee.
+    pub fn protocol(&self) -> &dyn CommitProtocol {
+        self.protocol.as_ref()
+    }
+
+    /// The producer of the current interval.
+    pub fn producer(&self) -> &Producer {
+        &self.producers[self.current]
+    }
+
+    fn open(&mut self) -> Result<(), LoopError> {
+        if !self.open {
+            let p = &self.producers[self.current];
+            p.context().reset();
+            self.protocol
+                .begin(p)
+                .map_err(|e| LoopError::Rewind(format!("beginning a Kafka transaction: {e}")))?;
+            self.open = true;
+        }
+        Ok(())
+    }
+
+    /// Sends a record as part of the current interval.
+    pub fn send(&mut self, record: BaseRecord<'_, [u8], [u8]>) -> Result<(), LoopError> {
+        self.open()?;
+        let topic = record.topic;
+        rapport_connectors::publish::send_when_room(self.producer(), record)
+            .map_err(|e| LoopError::Rewind(format!("producing to {topic}: {e}")))
+    }
+
+    /// Starts committing the current interval in the background and moves on to
+    /// the other producer.
+    pub fn start(
+        &mut self,
+        interval: Interval,
+        meta: Option<ConsumerGroupMetadata>,
+    ) -> Result<(), LoopError> {
+        self.open()?;
+        let producer = self.producers[self.current].clone();
+        let protocol = self.protocol.clone();
+        let offsets = interval.offsets.clone();
+        let deadline = Instant::now() + self.patience;
+        let job = std::thread::Builder::new()
+            .name("rapport-commit".into())
+            .spawn(move || {
+                flush(&producer, deadline)?;
+                protocol.seal(&producer, &offsets, meta.as_ref(), deadline)
+            })
+            .map_err(|e| LoopError::Fatal(e.into()))?;
+        self.in_flight = Some(InFlight {
+            job,
+            producer: self.current,
+            interval,
+        });
+        self.current = 1 - self.current;
+        self.open = false;
+        Ok(())
+    }
+
+    /// Waits for the background commit; returns its interval, with the changelog
+    /// checkpoints it reached, once Kafka has committed it.
+    pub fn finish(&mut self) -> Result<Option<Interval>, LoopError> {
+        let Some(f) = self.in_flight.take() else {
+            return Ok(None);
+        };
+        let mut interval = f.interval;
+        match f.job.join() {
+            Err(_) => Err(LoopError::Fatal(anyhow::anyhow!("commit thread panicked"))),
+            Ok(Err(CommitError::Failed(why))) => Err(LoopError::Rewind(why)),
+            Ok(Err(CommitError::Unavailable(why))) => Err(LoopError::Fatal(anyhow::anyhow!(
+                "the Kafka cluster did not answer for {} s ({why}); check that it is reachable, or raise engine.kafka_unavailable_timeout_ms",
+                self.patience.as_secs()
+            ))),
+            Ok(Ok(())) => {
+                if let Ok(mut o) = self.producers[f.producer].context().changelog_offsets.lock() {
+                    for (p, next) in o.drain() {
+                        interval.batch.set_checkpoint(p, next);
+                    }
+                }
+                Ok(Some(interval))
+            }
+        }
+    }
+
+    /// Drops everything not committed: waits for the background commit (returning
+    /// its interval if Kafka committed it after all), aborts both producers'
+    /// intervals, and replaces a producer that cannot abort (fenced, or in a fatal
+    /// state) with a new one, which fences the old.
+    pub fn abort(&mut self) -> anyhow::Result<Option<Interval>> {
+        let committed = self.finish().unwrap_or_default();
+        for n in 0..2 {
+            drop_unsent(&self.producers[n]);
+            match self.protocol.abort(&self.producers[n]) {
+                Ok(()) => {}
+                // Nothing was open on this producer.
+                Err(KafkaError::Transaction(e)) if e.code() == RDKafkaErrorCode::State => {}
+                Err(KafkaError::Transaction(e)) if e.is_retriable() && !e.is_fatal() => {
+                    anyhow::bail!("aborting the Kafka transaction: {e}")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "replacing a producer that cannot abort its transaction");
+                    self.producers[n] =
+                        make_producer(self.protocol.as_ref(), &self.config, &self.changelog, n)?;
+                }
+            }
+            self.producers[n].context().reset();
+        }
+        self.open = false;
+        Ok(committed)
+    }
+}
+
+/// Drops the records `p` has not sent yet and serves the delivery reports of those
+/// in flight (an abort waits for them, and only polling serves them), for up to ten
+/// seconds.
+fn drop_unsent(p: &Producer) {
+    p.purge(PurgeConfig::default().queue());
+    let started = Instant::now();
+    while p.in_flight_count() > 0 && started.elapsed() < Duration::from_secs(10) {
+        p.poll(Duration::from_millis(20));
+    }
+}
+
+fn make_producer(
+    protocol: &dyn CommitProtocol,
+    config: &ClientConfig,
+    changelog: &str,
+    n: usize,
+) -> anyhow::Result<Arc<Producer>> {
+    use anyhow::Context as _;
+    let mut pc = config.clone();
+    protocol.configure(&mut pc, n);
+    let producer: Producer = pc
+        .create_with_context(DeliveryContext {
+            changelog: changelog.to_owned(),
+            ..Default::default()
+        })
+        .context("creating the Kafka producer")?;
+    protocol
+        .init(&producer)
+        .context("initialising Kafka transactions")?;
+    Ok(Arc::new(producer))
+}

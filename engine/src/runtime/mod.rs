@@ -1,0 +1,389 @@
+//! The processing loop: consume in batches, update profiles, evaluate journeys and
+//! timers, produce actions, and commit actions, state and offsets together at each
+//! commit interval.
+//!
+//! One task per assigned input partition ([`task`]): its profiles, timers and
+//! offsets are scoped to the partition in RocksDB and in the compacted changelog
+//! topic, which has the input's partition count. A partition that arrives (at start
+//! or in a rebalance) is restored from the changelog by the main loop before its
+//! records are processed ([`restore`]); one that leaves is committed first
+//! ([`rebalance`]).
+//!
+//! Commits ([`commit`]), per guarantee:
+//! - `exactly_once`: actions, dead letters and changelog records are produced in a
+//!   Kafka transaction that also carries the consumed offsets (with the group's
+//!   metadata); RocksDB is written only after the transaction commits. A crash at
+//!   any instant leaves RocksDB at or behind the committed changelog, and the next
+//!   assignment restores the difference.
+//! - `at_least_once`: the same records without a transaction; the changelog is
+//!   acknowledged before offsets are committed. After a crash an action may repeat,
+//!   always with the same id.
+//!
+//! In both, each stored profile carries the source offsets it reflects, so a
+//! replayed record is never applied twice to a profile.
+//!
+//! A commit that fails (a rebalance moved the group to a new generation, a broker
+//! restarted, a transaction was fenced) does not stop the engine: the interval is
+//! aborted, every owned partition is rewound to its last commit (state restored
+//! from the changelog, consumer moved back to the committed offsets) and the
+//! dropped work is redone, the way Kafka Streams handles a migrated task. Only an
+//! instance fenced by another with its `instance_id`, a cluster unreachable for
+//! longer than `engine.kafka_unavailable_timeout_ms`, or a local failure (RocksDB)
+//! stops it.
+
+mod commit;
+mod core;
+mod rebalance;
+mod restore;
+mod task;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rapport_model::Journeys;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+use crate::config::{Config, Guarantee};
+use crate::ingest::route::KeyRule;
+use crate::ingest::Decoder;
+use crate::kafka::{self, consumer_config, producer_config, TopicLayout, RECORD_OVERHEAD};
+use crate::metrics::Metrics;
+use crate::state::StateStore;
+
+use self::commit::{AtLeastOnce, CommitProtocol, Committer, ExactlyOnce};
+use self::core::{Core, PendingOffsets};
+use self::rebalance::{lock, EngineContext};
+pub use self::restore::{restore_partition, Restorer};
+
+/// Changelog key that carries a partition's event-time watermark.
+pub const WATERMARK_KEY: &[u8] = b"\0rapport.watermark";
+
+/// Live counters shared between the engine thread and its observers.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Records handled (applied, dead-lettered or skipped).
+    pub handled: AtomicU64,
+    /// Records whose effects are committed.
+    pub committed: AtomicU64,
+    /// True once the engine has an assignment, restored, and is consuming.
+    pub ready: AtomicBool,
+    /// Times the engine dropped uncommitted work and went back to its last commit.
+    pub rewinds: AtomicU64,
+}
+
+/// What went wrong in the loop, and how the engine answers it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LoopError {
+    /// The uncommitted work must be dropped and redone from the last commit; the
+    /// engine carries on.
+    #[error("{0}")]
+    Rewind(String),
+    /// The engine cannot go on.
+    #[error(transparent)]
+    Fatal(#[from] anyhow::Error),
+}
+
+/// A running engine. Dropping it without [`EngineHandle::shutdown`] stops it too.
+pub struct EngineHandle {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+    /// Live counters.
+    pub progress: Arc<Progress>,
+}
+
+impl EngineHandle {
+    /// Asks the engine to stop, waits for its final commit, and returns its result.
+    pub fn shutdown(mut self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.join()
+    }
+
+    /// A flag that stops the engine when set (for signal handlers).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Waits for the engine to end by itself (after the stop flag, or on a fatal error).
+    pub fn join(&mut self) -> anyhow::Result<()> {
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| anyhow::anyhow!("engine thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+
+    /// True when the engine thread has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.join();
+    }
+}
+
+/// Prepares the topics (co-partitioning check, changelog and outputs created if
+/// missing) and starts the engine on its own thread.
+pub fn start(
+    cfg: Config,
+    state: Arc<StateStore>,
+    metrics: Metrics,
+) -> anyhow::Result<EngineHandle> {
+    let layout = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(kafka::prepare_topics(
+            &cfg.kafka,
+            cfg.engine.max_record_bytes,
+        ))?;
+    let progress = Arc::new(Progress::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = Worker::new(cfg, layout, state, metrics, progress.clone())?;
+    let flag = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("rapport-engine".into())
+        .spawn(move || worker.run(&flag))?;
+    Ok(EngineHandle {
+        stop,
+        thread: Some(thread),
+        progress,
+    })
+}
+
+struct Worker {
+    consumer: BaseConsumer<EngineContext>,
+    core: Arc<Mutex<Core>>,
+    interval: Duration,
+    /// How long Kafka may stay unreachable before the engine gives up.
+    patience: Duration,
+    /// Since when every rewind has been followed by another failure, and the
+    /// number of commits when that streak started.
+    failing: Option<(Instant, u64)>,
+}
+
+/// The committer for the configured guarantee.
+fn committer(cfg: &Config, changelog: &str) -> anyhow::Result<Committer> {
+    let protocol: Arc<dyn CommitProtocol> = match cfg.engine.guarantee {
+        Guarantee::ExactlyOnce => Arc::new(ExactlyOnce {
+            transactional_id: format!("{}-{}", cfg.kafka.group_id, cfg.engine.instance_id),
+            timeout_ms: cfg.engine.transaction_timeout_ms,
+        }),
+        Guarantee::AtLeastOnce => Arc::new(AtLeastOnce),
+    };
+    let mut pc = producer_config(&cfg.kafka);
+    // Room for a whole dead-lettered record of max_record_bytes with its headers.
+    let max = (cfg.engine.max_record_bytes + RECORD_OVERHEAD).clamp(1_000_000, 1_000_000_000);
+    if !cfg.kafka.producer.contains_key("message.max.bytes") {
+        pc.set("message.max.bytes", max.to_string());
+    }
+    Committer::new(
+        protocol,
+        pc,
+        changelog.to_owned(),
+        Duration::from_millis(cfg.engine.kafka_unavailable_timeout_ms),
+    )
+}
+
+impl Worker {
+    fn new(
+        cfg: Config,
+        layout: TopicLayout,
+        state: Arc<StateStore>,
+        metrics: Metrics,
+        progress: Arc<Progress>,
+    ) -> anyhow::Result<Self> {
+        let changelog = cfg.kafka.changelog();
+        let committer = committer(&cfg, &changelog)?;
+        let producer_max = (cfg.engine.max_record_bytes + RECORD_OVERHEAD).max(1_000_000);
+        let core = Arc::new(Mutex::new(Core {
+            decoder: Decoder::new(cfg.engine.max_record_bytes)?,
+            rule: KeyRule::new(cfg.kafka.partitioner, layout.partitions),
+            dead_letter_room: layout.dead_letter_max_bytes.min(producer_max) - 8 * 1024,
+            journeys: Journeys::clone(&cfg.journeys),
+            restorer: Restorer::new(&cfg.kafka)?,
+            changelog,
+            committer,
+            state,
+            metrics,
+            progress,
+            tasks: Default::default(),
+            to_restore: Default::default(),
+            failure: None,
+            event_counters: Vec::new(),
+            pending: PendingOffsets::default(),
+            pending_records: 0,
+            actions: Vec::new(),
+            commits: 0,
+            cfg: cfg.clone(),
+        }));
+        let consumer = subscribe(&cfg, core.clone())?;
+        Ok(Worker {
+            consumer,
+            core,
+            interval: Duration::from_millis(cfg.engine.commit_interval_ms),
+            patience: Duration::from_millis(cfg.engine.kafka_unavailable_timeout_ms),
+            failing: None,
+        })
+    }
+
+    fn run(mut self, stop: &AtomicBool) -> anyhow::Result<()> {
+        let result = self.run_until(stop);
+        let metrics = lock(&self.core).metrics.clone();
+        metrics.ready.set(0);
+        lock(&self.core)
+            .progress
+            .ready
+            .store(false, Ordering::SeqCst);
+        let result = result.and_then(|()| {
+            // Leaving the group revokes (and commits) whatever is left.
+            self.consumer.unsubscribe();
+            let _ = self.consumer.poll(Duration::from_millis(100));
+            let mut core = lock(&self.core);
+            if let Some(LoopError::Rewind(why)) = core.failure.take() {
+                tracing::warn!(reason = %why, "the last interval was not committed; the partitions' next owner redoes it");
+            }
+            core.state.flush().map_err(Into::into)
+        });
+        if let Err(e) = &result {
+            let _ = lock(&self.core).committer.abort();
+            tracing::error!(error = %format!("{e:#}"), "engine stopped on an error");
+        }
+        result
+    }
+
+    fn run_until(&mut self, stop: &AtomicBool) -> anyhow::Result<()> {
+        let mut last_commit = Instant::now();
+        while !stop.load(Ordering::SeqCst) {
+            match self.step(&mut last_commit) {
+                Ok(()) => {}
+                Err(LoopError::Rewind(why)) => self.recover(&why)?,
+                Err(LoopError::Fatal(e)) => return Err(e),
+            }
+        }
+        match lock(&self.core).commit(&self.consumer, CommitMode::Sync) {
+            Err(LoopError::Rewind(why)) => {
+                tracing::warn!(reason = %why, "the last interval could not be committed; the partitions' next owner redoes it");
+                Ok(())
+            }
+            other => other.map_err(|e| anyhow::anyhow!(e)),
+        }
+    }
+
+    /// Processes what arrives until the commit interval is up, then commits.
+    fn step(&mut self, last_commit: &mut Instant) -> Result<(), LoopError> {
+        let deadline = *last_commit + self.interval;
+        let mut wait = Duration::from_millis(20);
+        // Drain what is already fetched, up to the commit deadline.
+        while Instant::now() < deadline {
+            let polled = self.consumer.poll(wait);
+            self.settle_rebalance()?;
+            match polled {
+                Some(Ok(m)) => lock(&self.core).handle(&m)?,
+                Some(Err(e)) => consumer_error(e)?,
+                None => break,
+            }
+            wait = Duration::ZERO;
+        }
+        let mut core = lock(&self.core);
+        core.committer.producer().poll(Duration::ZERO);
+        if last_commit.elapsed() >= self.interval {
+            core.fire_idle_timers()?;
+            core.commit(&self.consumer, CommitMode::Async)?;
+            *last_commit = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Answers what the rebalance callbacks left: a failed commit, or partitions to restore.
+    fn settle_rebalance(&self) -> Result<(), LoopError> {
+        let mut core = lock(&self.core);
+        if let Some(f) = core.failure.take() {
+            return Err(f);
+        }
+        core.restore_queued(&self.consumer)
+    }
+
+    /// Rewinds to the last commit after `why`, retrying while Kafka is unreachable,
+    /// and gives up when commits have failed for longer than the configured patience.
+    fn recover(&mut self, why: &str) -> anyhow::Result<()> {
+        let commits = lock(&self.core).commits;
+        let (since, _) = match self.failing {
+            Some((since, at)) if at == commits => (since, at),
+            _ => *self.failing.insert((Instant::now(), commits)),
+        };
+        tracing::warn!(reason = %why, "commit failed: dropping uncommitted work and redoing it from the last commit");
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let rewound = lock(&self.core).rewind(&self.consumer);
+            match rewound {
+                Ok(()) => {
+                    let core = lock(&self.core);
+                    core.progress.rewinds.fetch_add(1, Ordering::SeqCst);
+                    core.metrics.rewinds.inc();
+                    return Ok(());
+                }
+                Err(e) if since.elapsed() >= self.patience => {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "Kafka commits have failed for {} s (first: {why}); check that the cluster is reachable, or raise engine.kafka_unavailable_timeout_ms",
+                            since.elapsed().as_secs()
+                        )
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "rewind failed; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// A consumer error: another instance with this instance's id is fatal; anything
+/// else (a broker away for a moment) the client recovers from by itself.
+fn consumer_error(e: KafkaError) -> Result<(), LoopError> {
+    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::FencedInstanceId) {
+        return Err(LoopError::Fatal(anyhow::anyhow!(
+            "another Rapport instance joined the group with this engine.instance_id; give every instance a distinct, stable instance_id ({e})"
+        )));
+    }
+    tracing::warn!(error = %e, "consumer error");
+    Ok(())
+}
+
+/// Creates the consumer and subscribes to the touchpoint topics.
+fn subscribe(cfg: &Config, core: Arc<Mutex<Core>>) -> anyhow::Result<BaseConsumer<EngineContext>> {
+    let mut cc = consumer_config(&cfg.kafka);
+    // Static membership: a restarted instance takes its partitions back at once
+    // instead of waiting for its old session to time out.
+    if !cfg.kafka.consumer.contains_key("group.instance.id") {
+        cc.set("group.instance.id", &cfg.engine.instance_id);
+    }
+    if cfg.kafka.touchpoint_topics.len() > 1 {
+        // Co-partitioned topics must be assigned partition-aligned: the range
+        // assignor gives partition n of every topic to the same member.
+        cc.set("partition.assignment.strategy", "range");
+    }
+    let consumer: BaseConsumer<EngineContext> = cc
+        .create_with_context(EngineContext { core })
+        .context("creating the Kafka consumer")?;
+    let topics: Vec<&str> = cfg
+        .kafka
+        .touchpoint_topics
+        .iter()
+        .map(String::as_str)
+        .collect();
+    consumer
+        .subscribe(&topics)
+        .context("subscribing to the touchpoint topics")?;
+    Ok(consumer)
+}

@@ -1,0 +1,57 @@
+//! The consumer's rebalance callbacks. They stay short: a revocation commits what
+//! is pending (so the partitions leave with their work committed) and releases the
+//! partitions; an assignment only queues the new partitions, which the main loop
+//! restores before it processes any of their records.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::{ClientContext, TopicPartitionList};
+
+use super::core::Core;
+
+/// The consumer's context, sharing the engine's core with the main loop.
+pub(crate) struct EngineContext {
+    pub(super) core: Arc<Mutex<Core>>,
+}
+
+impl ClientContext for EngineContext {}
+
+impl ConsumerContext for EngineContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let partitions = partitions_of(tpl);
+            let lost = consumer.assignment_lost();
+            tracing::info!(
+                ?partitions,
+                lost,
+                "partitions revoked: committing and releasing"
+            );
+            lock(&self.core).revoke(consumer, &partitions, lost);
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let partitions = partitions_of(tpl);
+                tracing::info!(?partitions, "partitions assigned: restoring");
+                lock(&self.core).queue_restore(&partitions);
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+/// The distinct partition numbers of `tpl`.
+pub(super) fn partitions_of(tpl: &TopicPartitionList) -> Vec<i32> {
+    let set: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+    set.into_iter().collect()
+}
+
+/// Locks the core, also after a panic elsewhere (the engine stops then anyway).
+pub(super) fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
+    core.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,396 @@
+//! Faults that everyday traffic hits: scale-out under load, a member killed in a
+//! rebalance, a broker restart, an oversized record, records off their customer's
+//! partition. The engine keeps running through each, and the committed actions and
+//! profiles equal a clean single-instance run's.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rapport::config::{Config, Partitioner};
+use rapport::ingest::route::KeyRule;
+use rapport::kafka::{
+    TopicSpec, DLQ_ORIGINAL_SIZE, DLQ_REASON, DLQ_SHA256, DLQ_STAGE, DLQ_TRUNCATED,
+};
+use rapport_connectors::simulator::{SimConfig, Simulator};
+use rapport_model::testing::tp;
+use rapport_model::{Channel, EventType};
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::Message;
+use sha2::{Digest, Sha256};
+
+use crate::crash::{clean_run_on, feed_from};
+use crate::support::*;
+
+const T0: i64 = 1_764_000_000_000;
+
+/// A group member's configuration: notices a dead member within seconds.
+fn member(topics: &Topics, dir: &std::path::Path, group: &str, name: &str) -> Config {
+    let mut cfg = topics.config(&dir.join(name), group);
+    cfg.engine.instance_id = name.into();
+    cfg.kafka
+        .consumer
+        .insert("session.timeout.ms".into(), "6000".into());
+    cfg.kafka
+        .consumer
+        .insert("heartbeat.interval.ms".into(), "1000".into());
+    cfg
+}
+
+/// Keeps writing simulated touchpoints (after the first `from`) until `stop` is
+/// set, so the group is under load whenever a member joins or dies.
+fn feed_while(
+    bootstrap: &str,
+    topic: &str,
+    mut sim: Simulator,
+    from: i64,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<i64> {
+    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
+    std::thread::spawn(move || {
+        let mut next = from;
+        while !stop.load(Ordering::SeqCst) {
+            feed_from(&bootstrap, &topic, &mut sim, next..next + 5_000);
+            next += 5_000;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        next
+    })
+}
+
+fn simulator(customers: u64, seed: u64) -> Simulator {
+    Simulator::new(SimConfig {
+        customers,
+        seed,
+        malformed_per_mille: 2,
+    })
+}
+
+/// Compares the group's committed actions and changelog with a clean run.
+fn assert_like_a_clean_run(topics: &Topics, group: &str, partitions: i32) {
+    let n = end_total_on(&topics.bootstrap, &topics.input) as u64;
+    let (clean_actions, clean_profiles) = clean_run_on(&topics.bootstrap, &topics.input, n);
+    assert!(
+        clean_actions.len() > 1_000,
+        "{} actions",
+        clean_actions.len()
+    );
+    assert_same_actions(
+        &actions_on(&topics.bootstrap, &topics.actions),
+        &clean_actions,
+    );
+    let profiles = changelog_profiles(&topics.bootstrap, group, partitions);
+    assert_eq!(profiles.len(), clean_profiles.len());
+    assert!(
+        profiles == clean_profiles,
+        "profiles in the changelog differ from the clean run"
+    );
+}
+
+#[test]
+fn scale_out_under_load_keeps_every_member_running_and_the_actions_exact() {
+    let _serial = heavy();
+    let topics = Topics::new("scaleout", 4);
+    let (dir, group) = (tempfile::tempdir().unwrap(), unique("scaleout"));
+    let mut sim = simulator(100_000, 51);
+    feed_from(&topics.bootstrap, &topics.input, &mut sim, 0..500_000);
+    let mut a = Instance::spawn(&member(&topics, dir.path(), &group, "a"), dir.path(), "a");
+    a.wait_ready(4);
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = feed_while(&topics.bootstrap, &topics.input, sim, 500_000, stop.clone());
+    let mut joined = Vec::new();
+    for name in ["b", "c"] {
+        let mut i = Instance::spawn(&member(&topics, dir.path(), &group, name), dir.path(), name);
+        i.wait_ready(1);
+        a.assert_running();
+        let (done, end) = (
+            committed_total(&group, &topics.input),
+            end_total(&topics.input),
+        );
+        assert!(
+            done < end,
+            "{name} joined a busy group ({done} of {end} committed)"
+        );
+        joined.push(i);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let fed = feeder.join().unwrap();
+    let (mut b, mut c) = (joined.remove(0), joined.remove(0));
+    wait_caught_up(&group, &topics.input, &mut [&mut a, &mut b, &mut c]);
+    assert!(
+        a.log_text().contains("partitions revoked"),
+        "the busy member gave partitions away"
+    );
+    for i in [a, b, c] {
+        i.terminate();
+    }
+    eprintln!("scale-out: {fed} touchpoints");
+    assert_like_a_clean_run(&topics, &group, 4);
+}
+
+#[test]
+fn a_member_killed_during_a_rebalance_loses_and_duplicates_nothing() {
+    let _serial = heavy();
+    let topics = Topics::new("rebalance-kill", 4);
+    let (dir, group) = (tempfile::tempdir().unwrap(), unique("rebalance-kill"));
+    let mut sim = simulator(100_000, 52);
+    feed_from(&topics.bootstrap, &topics.input, &mut sim, 0..500_000);
+    let mut a = Instance::spawn(&member(&topics, dir.path(), &group, "a"), dir.path(), "a");
+    a.wait_ready(4);
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = feed_while(&topics.bootstrap, &topics.input, sim, 500_000, stop.clone());
+    let mut b = Instance::spawn(&member(&topics, dir.path(), &group, "b"), dir.path(), "b");
+    // The busy member starts giving partitions away: kill it in the middle of that.
+    a.wait_log("partitions revoked", 1);
+    a.kill9();
+    let mut c = Instance::spawn(&member(&topics, dir.path(), &group, "c"), dir.path(), "c");
+    c.wait_ready(1);
+    b.assert_running();
+    stop.store(true, Ordering::SeqCst);
+    feeder.join().unwrap();
+    wait_caught_up(&group, &topics.input, &mut [&mut b, &mut c]);
+    b.terminate();
+    c.terminate();
+    assert_like_a_clean_run(&topics, &group, 4);
+}
+
+/// A broker of its own (another port of deploy/kafka.sh), so restarting it does
+/// not disturb the tests on the suite's broker.
+struct OwnBroker;
+
+impl OwnBroker {
+    fn kafka_sh(cmd: &str) -> String {
+        let out = std::process::Command::new("bash")
+            .arg(rapport::broker::script())
+            .arg(cmd)
+            .env("RAPPORT_KAFKA_PORT", "19192")
+            .env("RAPPORT_KAFKA_CONTROLLER_PORT", "19193")
+            .env_remove("RAPPORT_KAFKA_BOOTSTRAP")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kafka.sh {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        OwnBroker::kafka_sh("stop");
+    }
+}
+
+#[test]
+fn a_broker_restarted_twice_under_load_does_not_stop_the_engine() {
+    if std::env::var("RAPPORT_KAFKA_BOOTSTRAP").is_ok_and(|b| !b.is_empty()) {
+        eprintln!("skipped: this test restarts a local broker of its own, and RAPPORT_KAFKA_BOOTSTRAP names an external cluster");
+        return;
+    }
+    let _serial = heavy();
+    let _broker = OwnBroker;
+    let bootstrap = OwnBroker::kafka_sh("start");
+    let topics = Topics::on(&bootstrap, "broker-restart", 4);
+    let group = unique("broker-restart");
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = simulator(100_000, 53);
+    feed_from(&bootstrap, &topics.input, &mut sim, 0..500_000);
+    let mut cfg = topics.config(&dir.path().join("state"), &group);
+    cfg.engine.instance_id = "restart".into();
+    let mut engine = Instance::spawn(&cfg, dir.path(), "engine");
+    let end = end_total_on(&bootstrap, &topics.input);
+    for fraction in [0.15, 0.55] {
+        while (committed_total_on(&bootstrap, &group, &topics.input) as f64) < end as f64 * fraction
+        {
+            engine.assert_running();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let done = committed_total_on(&bootstrap, &group, &topics.input);
+        assert!(done < end, "the broker stops mid-stream ({done} of {end})");
+        OwnBroker::kafka_sh("stop");
+        std::thread::sleep(Duration::from_secs(5));
+        engine.assert_running();
+        OwnBroker::kafka_sh("start");
+    }
+    wait_caught_up_on(&bootstrap, &group, &topics.input, &mut [&mut engine]);
+    let log = engine.log_text();
+    engine.terminate();
+    assert!(
+        log.contains("commit failed"),
+        "the restarts did hit a commit; log:\n{log}"
+    );
+    assert_like_a_clean_run(&topics, &group, 4);
+}
+
+/// Headers of a dead letter by name.
+fn header(m: &OwnedMessage, k: &str) -> Option<String> {
+    m.headers().and_then(|h| {
+        h.iter()
+            .find(|h| h.key == k)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    })
+}
+
+fn delivery_failed(id: &str, customer: &str) -> Vec<u8> {
+    serde_json::to_vec(&tp(
+        id,
+        customer,
+        Channel::System,
+        EventType::DeliveryFailed,
+        T0,
+    ))
+    .unwrap()
+}
+
+#[test]
+fn a_2_mib_record_is_dead_lettered_and_the_records_behind_it_processed() {
+    let topics = Topics::new("oversized", 1);
+    // The input topic takes records up to 4 MiB, as a producer's topic may.
+    let mut spec = TopicSpec::new(&topics.input, 1);
+    spec.configs
+        .push(("max.message.bytes".into(), "4194304".into()));
+    let big_topic = unique("oversized.big-input");
+    spec.name = big_topic.clone();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(rapport::kafka::ensure_topics(&bootstrap(), &[spec]))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = topics.config(dir.path(), &unique("oversized"));
+    cfg.kafka.touchpoint_topics = vec![big_topic.clone()];
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("message.max.bytes", "4194304")
+        .create()
+        .unwrap();
+    let big: Vec<u8> = {
+        let mut t = tp("big", "c-big", Channel::Web, EventType::PageView, T0);
+        t.attributes.insert("blob".into(), "x".repeat(2 << 20));
+        serde_json::to_vec(&t).unwrap()
+    };
+    let send = |key: &str, value: &[u8]| {
+        producer
+            .send(BaseRecord::to(&big_topic).key(key).payload(value))
+            .map_err(|(e, _)| e)
+            .unwrap();
+        producer.flush(Duration::from_secs(30)).unwrap();
+    };
+    for round in 0..2 {
+        // The second round is processed by a restarted engine on the same state.
+        let (first, second) = (format!("c-{round}a"), format!("c-{round}b"));
+        send(&first, &delivery_failed(&format!("g{round}a"), &first));
+        send("c-big", &big);
+        send(&second, &delivery_failed(&format!("g{round}b"), &second));
+        run_engine(&cfg, state(&cfg), 3);
+        let served: Vec<String> = actions(&topics.actions)
+            .into_iter()
+            .map(|a| a.customer_id)
+            .collect();
+        assert!(
+            served.contains(&first) && served.contains(&second),
+            "round {round}: records around the big one are processed: {served:?}"
+        );
+        let dead = drain(&topics.dead_letter);
+        assert_eq!(dead.len(), round + 1, "one dead letter per big record");
+        let m = &dead[round];
+        assert_eq!(header(m, DLQ_STAGE).as_deref(), Some("decode"));
+        let reason = header(m, DLQ_REASON).unwrap();
+        assert!(reason.contains("max_record_bytes"), "{reason}");
+        assert_eq!(header(m, DLQ_ORIGINAL_SIZE), Some(big.len().to_string()));
+        let sha: String = Sha256::digest(&big)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(header(m, DLQ_SHA256), Some(sha));
+        assert_eq!(header(m, DLQ_TRUNCATED).as_deref(), Some("true"));
+        let kept = m.payload().unwrap();
+        assert!(
+            kept.len() > 900_000,
+            "as much as fits is kept ({} bytes)",
+            kept.len()
+        );
+        assert_eq!(kept, &big[..kept.len()]);
+    }
+}
+
+#[test]
+fn records_off_their_customers_partition_are_accounted_for() {
+    let topics = Topics::new("routing", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = topics.config(dir.path(), &unique("routing"));
+    let rule = KeyRule::new(Partitioner::Murmur2, 2);
+    let home = rule.partition_of(b"c-split");
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    let view = |i: usize| {
+        serde_json::to_vec(
+            &tp(
+                &format!("v{i}"),
+                "c-split",
+                Channel::Web,
+                EventType::ProductView,
+                T0 + i as i64 * 1000,
+            )
+            .with_sku("tv"),
+        )
+        .unwrap()
+    };
+    // (key, partition, value): 3 at home, 3 on the other partition, 2 keyless,
+    // 1 keyed by someone else.
+    let mut records: Vec<(Option<&str>, i32)> = Vec::new();
+    records.extend([(Some("c-split"), home); 3]);
+    records.extend([(Some("c-split"), 1 - home); 3]);
+    records.extend([(None, home), (None, 1 - home)]);
+    records.push((Some("someone-else"), home));
+    for (i, (key, partition)) in records.iter().enumerate() {
+        let value = view(i);
+        let mut r = BaseRecord::<str, [u8]>::to(&topics.input)
+            .partition(*partition)
+            .payload(&value);
+        if let Some(k) = key {
+            r = r.key(*k);
+        }
+        producer.send(r).map_err(|(e, _)| e).unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let metrics = run_engine(&cfg, state(&cfg), records.len() as u64);
+
+    let profile = state(&cfg).get(home, "c-split").unwrap().unwrap().profile;
+    assert_eq!(profile.events, 3, "the records on the customer's partition");
+    assert!(
+        state(&cfg).get(1 - home, "c-split").unwrap().is_none(),
+        "no second profile"
+    );
+    let dead = drain(&topics.dead_letter);
+    let reasons: Vec<String> = dead.iter().filter_map(|m| header(m, DLQ_REASON)).collect();
+    let count = |what: &str| reasons.iter().filter(|r| r.contains(what)).count();
+    assert_eq!(
+        count(&format!("belongs on partition {home}")),
+        3,
+        "{reasons:#?}"
+    );
+    assert_eq!(count("has no key"), 2, "{reasons:#?}");
+    assert_eq!(count("\"someone-else\""), 1, "{reasons:#?}");
+    assert_eq!(
+        profile.events as usize + dead.len(),
+        records.len(),
+        "the profile and the dead-letter topic account for every record"
+    );
+    assert_eq!(metrics.skipped.get(), 0, "nothing skipped silently");
+    assert_eq!(
+        metrics
+            .dead_letters
+            .with_label_values(&["route", "wrong_partition"])
+            .get(),
+        3
+    );
+}
