@@ -4,7 +4,7 @@
 //! ```sh
 //! CARGO_TARGET_DIR=~/.cache/rapport/target cargo bench --profile dev --bench pipeline -- all
 //! ```
-//! (`in-process`, `restore` or `guarantees` run one part.) The broker is
+//! (`journeys`, `replay`, `restore` or `guarantees` run one part.) The broker is
 //! `RAPPORT_KAFKA_BOOTSTRAP`, or the local one from `deploy/kafka.sh`. Numbers are
 //! printed as a Markdown table for the README.
 
@@ -14,18 +14,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rapport::config::{Config, Guarantee, StateConfig};
+use rapport::ingest::route::KeyRule;
 use rapport::ingest::Decoder;
 use rapport::kafka::{ensure_topics, TopicSpec};
 use rapport::metrics::Metrics;
+use rapport::processor::{Processor, Record};
 use rapport::runtime::{self, restore_partition, Restorer};
 use rapport::state::{StateStore, Stored};
 use rapport_connectors::publish::send_when_room;
 use rapport_connectors::simulator::{SimConfig, Simulator};
-use rapport_model::{Journeys, Profile};
+use rapport_journeys::{CompiledJourneys, SHIPPED};
+use rapport_model::{Profile, Touchpoint};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::Message;
+use std::path::PathBuf;
 
 const T0: i64 = 1_764_000_000_000;
 static BYTES: AtomicU64 = AtomicU64::new(0);
@@ -36,9 +40,14 @@ fn main() -> anyhow::Result<()> {
         .find(|a| !a.starts_with('-'))
         .unwrap_or_else(|| "all".into());
     println!("| benchmark | result |\n|---|---|");
-    if which == "all" || which == "in-process" {
+    if which == "all" || which == "journeys" {
+        for n in [1, 10, 100] {
+            journey_cost(n, 200_000)?;
+        }
+    }
+    if which == "all" || which == "in-process" || which == "replay" {
         for customers in [10_000, 1_000_000] {
-            in_process(1_000_000, customers);
+            replay(1_000_000, customers)?;
         }
     }
     if which == "all" || which == "restore" || which == "guarantees" {
@@ -68,8 +77,58 @@ fn suffix() -> String {
     )
 }
 
-/// Decode + profile update + journeys on one core, no Kafka, no RocksDB.
-fn in_process(events: usize, customers: u64) {
+/// `n` journeys: the shipped ones, repeated under new ids.
+fn journeys(n: usize) -> anyhow::Result<CompiledJourneys> {
+    let sources: Vec<(PathBuf, String)> = (0..n)
+        .map(|k| {
+            let (file, text) = SHIPPED[k % SHIPPED.len()];
+            let stem = file.trim_end_matches(".toml");
+            let text = text.replace(&format!("id = \"{stem}\""), &format!("id = \"{stem}_{k}\""));
+            (PathBuf::from(format!("{stem}_{k}.toml")), text)
+        })
+        .collect();
+    Ok(CompiledJourneys::from_sources(&sources)?)
+}
+
+/// Journey evaluation alone: the cost per event of `n` journeys over profiles
+/// already updated, 10k customers, events decoded beforehand.
+fn journey_cost(n: usize, events: usize) -> anyhow::Result<()> {
+    let compiled = journeys(n)?;
+    let mut sim = Simulator::new(SimConfig {
+        customers: 10_000,
+        seed: 3,
+        malformed_per_mille: 0,
+    });
+    let decoder = Decoder::new(1 << 20)?;
+    let tps: Vec<Touchpoint> = (0..events)
+        .map(|i| decoder.decode(&sim.next_record(T0 + i as i64 * 10).value))
+        .collect::<Result<_, _>>()?;
+    let mut profiles: HashMap<String, Profile> = HashMap::new();
+    let mut out = Vec::new();
+    let (mut fired, mut spent) = (0usize, Duration::ZERO);
+    for tp in &tps {
+        let id = tp.identity().unwrap_or_default();
+        let p = profiles
+            .entry(id.to_owned())
+            .or_insert_with(|| Profile::new(id));
+        p.apply(tp);
+        let started = Instant::now();
+        compiled.on_event(p, tp, &mut out);
+        spent += started.elapsed();
+        fired += out.len();
+        out.clear();
+    }
+    println!(
+        "| journey evaluation, {n} journeys loaded, {events} events, 10k customers | {:.2} µs/event ({fired} actions) |",
+        spent.as_secs_f64() * 1e6 / events as f64
+    );
+    Ok(())
+}
+
+/// Replay throughput: records through the one processor the live engine uses
+/// (decode, profile, the three shipped journeys, timers) on one core, with the
+/// profiles in RocksDB behind a cache.
+fn replay(events: usize, customers: u64) -> anyhow::Result<()> {
     let mut sim = Simulator::new(SimConfig {
         customers,
         seed: 1,
@@ -78,32 +137,42 @@ fn in_process(events: usize, customers: u64) {
     let records: Vec<Vec<u8>> = (0..events)
         .map(|i| sim.next_record(T0 + i as i64 * 10).value)
         .collect();
-    let decoder = Decoder::new(1 << 20).expect("schema");
-    let journeys = Journeys::default();
-    let mut profiles: HashMap<String, Profile> = HashMap::with_capacity(customers as usize);
-    let mut actions = Vec::new();
+    let dir = tempfile::tempdir()?;
+    let state = Arc::new(StateStore::open(&StateConfig {
+        path: dir.path().to_owned(),
+        ..Default::default()
+    })?);
+    let mut processor = Processor::new(
+        1 << 20,
+        KeyRule::off(),
+        Arc::new(CompiledJourneys::shipped()?),
+        state,
+        Metrics::new(),
+        customers as usize,
+    )?;
+    processor.start_partition(0)?;
+    let mut out = Vec::new();
     let mut fired = 0usize;
     let started = Instant::now();
-    for bytes in &records {
-        let tp = decoder.decode(bytes).expect("valid");
-        let id = tp.identity().unwrap_or_default();
-        let p = match profiles.get_mut(id) {
-            Some(p) => p,
-            None => profiles
-                .entry(id.to_owned())
-                .or_insert_with(|| Profile::new(id)),
+    for (i, value) in records.iter().enumerate() {
+        let record = Record {
+            topic: "bench",
+            partition: 0,
+            offset: i as i64,
+            key: None,
+            value,
         };
-        p.apply(&tp);
-        journeys.evaluate(p, &tp, &mut actions);
-        fired += actions.len();
-        actions.clear();
+        processor.process(&record, &mut out)?;
+        fired += out.len();
+        out.clear();
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "| in-process pipeline, {events} JSON events, {customers} customers (decode + profile + journeys, one core) | {:.0} events/s ({:.2} µs/event, {fired} actions) |",
+        "| replay through the processor, {events} JSON events, {customers} customers (decode + profile + 3 shipped journeys, one core) | {:.0} events/s ({:.2} µs/event, {fired} actions) |",
         events as f64 / secs,
         secs * 1e6 / events as f64
     );
+    Ok(())
 }
 
 /// Restore rate from a compacted changelog into a fresh RocksDB.

@@ -8,7 +8,10 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use rapport_model::Journeys;
+use std::sync::Arc;
+
+use rapport_journeys::CompiledJourneys;
+use rapport_model::emotion::EmotionConfig;
 use serde::Deserialize;
 
 /// The environment variable that names an existing Kafka cluster.
@@ -20,6 +23,10 @@ pub const LOCAL_BOOTSTRAP: &str = "127.0.0.1:19092";
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// Journey files: globs relative to the configuration file's directory, e.g.
+    /// `["journeys/*.toml"]`. Empty: the journeys shipped in `deploy/journeys/`
+    /// (hesitation guide, recovery offer, post-delivery survey), built in.
+    pub journeys: Vec<String>,
     /// Kafka connection and topics.
     pub kafka: KafkaConfig,
     /// Local state (RocksDB).
@@ -28,8 +35,12 @@ pub struct Config {
     pub engine: EngineConfig,
     /// Metrics, health and profile API.
     pub http: HttpConfig,
-    /// Journey definitions.
-    pub journeys: Journeys,
+    /// Emotional-state thresholds, for journey conditions and the state each
+    /// action carries.
+    pub emotion: EmotionConfig,
+    /// The journeys, compiled once when the configuration is loaded.
+    #[serde(skip)]
+    pub compiled: Option<Arc<CompiledJourneys>>,
 }
 
 /// Kafka connection and topics.
@@ -209,6 +220,17 @@ impl HttpConfig {
     }
 }
 
+/// Why a configuration, or one of its journey files, cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The configuration file itself.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Journey files: every problem of every file, each `file:line:column: ...`.
+    #[error(transparent)]
+    Journeys(rapport_journeys::LoadError),
+}
+
 /// A configuration that cannot be used, with where and how to fix it.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
@@ -230,14 +252,43 @@ impl fmt::Display for ConfigError {
 }
 
 impl Config {
-    /// Reads, parses and validates a configuration file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    /// Reads, parses and validates a configuration file, then loads and checks
+    /// every journey file it names (paths relative to its directory).
+    pub fn load(path: &Path) -> Result<Config, LoadError> {
         let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_owned(),
             line: None,
             message: format!("cannot read the configuration file: {e}"),
         })?;
-        Config::parse(&src, path)
+        let mut cfg = Config::parse(&src, path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.compile_journeys(base)?;
+        Ok(cfg)
+    }
+
+    /// Loads and checks the journey files named by `journeys`, relative to `base`.
+    pub fn compile_journeys(&mut self, base: &Path) -> Result<(), LoadError> {
+        let compiled = if self.journeys.is_empty() {
+            CompiledJourneys::shipped()
+        } else {
+            let patterns: Vec<&str> = self.journeys.iter().map(String::as_str).collect();
+            CompiledJourneys::load(base, &patterns)
+        };
+        let compiled = compiled.map_err(LoadError::Journeys)?;
+        self.compiled = Some(Arc::new(compiled.with_emotion(self.emotion.clone())));
+        Ok(())
+    }
+
+    /// The compiled journeys: those loaded with the configuration, else the
+    /// shipped ones.
+    pub fn journeys(&self) -> Result<Arc<CompiledJourneys>, LoadError> {
+        match &self.compiled {
+            Some(c) => Ok(c.clone()),
+            None => {
+                let shipped = CompiledJourneys::shipped().map_err(LoadError::Journeys)?;
+                Ok(Arc::new(shipped.with_emotion(self.emotion.clone())))
+            }
+        }
     }
 
     /// Parses and validates configuration text; `file` names it in errors.
@@ -368,42 +419,6 @@ impl Config {
                 ),
             ));
         }
-        let h = &self.journeys.hesitation;
-        if h.min_views < 2 || h.min_views > rapport_model::profile::VIEWS_PER_PRODUCT {
-            return Err((
-                "journeys.hesitation.min_views",
-                format!(
-                    "{} is outside 2..={}",
-                    h.min_views,
-                    rapport_model::profile::VIEWS_PER_PRODUCT
-                ),
-            ));
-        }
-        if h.window_hours == 0 {
-            return Err((
-                "journeys.hesitation.window_hours",
-                "must be at least 1".into(),
-            ));
-        }
-        let r = &self.journeys.recovery;
-        if !(0..=10).contains(&r.nps_max) {
-            return Err((
-                "journeys.recovery.nps_max",
-                format!("{} is outside the NPS scale 0..=10", r.nps_max),
-            ));
-        }
-        if !(1..=5).contains(&r.csat_max) {
-            return Err((
-                "journeys.recovery.csat_max",
-                format!("{} is outside the CSAT scale 1..=5", r.csat_max),
-            ));
-        }
-        if !(1..=7).contains(&r.ces_max) {
-            return Err((
-                "journeys.recovery.ces_max",
-                format!("{} is outside the CES scale 1..=7", r.ces_max),
-            ));
-        }
         Ok(())
     }
 }
@@ -465,7 +480,19 @@ mod tests {
         let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rapport.toml"));
         let c = Config::load(path).unwrap();
         let d = Config::default();
-        assert_eq!(c.journeys, d.journeys);
+        assert_eq!(c.emotion, d.emotion);
+        let ids: Vec<&str> = c
+            .compiled
+            .as_ref()
+            .unwrap()
+            .journeys()
+            .iter()
+            .map(|j| j.id.as_str())
+            .collect();
+        assert!(
+            ids.contains(&"hesitation_guide") && ids.contains(&"closed_loop_alert"),
+            "{ids:?}"
+        );
         assert_eq!(c.engine.commit_interval_ms, d.engine.commit_interval_ms);
         assert_eq!(c.state.block_cache_mb, d.state.block_cache_mb);
     }
@@ -492,10 +519,6 @@ mod tests {
         assert_eq!(e.line, Some(5), "{e}");
         assert!(e.message.contains("engine.commit_interval_ms"), "{e}");
         assert!(e.message.contains("100"), "{e}");
-
-        let e = parse("[journeys.recovery]\nnps_max = 11\n").unwrap_err();
-        assert_eq!(e.line, Some(2), "{e}");
-        assert!(e.message.contains("NPS scale"), "{e}");
 
         let e = parse("[kafka]\ntouchpoint_topics = [\"a\"]\naction_topic = \"a\"\n").unwrap_err();
         assert_eq!(e.line, Some(3), "{e}");

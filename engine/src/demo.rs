@@ -41,6 +41,33 @@ pub struct DemoOptions {
     /// Leave the local broker running afterwards (faster next start).
     #[arg(long)]
     pub keep_broker: bool,
+    /// Directory of journey files to run (every `*.toml` in it).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/journeys"))]
+    pub journeys: std::path::PathBuf,
+}
+
+/// The demo's survey wait, instead of the shipped two hours.
+const DEMO_SURVEY_WAIT: &str = "5s";
+
+/// Copies the journey files of `from` into `to`, with the post-delivery survey's
+/// wait shortened so that it fires while you watch.
+fn demo_journeys(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let mut text = std::fs::read_to_string(&path)?;
+            if path
+                .file_name()
+                .is_some_and(|f| f == "post_delivery_survey.toml")
+            {
+                text = text.replace("for = \"2h\"", &format!("for = \"{DEMO_SURVEY_WAIT}\""));
+            }
+            std::fs::write(to.join(path.file_name().unwrap_or_default()), text)?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// What the action and dead-letter readers saw.
@@ -76,7 +103,10 @@ fn run_on(bootstrap: &str, opts: &DemoOptions) -> anyhow::Result<()> {
     cfg.kafka.action_topic = format!("rapport.demo.{run_id}.actions");
     cfg.kafka.dead_letter_topic = format!("rapport.demo.{run_id}.dead-letter");
     // Compressed time, so the post-delivery survey fires while you watch.
-    cfg.journeys.survey.wait_seconds = 5;
+    let journey_dir = tempfile::tempdir()?;
+    let files = demo_journeys(&opts.journeys, journey_dir.path())?;
+    cfg.journeys = vec!["*.toml".into()];
+    cfg.compile_journeys(journey_dir.path())?;
     let state_dir = tempfile::tempdir()?;
     cfg.state.path = state_dir.path().to_owned();
     cfg.validate()
@@ -94,10 +124,18 @@ fn run_on(bootstrap: &str, opts: &DemoOptions) -> anyhow::Result<()> {
         .build()?
         .block_on(ensure_topics(bootstrap, &topics))
         .context("creating the demo topics")?;
+    let ids: Vec<String> = cfg
+        .journeys()?
+        .journeys()
+        .iter()
+        .map(|j| j.id.clone())
+        .collect();
     println!(
-        "post-delivery surveys wait {}s in the demo (2h by default)",
-        cfg.journeys.survey.wait_seconds
+        "{files} journey files from {}: {}",
+        opts.journeys.display(),
+        ids.join(", ")
     );
+    println!("post-delivery surveys wait {DEMO_SURVEY_WAIT} in the demo (2h as shipped)");
     println!(
         "topics: {} -> {} (+ {})",
         topics[0].name, topics[1].name, topics[2].name

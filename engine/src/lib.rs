@@ -5,7 +5,9 @@
 //! [`rapport_model`]; this crate holds the edges around them:
 //!
 //! - [`config`]: load and validate `rapport.toml`
-//! - [`ingest`]: decode and validate records (JSON, Avro single-object)
+//! - [`ingest`]: decode and validate records (JSON, Avro single-object), the key rule
+//! - [`processor`]: records in, actions and state changes out; the one pipeline
+//!   that the live engine, `rapport replay`, the tests and the benchmarks drive
 //! - [`state`]: profiles and offsets in RocksDB
 //! - [`kafka`]: client settings, topic admin, header names
 //! - [`runtime`]: the consume / update / evaluate / produce / commit loop
@@ -21,6 +23,8 @@ pub mod http;
 pub mod ingest;
 pub mod kafka;
 pub mod metrics;
+pub mod processor;
+pub mod replay;
 pub mod runtime;
 pub mod state;
 

@@ -3,7 +3,8 @@
 use std::collections::BTreeSet;
 
 use rapport_model::action::action_id;
-use rapport_model::journey::{HESITATION, RECOVERY};
+const HESITATION: &str = "hesitation_guide";
+const RECOVERY: &str = "recovery_offer";
 use rapport_model::testing::tp;
 use rapport_model::{ActionKind, Channel, EventType, SurveyKind, Touchpoint};
 
@@ -114,12 +115,18 @@ fn journeys_fire_for_the_right_customers_only() {
             ActionKind::RecoveryOffer,
             action_id(RECOVERY, "c-detractor", "d1", ""),
         ),
+        // deploy/journeys/closed_loop_alert.toml, a journey that is only a file.
+        (
+            "c-detractor",
+            ActionKind::AlertTicket,
+            action_id("closed_loop_alert", "c-detractor", "d1", "#0"),
+        ),
     ]
     .into_iter()
     .map(|(c, k, id)| (c.to_owned(), k, id))
     .collect();
     assert_eq!(got, want);
-    assert_eq!(actions.len(), 3, "no duplicates: {actions:?}");
+    assert_eq!(actions.len(), 4, "no duplicates: {actions:?}");
     for a in &actions {
         assert!(!a.reasons.is_empty(), "{a:?} says why");
     }
@@ -131,7 +138,7 @@ fn journeys_fire_for_the_right_customers_only() {
     assert_eq!(guide.payload["sku"], "tv-55");
     let detractor = actions
         .iter()
-        .find(|a| a.customer_id == "c-detractor")
+        .find(|a| a.customer_id == "c-detractor" && a.kind == ActionKind::RecoveryOffer)
         .unwrap();
     assert_eq!(detractor.reasons[0].condition, "nps score <= 6");
     assert_eq!(detractor.reasons[0].value, "3");

@@ -95,6 +95,10 @@ impl Topics {
         // replay, so results do not depend on when a partition happens to be idle.
         c.engine.wall_clock_timers = false;
         c.validate().expect("valid test config");
+        // The journeys Rapport ships, loaded from their files.
+        c.journeys = vec![format!("{}/*.toml", journey_dir().display())];
+        c.compile_journeys(&journey_dir())
+            .unwrap_or_else(|e| panic!("{e}"));
         c
     }
 }
@@ -357,12 +361,14 @@ pub fn write_config(cfg: &Config, path: &Path) {
         rapport::config::Guarantee::ExactlyOnce => "exactly_once",
         rapport::config::Guarantee::AtLeastOnce => "at_least_once",
     };
+    let journeys: Vec<String> = cfg.journeys.iter().map(|j| format!("{j:?}")).collect();
     let text = format!(
-        "[kafka]\nbootstrap_servers = {:?}\ngroup_id = {:?}\ntouchpoint_topics = [{}]\naction_topic = {:?}\ndead_letter_topic = {:?}\n\n\
+        "journeys = [{}]\n\n[kafka]\nbootstrap_servers = {:?}\ngroup_id = {:?}\ntouchpoint_topics = [{}]\naction_topic = {:?}\ndead_letter_topic = {:?}\n\n\
          [kafka.consumer]\n{consumer}\n\
          [state]\npath = {:?}\nblock_cache_mb = 16\nwrite_buffer_mb = 16\n\n\
          [engine]\nguarantee = {guarantee:?}\ninstance_id = {:?}\nwall_clock_timers = {}\ncommit_interval_ms = {}\n\n\
          [http]\nlisten = \"\"\n",
+        journeys.join(", "),
         cfg.kafka.bootstrap_servers,
         cfg.kafka.group_id,
         topics.join(", "),
@@ -593,4 +599,25 @@ pub fn assert_same_actions(got: &[Action], clean: &[Action]) {
             "same content as the clean run"
         );
     }
+}
+
+/// The shipped journey files, `deploy/journeys/`.
+pub fn journey_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/journeys")
+}
+
+/// Loads the shipped journeys into `cfg` with the post-delivery survey waiting
+/// `wait` (e.g. "6s") instead of two hours; the copies live in `dir`.
+pub fn with_survey_wait(cfg: &mut Config, dir: &Path, wait: &str) {
+    for entry in std::fs::read_dir(journey_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path)
+                .unwrap()
+                .replace("for = \"2h\"", &format!("for = \"{wait}\""));
+            std::fs::write(dir.join(path.file_name().unwrap()), text).unwrap();
+        }
+    }
+    cfg.journeys = vec![format!("{}/*.toml", dir.display())];
+    cfg.compile_journeys(dir).unwrap_or_else(|e| panic!("{e}"));
 }

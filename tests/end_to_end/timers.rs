@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use rapport_model::action::action_id;
-use rapport_model::journey::SURVEY;
+const SURVEY: &str = "post_delivery_survey";
 use rapport_model::testing::tp;
 use rapport_model::{Action, ActionKind, Channel, EventType};
 
@@ -40,7 +40,6 @@ fn replay_fires_the_survey_on_event_time_unless_the_exit_came_first() {
     let topics = Topics::new("timer-replay", 1);
     let dir = tempfile::tempdir().unwrap();
     let cfg = topics.config(dir.path(), &unique("timer-replay"));
-    assert_eq!(cfg.journeys.survey.wait_seconds, 7_200);
     let events = [
         tp("d1", "c-exit", Channel::System, EventType::Delivered, T0).with_order("o-1"),
         tp("d2", "c-wait", Channel::System, EventType::Delivered, T0).with_order("o-2"),
@@ -86,7 +85,8 @@ fn live_mode_fires_on_an_idle_partition_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = topics.config(dir.path(), &unique("timer-live"));
     cfg.engine.wall_clock_timers = true;
-    cfg.journeys.survey.wait_seconds = 6;
+    let journeys = tempfile::tempdir().unwrap();
+    with_survey_wait(&mut cfg, journeys.path(), "6s");
     let store = state(&cfg);
 
     // A wait that is pending when the engine stops.

@@ -397,7 +397,7 @@ impl Checker<'_> {
             return self.fail(
                 id,
                 format!("`{name}` cannot take ({})", got.join(", ")),
-                "see the function table in engine/journeys/README.md",
+                "see the function table in deploy/journeys/README.md",
             );
         }
         ret
@@ -419,7 +419,7 @@ impl Checker<'_> {
             _ => self.fail(
                 id,
                 format!("unknown function `{name}` on {this}"),
-                "string methods are contains, startsWith, endsWith, matches and size; profile functions are listed in engine/journeys/README.md",
+                "string methods are contains, startsWith, endsWith, matches and size; profile functions are listed in deploy/journeys/README.md",
             ),
         }
     }

@@ -5,7 +5,7 @@
 //! The crate is pure: no Kafka, no RocksDB, no clock. Journey state (who is in
 //! which journey, waits, re-entry history) lives in [`rapport_model::Profile`],
 //! so the runtime commits, restores and replays it with the rest of the
-//! customer's state. See `README.md` for the language reference.
+//! customer's state. See `deploy/journeys/README.md` for the language reference.
 #![warn(missing_docs)]
 
 mod bind;
@@ -34,15 +34,15 @@ pub use run::{Decision, EvalError, Report};
 pub const SHIPPED: &[(&str, &str)] = &[
     (
         "hesitation_guide.toml",
-        include_str!("../shipped/hesitation_guide.toml"),
+        include_str!("../../../deploy/journeys/hesitation_guide.toml"),
     ),
     (
         "recovery_offer.toml",
-        include_str!("../shipped/recovery_offer.toml"),
+        include_str!("../../../deploy/journeys/recovery_offer.toml"),
     ),
     (
         "post_delivery_survey.toml",
-        include_str!("../shipped/post_delivery_survey.toml"),
+        include_str!("../../../deploy/journeys/post_delivery_survey.toml"),
     ),
 ];
 

@@ -38,11 +38,18 @@ pub(crate) fn load_globs(
             pattern: (*pattern).to_owned(),
             reason: e.to_string(),
         })?;
+        let before = paths.len();
         for m in matches {
             paths.push(m.map_err(|e| LoadError::Read {
                 path: e.path().to_path_buf(),
                 reason: e.error().to_string(),
             })?);
+        }
+        if paths.len() == before {
+            return Err(LoadError::Pattern {
+                pattern: (*pattern).to_owned(),
+                reason: format!("it matches no file (looked for {full})"),
+            });
         }
     }
     paths.sort();
@@ -149,7 +156,7 @@ fn parse_file(file: &SourceFile, problems: &mut Vec<Problem>) -> Vec<RawJourney>
                 Err(e) => problems.push(file.problem(
                     e.span().map_or(span.start, |s| s.start),
                     e.message().trim().to_owned(),
-                    "see the field reference in engine/journeys/README.md",
+                    "see the field reference in deploy/journeys/README.md",
                 )),
             }
         }

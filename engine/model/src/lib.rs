@@ -1,5 +1,5 @@
 //! Rapport's domain model: touchpoints, actions, the 360-degree customer profile,
-//! emotional state and journeys.
+//! emotional state, and the journey state each profile carries.
 //!
 //! Nothing here knows that Kafka, RocksDB or a network exist, so every rule of the
 //! customer-experience domain is unit-tested in milliseconds.
@@ -7,13 +7,11 @@
 
 pub mod action;
 pub mod emotion;
-pub mod journey;
 pub mod profile;
 pub mod testing;
 pub mod touchpoint;
 pub mod window;
 
 pub use action::{Action, ActionKind, DeliveryChannel, EmotionalState, Reason};
-pub use journey::Journeys;
 pub use profile::Profile;
 pub use touchpoint::{Channel, EventType, Invalid, SurveyKind, Touchpoint};

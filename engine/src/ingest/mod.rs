@@ -160,6 +160,18 @@ fn decode_json(bytes: &[u8]) -> Result<Touchpoint, Rejection> {
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => serde_json::from_slice::<Touchpoint>(bytes)
             .map_err(|e| Rejection::decode("json", format!("invalid touchpoint JSON: {e}"))),
+        _ if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_err() => {
+            Err(Rejection::decode(
+                "json",
+                format!(
+                    "invalid touchpoint JSON: {}",
+                    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+                        .err()
+                        .map(|e| e.to_string())
+                        .unwrap_or_default()
+                ),
+            ))
+        }
         first => {
             let got = match first {
                 Some(b'[') => "an array",

@@ -21,6 +21,8 @@ use super::{Rejection, Stage};
 pub struct KeyRule {
     partitioner: Partitioner,
     partitions: i32,
+    /// Off for records that come from a file rather than a partitioned topic.
+    enforced: bool,
 }
 
 impl KeyRule {
@@ -29,6 +31,17 @@ impl KeyRule {
         KeyRule {
             partitioner,
             partitions: partitions.max(1),
+            enforced: true,
+        }
+    }
+
+    /// No rule: every record is its customer's (`rapport replay` reads recorded
+    /// touchpoints from a file, one stream, no keys).
+    pub fn off() -> Self {
+        KeyRule {
+            partitioner: Partitioner::Murmur2,
+            partitions: 1,
+            enforced: false,
         }
     }
 
@@ -48,6 +61,9 @@ impl KeyRule {
         identity: &str,
         partition: i32,
     ) -> Result<(), Rejection> {
+        if !self.enforced {
+            return Ok(());
+        }
         let Some(key) = key.filter(|k| !k.is_empty()) else {
             return Err(reject(
                 "key_mismatch",

@@ -3,28 +3,26 @@
 //! (a newly assigned partition) and rewind (drop everything uncommitted and go back
 //! to the last commit, after a commit failed).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use rapport_model::{Action, Journeys};
+use rapport_model::Action;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::BaseRecord;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
-use crate::ingest::route::KeyRule;
-use crate::ingest::Decoder;
 use crate::metrics::Metrics;
+use crate::processor::Processor;
 use crate::state::{StateBatch, StateStore};
 
 use super::commit::{Committer, Interval};
 use super::rebalance::{partitions_of, EngineContext};
 use super::restore::{restore_partition, Restorer};
-use super::task::{timer_times, Task};
-use super::{LoopError, Progress, WATERMARK_KEY};
+use super::{LoopError, Progress};
 
 /// Offsets consumed in the current interval, `(partition, topic) -> next`, looked
 /// up without allocating a topic name per record.
@@ -45,27 +43,22 @@ impl PendingOffsets {
     }
 }
 
-/// Everything but the consumer: tasks, committer, pending offsets.
+/// Everything but the consumer: the processor, the committer, pending offsets.
 pub(crate) struct Core {
     pub(super) cfg: Config,
     pub(super) changelog: String,
+    pub(super) processor: Processor,
     pub(super) committer: Committer,
     pub(super) restorer: Restorer,
-    pub(super) decoder: Decoder,
-    pub(super) rule: KeyRule,
     /// Bytes a dead letter's value, key and headers may take together.
     pub(super) dead_letter_room: usize,
-    pub(super) journeys: Journeys,
     pub(super) state: Arc<StateStore>,
     pub(super) metrics: Metrics,
     pub(super) progress: Arc<Progress>,
-    pub(super) tasks: HashMap<i32, Task>,
     /// Partitions assigned and not restored yet.
     pub(super) to_restore: BTreeSet<i32>,
     /// Set by a rebalance callback whose commit failed: the main loop answers it.
     pub(super) failure: Option<LoopError>,
-    /// Per-topic event counters, resolved once.
-    pub(super) event_counters: Vec<(String, prometheus::IntCounter)>,
     pub(super) pending: PendingOffsets,
     pub(super) pending_records: u64,
     pub(super) actions: Vec<Action>,
@@ -87,11 +80,7 @@ impl Core {
         }
         // One commit in flight at a time, finished in order.
         self.finish_in_flight(consumer)?;
-        let dirty = self
-            .tasks
-            .values()
-            .any(|t| !t.dirty.is_empty() || t.watermark_dirty);
-        if self.pending.0.is_empty() && !dirty {
+        if self.pending.0.is_empty() && !self.processor.has_changes() {
             return Ok(());
         }
         let started = Instant::now();
@@ -127,43 +116,28 @@ impl Core {
     /// Sends each changed profile (one record per profile, not per event) and each
     /// moved watermark to the changelog, and adds them to `batch`.
     fn write_changelog(&mut self, batch: &mut StateBatch) -> Result<(), LoopError> {
-        for task in self.tasks.values_mut() {
-            let p = task.partition;
-            for id in std::mem::take(&mut task.dirty) {
-                let Some(slot) = task.profiles.get_mut(&id) else {
-                    continue;
-                };
-                let bytes = slot.stored.encode();
-                self.committer.send(
-                    BaseRecord::to(&self.changelog)
-                        .partition(p)
-                        .key(id.as_bytes())
-                        .payload(bytes.as_slice()),
-                )?;
-                batch.put_profile(p, &id, &bytes);
-                let now = timer_times(&slot.stored.profile);
-                for t in slot.persisted_timers.iter().filter(|t| !now.contains(t)) {
-                    batch.delete_timer(p, *t, &id);
-                }
-                for t in now.iter().filter(|t| !slot.persisted_timers.contains(t)) {
-                    batch.put_timer(p, *t, &id);
-                }
-                slot.dirty = false;
-                slot.persisted_timers = now;
-            }
-            if task.watermark_dirty {
-                task.watermark_dirty = false;
-                let bytes = task.watermark.to_be_bytes();
-                self.committer.send(
-                    BaseRecord::to(&self.changelog)
-                        .partition(p)
-                        .key(WATERMARK_KEY)
-                        .payload(&bytes[..]),
-                )?;
-                batch.set_watermark(p, task.watermark);
-            }
+        let (committer, changelog) = (&mut self.committer, &self.changelog);
+        self.processor.changes(batch, |(p, key, value)| {
+            committer.send(
+                BaseRecord::to(changelog)
+                    .partition(p)
+                    .key(key)
+                    .payload(value),
+            )
+        })
+    }
+
+    /// In live mode, partitions that received nothing this interval fire their due
+    /// timers on wall-clock time, so a quiet partition is not stuck.
+    pub(super) fn fire_idle_timers(&mut self) -> Result<(), LoopError> {
+        if !self.cfg.engine.wall_clock_timers {
+            return Ok(());
         }
-        Ok(())
+        let now = chrono::Utc::now().timestamp_millis();
+        self.processor
+            .fire_idle(now, &mut self.actions)
+            .map_err(|e| LoopError::Fatal(e.into()))?;
+        self.emit_actions()
     }
 
     /// Waits for the background commit and, once Kafka committed it, writes its
@@ -191,14 +165,7 @@ impl Core {
         self.progress
             .committed
             .fetch_add(done.records, Ordering::SeqCst);
-        let cached: usize = self.tasks.values().map(|t| t.profiles.len()).sum();
-        if cached > self.cfg.state.profile_cache {
-            // Only clean profiles may leave: their latest version is now in RocksDB.
-            for t in self.tasks.values_mut() {
-                t.profiles.retain(|_, s| s.dirty);
-            }
-        }
-        let cached: usize = self.tasks.values().map(|t| t.profiles.len()).sum();
+        let cached = self.processor.trim_cache();
         self.metrics.cached_profiles.set(cached as i64);
         self.metrics.commits.inc();
         self.metrics
@@ -226,7 +193,7 @@ impl Core {
             }
         }
         for p in partitions {
-            self.tasks.remove(p);
+            self.processor.release(*p);
             self.to_restore.remove(p);
         }
     }
@@ -263,14 +230,8 @@ impl Core {
         let restored = restore_partition(&self.restorer, &self.changelog, &self.state, p)
             .with_context(|| format!("restoring partition {p} from {}", self.changelog))?;
         self.metrics.restored.inc_by(restored);
-        let task = Task::load(&self.state, p)?;
-        tracing::info!(
-            partition = p,
-            restored,
-            timers = task.timers.len(),
-            "partition ready"
-        );
-        self.tasks.insert(p, task);
+        let timers = self.processor.start_partition(p)?;
+        tracing::info!(partition = p, restored, timers, "partition ready");
         Ok(())
     }
 
@@ -285,7 +246,7 @@ impl Core {
             self.write_committed(consumer, done)?;
         }
         self.failure = None;
-        self.tasks.clear();
+        self.processor.clear();
         self.to_restore.clear();
         self.pending.0.clear();
         self.pending_records = 0;

@@ -33,9 +33,9 @@
 
 mod commit;
 mod core;
+mod emit;
 mod rebalance;
 mod restore;
-mod task;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,15 +43,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use rapport_model::Journeys;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::config::{Config, Guarantee};
 use crate::ingest::route::KeyRule;
-use crate::ingest::Decoder;
 use crate::kafka::{self, consumer_config, producer_config, TopicLayout, RECORD_OVERHEAD};
 use crate::metrics::Metrics;
+use crate::processor::Processor;
 use crate::state::StateStore;
 
 use self::commit::{AtLeastOnce, CommitProtocol, Committer, ExactlyOnce};
@@ -203,21 +202,25 @@ impl Worker {
         let changelog = cfg.kafka.changelog();
         let committer = committer(&cfg, &changelog)?;
         let producer_max = (cfg.engine.max_record_bytes + RECORD_OVERHEAD).max(1_000_000);
+        let processor = Processor::new(
+            cfg.engine.max_record_bytes,
+            KeyRule::new(cfg.kafka.partitioner, layout.partitions),
+            cfg.journeys()?,
+            state.clone(),
+            metrics.clone(),
+            cfg.state.profile_cache,
+        )?;
         let core = Arc::new(Mutex::new(Core {
-            decoder: Decoder::new(cfg.engine.max_record_bytes)?,
-            rule: KeyRule::new(cfg.kafka.partitioner, layout.partitions),
+            processor,
             dead_letter_room: layout.dead_letter_max_bytes.min(producer_max) - 8 * 1024,
-            journeys: Journeys::clone(&cfg.journeys),
             restorer: Restorer::new(&cfg.kafka)?,
             changelog,
             committer,
             state,
             metrics,
             progress,
-            tasks: Default::default(),
             to_restore: Default::default(),
             failure: None,
-            event_counters: Vec::new(),
             pending: PendingOffsets::default(),
             pending_records: 0,
             actions: Vec::new(),

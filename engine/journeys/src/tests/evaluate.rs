@@ -140,8 +140,8 @@ action = { kind = "exclusive_offer", channel = "reply", emotion_reasons = false,
 
 #[test]
 fn closed_loop_alert_raises_a_ticket_and_escalates_without_resolution() {
-    let base = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let j = CompiledJourneys::load(base, &["examples/closed_loop_alert.toml"])
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/journeys");
+    let j = CompiledJourneys::load(&base, &["closed_loop_alert.toml"])
         .unwrap_or_else(|e| panic!("{e}"));
     let nps = |id: &str, c: &str, at: i64, score: i32| {
         tp(id, c, Channel::Email, EventType::SurveyResponse, at).with_survey(SurveyKind::Nps, score)
@@ -195,7 +195,7 @@ fn waits_of_a_removed_journey_are_dropped_and_foreign_timers_kept() {
     });
     let other = journeys(
         &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("shipped/recovery_offer.toml"),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/journeys/recovery_offer.toml"),
         )
         .unwrap(),
     );
@@ -239,7 +239,7 @@ action = { kind = "self_service_link", channel = "web" }
 
 #[test]
 fn the_readme_example_loads_and_runs() {
-    let readme = include_str!("../../README.md");
+    let readme = include_str!("../../../../deploy/journeys/README.md");
     let start = readme.find("```toml\n").expect("a toml block") + 8;
     let end = start + readme[start..].find("```").expect("closed");
     let j = journeys(&readme[start..end]);

@@ -1,0 +1,163 @@
+//! `rapport replay`: the journeys over recorded touchpoints, in event time, with an
+//! embedded RocksDB in a temporary directory and no broker.
+//!
+//! Each line of the input is one touchpoint record (JSON, as on the touchpoint
+//! topics). It goes through the same [`Processor`] as the live engine, so the
+//! actions written (one JSON line each, exactly the records the engine produces to
+//! the action topic) are the live engine's. The same input gives byte-identical
+//! output.
+
+use std::io::{BufRead, Write};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use rapport_model::Action;
+
+use crate::config::Config;
+use crate::ingest::route::KeyRule;
+use crate::metrics::Metrics;
+use crate::processor::{Outcome, Processor, Record};
+use crate::state::{StateBatch, StateStore};
+
+/// Records between two writes of the changed profiles to RocksDB.
+const CHECKPOINT_EVERY: u64 = 50_000;
+
+/// When pending waits fire after the last record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Only those due by the last event time (as live processing would have fired them).
+    EndOfInput,
+    /// Those due by this event time (epoch ms).
+    At(i64),
+    /// Every pending wait, as if time ran on.
+    Flush,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Records read.
+    pub records: u64,
+    /// Records applied to profiles.
+    pub applied: u64,
+    /// Records that would be dead-lettered, with the first few reasons.
+    pub rejected: u64,
+    /// Reasons of the first rejected records, `line: reason`.
+    pub rejections: Vec<String>,
+    /// Actions written.
+    pub actions: u64,
+}
+
+/// Replays the touchpoints of `input` through the journeys of `cfg`, writing each
+/// action as a JSON line to `out`.
+pub fn replay(
+    cfg: &Config,
+    input: impl BufRead,
+    until: Until,
+    out: &mut impl Write,
+) -> anyhow::Result<Summary> {
+    let dir = tempfile::tempdir().context("creating a temporary state directory")?;
+    let state = Arc::new(StateStore::open_path(dir.path(), &cfg.state)?);
+    let mut processor = Processor::new(
+        cfg.engine.max_record_bytes,
+        KeyRule::off(),
+        cfg.journeys()?,
+        state.clone(),
+        Metrics::new(),
+        cfg.state.profile_cache,
+    )?;
+    processor.start_partition(0)?;
+    let mut summary = Summary::default();
+    let mut actions: Vec<Action> = Vec::new();
+    let mut watermark = i64::MIN;
+    for (n, line) in input.lines().enumerate() {
+        let line = line.context("reading the events")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record = Record {
+            topic: "replay",
+            partition: 0,
+            offset: n as i64,
+            key: None,
+            value: line.as_bytes(),
+        };
+        summary.records += 1;
+        match processor.process(&record, &mut actions)? {
+            Outcome::Applied => summary.applied += 1,
+            Outcome::Rejected(r) => {
+                summary.rejected += 1;
+                if summary.rejections.len() < 20 {
+                    summary
+                        .rejections
+                        .push(format!("line {}: {}", n + 1, r.reason));
+                }
+            }
+            Outcome::AlreadyApplied | Outcome::NotOwned => {}
+        }
+        if let Some(t) = event_time(&line) {
+            watermark = watermark.max(t);
+        }
+        write_actions(&mut actions, out, &mut summary)?;
+        if summary.records % CHECKPOINT_EVERY == 0 {
+            checkpoint(&mut processor, &state)?;
+        }
+    }
+    let now = match until {
+        Until::EndOfInput => watermark,
+        Until::At(t) => t,
+        Until::Flush => i64::MAX,
+    };
+    processor.fire_all(now, &mut actions)?;
+    write_actions(&mut actions, out, &mut summary)?;
+    out.flush()?;
+    Ok(summary)
+}
+
+/// The event time of a JSON touchpoint line, for the end-of-input watermark.
+fn event_time(line: &str) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Time {
+        event_time: serde_json::Value,
+    }
+    let t: Time = serde_json::from_str(line).ok()?;
+    match t.event_time {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => chrono::DateTime::parse_from_rfc3339(&s)
+            .ok()
+            .map(|d| d.timestamp_millis()),
+        _ => None,
+    }
+}
+
+fn write_actions(
+    actions: &mut Vec<Action>,
+    out: &mut impl Write,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    for a in actions.drain(..) {
+        serde_json::to_writer(&mut *out, &a)?;
+        out.write_all(b"\n")?;
+        summary.actions += 1;
+    }
+    Ok(())
+}
+
+/// Writes the changed profiles to RocksDB so the profile cache can shrink.
+fn checkpoint(processor: &mut Processor, state: &StateStore) -> anyhow::Result<()> {
+    let mut batch = StateBatch::default();
+    processor.changes(&mut batch, |_| Ok::<(), std::convert::Infallible>(()))?;
+    state.write(batch)?;
+    processor.trim_cache();
+    Ok(())
+}
+
+/// Parses `--at`: epoch milliseconds or RFC 3339.
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| format!("{s:?} is neither epoch milliseconds nor RFC 3339 ({e})"))
+}

@@ -1,0 +1,134 @@
+//! Carrying the processor's work to Kafka: each consumed record goes through the
+//! [`Processor`](crate::processor::Processor); its actions go to the action topic
+//! and a refused record to the dead-letter topic, in the current interval.
+
+use std::sync::atomic::Ordering;
+
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::BaseRecord;
+use rdkafka::Message;
+use sha2::{Digest, Sha256};
+
+use crate::ingest::Rejection;
+use crate::kafka;
+use crate::processor::{Outcome, Record};
+
+use super::core::Core;
+use super::LoopError;
+
+impl Core {
+    /// Handles one consumed record: applies it, dead-letters it, or skips it when
+    /// state already reflects it.
+    pub(super) fn handle(&mut self, m: &BorrowedMessage<'_>) -> Result<(), LoopError> {
+        self.progress.handled.fetch_add(1, Ordering::Relaxed);
+        let record = Record {
+            topic: m.topic(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key(),
+            value: m.payload().unwrap_or_default(),
+        };
+        let outcome = self
+            .processor
+            .process(&record, &mut self.actions)
+            .map_err(|e| LoopError::Fatal(e.into()))?;
+        match outcome {
+            Outcome::NotOwned => {
+                // Fetched before a revocation took effect; its new owner handles it.
+                tracing::debug!(
+                    topic = record.topic,
+                    partition = record.partition,
+                    offset = record.offset,
+                    "record of a partition no longer owned"
+                );
+                return Ok(());
+            }
+            Outcome::Rejected(r) => self.dead_letter(m, &r)?,
+            Outcome::Applied | Outcome::AlreadyApplied => {}
+        }
+        self.emit_actions()?;
+        self.pending
+            .record(record.partition, record.topic, record.offset + 1);
+        self.pending_records += 1;
+        Ok(())
+    }
+
+    /// Sends the actions decided so far to the action topic.
+    pub(super) fn emit_actions(&mut self) -> Result<(), LoopError> {
+        for a in std::mem::take(&mut self.actions) {
+            let body = serde_json::to_vec(&a).map_err(|e| LoopError::Fatal(e.into()))?;
+            let headers = OwnedHeaders::new().insert(Header {
+                key: kafka::ACTION_ID,
+                value: Some(a.action_id.as_bytes()),
+            });
+            self.committer.send(
+                BaseRecord::to(&self.cfg.kafka.action_topic)
+                    .key(a.customer_id.as_bytes())
+                    .payload(body.as_slice())
+                    .headers(headers),
+            )?;
+            self.metrics
+                .actions
+                .with_label_values(&[&a.journey, a.kind.as_str()])
+                .inc();
+        }
+        Ok(())
+    }
+
+    /// Sends a record the engine could not process to the dead-letter topic: the
+    /// original key, bytes and headers, plus headers naming where it came from, why,
+    /// its size and hash. A value over the dead-letter topic's limit is cut to fit
+    /// (the whole record stays in its source topic at the offset the headers name).
+    fn dead_letter(&mut self, m: &BorrowedMessage<'_>, r: &Rejection) -> Result<(), LoopError> {
+        tracing::debug!(topic = m.topic(), partition = m.partition(), offset = m.offset(), reason = %r.reason, "dead-lettered");
+        let payload = m.payload().unwrap_or_default();
+        let mut headers = OwnedHeaders::new();
+        let mut used = m.key().map_or(0, <[u8]>::len) + r.reason.len();
+        if let Some(h) = m.headers() {
+            for h in h.iter() {
+                used += h.key.len() + h.value.map_or(0, <[u8]>::len);
+                headers = headers.insert(h);
+            }
+        }
+        let room = self.dead_letter_room.saturating_sub(used);
+        let truncated = payload.len() > room;
+        let value = &payload[..payload.len().min(room)];
+        let partition = m.partition().to_string();
+        let offset = m.offset().to_string();
+        let size = payload.len().to_string();
+        let sha: String = Sha256::digest(payload)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut extra = vec![
+            (kafka::DLQ_TOPIC, m.topic()),
+            (kafka::DLQ_PARTITION, &partition),
+            (kafka::DLQ_OFFSET, &offset),
+            (kafka::DLQ_STAGE, r.stage.as_str()),
+            (kafka::DLQ_REASON, &r.reason),
+            (kafka::DLQ_ORIGINAL_SIZE, &size),
+            (kafka::DLQ_SHA256, &sha),
+        ];
+        if truncated {
+            extra.push((kafka::DLQ_TRUNCATED, "true"));
+        }
+        for (key, value) in extra {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let mut record = BaseRecord::<[u8], [u8]>::to(&self.cfg.kafka.dead_letter_topic)
+            .payload(value)
+            .headers(headers);
+        if let Some(k) = m.key() {
+            record = record.key(k);
+        }
+        self.committer.send(record)?;
+        self.metrics
+            .dead_letters
+            .with_label_values(&[r.stage.as_str(), r.class])
+            .inc();
+        Ok(())
+    }
+}
