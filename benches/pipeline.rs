@@ -46,7 +46,11 @@ fn main() -> anyhow::Result<()> {
         }
     }
     if which == "all" || which == "in-process" || which == "replay" {
-        for customers in [10_000, 1_000_000] {
+        let counts = match std::env::var("RAPPORT_BENCH_CUSTOMERS") {
+            Ok(n) => vec![n.parse()?],
+            Err(_) => vec![10_000, 1_000_000],
+        };
+        for customers in counts {
             replay(1_000_000, customers)?;
         }
     }

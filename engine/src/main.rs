@@ -62,7 +62,7 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Cmd::Demo(_)) {
+    let default_level = if matches!(cli.command, Cmd::Demo(_) | Cmd::Replay { .. }) {
         "warn"
     } else {
         "info"

@@ -10,6 +10,7 @@ mod dead_letter;
 mod faults;
 mod journeys;
 mod kcat;
+mod replay;
 mod restart;
 mod schemas;
 mod support;

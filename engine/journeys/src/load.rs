@@ -71,24 +71,30 @@ pub(crate) fn load_sources(
     sources: &[(PathBuf, String)],
 ) -> Result<Vec<Journey>, LoadError> {
     let mut problems = Vec::new();
-    let mut journeys: Vec<(Journey, Problem)> = Vec::new();
+    let mut journeys: Vec<Journey> = Vec::new();
+    // Every journey's id, also of those that do not compile, so a duplicate id
+    // is reported in the same round as the other problems.
+    let mut ids: Vec<(String, Problem)> = Vec::new();
     for (path, text) in sources {
         let file = SourceFile { path, text };
         for raw in parse_file(&file, &mut problems) {
-            let id_at = file.at(&raw.id.span(), String::new(), "");
+            ids.push((
+                raw.id.get_ref().clone(),
+                file.at(&raw.id.span(), String::new(), ""),
+            ));
             let mut c = Compiler {
                 env,
                 file: &file,
                 problems: &mut problems,
             };
             if let Some(j) = c.journey(raw) {
-                journeys.push((j, id_at));
+                journeys.push(j);
             }
         }
     }
-    duplicate_ids(&journeys, &mut problems);
+    duplicate_ids(&ids, &mut problems);
     if problems.is_empty() {
-        let mut js: Vec<Journey> = journeys.into_iter().map(|(j, _)| j).collect();
+        let mut js: Vec<Journey> = journeys;
         js.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(js)
     } else {
@@ -96,12 +102,12 @@ pub(crate) fn load_sources(
     }
 }
 
-fn duplicate_ids(journeys: &[(Journey, Problem)], problems: &mut Vec<Problem>) {
+fn duplicate_ids(ids: &[(String, Problem)], problems: &mut Vec<Problem>) {
     let mut first: BTreeMap<&str, &Problem> = BTreeMap::new();
-    for (j, at) in journeys {
-        match first.get(j.id.as_str()) {
+    for (id, at) in ids {
+        match first.get(id.as_str()) {
             Some(prev) => problems.push(Problem {
-                message: format!("journey id {:?} is already used", j.id),
+                message: format!("journey id {id:?} is already used"),
                 hint: format!(
                     "ids must be unique across all journey files; the first is at {}:{}:{}",
                     prev.file.display(),
@@ -111,7 +117,7 @@ fn duplicate_ids(journeys: &[(Journey, Problem)], problems: &mut Vec<Problem>) {
                 ..(*at).clone()
             }),
             None => {
-                first.insert(&j.id, at);
+                first.insert(id, at);
             }
         }
     }

@@ -200,10 +200,12 @@ impl Processor {
         if tp.event_time > task.watermark {
             task.watermark = tp.event_time;
             task.watermark_dirty = true;
-            let wm = task.watermark;
-            if task.timers.first().is_some_and(|(at, _)| *at <= wm) {
-                self.fire_timers(partition, wm, out)?;
-            }
+        }
+        // Also a wait that a late event scheduled already in the past fires now,
+        // so live processing and a replay's end-of-input agree.
+        let wm = task.watermark;
+        if task.timers.first().is_some_and(|(at, _)| *at <= wm) {
+            self.fire_timers(partition, wm, out)?;
         }
         Ok(outcome)
     }
