@@ -148,13 +148,6 @@ fn the_live_engine_gives_the_actions_a_replay_gives() {
     assert!(replayed.len() >= 9, "{} actions", replayed.len());
     assert_same_actions(&live, &replayed);
     // The action topic has two partitions: order holds per customer (per key).
-    let by_customer = |actions: &[Action]| {
-        let mut m: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
-        for a in actions {
-            m.entry(&a.customer_id).or_default().push(&a.action_id);
-        }
-        m
-    };
     assert_eq!(
         by_customer(&live),
         by_customer(&replayed),
@@ -217,4 +210,13 @@ channel = "email"
             "no {file}:{line}:<column> problem about {what:?} in:\n{err}"
         );
     }
+}
+
+/// Action ids per customer, in the order they were written.
+fn by_customer(actions: &[Action]) -> std::collections::BTreeMap<&str, Vec<&str>> {
+    let mut m: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for a in actions {
+        m.entry(&a.customer_id).or_default().push(&a.action_id);
+    }
+    m
 }
