@@ -40,6 +40,9 @@ fn main() -> anyhow::Result<()> {
         .find(|a| !a.starts_with('-'))
         .unwrap_or_else(|| "all".into());
     println!("| benchmark | result |\n|---|---|");
+    if which == "breakdown" {
+        breakdown(1_000_000)?;
+    }
     if which == "all" || which == "journeys" {
         for n in [1, 10, 100] {
             journey_cost(n, 200_000)?;
@@ -126,6 +129,50 @@ fn journey_cost(n: usize, events: usize) -> anyhow::Result<()> {
         "| journey evaluation, {n} journeys loaded, {events} events, 10k customers | {:.2} µs/event ({fired} actions) |",
         spent.as_secs_f64() * 1e6 / events as f64
     );
+    Ok(())
+}
+
+/// Where an event's time goes: decoding alone, decoding and the profile update,
+/// and those plus the three shipped journeys (10k customers, one core).
+fn breakdown(events: usize) -> anyhow::Result<()> {
+    let mut sim = Simulator::new(SimConfig {
+        customers: 10_000,
+        seed: 1,
+        malformed_per_mille: 0,
+    });
+    let records: Vec<Vec<u8>> = (0..events)
+        .map(|i| sim.next_record(T0 + i as i64 * 10).value)
+        .collect();
+    let decoder = Decoder::new(1 << 20)?;
+    let journeys = CompiledJourneys::shipped()?;
+    for stage in ["decode", "decode + profile", "decode + profile + journeys"] {
+        let mut profiles: HashMap<String, Profile> = HashMap::new();
+        let mut out = Vec::new();
+        let started = Instant::now();
+        for bytes in &records {
+            let tp = decoder.decode(bytes)?;
+            if stage == "decode" {
+                continue;
+            }
+            let id = tp.identity().unwrap_or_default();
+            let p = match profiles.get_mut(id) {
+                Some(p) => p,
+                None => profiles
+                    .entry(id.to_owned())
+                    .or_insert_with(|| Profile::new(id)),
+            };
+            p.apply(&tp);
+            if stage.ends_with("journeys") {
+                journeys.on_event(p, &tp, &mut out);
+                out.clear();
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "| {stage}, {events} events, 10k customers | {:.2} µs/event |",
+            secs * 1e6 / events as f64
+        );
+    }
     Ok(())
 }
 

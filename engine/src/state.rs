@@ -466,6 +466,92 @@ mod tests {
         assert!(Stored::decode("x", 0, &[ENVELOPE_VERSION, 3, 1, 2]).is_err());
     }
 
+    /// A profile touched by every kind of change a stored profile carries:
+    /// counters, products, surveys, windows, journey runs and their waits.
+    fn fixture_profile() -> Stored {
+        use rapport_model::SurveyKind;
+        let journeys = rapport_journeys::CompiledJourneys::shipped().unwrap();
+        let mut p = Profile::new("c-fixture");
+        let t0 = 1_764_000_000_000;
+        let events = [
+            tp("e1", "c-fixture", Channel::Web, EventType::ProductView, t0).with_sku("tv-55"),
+            tp(
+                "e2",
+                "c-fixture",
+                Channel::Web,
+                EventType::ProductView,
+                t0 + 60_000,
+            )
+            .with_sku("tv-55"),
+            tp(
+                "e3",
+                "c-fixture",
+                Channel::App,
+                EventType::ProductView,
+                t0 + 120_000,
+            )
+            .with_sku("tv-55"),
+            tp(
+                "e4",
+                "c-fixture",
+                Channel::Store,
+                EventType::Purchase,
+                t0 + 3_600_000,
+            )
+            .with_sku("tv-55")
+            .with_amount(899.0)
+            .with_order("o-1"),
+            tp(
+                "e5",
+                "c-fixture",
+                Channel::System,
+                EventType::Delivered,
+                t0 + 7_200_000,
+            )
+            .with_order("o-1"),
+            tp(
+                "e6",
+                "c-fixture",
+                Channel::Email,
+                EventType::SurveyResponse,
+                t0 + 7_300_000,
+            )
+            .with_survey(SurveyKind::Nps, 4),
+        ];
+        let mut out = Vec::new();
+        for e in &events {
+            p.apply(e);
+            journeys.on_event(&mut p, e, &mut out);
+        }
+        assert!(
+            !out.is_empty() && !p.timers.is_empty(),
+            "the fixture exercises journeys"
+        );
+        let mut stored = Stored {
+            sources: vec![],
+            profile: p,
+        };
+        stored.advance(topic_hash("touch"), 3, 41);
+        stored
+    }
+
+    /// A profile stored by this release stays readable by later ones: the bytes
+    /// in tests/fixtures were written by the current format and must decode to
+    /// the same profile. (Regenerate only when the format version changes, with
+    /// RAPPORT_WRITE_FIXTURES=1, keeping the old file for the old version.)
+    #[test]
+    fn the_stored_fixture_of_the_current_format_reads_back() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stored-profile-v2.bin");
+        let stored = fixture_profile();
+        if std::env::var_os("RAPPORT_WRITE_FIXTURES").is_some() {
+            std::fs::write(&path, stored.encode()).unwrap();
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes[0], ENVELOPE_VERSION);
+        assert_eq!(Stored::decode("c-fixture", 3, &bytes).unwrap(), stored);
+    }
+
     #[test]
     fn version_1_envelopes_are_read_with_the_partition_they_are_stored_under() {
         let profile = Profile::new("c-1");

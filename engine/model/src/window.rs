@@ -123,6 +123,7 @@ impl Windows {
 
 impl Series {
     fn record(&mut self, at_ms: i64) {
+        let advanced = at_ms > self.last_ms;
         self.last_ms = self.last_ms.max(at_ms);
         let start = align(at_ms, width_at(self.last_ms - at_ms));
         let pos = self.buckets.partition_point(|b| b.start_ms < start);
@@ -136,32 +137,39 @@ impl Series {
                 },
             ),
         }
-        self.coarsen();
+        // Widths depend on the age relative to the newest event: only a newer
+        // newest can make buckets coarser or old.
+        if advanced {
+            self.coarsen();
+        }
     }
 
     /// Re-aligns buckets to the width their age calls for, merging neighbours
     /// that fall into one bucket, and drops what is too old.
     fn coarsen(&mut self) {
         let newest = self.last_ms;
-        let mut merged: Vec<Bucket> = Vec::with_capacity(self.buckets.len());
-        for b in &self.buckets {
+        // In place: `kept` buckets are done, and never overtake the one being read.
+        let mut kept = 0;
+        for i in 0..self.buckets.len() {
+            let b = self.buckets[i];
             if b.start_ms <= newest - RETENTION_MS {
                 continue;
             }
             let start = align(b.start_ms, width_at(newest - b.start_ms));
-            match merged.last_mut() {
-                Some(last) if last.start_ms == start => {
-                    last.count = last.count.saturating_add(b.count)
-                }
-                _ => merged.push(Bucket {
+            if kept > 0 && self.buckets[kept - 1].start_ms == start {
+                let last = &mut self.buckets[kept - 1];
+                last.count = last.count.saturating_add(b.count);
+            } else {
+                self.buckets[kept] = Bucket {
                     start_ms: start,
                     count: b.count,
-                }),
+                };
+                kept += 1;
             }
         }
-        let excess = merged.len().saturating_sub(MAX_BUCKETS);
-        merged.drain(..excess);
-        self.buckets = merged;
+        self.buckets.truncate(kept);
+        let excess = kept.saturating_sub(MAX_BUCKETS);
+        self.buckets.drain(..excess);
     }
 
     fn count(&self, since_ms: i64, until_ms: i64) -> u64 {

@@ -4,6 +4,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use hashbrown::hash_map::EntryRef;
+
 use rapport_model::Profile;
 
 use crate::state::{StateError, StateStore, Stored};
@@ -20,7 +22,7 @@ pub(crate) struct Slot {
 pub(crate) struct Task {
     pub partition: i32,
     /// Decoded profiles by customer id; the dirty ones are written at the next commit.
-    pub profiles: HashMap<String, Slot>,
+    pub profiles: hashbrown::HashMap<String, Slot>,
     /// Ids of the profiles changed since the last commit.
     pub dirty: Vec<String>,
     /// Pending timers, `(fire_at, customer id)`.
@@ -41,7 +43,7 @@ impl Task {
     pub fn load(state: &StateStore, p: i32) -> Result<Task, StateError> {
         Ok(Task {
             partition: p,
-            profiles: HashMap::new(),
+            profiles: hashbrown::HashMap::new(),
             dirty: Vec::new(),
             timers: state.timers(p)?.into_iter().collect(),
             watermark: state.watermark(p)?.unwrap_or(i64::MIN),
@@ -60,21 +62,21 @@ impl Task {
         id: &str,
         f: impl FnOnce(&mut Stored) -> bool,
     ) -> Result<(), StateError> {
-        if !self.profiles.contains_key(id) {
-            let stored = state.get(self.partition, id)?.unwrap_or_else(|| Stored {
-                sources: Vec::new(),
-                profile: Profile::new(id),
-            });
-            let persisted_timers = timer_times(&stored.profile);
-            let slot = Slot {
-                stored,
-                dirty: false,
-                persisted_timers,
-            };
-            self.profiles.insert(id.to_owned(), slot);
-        }
-        let Some(slot) = self.profiles.get_mut(id) else {
-            return Ok(());
+        // One hash lookup; the id is copied only for a profile not cached yet.
+        let slot = match self.profiles.entry_ref(id) {
+            EntryRef::Occupied(e) => e.into_mut(),
+            EntryRef::Vacant(e) => {
+                let stored = state.get(self.partition, id)?.unwrap_or_else(|| Stored {
+                    sources: Vec::new(),
+                    profile: Profile::new(id),
+                });
+                let persisted_timers = timer_times(&stored.profile);
+                e.insert(Slot {
+                    stored,
+                    dirty: false,
+                    persisted_timers,
+                })
+            }
         };
         let before = timer_times(&slot.stored.profile);
         if f(&mut slot.stored) && !slot.dirty {
