@@ -256,7 +256,7 @@ fn restore(bootstrap: &str, profiles: u64) -> anyhow::Result<()> {
             p.apply(&tp);
         }
         let bytes = Stored {
-            sources: vec![(1, (i % 4) as i32, i as i64)],
+            sources: [(1, (i % 4) as i32, i as i64)].into_iter().collect(),
             profile: p,
         }
         .encode();

@@ -45,14 +45,18 @@ pub enum StateError {
     Malformed(&'static str),
 }
 
+/// The source offsets of a stored profile (see [`Stored`]).
+pub type Sources = smallvec::SmallVec<[(u32, i32, i64); 2]>;
+
 /// A profile with the source offsets it reflects: for each input topic (by
 /// [`topic_hash`]) and partition, the next offset not yet applied. Replayed
 /// records below it are skipped, so an event is never counted twice, even when
 /// state restored from the changelog is ahead of the committed offsets.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stored {
-    /// `(topic hash, partition, next offset)` triples.
-    pub sources: Vec<(u32, i32, i64)>,
+    /// `(topic hash, partition, next offset)` triples; one per touchpoint topic,
+    /// held inline (read on every event).
+    pub sources: Sources,
     /// The profile.
     pub profile: Profile,
 }
@@ -418,7 +422,7 @@ mod tests {
             1_764_000_000_000,
         ));
         let mut stored = Stored {
-            sources: vec![],
+            sources: Sources::new(),
             profile: p,
         };
         stored.advance(topic_hash("touch"), 3, 41);
@@ -528,7 +532,7 @@ mod tests {
             "the fixture exercises journeys"
         );
         let mut stored = Stored {
-            sources: vec![],
+            sources: Sources::new(),
             profile: p,
         };
         stored.advance(topic_hash("touch"), 3, 41);
@@ -560,7 +564,10 @@ mod tests {
         v1.extend_from_slice(&41i64.to_le_bytes());
         v1.extend_from_slice(&profile.encode());
         let s = Stored::decode("c-1", 5, &v1).unwrap();
-        assert_eq!(s.sources, vec![(topic_hash("touch"), 5, 41)]);
+        assert_eq!(
+            s.sources.as_slice(),
+            [(topic_hash("touch"), 5, 41)].as_slice()
+        );
         assert_eq!(s.profile, profile);
         assert_eq!(Stored::decode("c-1", 5, &s.encode()).unwrap(), s);
     }

@@ -119,6 +119,28 @@ fn event_field<'b>(t: &'b Touchpoint, path: &str) -> Option<CowVal<'b, 'b>> {
     })
 }
 
+/// A string field of the event by path, read directly (what CEL would give for
+/// `event.<path>`, with `""` for an absent optional field); `None` for a path
+/// that is not a string field.
+pub(crate) fn event_str<'b>(t: &'b Touchpoint, path: &str) -> Option<&'b str> {
+    let c = t.commerce.as_ref();
+    let s = t.survey.as_ref();
+    let opt = |o: Option<&'b String>| o.map_or("", String::as_str);
+    Some(match path {
+        "event_id" => &t.event_id,
+        "customer_id" => opt(t.customer_id.as_ref()),
+        "anonymous_id" => opt(t.anonymous_id.as_ref()),
+        "channel" => t.channel.as_str(),
+        "event_type" => t.event_type.as_str(),
+        "store_id" => opt(t.store_id.as_ref()),
+        "commerce.order_id" => opt(c.and_then(|c| c.order_id.as_ref())),
+        "commerce.sku" => opt(c.and_then(|c| c.sku.as_ref())),
+        "commerce.currency" => opt(c.and_then(|c| c.currency.as_ref())),
+        "survey.kind" => s.map_or("", |s| s.kind.as_str()),
+        _ => return None,
+    })
+}
+
 fn outcome(o: rapport_model::touchpoint::CallOutcome) -> &'static str {
     use rapport_model::touchpoint::CallOutcome::*;
     match o {

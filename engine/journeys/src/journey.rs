@@ -12,6 +12,24 @@ pub struct Expr {
     pub(crate) program: Program,
     /// The expression as written.
     pub source: String,
+    /// Event types outside of which the expression is certainly false.
+    pub(crate) guard: Option<crate::guard::EventTypes>,
+    /// The event field it reads, when it only reads one (read without CEL).
+    pub(crate) path: Option<String>,
+}
+
+impl Expr {
+    /// A compiled expression with its guard and field path read from its tree.
+    pub(crate) fn new(program: Program, source: String) -> Expr {
+        let guard = crate::guard::event_types(program.expression());
+        let path = crate::guard::event_path(program.expression());
+        Expr {
+            program,
+            source,
+            guard,
+            path,
+        }
+    }
 }
 
 /// A string with `{{ cel expression }}` placeholders, e.g.

@@ -13,6 +13,7 @@ mod check;
 pub mod duration;
 pub mod error;
 mod format;
+pub mod guard;
 pub mod journey;
 mod load;
 pub mod run;

@@ -669,10 +669,7 @@ impl Compiler<'_> {
                     self.problems.push(p);
                     return None;
                 }
-                Some(Expr {
-                    program,
-                    source: source.to_owned(),
-                })
+                Some(Expr::new(program, source.to_owned()))
             }
         }
     }
@@ -743,10 +740,7 @@ impl Compiler<'_> {
             if check(&value, scope).is_ok() {
                 out.push(Explain {
                     condition: text,
-                    value: Expr {
-                        program: value,
-                        source: value_src,
-                    },
+                    value: Expr::new(value, value_src),
                 });
             }
         }

@@ -460,6 +460,11 @@ impl CompiledJourneys {
 
     /// A condition; a failure counts as false and is reported.
     fn test(&self, j: &Journey, e: &Expr, b: &Bindings, report: &mut Report) -> bool {
+        if let (Some(guard), Some(t)) = (e.guard, b.event) {
+            if guard & crate::guard::bit(t.event_type) == 0 {
+                return false;
+            }
+        }
         match self.eval(e, b) {
             Ok(Value::Bool(v)) => v,
             Ok(other) => self.error(j, e, format!("not a bool: {other:?}"), report, false),
@@ -468,6 +473,11 @@ impl CompiledJourneys {
     }
 
     fn render_expr(&self, j: &Journey, e: &Expr, b: &Bindings, report: &mut Report) -> String {
+        if let (Some(path), Some(t)) = (&e.path, b.event) {
+            if let Some(s) = crate::bind::event_str(t, path) {
+                return s.to_owned();
+            }
+        }
         match self.eval(e, b) {
             Ok(v) => display(&v),
             Err(msg) => self.error(j, e, msg, report, String::new()),

@@ -6,7 +6,9 @@
 
 use std::collections::VecDeque;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::touchpoint::{Channel, EventType, SurveyKind, Touchpoint};
 use crate::window::Windows;
@@ -41,8 +43,8 @@ pub struct Score {
 /// One recent touchpoint, as shown to agents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecentTouch {
-    /// Event id.
-    pub event_id: String,
+    /// Event id (held inline up to 24 bytes).
+    pub event_id: CompactString,
     /// Channel.
     pub channel: Channel,
     /// What happened.
@@ -54,10 +56,11 @@ pub struct RecentTouch {
 /// Interest in one product: recent view times and the latest purchase of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProductInterest {
-    /// Product id.
-    pub sku: String,
-    /// Event times of recent views, oldest first, at most [`VIEWS_PER_PRODUCT`].
-    pub views_ms: Vec<i64>,
+    /// Product id (held inline up to 24 bytes: read on every view).
+    pub sku: CompactString,
+    /// Event times of recent views, oldest first, at most [`VIEWS_PER_PRODUCT`]
+    /// (held inline).
+    pub views_ms: SmallVec<[i64; VIEWS_PER_PRODUCT]>,
     /// Event time of the latest purchase of this product (0 when none).
     pub purchased_ms: i64,
 }
@@ -370,11 +373,13 @@ impl Profile {
             self.sentiment = 0.7 * self.sentiment + 0.3 * s;
         }
 
+        // The oldest touch's id buffer is reused for the newest: no allocation
+        // once the ring is full.
         if self.recent.len() == RECENT_TOUCHPOINTS {
             self.recent.pop_front();
         }
         self.recent.push_back(RecentTouch {
-            event_id: t.event_id.clone(),
+            event_id: CompactString::from(t.event_id.as_str()),
             channel: t.channel,
             event_type: t.event_type,
             at_ms: at,
@@ -399,8 +404,8 @@ impl Profile {
         }
         let _ = at;
         self.products.push(ProductInterest {
-            sku: sku.to_owned(),
-            views_ms: Vec::with_capacity(VIEWS_PER_PRODUCT),
+            sku: CompactString::from(sku),
+            views_ms: SmallVec::new(),
             purchased_ms: 0,
         });
         self.products.last_mut().expect("just pushed")
@@ -485,11 +490,16 @@ impl Profile {
 impl ProductInterest {
     fn push_view(&mut self, at: i64) {
         // Keep view times sorted so out-of-order events still count in the right window.
-        let pos = self.views_ms.partition_point(|&t| t <= at);
-        self.views_ms.insert(pos, at);
-        if self.views_ms.len() > VIEWS_PER_PRODUCT {
+        if self.views_ms.len() == VIEWS_PER_PRODUCT {
+            // Full: a view older than every kept one changes nothing; any other
+            // replaces the oldest (so the list never leaves its inline storage).
+            if self.views_ms.first().is_some_and(|&t| at < t) {
+                return;
+            }
             self.views_ms.remove(0);
         }
+        let pos = self.views_ms.partition_point(|&t| t <= at);
+        self.views_ms.insert(pos, at);
     }
 }
 
@@ -572,8 +582,8 @@ mod tests {
             p.apply(&tp("e", "c1", Channel::Web, EventType::ProductView, at).with_sku("s"));
         }
         assert_eq!(
-            p.product_interest("s").unwrap().views_ms,
-            vec![1_000, 3_000, 5_000]
+            p.product_interest("s").unwrap().views_ms.as_slice(),
+            [1_000, 3_000, 5_000].as_slice()
         );
     }
 

@@ -263,23 +263,32 @@ pub struct Touchpoint {
     pub attributes: BTreeMap<String, String>,
 }
 
+/// Reads `event_time` as epoch milliseconds or an RFC 3339 string, straight from
+/// the input (an untagged enum would buffer every value first).
 fn event_time<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Time {
-        Millis(i64),
-        Text(String),
+    struct Time;
+    impl serde::de::Visitor<'_> for Time {
+        type Value = i64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("epoch milliseconds or an RFC 3339 time")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v).map_err(|_| E::custom(format!("event_time {v} is out of range")))
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<i64, E> {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map(|t| t.timestamp_millis())
+                .map_err(|e| {
+                    E::custom(format!(
+                        "event_time {s:?} is neither epoch milliseconds nor RFC 3339: {e}"
+                    ))
+                })
+        }
     }
-    match Time::deserialize(d)? {
-        Time::Millis(ms) => Ok(ms),
-        Time::Text(s) => chrono::DateTime::parse_from_rfc3339(&s)
-            .map(|t| t.timestamp_millis())
-            .map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "event_time {s:?} is neither epoch milliseconds nor RFC 3339: {e}"
-                ))
-            }),
-    }
+    d.deserialize_any(Time)
 }
 
 /// Why a decoded touchpoint was refused. The message goes to the dead-letter topic.

@@ -123,9 +123,31 @@ impl Windows {
 
 impl Series {
     fn record(&mut self, at_ms: i64) {
-        let advanced = at_ms > self.last_ms;
+        let before = self.last_ms;
+        let advanced = at_ms > before;
         self.last_ms = self.last_ms.max(at_ms);
         let start = align(at_ms, width_at(self.last_ms - at_ms));
+        // Events mostly arrive in order: look at the newest bucket first, which
+        // touches one cache line instead of a binary search's several.
+        match self.buckets.last_mut() {
+            Some(b) if b.start_ms == start => b.count = b.count.saturating_add(1),
+            Some(b) if b.start_ms < start => self.buckets.push(Bucket {
+                start_ms: start,
+                count: 1,
+            }),
+            None => self.buckets.push(Bucket {
+                start_ms: start,
+                count: 1,
+            }),
+            Some(_) => self.insert_late(start),
+        }
+        if advanced {
+            self.expire_and_coarsen(before.div_euclid(DAY_MS) != at_ms.div_euclid(DAY_MS));
+        }
+    }
+
+    /// Counts an event older than the newest bucket.
+    fn insert_late(&mut self, start: i64) {
         let pos = self.buckets.partition_point(|b| b.start_ms < start);
         match self.buckets.get_mut(pos) {
             Some(b) if b.start_ms == start => b.count = b.count.saturating_add(1),
@@ -137,9 +159,23 @@ impl Series {
                 },
             ),
         }
-        // Widths depend on the age relative to the newest event: only a newer
-        // newest can make buckets coarser or old.
-        if advanced {
+    }
+
+    /// Widths depend on the age relative to the newest event, so only a newer
+    /// newest can make buckets coarser or old. What fell out of the retention goes
+    /// when the newest event starts a new day (the oldest come first). Finer buckets than their age calls for only
+    /// count more exactly, so coarsening waits until the series has grown to the
+    /// next power of two (or its cap): a handful of passes over a series' life
+    /// instead of one per event.
+    fn expire_and_coarsen(&mut self, new_day: bool) {
+        let horizon = self.last_ms - RETENTION_MS;
+        // The oldest buckets are a day wide: checking once a day is enough.
+        if new_day && self.buckets.first().is_some_and(|b| b.start_ms <= horizon) {
+            let old = self.buckets.partition_point(|b| b.start_ms <= horizon);
+            self.buckets.drain(..old);
+        }
+        let n = self.buckets.len();
+        if n >= 32 && (n.is_power_of_two() || n >= MAX_BUCKETS) {
             self.coarsen();
         }
     }

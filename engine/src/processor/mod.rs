@@ -9,7 +9,6 @@
 
 pub(crate) mod task;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use rapport_journeys::{CompiledJourneys, Decision};
@@ -59,7 +58,7 @@ pub struct Processor {
     state: Arc<StateStore>,
     metrics: Metrics,
     profile_cache: usize,
-    tasks: HashMap<i32, Task>,
+    tasks: hashbrown::HashMap<i32, Task>,
     decisions: Vec<Decision>,
     /// Per-topic event counters, resolved once.
     event_counters: Vec<(String, prometheus::IntCounter)>,
@@ -87,7 +86,7 @@ impl Processor {
             state,
             metrics,
             profile_cache,
-            tasks: HashMap::new(),
+            tasks: hashbrown::HashMap::new(),
             decisions: Vec::new(),
             event_counters: Vec::new(),
         })
@@ -144,9 +143,8 @@ impl Processor {
             );
         }
         if task
-            .applied
-            .get(r.topic)
-            .is_some_and(|&next| r.offset < next)
+            .next_to_apply(r.topic)
+            .is_some_and(|next| r.offset < next)
         {
             self.metrics.skipped.inc();
             return Ok(Outcome::AlreadyApplied);
@@ -294,7 +292,7 @@ impl Processor {
         for task in self.tasks.values_mut() {
             let p = task.partition;
             for id in std::mem::take(&mut task.dirty) {
-                let Some(slot) = task.profiles.get_mut(&id) else {
+                let Some(slot) = task.profiles.get_mut(id.as_str()) else {
                     continue;
                 };
                 let bytes = slot.stored.encode();

@@ -2,9 +2,10 @@
 //! watermark and applied offsets. Everything is keyed by customer within the
 //! partition, so two partitions never share a profile.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
-use hashbrown::hash_map::EntryRef;
+use compact_str::CompactString;
+use hashbrown::hash_map::Entry;
 
 use rapport_model::Profile;
 
@@ -15,23 +16,26 @@ pub(crate) struct Slot {
     pub stored: Stored,
     pub dirty: bool,
     /// Timer times currently in the persisted index.
-    pub persisted_timers: Vec<i64>,
+    pub persisted_timers: TimerTimes,
 }
 
 /// One owned input partition.
 pub(crate) struct Task {
     pub partition: i32,
-    /// Decoded profiles by customer id; the dirty ones are written at the next commit.
-    pub profiles: hashbrown::HashMap<String, Slot>,
+    /// Decoded profiles by customer id; the dirty ones are written at the next
+    /// commit. Ids up to 24 bytes are stored in the table itself, so finding a
+    /// profile does not chase a pointer to compare its key.
+    pub profiles: hashbrown::HashMap<CompactString, Slot>,
     /// Ids of the profiles changed since the last commit.
-    pub dirty: Vec<String>,
+    pub dirty: Vec<CompactString>,
     /// Pending timers, `(fire_at, customer id)`.
     pub timers: BTreeSet<(i64, String)>,
     /// Highest event time seen.
     pub watermark: i64,
     pub watermark_dirty: bool,
-    /// Next offset to apply, per topic (records below were applied to state).
-    pub applied: HashMap<String, i64>,
+    /// Next offset to apply, per topic (records below were applied to state); a
+    /// partition has one entry per touchpoint topic, a few at most.
+    pub applied: Vec<(String, i64)>,
     /// Whether a record arrived since the last idle check.
     pub active: bool,
     /// Whether a record arrived since the assignment.
@@ -48,7 +52,7 @@ impl Task {
             timers: state.timers(p)?.into_iter().collect(),
             watermark: state.watermark(p)?.unwrap_or(i64::MIN),
             watermark_dirty: false,
-            applied: state.offsets(p)?,
+            applied: state.offsets(p)?.into_iter().collect(),
             active: false,
             started: false,
         })
@@ -62,12 +66,12 @@ impl Task {
         id: &str,
         f: impl FnOnce(&mut Stored) -> bool,
     ) -> Result<(), StateError> {
-        // One hash lookup; the id is copied only for a profile not cached yet.
-        let slot = match self.profiles.entry_ref(id) {
-            EntryRef::Occupied(e) => e.into_mut(),
-            EntryRef::Vacant(e) => {
+        // One hash lookup; a short id is copied inline, without allocating.
+        let slot = match self.profiles.entry(CompactString::from(id)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
                 let stored = state.get(self.partition, id)?.unwrap_or_else(|| Stored {
-                    sources: Vec::new(),
+                    sources: Default::default(),
                     profile: Profile::new(id),
                 });
                 let persisted_timers = timer_times(&stored.profile);
@@ -81,7 +85,7 @@ impl Task {
         let before = timer_times(&slot.stored.profile);
         if f(&mut slot.stored) && !slot.dirty {
             slot.dirty = true;
-            self.dirty.push(id.to_owned());
+            self.dirty.push(CompactString::from(id));
         }
         let after = timer_times(&slot.stored.profile);
         if before != after {
@@ -97,16 +101,25 @@ impl Task {
 
     /// Notes that `topic` is applied up to `offset`.
     pub fn applied_to(&mut self, topic: &str, offset: i64) {
-        match self.applied.get_mut(topic) {
-            Some(n) => *n = offset + 1,
-            None => {
-                self.applied.insert(topic.to_owned(), offset + 1);
-            }
+        match self.applied.iter_mut().find(|(t, _)| t == topic) {
+            Some((_, n)) => *n = offset + 1,
+            None => self.applied.push((topic.to_owned(), offset + 1)),
         }
+    }
+
+    /// The next offset of `topic` not applied yet, if any was.
+    pub fn next_to_apply(&self, topic: &str) -> Option<i64> {
+        self.applied
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map(|(_, n)| *n)
     }
 }
 
-/// The due times of a profile's pending timers (no allocation when there are none).
-pub(crate) fn timer_times(p: &Profile) -> Vec<i64> {
+/// Due times of a profile's timers; a profile rarely waits on more than four.
+pub(crate) type TimerTimes = smallvec::SmallVec<[i64; 4]>;
+
+/// The due times of a profile's pending timers (no allocation for up to four).
+pub(crate) fn timer_times(p: &Profile) -> TimerTimes {
     p.timers.iter().map(|t| t.fire_at_ms).collect()
 }
