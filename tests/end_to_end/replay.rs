@@ -105,12 +105,44 @@ fn post_delivery_survey_replays_to_its_recorded_actions() {
 }
 
 #[test]
+fn closed_loop_alert_replays_to_its_recorded_actions() {
+    let a = golden("closed_loop_alert", "expected.jsonl", &[]);
+    // Tickets for the strong detractors and the repeated unresolved call; only
+    // the unresolved detractor is escalated: a resolved ticket ends the journey
+    // (exit_when), and the caller's case has neither open issues nor a score.
+    let tickets: Vec<(&str, &str, Option<&str>)> = a
+        .iter()
+        .map(|a| {
+            (
+                a.customer_id.as_str(),
+                a.trigger_event_id.as_str(),
+                a.payload.get("escalation").map(String::as_str),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tickets,
+        [
+            ("c-upset", "u1", None),
+            ("c-resolved", "r1", None),
+            ("c-calls", "k4", None),
+            ("c-upset", "u1", Some("sla_breached")),
+        ]
+    );
+}
+
+#[test]
 fn the_live_engine_gives_the_actions_a_replay_gives() {
     let topics = Topics::new("live-vs-replay", 1);
     let dir = tempfile::tempdir().unwrap();
     let cfg = topics.config(&dir.path().join("state"), &unique("live-vs-replay"));
     let mut lines = Vec::new();
-    for name in ["hesitation_guide", "recovery_offer", "post_delivery_survey"] {
+    for name in [
+        "hesitation_guide",
+        "recovery_offer",
+        "post_delivery_survey",
+        "closed_loop_alert",
+    ] {
         let text = std::fs::read_to_string(cases().join(name).join("events.jsonl")).unwrap();
         lines.extend(text.lines().map(str::to_owned));
     }
