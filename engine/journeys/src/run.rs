@@ -257,18 +257,18 @@ impl CompiledJourneys {
         out.extend(decisions);
         if let Flow::Wait(at, due) = flow {
             p.schedule(Timer {
-                journey: c.journey.id.clone(),
-                key: c.key.to_owned(),
+                journey: c.journey.id.as_str().into(),
+                key: c.key.into(),
                 fire_at_ms: due,
-                trigger_event_id: c.trigger_event_id.to_owned(),
+                trigger_event_id: c.trigger_event_id.into(),
             });
             p.journey_runs.push(JourneyRun {
-                journey: c.journey.id.clone(),
+                journey: c.journey.id.as_str().into(),
                 version: c.journey.version,
-                key: c.key.to_owned(),
-                at,
+                key: c.key.into(),
+                at: at.into(),
                 entered_ms: c.now_ms,
-                trigger_event_id: c.trigger_event_id.to_owned(),
+                trigger_event_id: c.trigger_event_id.into(),
             });
         }
     }
@@ -568,7 +568,7 @@ fn reentry_allows(rule: Reentry, entered: &[i64], at: i64) -> bool {
 
 /// Records an entry, keeping only what the rule can still need.
 fn record_entry(p: &mut Profile, j: &Journey, key: &str, at: i64) {
-    let keep = |e: &i64| match j.reentry {
+    let keep = |e: &mut i64| match j.reentry {
         Reentry::Always => false,
         Reentry::Never => true,
         Reentry::After(ms) | Reentry::AtMost { per_ms: ms, .. } => *e + ms > at,
@@ -584,9 +584,9 @@ fn record_entry(p: &mut Profile, j: &Journey, key: &str, at: i64) {
         Some(i) => i,
         None => {
             p.journey_entries.push(JourneyEntries {
-                journey: j.id.clone(),
-                key: key.to_owned(),
-                entered_ms: Vec::new(),
+                journey: j.id.as_str().into(),
+                key: key.into(),
+                entered_ms: Default::default(),
             });
             p.journey_entries.len() - 1
         }

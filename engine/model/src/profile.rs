@@ -93,13 +93,13 @@ pub struct JourneyMark {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timer {
     /// The journey that waits.
-    pub journey: String,
+    pub journey: CompactString,
     /// Journey-specific key (e.g. the order id), so one step per key is pending.
-    pub key: String,
+    pub key: CompactString,
     /// When it is due, event time, epoch ms.
     pub fire_at_ms: i64,
     /// The event that started the wait; fired actions are traced (and identified) by it.
-    pub trigger_event_id: String,
+    pub trigger_event_id: CompactString,
 }
 
 /// Everything Rapport knows about one customer.
@@ -165,17 +165,17 @@ pub struct Profile {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JourneyRun {
     /// Journey id.
-    pub journey: String,
+    pub journey: CompactString,
     /// Version of the journey the customer entered.
     pub version: u32,
     /// Instance key (e.g. an order id); one instance per journey and key.
-    pub key: String,
+    pub key: CompactString,
     /// Path of the step the customer waits at (indexes into nested step lists).
-    pub at: Vec<u32>,
+    pub at: SmallVec<[u32; 4]>,
     /// Event time of the entry, epoch ms.
     pub entered_ms: i64,
     /// The event that started the instance; later actions are traced to it.
-    pub trigger_event_id: String,
+    pub trigger_event_id: CompactString,
 }
 
 /// Entry times of one journey for one key, newest last, pruned to what the
@@ -183,11 +183,11 @@ pub struct JourneyRun {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JourneyEntries {
     /// Journey id.
-    pub journey: String,
+    pub journey: CompactString,
     /// Instance key.
-    pub key: String,
+    pub key: CompactString,
     /// Event times of entries, epoch ms, oldest first.
-    pub entered_ms: Vec<i64>,
+    pub entered_ms: SmallVec<[i64; 4]>,
 }
 
 /// The state-encoding version written by this build. Readers accept every version up
