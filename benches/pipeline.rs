@@ -31,6 +31,10 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::Message;
 use std::path::PathBuf;
 
+/// The allocator the `rapport` binary uses, so the numbers are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const T0: i64 = 1_764_000_000_000;
 static BYTES: AtomicU64 = AtomicU64::new(0);
 
