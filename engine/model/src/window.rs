@@ -80,10 +80,15 @@ impl Windows {
                 self.series.len() - 1
             }
         };
+        let before = self.series[i].last_ms;
         self.series[i].record(at_ms);
-        // Series whose newest event fell out of the retention of the newest overall go.
-        let newest = self.series.iter().map(|s| s.last_ms).max().unwrap_or(at_ms);
-        self.series.retain(|s| s.last_ms > newest - RETENTION_MS);
+        // Series whose newest event fell out of the retention of the newest overall
+        // go; the retention is in days, so this pass over every series runs when an
+        // event starts a new day, not on every event.
+        if at_ms > before && before.div_euclid(DAY_MS) != at_ms.div_euclid(DAY_MS) {
+            let newest = self.series.iter().map(|s| s.last_ms).max().unwrap_or(at_ms);
+            self.series.retain(|s| s.last_ms > newest - RETENTION_MS);
+        }
     }
 
     /// Events of `event_type` on any channel in `[since_ms, until_ms]`.
