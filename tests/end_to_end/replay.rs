@@ -252,3 +252,68 @@ fn by_customer(actions: &[Action]) -> std::collections::BTreeMap<&str, Vec<&str>
     }
     m
 }
+
+#[test]
+fn actions_of_one_customer_arrive_in_decision_order() {
+    // Few customers, many events, short commit intervals: consecutive intervals,
+    // committed on alternating producers, often carry actions of one customer.
+    let topics = Topics::new("order", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = topics.config(&dir.path().join("state"), &unique("order"));
+    cfg.engine.commit_interval_ms = 10;
+    let mut sim =
+        rapport_connectors::simulator::Simulator::new(rapport_connectors::simulator::SimConfig {
+            customers: 300,
+            seed: 61,
+            malformed_per_mille: 0,
+        });
+    let records: Vec<Raw> = (0..60_000i64)
+        .map(|i| sim.next_record(1_764_000_000_000 + i * 1_000))
+        .map(|r| (r.key, r.value, vec![]))
+        .collect();
+    produce_raw(&topics.input, &records);
+    run_engine(&cfg, state(&cfg), records.len() as u64);
+    let live = actions(&topics.actions);
+
+    // The decision order: the same events through `rapport replay`.
+    let events = dir.path().join("events.jsonl");
+    let mut text = Vec::new();
+    for (_, value, _) in &records {
+        text.extend_from_slice(value);
+        text.push(b'\n');
+    }
+    std::fs::write(&events, text).unwrap();
+    let config = dir.path().join("replay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "journeys = [{:?}]\n",
+            format!("{}/*.toml", journey_dir().display())
+        ),
+    )
+    .unwrap();
+    let decided: Vec<Action> = replay(&config, &events, &[])
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    let repeat = by_customer(&decided)
+        .values()
+        .filter(|ids| ids.len() >= 3)
+        .count();
+    assert!(
+        repeat >= 100,
+        "{repeat} customers with three actions or more"
+    );
+    assert_same_actions(&live, &decided);
+    let (live, decided) = (by_customer(&live), by_customer(&decided));
+    let out_of_order: Vec<&&str> = decided
+        .keys()
+        .filter(|c| live.get(*c) != decided.get(*c))
+        .take(5)
+        .collect();
+    assert!(
+        out_of_order.is_empty(),
+        "actions out of decision order for {out_of_order:?}"
+    );
+}

@@ -323,6 +323,11 @@ impl Committer {
         self.protocol.as_ref()
     }
 
+    /// Whether the current interval has anything to commit (a record was sent).
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
     /// The producer of the current interval.
     pub fn producer(&self) -> &Producer {
         &self.producers[self.current]

@@ -20,6 +20,7 @@ use crate::processor::Processor;
 use crate::state::{StateBatch, StateStore};
 
 use super::commit::{Committer, Interval};
+use super::order::ActionOrder;
 use super::rebalance::{partitions_of, EngineContext};
 use super::restore::{restore_partition, Restorer};
 use super::{LoopError, Progress};
@@ -62,6 +63,8 @@ pub(crate) struct Core {
     pub(super) pending: PendingOffsets,
     pub(super) pending_records: u64,
     pub(super) actions: Vec<Action>,
+    /// Per-customer action order across the alternating producers.
+    pub(super) order: ActionOrder,
     /// Intervals committed so far.
     pub(super) commits: u64,
 }
@@ -80,7 +83,7 @@ impl Core {
         }
         // One commit in flight at a time, finished in order.
         self.finish_in_flight(consumer)?;
-        if self.pending.0.is_empty() && !self.processor.has_changes() {
+        if self.pending.0.is_empty() && !self.processor.has_changes() && !self.committer.is_open() {
             return Ok(());
         }
         let started = Instant::now();
@@ -107,6 +110,7 @@ impl Core {
             started,
         };
         self.committer.start(interval, meta)?;
+        self.order.interval_committing();
         if matches!(mode, CommitMode::Sync) {
             self.finish_in_flight(consumer)?;
         }
@@ -148,6 +152,9 @@ impl Core {
     ) -> Result<(), LoopError> {
         if let Some(done) = self.committer.finish()? {
             self.write_committed(consumer, done)?;
+            for a in self.order.committed() {
+                self.send_action(&a)?;
+            }
         }
         Ok(())
     }
@@ -251,6 +258,7 @@ impl Core {
         self.pending.0.clear();
         self.pending_records = 0;
         self.actions.clear();
+        self.order.clear();
         let assignment = consumer.assignment().context("reading the assignment")?;
         for p in partitions_of(&assignment) {
             self.start_task(p)?;

@@ -53,25 +53,34 @@ impl Core {
         Ok(())
     }
 
-    /// Sends the actions decided so far to the action topic.
+    /// Sends the actions decided so far to the action topic, holding back those
+    /// of customers whose earlier actions are still committing (see `order`).
     pub(super) fn emit_actions(&mut self) -> Result<(), LoopError> {
         for a in std::mem::take(&mut self.actions) {
-            let body = serde_json::to_vec(&a).map_err(|e| LoopError::Fatal(e.into()))?;
-            let headers = OwnedHeaders::new().insert(Header {
-                key: kafka::ACTION_ID,
-                value: Some(a.action_id.as_bytes()),
-            });
-            self.committer.send(
-                BaseRecord::to(&self.cfg.kafka.action_topic)
-                    .key(a.customer_id.as_bytes())
-                    .payload(body.as_slice())
-                    .headers(headers),
-            )?;
-            self.metrics
-                .actions
-                .with_label_values(&[&a.journey, a.kind.as_str()])
-                .inc();
+            if let Some(a) = self.order.admit(a) {
+                self.send_action(&a)?;
+            }
         }
+        Ok(())
+    }
+
+    /// Produces one action in the current interval.
+    pub(super) fn send_action(&mut self, a: &rapport_model::Action) -> Result<(), LoopError> {
+        let body = serde_json::to_vec(&a).map_err(|e| LoopError::Fatal(e.into()))?;
+        let headers = OwnedHeaders::new().insert(Header {
+            key: kafka::ACTION_ID,
+            value: Some(a.action_id.as_bytes()),
+        });
+        self.committer.send(
+            BaseRecord::to(&self.cfg.kafka.action_topic)
+                .key(a.customer_id.as_bytes())
+                .payload(body.as_slice())
+                .headers(headers),
+        )?;
+        self.metrics
+            .actions
+            .with_label_values(&[&a.journey, a.kind.as_str()])
+            .inc();
         Ok(())
     }
 

@@ -34,6 +34,7 @@
 mod commit;
 mod core;
 mod emit;
+mod order;
 mod rebalance;
 mod restore;
 
@@ -224,6 +225,7 @@ impl Worker {
             pending: PendingOffsets::default(),
             pending_records: 0,
             actions: Vec::new(),
+            order: Default::default(),
             commits: 0,
             cfg: cfg.clone(),
         }));
