@@ -7,6 +7,7 @@
 #   deploy/kafka.sh stop        stop the broker this script started
 #   deploy/kafka.sh status      exit 0 and print the bootstrap address if it is running
 #   deploy/kafka.sh bootstrap   print the bootstrap address `start` would use
+#   deploy/kafka.sh sasl-bootstrap  print the SASL/PLAIN listener's address
 #   deploy/kafka.sh topics ...  kafka-topics (TopicCommand) against the bootstrap address
 #
 # `start`, `status` and `bootstrap` print the bootstrap address as the only line
@@ -20,6 +21,8 @@
 #   RAPPORT_KAFKA_BOOTSTRAP          use this external Kafka; start/stop nothing
 #   RAPPORT_KAFKA_PORT               broker port (default 19092)
 #   RAPPORT_KAFKA_CONTROLLER_PORT    KRaft controller port (default 19093)
+#   RAPPORT_KAFKA_SASL_PORT          SASL/PLAIN listener port (default broker port + 2;
+#                                    user "rapport", password "rapport-secret")
 #   RAPPORT_CACHE                    cache root (default $HOME/.cache/rapport)
 #   RAPPORT_KAFKA_VERSION            Kafka version from Maven Central (default 4.4.0)
 #   RAPPORT_KAFKA_HEAP               broker heap, -Xms and -Xmx (default 512m)
@@ -35,6 +38,10 @@ DEPENDENCY_PLUGIN="org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 
 PORT="${RAPPORT_KAFKA_PORT:-19092}"
 CONTROLLER_PORT="${RAPPORT_KAFKA_CONTROLLER_PORT:-19093}"
+# The SASL/PLAIN listener: port, and the one user it knows.
+SASL_PORT="${RAPPORT_KAFKA_SASL_PORT:-$((PORT + 2))}"
+SASL_USER="rapport"
+SASL_PASSWORD="rapport-secret"
 HOST="127.0.0.1"
 HEAP="${RAPPORT_KAFKA_HEAP:-512m}"
 START_TIMEOUT="${RAPPORT_KAFKA_START_TIMEOUT:-90}"
@@ -291,10 +298,15 @@ process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=$HOST:$CONTROLLER_PORT
 controller.listener.names=CONTROLLER
-listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://$HOST:$PORT
+listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT,SASL_PLAINTEXT://$HOST:$SASL_PORT
+advertised.listeners=PLAINTEXT://$HOST:$PORT,SASL_PLAINTEXT://$HOST:$SASL_PORT
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+
+# A SASL/PLAIN listener as well, so that clients configured for a secured
+# cluster are tested against one. Local development credentials only.
+sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$SASL_USER="$SASL_PASSWORD";
 
 log.dirs=$DATA_DIR
 metadata.log.dir=$DATA_DIR
@@ -532,6 +544,9 @@ cmd_start() {
     if port_in_use "$HOST" "$PORT"; then
         die "port $PORT on $HOST is in use by a process this script did not start; stop it, or set RAPPORT_KAFKA_PORT (and RAPPORT_KAFKA_CONTROLLER_PORT), or point RAPPORT_KAFKA_BOOTSTRAP at a running Kafka"
     fi
+    if port_in_use "$HOST" "$SASL_PORT"; then
+        die "SASL port $SASL_PORT on $HOST is in use by a process this script did not start; set RAPPORT_KAFKA_SASL_PORT"
+    fi
     if port_in_use "$HOST" "$CONTROLLER_PORT"; then
         die "controller port $CONTROLLER_PORT on $HOST is in use by a process this script did not start; set RAPPORT_KAFKA_CONTROLLER_PORT"
     fi
@@ -615,6 +630,7 @@ main() {
     stop) cmd_stop ;;
     status) cmd_status ;;
     bootstrap) bootstrap_address ;;
+    sasl-bootstrap) printf '%s\n' "$HOST:$SASL_PORT" ;;
     topics) cmd_topics "$@" ;;
     -h | --help | help)
         usage

@@ -73,6 +73,9 @@ fn crashing_run(cfg: &Config, dir: &std::path::Path, kill_at: &[f64], rng: &mut 
     let end = end_total(&cfg.kafka.touchpoint_topics[0]);
     for (round, fraction) in kill_at.iter().enumerate() {
         let mut inst = Instance::spawn(cfg, dir, &format!("run{round}"));
+        // Killed only once it has restored and taken its partitions, so every
+        // round exercises a restore (of what the previous round left).
+        inst.wait_ready(4);
         let target = (end as f64 * fraction) as i64;
         while committed_total(&cfg.kafka.group_id, &cfg.kafka.touchpoint_topics[0]) < target {
             inst.assert_running();
@@ -162,6 +165,74 @@ fn crash_test(guarantee: Guarantee, seed: u64) {
 #[test]
 fn exactly_once_survives_sigkill_at_random_points() {
     crash_test(Guarantee::ExactlyOnce, 42);
+}
+
+/// The local broker's SASL/PLAIN listener (`deploy/kafka.sh sasl-bootstrap`).
+fn sasl_bootstrap() -> Option<String> {
+    if std::env::var("RAPPORT_KAFKA_BOOTSTRAP").is_ok_and(|b| !b.is_empty()) {
+        return None;
+    }
+    let out = std::process::Command::new("bash")
+        .arg(rapport::broker::script())
+        .arg("sasl-bootstrap")
+        .output()
+        .unwrap();
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+#[test]
+fn every_client_reaches_a_sasl_cluster_through_crashes_and_restores() {
+    let Some(sasl) = sasl_bootstrap() else {
+        eprintln!("skipped: RAPPORT_KAFKA_BOOTSTRAP names an external cluster without the local SASL listener");
+        return;
+    };
+    let _serial = heavy();
+    bootstrap();
+    // The listener refuses a client without credentials.
+    let anonymous: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &sasl)
+        .set("security.protocol", "SASL_PLAINTEXT")
+        .set("sasl.mechanisms", "PLAIN")
+        .set("sasl.username", "rapport")
+        .set("sasl.password", "wrong")
+        .create()
+        .unwrap();
+    assert!(
+        rdkafka::consumer::Consumer::fetch_metadata(&anonymous, None, Duration::from_secs(3))
+            .is_err(),
+        "the SASL listener refuses wrong credentials"
+    );
+    let n = 100_000;
+    let topics = Topics::new("sasl", 4);
+    feed(&topics.input, n, 10_000, 45);
+    let (clean_actions, clean_profiles) = clean_run(&topics.input, n as u64);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = topics.config(&dir.path().join("state"), &unique("sasl"));
+    cfg.engine.instance_id = "secured".into();
+    // Every client (consumer, producers, restorer, admin) gets these.
+    cfg.kafka.bootstrap_servers = sasl;
+    for (k, v) in [
+        ("security.protocol", "SASL_PLAINTEXT"),
+        ("sasl.mechanisms", "PLAIN"),
+        ("sasl.username", "rapport"),
+        ("sasl.password", "rapport-secret"),
+    ] {
+        cfg.kafka.client.insert(k.into(), v.into());
+    }
+    let mut rng = SmallRng::seed_from_u64(45);
+    // Killed twice mid-stream; each restart restores through the SASL listener.
+    crashing_run(&cfg, dir.path(), &[0.3, 0.6], &mut rng);
+    let logs: String = ["run0", "run1", "final"]
+        .iter()
+        .map(|n| std::fs::read_to_string(dir.path().join(format!("{n}.log"))).unwrap_or_default())
+        .collect();
+    assert!(
+        logs.matches("partition ready").count() >= 12,
+        "every start restored its partitions; logs:\n{logs}"
+    );
+    assert_same_actions(&actions(&topics.actions), &clean_actions);
+    let profiles = all_profiles(&[&dir.path().join("state")]);
+    assert!(profiles == clean_profiles, "profiles equal the clean run's");
 }
 
 #[test]

@@ -357,6 +357,12 @@ pub fn write_config(cfg: &Config, path: &Path) {
         .iter()
         .map(|(k, v)| format!("{k:?} = {v:?}\n"))
         .collect();
+    let client: String = cfg
+        .kafka
+        .client
+        .iter()
+        .map(|(k, v)| format!("{k:?} = {v:?}\n"))
+        .collect();
     let guarantee = match cfg.engine.guarantee {
         rapport::config::Guarantee::ExactlyOnce => "exactly_once",
         rapport::config::Guarantee::AtLeastOnce => "at_least_once",
@@ -364,6 +370,7 @@ pub fn write_config(cfg: &Config, path: &Path) {
     let journeys: Vec<String> = cfg.journeys.iter().map(|j| format!("{j:?}")).collect();
     let text = format!(
         "journeys = [{}]\n\n[kafka]\nbootstrap_servers = {:?}\ngroup_id = {:?}\ntouchpoint_topics = [{}]\naction_topic = {:?}\ndead_letter_topic = {:?}\n\n\
+         [kafka.client]\n{client}\n\
          [kafka.consumer]\n{consumer}\n\
          [state]\npath = {:?}\nblock_cache_mb = 16\nwrite_buffer_mb = 16\n\n\
          [engine]\nguarantee = {guarantee:?}\ninstance_id = {:?}\nwall_clock_timers = {}\ncommit_interval_ms = {}\n\n\
