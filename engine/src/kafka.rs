@@ -58,6 +58,8 @@ pub fn consumer_config(k: &KafkaConfig) -> ClientConfig {
         .set("partition.assignment.strategy", "cooperative-sticky")
         // Keep a deep local queue so processing never waits for a fetch round trip.
         .set("queued.min.messages", "200000")
+        // Per-partition positions and end offsets for rapport_consumer_lag_records.
+        .set("statistics.interval.ms", "5000")
         .set("max.partition.fetch.bytes", "4194304");
     for (key, v) in &k.consumer {
         c.set(key, v);

@@ -1,6 +1,8 @@
 //! Prometheus metrics: what the engine did, per outcome, so ops can see it.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// The engine's metrics, registered in their own registry.
 #[derive(Clone)]
@@ -23,6 +25,10 @@ pub struct Metrics {
     pub commits: IntCounter,
     /// Times uncommitted work was dropped and redone from the last commit.
     pub rewinds: IntCounter,
+    /// Records in each owned input partition not processed yet, by topic and partition.
+    pub lag: IntGaugeVec,
+    /// From a record's timestamp to the commit that made its effects visible.
+    pub commit_latency_seconds: Histogram,
     /// Duration of a commit.
     pub commit_seconds: Histogram,
     /// Profiles held decoded in memory.
@@ -79,6 +85,24 @@ impl Metrics {
                 "Times a failed commit (a rebalance, a broker restart) made the engine drop uncommitted work and redo it from the last commit",
             )
             .expect("valid metric"),
+            lag: IntGaugeVec::new(
+                Opts::new(
+                    "rapport_consumer_lag_records",
+                    "Records in an owned input partition that the engine has not processed yet",
+                ),
+                &["topic", "partition"],
+            )
+            .expect("valid metric"),
+            commit_latency_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "rapport_commit_latency_seconds",
+                    "From the timestamp of the oldest record of an interval to the commit of its effects",
+                )
+                .buckets(vec![
+                    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ]),
+            )
+            .expect("valid metric"),
             commit_seconds: Histogram::with_opts(
                 HistogramOpts::new("rapport_commit_seconds", "Duration of one commit").buckets(
                     vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0],
@@ -101,6 +125,8 @@ impl Metrics {
             Box::new(m.actions.clone()),
             Box::new(m.commits.clone()),
             Box::new(m.rewinds.clone()),
+            Box::new(m.lag.clone()),
+            Box::new(m.commit_latency_seconds.clone()),
             Box::new(m.timers_fired.clone()),
             Box::new(m.restored.clone()),
             Box::new(m.commit_seconds.clone()),

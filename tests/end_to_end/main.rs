@@ -10,6 +10,7 @@ mod dead_letter;
 mod faults;
 mod journeys;
 mod kcat;
+mod metrics;
 mod replay;
 mod restart;
 mod schemas;

@@ -374,7 +374,7 @@ pub fn write_config(cfg: &Config, path: &Path) {
          [kafka.consumer]\n{consumer}\n\
          [state]\npath = {:?}\nblock_cache_mb = 16\nwrite_buffer_mb = 16\n\n\
          [engine]\nguarantee = {guarantee:?}\ninstance_id = {:?}\nwall_clock_timers = {}\ncommit_interval_ms = {}\n\n\
-         [http]\nlisten = \"\"\n",
+         [http]\nlisten = {:?}\n",
         journeys.join(", "),
         cfg.kafka.bootstrap_servers,
         cfg.kafka.group_id,
@@ -385,6 +385,7 @@ pub fn write_config(cfg: &Config, path: &Path) {
         cfg.engine.instance_id,
         cfg.engine.wall_clock_timers,
         cfg.engine.commit_interval_ms,
+        cfg.http.listen,
     );
     std::fs::write(path, text).unwrap();
 }

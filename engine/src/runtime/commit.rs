@@ -274,6 +274,8 @@ pub(super) struct Interval {
     pub records: u64,
     /// When the commit started.
     pub started: Instant,
+    /// Timestamp of the interval's oldest record, epoch ms (for the latency).
+    pub oldest_ms: Option<i64>,
 }
 
 struct InFlight {

@@ -67,6 +67,10 @@ pub(crate) struct Core {
     pub(super) order: ActionOrder,
     /// Intervals committed so far.
     pub(super) commits: u64,
+    /// Timestamp of the current interval's oldest record, epoch ms.
+    pub(super) oldest_ms: Option<i64>,
+    /// Whether the group has given this instance an assignment (maybe empty).
+    pub(super) assigned: bool,
 }
 
 impl Core {
@@ -108,6 +112,7 @@ impl Core {
             offsets,
             records,
             started,
+            oldest_ms: self.oldest_ms.take(),
         };
         self.committer.start(interval, meta)?;
         self.order.interval_committing();
@@ -178,6 +183,12 @@ impl Core {
         self.metrics
             .commit_seconds
             .observe(done.started.elapsed().as_secs_f64());
+        if let Some(oldest) = done.oldest_ms {
+            let now = chrono::Utc::now().timestamp_millis();
+            self.metrics
+                .commit_latency_seconds
+                .observe((now - oldest).max(0) as f64 / 1000.0);
+        }
         Ok(())
     }
 
@@ -207,6 +218,7 @@ impl Core {
 
     /// Newly assigned partitions, restored by the main loop before their records.
     pub(super) fn queue_restore(&mut self, partitions: &[i32]) {
+        self.assigned = true;
         self.to_restore.extend(partitions);
     }
 
@@ -218,6 +230,12 @@ impl Core {
         consumer: &BaseConsumer<EngineContext>,
     ) -> Result<(), LoopError> {
         if self.to_restore.is_empty() {
+            // An instance the group gave nothing (more instances than
+            // partitions) is ready too: it is in the group, waiting for work.
+            if self.assigned && !self.progress.ready.load(Ordering::SeqCst) {
+                self.progress.ready.store(true, Ordering::SeqCst);
+                self.metrics.ready.set(1);
+            }
             return Ok(());
         }
         self.commit(consumer, CommitMode::Sync)?;
@@ -257,6 +275,7 @@ impl Core {
         self.to_restore.clear();
         self.pending.0.clear();
         self.pending_records = 0;
+        self.oldest_ms = None;
         self.actions.clear();
         self.order.clear();
         let assignment = consumer.assignment().context("reading the assignment")?;

@@ -47,6 +47,9 @@ impl Core {
             Outcome::Applied | Outcome::AlreadyApplied => {}
         }
         self.emit_actions()?;
+        if let Some(ts) = m.timestamp().to_millis() {
+            self.oldest_ms = Some(self.oldest_ms.map_or(ts, |o| o.min(ts)));
+        }
         self.pending
             .record(record.partition, record.topic, record.offset + 1);
         self.pending_records += 1;

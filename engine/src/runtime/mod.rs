@@ -227,6 +227,8 @@ impl Worker {
             actions: Vec::new(),
             order: Default::default(),
             commits: 0,
+            oldest_ms: None,
+            assigned: false,
             cfg: cfg.clone(),
         }));
         let consumer = subscribe(&cfg, core.clone())?;

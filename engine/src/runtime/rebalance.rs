@@ -16,7 +16,27 @@ pub(crate) struct EngineContext {
     pub(super) core: Arc<Mutex<Core>>,
 }
 
-impl ClientContext for EngineContext {}
+impl ClientContext for EngineContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): the lag of each
+    /// owned partition, from its last stable offset and the consumer's position.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let core = lock(&self.core);
+        for (name, topic) in &statistics.topics {
+            if !core.cfg.kafka.touchpoint_topics.contains(name) {
+                continue;
+            }
+            for (p, s) in &topic.partitions {
+                if *p < 0 || !s.desired || s.ls_offset < 0 || s.app_offset < 0 {
+                    continue;
+                }
+                core.metrics
+                    .lag
+                    .with_label_values(&[name.as_str(), &p.to_string()])
+                    .set((s.ls_offset - s.app_offset).max(0));
+            }
+        }
+    }
+}
 
 impl ConsumerContext for EngineContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

@@ -1,0 +1,140 @@
+//! What ops watch: a running engine's `/metrics` shows lag, latency, commits and
+//! restores moving, and `rapport_ready` agrees with `/readyz`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::crash::feed;
+use crate::support::*;
+
+/// GET `path` from `addr`: status code and body (an empty body while the server
+/// is not up yet).
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    );
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// The sum of every sample of metric `name` (all label sets).
+fn value(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn metrics_show_lag_latency_commits_and_restores_and_ready_agrees_with_readyz() {
+    let _serial = heavy();
+    let topics = Topics::new("metrics", 2);
+    let group = unique("metrics");
+    let dir = tempfile::tempdir().unwrap();
+    let n = 150_000;
+    feed(&topics.input, n, 20_000, 71);
+    let mut cfg = topics.config(&dir.path().join("a"), &group);
+    cfg.engine.instance_id = "metrics".into();
+    cfg.kafka
+        .consumer
+        .insert("statistics.interval.ms".into(), "200".into());
+    let addr = format!("127.0.0.1:{}", free_port());
+    cfg.http.listen = addr.clone();
+    let mut a = Instance::spawn(&cfg, dir.path(), "a");
+
+    // While it works through the backlog: lag seen above zero, and readiness the
+    // same from the gauge and from /readyz at every look.
+    let (mut max_lag, mut looks) = (0.0f64, 0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        a.assert_running();
+        assert!(Instant::now() < deadline, "engine did not catch up");
+        let (status, m) = get(&addr, "/metrics");
+        if status == 200 {
+            let (ready_status, _) = get(&addr, "/readyz");
+            let (m2_status, m2) = get(&addr, "/metrics");
+            // The gauge read just before and just after /readyz bracket it.
+            if m2_status == 200 && value(&m, "rapport_ready") == value(&m2, "rapport_ready") {
+                assert_eq!(
+                    value(&m, "rapport_ready") == 1.0,
+                    ready_status == 200,
+                    "rapport_ready disagrees with /readyz ({ready_status})"
+                );
+                looks += 1;
+            }
+            max_lag = max_lag.max(value(&m, "rapport_consumer_lag_records"));
+        }
+        if committed_total(&group, &topics.input) >= end_total(&topics.input) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(looks > 0, "/metrics and /readyz answered");
+    assert!(
+        max_lag > 0.0,
+        "lag was seen while the backlog was processed"
+    );
+    // Caught up: the lag comes down to zero once the statistics refresh.
+    let settled = Instant::now() + Duration::from_secs(30);
+    let m = loop {
+        let (_, m) = get(&addr, "/metrics");
+        if value(&m, "rapport_consumer_lag_records") == 0.0 || Instant::now() > settled {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        value(&m, "rapport_consumer_lag_records"),
+        0.0,
+        "lag back to zero"
+    );
+    assert!(value(&m, "rapport_commits_total") > 0.0);
+    assert!(value(&m, "rapport_commit_latency_seconds_count") > 0.0);
+    assert!(value(&m, "rapport_commit_latency_seconds_sum") > 0.0);
+    assert_eq!(
+        value(&m, "rapport_events_total"),
+        n as f64 - value(&m, "rapport_dead_letters_total")
+    );
+    assert_eq!(value(&m, "rapport_ready"), 1.0);
+    a.terminate();
+
+    // A new instance with an empty disk restores the changelog, and says so.
+    cfg.state.path = dir.path().join("b");
+    let mut b = Instance::spawn(&cfg, dir.path(), "b");
+    b.wait_ready(2);
+    let (_, m) = get(&addr, "/metrics");
+    assert!(
+        value(&m, "rapport_restored_records_total") >= 10_000.0,
+        "restored {}",
+        value(&m, "rapport_restored_records_total")
+    );
+    assert_eq!(get(&addr, "/readyz").0, 200);
+    b.terminate();
+}
