@@ -2,7 +2,8 @@
 # Installs what a fresh Debian/Ubuntu machine lacks to build, test and demo Rapport:
 # the C/C++ headers the bundled RocksDB and librdkafka builds need, kcat (the
 # interop tests' Kafka client), a JRE and Maven (the local broker comes from Maven
-# Central), and Python's fastavro (the schema checks). Safe to run repeatedly.
+# Central), Python's fastavro (the schema checks) and kubernetes-validate (the
+# Kubernetes manifest checks). Safe to run repeatedly.
 set -euo pipefail
 
 need=()
@@ -38,4 +39,9 @@ fi
 if ! python3 -c 'import fastavro' 2>/dev/null; then
   echo "rapport setup: installing fastavro" >&2
   python3 -m pip install --quiet fastavro 2>/dev/null || python3 -m pip install --quiet --break-system-packages fastavro
+fi
+
+if ! command -v kubernetes-validate >/dev/null 2>&1 && ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
+  echo "rapport setup: installing kubernetes-validate" >&2
+  python3 -m pip install --quiet kubernetes-validate 2>/dev/null || python3 -m pip install --quiet --break-system-packages kubernetes-validate
 fi

@@ -10,6 +10,7 @@ mod dead_letter;
 mod faults;
 mod journeys;
 mod kcat;
+mod kubernetes;
 mod metrics;
 mod replay;
 mod restart;
