@@ -149,6 +149,7 @@ fn run_on(bootstrap: &str, opts: &DemoOptions) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             state: state.clone(),
             progress: engine.progress.clone(),
+            emotion: cfg.emotion.clone(),
         };
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()

@@ -1,5 +1,6 @@
 //! The HTTP surface for ops and agents: `/metrics`, `/healthz`, `/readyz` and
-//! `GET /v1/profiles/{id}` (the committed 360-degree profile).
+//! `GET /v1/profiles/{id}` (the committed 360-degree profile, as
+//! [`ProfileView`](crate::profile_view::ProfileView)).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -24,6 +25,8 @@ pub struct AppState {
     pub state: Arc<StateStore>,
     /// Readiness.
     pub progress: Arc<Progress>,
+    /// Emotional-state thresholds, for the state the profile API shows.
+    pub emotion: rapport_model::emotion::EmotionConfig,
 }
 
 /// The router, separate from serving so tests can call it directly.
@@ -65,7 +68,7 @@ async fn ready(State(app): State<AppState>) -> Response {
 
 async fn profile(State(app): State<AppState>, Path(id): Path<String>) -> Response {
     match app.state.find_profile(&id) {
-        Ok(Some(p)) => Json(p).into_response(),
+        Ok(Some(p)) => Json(crate::profile_view::ProfileView::of(&p, &app.emotion)).into_response(),
         Ok(None) => (StatusCode::NOT_FOUND, format!("no profile for {id:?}\n")).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }

@@ -11,7 +11,7 @@
 //! - [`state`]: profiles and offsets in RocksDB
 //! - [`kafka`]: client settings, topic admin, header names
 //! - [`runtime`]: the consume / update / evaluate / produce / commit loop
-//! - [`http`]: metrics, health, readiness, the profile API
+//! - [`http`]: metrics, health, readiness, the profile API ([`profile_view`])
 //! - [`broker`]: the local development broker (`deploy/kafka.sh`)
 //! - [`demo`]: the guided demo
 #![warn(missing_docs)]
@@ -24,6 +24,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod metrics;
 pub mod processor;
+pub mod profile_view;
 pub mod replay;
 pub mod runtime;
 pub mod state;

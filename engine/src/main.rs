@@ -165,6 +165,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     );
     let metrics = Metrics::new();
     let http_addr = cfg.http.addr();
+    let emotion = cfg.emotion.clone();
     let mut engine = runtime::start(cfg, state.clone(), metrics.clone())?;
     let stop = engine.stop_flag();
     if let Some(addr) = http_addr {
@@ -172,6 +173,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
             metrics,
             state,
             progress: engine.progress.clone(),
+            emotion,
         };
         rt.spawn(async move {
             if let Err(e) = http::serve(addr, app).await {

@@ -136,5 +136,20 @@ fn metrics_show_lag_latency_commits_and_restores_and_ready_agrees_with_readyz() 
         value(&m, "rapport_restored_records_total")
     );
     assert_eq!(get(&addr, "/readyz").0, 200);
+    // The profile API shows the documented view of a restored profile.
+    let (status, body) = get(&addr, "/v1/profiles/c-000042");
+    assert_eq!(status, 200, "{body}");
+    let view: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+    assert_eq!(view["customer_id"], "c-000042");
+    assert!(
+        view["channels"].as_object().is_some_and(|c| !c.is_empty()),
+        "{view}"
+    );
+    assert!(
+        view["last_seen"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{view}"
+    );
+    assert!(view["emotional_state"]["state"].is_string(), "{view}");
+    assert_eq!(get(&addr, "/v1/profiles/nobody").0, 404);
     b.terminate();
 }

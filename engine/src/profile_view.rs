@@ -1,0 +1,261 @@
+//! The profile as the profile API shows it to service agents and other services:
+//! channels by name, times as RFC 3339, the emotional state with the signals that
+//! produced it, journeys and waits in progress. A documented, stable view, not
+//! the storage struct (which is free to change between releases).
+
+use std::collections::BTreeMap;
+
+use rapport_model::emotion::{assess, EmotionConfig};
+use rapport_model::profile::Score;
+use rapport_model::{Channel, Profile};
+use serde::Serialize;
+
+/// `GET /v1/profiles/{id}`.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ProfileView {
+    /// Customer id (or the anonymous id, before identification).
+    pub customer_id: String,
+    /// Anonymous ids linked to the customer.
+    pub anonymous_ids: Vec<String>,
+    /// First and latest touchpoint, RFC 3339.
+    pub first_seen: String,
+    /// Latest touchpoint, RFC 3339.
+    pub last_seen: String,
+    /// Touchpoints applied.
+    pub events: u64,
+    /// Activity on each channel the customer used, by channel name.
+    pub channels: BTreeMap<&'static str, ChannelView>,
+    /// Purchases, returns and their net value.
+    pub orders: u32,
+    /// Returns.
+    pub returns: u32,
+    /// Sum of purchases minus returns.
+    pub lifetime_value: f64,
+    /// Latest purchase, RFC 3339.
+    pub last_purchase: Option<String>,
+    /// Latest answer to each survey the customer answered (`nps`, `csat`, `ces`).
+    pub surveys: BTreeMap<&'static str, ScoreView>,
+    /// Failed deliveries, refund requests and tickets not yet resolved.
+    pub open_issues: u32,
+    /// Chat sentiment trend, -1 (negative) to 1.
+    pub sentiment: f64,
+    /// How the customer feels, as of their latest touchpoint, and why.
+    pub emotional_state: EmotionView,
+    /// The latest touchpoints, oldest first: what no agent should ask again.
+    pub recent: Vec<TouchView>,
+    /// Journeys the customer is inside, with the step they wait at.
+    pub journeys: Vec<JourneyView>,
+    /// Pending waits, earliest first.
+    pub waits: Vec<WaitView>,
+}
+
+/// Activity on one channel.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ChannelView {
+    /// Touchpoints.
+    pub count: u64,
+    /// Latest, RFC 3339.
+    pub last: String,
+}
+
+/// One survey answer.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ScoreView {
+    /// The score on the survey's own scale.
+    pub score: i32,
+    /// When it was given, RFC 3339.
+    pub at: String,
+}
+
+/// The emotional state and its signals.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct EmotionView {
+    /// The state (`neutral`, `uncertain`, `anxious`, ...).
+    pub state: &'static str,
+    /// Each signal that produced it, with the value seen.
+    pub signals: Vec<SignalView>,
+}
+
+/// One signal.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct SignalView {
+    /// What was checked.
+    pub condition: String,
+    /// What was seen.
+    pub value: String,
+}
+
+/// One recent touchpoint.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct TouchView {
+    /// Event id.
+    pub event_id: String,
+    /// Channel name.
+    pub channel: &'static str,
+    /// Event type.
+    pub event_type: &'static str,
+    /// When, RFC 3339.
+    pub at: String,
+}
+
+/// A journey in progress.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct JourneyView {
+    /// Journey id.
+    pub journey: String,
+    /// Instance key (e.g. an order id), empty for one instance per customer.
+    pub key: String,
+    /// Since when, RFC 3339.
+    pub since: String,
+}
+
+/// A pending wait.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct WaitView {
+    /// Journey id.
+    pub journey: String,
+    /// Instance key.
+    pub key: String,
+    /// When it falls due, RFC 3339 (event time).
+    pub due: String,
+}
+
+/// Epoch milliseconds as RFC 3339 (UTC, milliseconds).
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn score(s: Option<Score>) -> Option<ScoreView> {
+    s.map(|s| ScoreView {
+        score: s.score,
+        at: rfc3339(s.at_ms),
+    })
+}
+
+impl ProfileView {
+    /// The view of `p`, its emotional state assessed with `emotion` as of its
+    /// latest touchpoint.
+    pub fn of(p: &Profile, emotion: &EmotionConfig) -> ProfileView {
+        let channels = Channel::ALL
+            .iter()
+            .map(|c| (c.as_str(), &p.channels[c.index()]))
+            .filter(|(_, a)| a.count > 0)
+            .map(|(name, a)| {
+                let view = ChannelView {
+                    count: a.count,
+                    last: rfc3339(a.last_ms),
+                };
+                (name, view)
+            })
+            .collect();
+        let surveys = [("nps", p.nps), ("csat", p.csat), ("ces", p.ces)]
+            .into_iter()
+            .filter_map(|(name, s)| score(s).map(|v| (name, v)))
+            .collect();
+        let feeling = assess(p, p.last_seen_ms, emotion);
+        let mut waits: Vec<WaitView> = p
+            .timers
+            .iter()
+            .map(|t| WaitView {
+                journey: t.journey.to_string(),
+                key: t.key.to_string(),
+                due: rfc3339(t.fire_at_ms),
+            })
+            .collect();
+        waits.sort_by(|a, b| a.due.cmp(&b.due));
+        ProfileView {
+            customer_id: p.id.clone(),
+            anonymous_ids: p.anonymous_ids.clone(),
+            first_seen: rfc3339(p.first_seen_ms),
+            last_seen: rfc3339(p.last_seen_ms),
+            events: p.events,
+            channels,
+            orders: p.orders,
+            returns: p.returns,
+            lifetime_value: p.lifetime_value,
+            last_purchase: (p.last_purchase_ms > 0).then(|| rfc3339(p.last_purchase_ms)),
+            surveys,
+            open_issues: p.open_issues,
+            sentiment: p.sentiment,
+            emotional_state: EmotionView {
+                state: feeling.state.as_str(),
+                signals: feeling
+                    .reasons
+                    .into_iter()
+                    .map(|r| SignalView {
+                        condition: r.condition,
+                        value: r.value,
+                    })
+                    .collect(),
+            },
+            recent: p
+                .recent
+                .iter()
+                .map(|r| TouchView {
+                    event_id: r.event_id.to_string(),
+                    channel: r.channel.as_str(),
+                    event_type: r.event_type.as_str(),
+                    at: rfc3339(r.at_ms),
+                })
+                .collect(),
+            journeys: p
+                .journey_runs
+                .iter()
+                .map(|r| JourneyView {
+                    journey: r.journey.to_string(),
+                    key: r.key.to_string(),
+                    since: rfc3339(r.entered_ms),
+                })
+                .collect(),
+            waits,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rapport_model::testing::tp;
+    use rapport_model::{EventType, SurveyKind};
+
+    #[test]
+    fn the_view_names_channels_formats_times_and_explains_the_state() {
+        let t0 = 1_764_000_000_000;
+        let mut p = Profile::new("c-1");
+        p.apply(&tp("e1", "c-1", Channel::Web, EventType::PageView, t0));
+        p.apply(&tp(
+            "e2",
+            "c-1",
+            Channel::CallCenter,
+            EventType::CallStarted,
+            t0 + 1_000,
+        ));
+        p.apply(
+            &tp(
+                "e3",
+                "c-1",
+                Channel::Email,
+                EventType::SurveyResponse,
+                t0 + 2_000,
+            )
+            .with_survey(SurveyKind::Nps, 2),
+        );
+        let v = ProfileView::of(&p, &EmotionConfig::default());
+        assert_eq!(v.first_seen, "2025-11-24T16:00:00.000Z");
+        assert_eq!(
+            v.channels.keys().copied().collect::<Vec<_>>(),
+            ["call_center", "email", "web"]
+        );
+        assert_eq!(v.channels["web"].count, 1);
+        assert_eq!(v.surveys["nps"].score, 2);
+        assert!(!v.surveys.contains_key("csat"));
+        assert_eq!(v.emotional_state.state, "invested_detractor");
+        assert!(!v.emotional_state.signals.is_empty());
+        assert_eq!(v.recent.len(), 3);
+        assert_eq!(v.recent[1].channel, "call_center");
+        let json = serde_json::to_value(&v).unwrap();
+        assert!(json["channels"]["web"]["last"].is_string());
+    }
+}
