@@ -261,13 +261,23 @@ fn actions_of_one_customer_arrive_in_decision_order() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = topics.config(&dir.path().join("state"), &unique("order"));
     cfg.engine.commit_interval_ms = 10;
+    // Producers that send one record per request, one request at a time: an
+    // interval still flushing on one producer while the next interval's records
+    // go out on the other is then the rule, not a rare race.
+    for (k, v) in [
+        ("batch.num.messages", "1"),
+        ("linger.ms", "0"),
+        ("max.in.flight.requests.per.connection", "1"),
+    ] {
+        cfg.kafka.producer.insert(k.into(), v.into());
+    }
     let mut sim =
         rapport_connectors::simulator::Simulator::new(rapport_connectors::simulator::SimConfig {
             customers: 300,
             seed: 61,
             malformed_per_mille: 0,
         });
-    let records: Vec<Raw> = (0..60_000i64)
+    let records: Vec<Raw> = (0..80_000i64)
         .map(|i| sim.next_record(1_764_000_000_000 + i * 1_000))
         .map(|r| (r.key, r.value, vec![]))
         .collect();
