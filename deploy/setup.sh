@@ -2,8 +2,9 @@
 # Installs what a fresh Debian/Ubuntu machine lacks to build, test and demo Rapport:
 # the C/C++ headers the bundled RocksDB and librdkafka builds need, kcat (the
 # interop tests' Kafka client), a JRE and Maven (the local broker comes from Maven
-# Central), Python's fastavro (the schema checks) and kubernetes-validate (the
-# Kubernetes manifest checks). Safe to run repeatedly.
+# Central), Python's fastavro (the schema checks), kubernetes-validate (the
+# Kubernetes manifest checks) and Prometheus with promtool (the checks of the
+# alert rules and dashboard). Safe to run repeatedly.
 set -euo pipefail
 
 need=()
@@ -12,6 +13,8 @@ for pkg in libclang-dev libcurl4-openssl-dev kcat cmake g++ make pkg-config zlib
   have_pkg "$pkg" || need+=("$pkg")
 done
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+# promtool and a Prometheus server, for the checks of deploy/prometheus.
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)

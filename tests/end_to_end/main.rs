@@ -12,6 +12,7 @@ mod journeys;
 mod kcat;
 mod kubernetes;
 mod metrics;
+mod prometheus;
 mod replay;
 mod restart;
 mod schemas;
