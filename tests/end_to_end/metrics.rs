@@ -44,14 +44,6 @@ fn value(metrics: &str, name: &str) -> f64 {
         .sum()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn metrics_show_lag_latency_commits_and_restores_and_ready_agrees_with_readyz() {
     let _serial = heavy();

@@ -49,11 +49,7 @@ fn golden(name: &str, expected: &str, extra: &[&str]) -> Vec<Action> {
         String::from_utf8_lossy(&want),
         "replay of {name} differs from {expected}"
     );
-    first
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).unwrap())
-        .collect()
+    parse_actions(&first)
 }
 
 fn fired(actions: &[Action]) -> Vec<(&str, &str)> {
@@ -163,20 +159,8 @@ fn the_live_engine_gives_the_actions_a_replay_gives() {
     run_engine(&cfg, state(&cfg), records.len() as u64);
     let live = actions(&topics.actions);
 
-    let config = dir.path().join("replay.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "journeys = [{:?}]\n",
-            format!("{}/*.toml", journey_dir().display())
-        ),
-    )
-    .unwrap();
-    let replayed: Vec<Action> = replay(&config, &events, &[])
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).unwrap())
-        .collect();
+    let config = shipped_journeys_config(dir.path());
+    let replayed = parse_actions(&replay(&config, &events, &[]));
     assert!(replayed.len() >= 9, "{} actions", replayed.len());
     assert_same_actions(&live, &replayed);
     // The action topic has two partitions: order holds per customer (per key).
@@ -293,20 +277,8 @@ fn actions_of_one_customer_arrive_in_decision_order() {
         text.push(b'\n');
     }
     std::fs::write(&events, text).unwrap();
-    let config = dir.path().join("replay.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "journeys = [{:?}]\n",
-            format!("{}/*.toml", journey_dir().display())
-        ),
-    )
-    .unwrap();
-    let decided: Vec<Action> = replay(&config, &events, &[])
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).unwrap())
-        .collect();
+    let config = shipped_journeys_config(dir.path());
+    let decided = parse_actions(&replay(&config, &events, &[]));
     let repeat = by_customer(&decided)
         .values()
         .filter(|ids| ids.len() >= 3)
@@ -326,4 +298,20 @@ fn actions_of_one_customer_arrive_in_decision_order() {
         out_of_order.is_empty(),
         "actions out of decision order for {out_of_order:?}"
     );
+}
+
+/// The actions of `rapport replay`'s output, one JSON line each.
+fn parse_actions(out: &[u8]) -> Vec<Action> {
+    out.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect()
+}
+
+/// A configuration in `dir` that loads the shipped journey files.
+fn shipped_journeys_config(dir: &Path) -> PathBuf {
+    let config = dir.join("replay.toml");
+    let pattern = format!("{}/*.toml", journey_dir().display());
+    std::fs::write(&config, format!("journeys = [{pattern:?}]\n")).unwrap();
+    config
 }

@@ -629,3 +629,12 @@ pub fn with_survey_wait(cfg: &mut Config, dir: &Path, wait: &str) {
     cfg.journeys = vec![format!("{}/*.toml", dir.display())];
     cfg.compile_journeys(dir).unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// A TCP port on 127.0.0.1 that nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
