@@ -27,6 +27,8 @@ pub struct Metrics {
     pub rewinds: IntCounter,
     /// Records in each owned input partition not processed yet, by topic and partition.
     pub lag: IntGaugeVec,
+    /// RocksDB memory and compaction: `block_cache`, `memtables`, `pending_compaction`.
+    pub state_bytes: IntGaugeVec,
     /// From a record's timestamp to the commit that made its effects visible.
     pub commit_latency_seconds: Histogram,
     /// Duration of a commit.
@@ -93,6 +95,14 @@ impl Metrics {
                 &["topic", "partition"],
             )
             .expect("valid metric"),
+            state_bytes: IntGaugeVec::new(
+                Opts::new(
+                    "rapport_state_bytes",
+                    "RocksDB bytes by kind: block_cache, memtables, pending_compaction",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
             commit_latency_seconds: Histogram::with_opts(
                 HistogramOpts::new(
                     "rapport_commit_latency_seconds",
@@ -126,6 +136,7 @@ impl Metrics {
             Box::new(m.commits.clone()),
             Box::new(m.rewinds.clone()),
             Box::new(m.lag.clone()),
+            Box::new(m.state_bytes.clone()),
             Box::new(m.commit_latency_seconds.clone()),
             Box::new(m.timers_fired.clone()),
             Box::new(m.restored.clone()),

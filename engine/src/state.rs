@@ -214,6 +214,17 @@ impl StateBatch {
     }
 }
 
+/// What [`StateStore::usage`] reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreUsage {
+    /// Bytes in the block cache (shared by all partitions).
+    pub block_cache_bytes: u64,
+    /// Bytes in memtables.
+    pub memtable_bytes: u64,
+    /// Estimated bytes compaction still has to rewrite.
+    pub pending_compaction_bytes: u64,
+}
+
 /// The RocksDB-backed store.
 pub struct StateStore {
     db: DB,
@@ -362,6 +373,17 @@ impl StateStore {
         }
         self.db.write(b)?;
         Ok(())
+    }
+
+    /// RocksDB's memory and compaction figures, for metrics: block cache in use,
+    /// memtables, and bytes waiting for compaction.
+    pub fn usage(&self) -> StoreUsage {
+        let int = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        StoreUsage {
+            block_cache_bytes: int("rocksdb.block-cache-usage"),
+            memtable_bytes: int("rocksdb.cur-size-all-mem-tables"),
+            pending_compaction_bytes: int("rocksdb.estimate-pending-compaction-bytes"),
+        }
     }
 
     /// Makes everything written so far durable on disk (used at shutdown, since the WAL is off).

@@ -108,6 +108,11 @@ fn metrics_show_lag_latency_commits_and_restores_and_ready_agrees_with_readyz() 
         "lag back to zero"
     );
     assert!(value(&m, "rapport_commits_total") > 0.0);
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("rapport_state_bytes{kind=\"memtables\"}") && !l.ends_with(" 0")),
+        "memtable bytes reported"
+    );
     assert!(value(&m, "rapport_commit_latency_seconds_count") > 0.0);
     assert!(value(&m, "rapport_commit_latency_seconds_sum") > 0.0);
     assert_eq!(

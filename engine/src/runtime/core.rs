@@ -178,6 +178,17 @@ impl Core {
             .committed
             .fetch_add(done.records, Ordering::SeqCst);
         let cached = self.processor.trim_cache();
+        let usage = self.state.usage();
+        for (kind, bytes) in [
+            ("block_cache", usage.block_cache_bytes),
+            ("memtables", usage.memtable_bytes),
+            ("pending_compaction", usage.pending_compaction_bytes),
+        ] {
+            self.metrics
+                .state_bytes
+                .with_label_values(&[kind])
+                .set(bytes as i64);
+        }
         self.metrics.cached_profiles.set(cached as i64);
         self.metrics.commits.inc();
         self.metrics
