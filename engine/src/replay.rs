@@ -69,7 +69,6 @@ pub fn replay(
     processor.start_partition(0)?;
     let mut summary = Summary::default();
     let mut actions: Vec<Action> = Vec::new();
-    let mut watermark = i64::MIN;
     for (n, line) in input.lines().enumerate() {
         let line = line.context("reading the events")?;
         if line.trim().is_empty() {
@@ -95,16 +94,13 @@ pub fn replay(
             }
             Outcome::AlreadyApplied | Outcome::NotOwned => {}
         }
-        if let Some(t) = event_time(&line) {
-            watermark = watermark.max(t);
-        }
         write_actions(&mut actions, out, &mut summary)?;
         if summary.records % CHECKPOINT_EVERY == 0 {
             checkpoint(&mut processor, &state)?;
         }
     }
     let now = match until {
-        Until::EndOfInput => watermark,
+        Until::EndOfInput => processor.watermark(0).unwrap_or(i64::MIN),
         Until::At(t) => t,
         Until::Flush => i64::MAX,
     };
@@ -112,22 +108,6 @@ pub fn replay(
     write_actions(&mut actions, out, &mut summary)?;
     out.flush()?;
     Ok(summary)
-}
-
-/// The event time of a JSON touchpoint line, for the end-of-input watermark.
-fn event_time(line: &str) -> Option<i64> {
-    #[derive(serde::Deserialize)]
-    struct Time {
-        event_time: serde_json::Value,
-    }
-    let t: Time = serde_json::from_str(line).ok()?;
-    match t.event_time {
-        serde_json::Value::Number(n) => n.as_i64(),
-        serde_json::Value::String(s) => chrono::DateTime::parse_from_rfc3339(&s)
-            .ok()
-            .map(|d| d.timestamp_millis()),
-        _ => None,
-    }
 }
 
 fn write_actions(

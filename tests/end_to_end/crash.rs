@@ -250,15 +250,7 @@ fn a_group_of_three_loses_one_and_the_others_take_over() {
     let group = unique("group");
     let mut instances = Vec::new();
     for name in ["a", "b", "c"] {
-        let mut cfg = topics.config(&dir.path().join(name), &group);
-        cfg.engine.instance_id = name.into();
-        // Notice a dead member within seconds, not the default 45 s.
-        cfg.kafka
-            .consumer
-            .insert("session.timeout.ms".into(), "6000".into());
-        cfg.kafka
-            .consumer
-            .insert("heartbeat.interval.ms".into(), "1000".into());
+        let cfg = group_member(&topics, dir.path(), &group, name);
         instances.push(Instance::spawn(&cfg, dir.path(), name));
     }
     // Every member owns partitions before the stream starts, so the kill is mid-stream.

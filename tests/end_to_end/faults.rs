@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rapport::config::{Config, Partitioner};
+use rapport::config::Partitioner;
 use rapport::ingest::route::KeyRule;
 use rapport::kafka::{
     TopicSpec, DLQ_ORIGINAL_SIZE, DLQ_REASON, DLQ_SHA256, DLQ_STAGE, DLQ_TRUNCATED,
@@ -25,19 +25,6 @@ use crate::crash::{clean_run_on, feed_from};
 use crate::support::*;
 
 const T0: i64 = 1_764_000_000_000;
-
-/// A group member's configuration: notices a dead member within seconds.
-fn member(topics: &Topics, dir: &std::path::Path, group: &str, name: &str) -> Config {
-    let mut cfg = topics.config(&dir.join(name), group);
-    cfg.engine.instance_id = name.into();
-    cfg.kafka
-        .consumer
-        .insert("session.timeout.ms".into(), "6000".into());
-    cfg.kafka
-        .consumer
-        .insert("heartbeat.interval.ms".into(), "1000".into());
-    cfg
-}
 
 /// Keeps writing simulated touchpoints (after the first `from`) until `stop` is
 /// set, so the group is under load whenever a member joins or dies.
@@ -96,13 +83,21 @@ fn scale_out_under_load_keeps_every_member_running_and_the_actions_exact() {
     let (dir, group) = (tempfile::tempdir().unwrap(), unique("scaleout"));
     let mut sim = simulator(100_000, 51);
     feed_from(&topics.bootstrap, &topics.input, &mut sim, 0..500_000);
-    let mut a = Instance::spawn(&member(&topics, dir.path(), &group, "a"), dir.path(), "a");
+    let mut a = Instance::spawn(
+        &group_member(&topics, dir.path(), &group, "a"),
+        dir.path(),
+        "a",
+    );
     a.wait_ready(4);
     let stop = Arc::new(AtomicBool::new(false));
     let feeder = feed_while(&topics.bootstrap, &topics.input, sim, 500_000, stop.clone());
     let mut joined = Vec::new();
     for name in ["b", "c"] {
-        let mut i = Instance::spawn(&member(&topics, dir.path(), &group, name), dir.path(), name);
+        let mut i = Instance::spawn(
+            &group_member(&topics, dir.path(), &group, name),
+            dir.path(),
+            name,
+        );
         i.wait_ready(1);
         a.assert_running();
         let (done, end) = (
@@ -137,15 +132,27 @@ fn a_member_killed_during_a_rebalance_loses_and_duplicates_nothing() {
     let (dir, group) = (tempfile::tempdir().unwrap(), unique("rebalance-kill"));
     let mut sim = simulator(100_000, 52);
     feed_from(&topics.bootstrap, &topics.input, &mut sim, 0..500_000);
-    let mut a = Instance::spawn(&member(&topics, dir.path(), &group, "a"), dir.path(), "a");
+    let mut a = Instance::spawn(
+        &group_member(&topics, dir.path(), &group, "a"),
+        dir.path(),
+        "a",
+    );
     a.wait_ready(4);
     let stop = Arc::new(AtomicBool::new(false));
     let feeder = feed_while(&topics.bootstrap, &topics.input, sim, 500_000, stop.clone());
-    let mut b = Instance::spawn(&member(&topics, dir.path(), &group, "b"), dir.path(), "b");
+    let mut b = Instance::spawn(
+        &group_member(&topics, dir.path(), &group, "b"),
+        dir.path(),
+        "b",
+    );
     // The busy member starts giving partitions away: kill it in the middle of that.
     a.wait_log("partitions revoked", 1);
     a.kill9();
-    let mut c = Instance::spawn(&member(&topics, dir.path(), &group, "c"), dir.path(), "c");
+    let mut c = Instance::spawn(
+        &group_member(&topics, dir.path(), &group, "c"),
+        dir.path(),
+        "c",
+    );
     c.wait_ready(1);
     b.assert_running();
     stop.store(true, Ordering::SeqCst);

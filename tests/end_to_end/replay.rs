@@ -202,11 +202,7 @@ channel = "email"
         "[[journey]]\nid = \"welcome\"\nversion = 1\nwhen = \"event.channel\"\n\n[journey.trigger]\nevents = [\"page_view\"]\n\n[[journey.steps]]\n[journey.steps.action]\nkind = \"guide_link\"\nchannel = \"email\"\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_rapport"))
-        .args(["validate", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = validate(&config);
     assert!(!out.status.success(), "a broken journey is refused");
     let err = String::from_utf8_lossy(&out.stderr);
     let a = dir.path().join("journeys/a.toml").display().to_string();

@@ -638,3 +638,26 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Instance `name` of group `group`, its state in `dir/name`; it notices a dead
+/// member within seconds, not the default 45 s.
+pub fn group_member(topics: &Topics, dir: &Path, group: &str, name: &str) -> Config {
+    let mut cfg = topics.config(&dir.join(name), group);
+    cfg.engine.instance_id = name.into();
+    cfg.kafka
+        .consumer
+        .insert("session.timeout.ms".into(), "6000".into());
+    cfg.kafka
+        .consumer
+        .insert("heartbeat.interval.ms".into(), "1000".into());
+    cfg
+}
+
+/// `rapport validate --config path`.
+pub fn validate(path: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_rapport"))
+        .args(["validate", "--config"])
+        .arg(path)
+        .output()
+        .unwrap()
+}

@@ -105,6 +105,11 @@ impl Processor {
         Ok(timers)
     }
 
+    /// The event-time watermark of partition `p` (the latest event time applied).
+    pub fn watermark(&self, p: i32) -> Option<i64> {
+        self.tasks.get(&p).map(|t| t.watermark)
+    }
+
     /// Drops partition `p`'s task and its uncommitted changes.
     pub fn release(&mut self, p: i32) {
         self.tasks.remove(&p);
