@@ -295,7 +295,7 @@ fn restore(bootstrap: &str, profiles: u64) -> anyhow::Result<()> {
         path: dir.path().to_owned(),
         ..Default::default()
     })?;
-    let consumer = Restorer::new(&rapport::config::KafkaConfig {
+    let mut consumer = Restorer::new(&rapport::config::KafkaConfig {
         bootstrap_servers: bootstrap.to_owned(),
         group_id: format!("bench-{}", suffix()),
         ..Default::default()
@@ -303,7 +303,7 @@ fn restore(bootstrap: &str, profiles: u64) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut n = 0;
     for p in 0..4 {
-        n += restore_partition(&consumer, &topic, &state, p)?;
+        n += restore_partition(&mut consumer, &topic, &state, p)?;
     }
     let secs = started.elapsed().as_secs_f64();
     println!(

@@ -84,6 +84,16 @@ impl KafkaConfig {
             self.changelog_topic.clone()
         }
     }
+
+    /// True when `[kafka.consumer]` makes a group without committed offsets start
+    /// at the end of its partitions (`auto.offset.reset = latest`) instead of the
+    /// beginning.
+    pub fn starts_at_end(&self) -> bool {
+        matches!(
+            self.consumer.get("auto.offset.reset").map(String::as_str),
+            Some("latest" | "largest" | "end")
+        )
+    }
 }
 
 impl Default for KafkaConfig {
@@ -203,12 +213,18 @@ impl Default for EngineConfig {
 pub struct HttpConfig {
     /// Listen address; empty disables the server.
     pub listen: String,
+    /// Where other instances' profile APIs are reached, with `{instance}` for
+    /// the instance id (e.g. `http://{instance}.rapport:9464` on Kubernetes). A
+    /// profile request for a customer another instance owns is redirected there;
+    /// without it the answer names the owner.
+    pub advertised_url: Option<String>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "127.0.0.1:9464".into(),
+            advertised_url: None,
         }
     }
 }

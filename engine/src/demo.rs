@@ -150,6 +150,10 @@ fn run_on(bootstrap: &str, opts: &DemoOptions) -> anyhow::Result<()> {
             state: state.clone(),
             progress: engine.progress.clone(),
             emotion: cfg.emotion.clone(),
+            owners: crate::owners::Owners::new(&cfg, engine.key_rule)
+                .ok()
+                .map(Arc::new),
+            instance_id: cfg.engine.instance_id.clone(),
         };
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()

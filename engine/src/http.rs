@@ -13,6 +13,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use crate::metrics::Metrics;
+use crate::owners::Owners;
 use crate::runtime::Progress;
 use crate::state::StateStore;
 
@@ -27,6 +28,10 @@ pub struct AppState {
     pub progress: Arc<Progress>,
     /// Emotional-state thresholds, for the state the profile API shows.
     pub emotion: rapport_model::emotion::EmotionConfig,
+    /// Who owns which customer; without it, every locally stored profile is served.
+    pub owners: Option<Arc<Owners>>,
+    /// This instance's id.
+    pub instance_id: String,
 }
 
 /// The router, separate from serving so tests can call it directly.
@@ -54,22 +59,101 @@ async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// 200 once every owned partition is restored and consuming; 503 before, saying
+/// which partitions are still being restored and how far each has to go.
 async fn ready(State(app): State<AppState>) -> Response {
     if app.progress.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready\n").into_response()
+        return (StatusCode::OK, "ready\n").into_response();
+    }
+    let restoring = app
+        .progress
+        .restoring
+        .lock()
+        .map(|r| r.clone())
+        .unwrap_or_default();
+    let body = if restoring.is_empty() {
+        "not ready: waiting for partitions from the group\n".to_owned()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no partitions assigned yet\n",
-        )
-            .into_response()
+        let mut b = String::from("not ready: restoring state from the changelog\n");
+        for r in restoring {
+            b.push_str(&format!(
+                "partition {}: {} records applied, {} offsets left\n",
+                r.partition, r.applied, r.remaining
+            ));
+        }
+        b
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+}
+
+/// The committed profile of customer `id`, when this instance owns it. For a
+/// customer another instance owns: a redirect to that instance (with
+/// `http.advertised_url`) or `421 Misdirected Request` naming it; `503` while
+/// the customer's partition is restored here or has no owner (a rebalance).
+async fn profile(State(app): State<AppState>, Path(id): Path<String>) -> Response {
+    let Some(owners) = app.owners.clone() else {
+        return match app.state.find_profile(&id) {
+            Ok(p) => local_profile(&app, &id, p),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        };
+    };
+    let p = owners.partition(&id);
+    if app.progress.owns(p) {
+        return match app.state.get(p, &id) {
+            Ok(s) => local_profile(&app, &id, s.map(|s| s.profile)),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        };
+    }
+    if app.progress.is_restoring(p) {
+        return unavailable(format!(
+            "partition {p}, which holds {id:?}, is being restored here; retry shortly"
+        ));
+    }
+    let lookup = tokio::task::spawn_blocking({
+        let owners = owners.clone();
+        move || owners.owner(p)
+    })
+    .await;
+    match lookup {
+        Ok(Ok(Some(owner))) if owner != app.instance_id => {
+            let url = owners.url(&owner, &id);
+            let body = Json(serde_json::json!({
+                "error": "owned by another instance",
+                "customer_id": id,
+                "partition": p,
+                "owner": owner,
+                "url": url,
+            }));
+            match url {
+                Some(u) => (
+                    StatusCode::TEMPORARY_REDIRECT,
+                    [(axum::http::header::LOCATION, u)],
+                    body,
+                )
+                    .into_response(),
+                None => (StatusCode::MISDIRECTED_REQUEST, body).into_response(),
+            }
+        }
+        Ok(Ok(_)) => unavailable(format!(
+            "partition {p}, which holds {id:?}, is changing owner; retry shortly"
+        )),
+        Ok(Err(e)) => unavailable(format!("{e}")),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }
 
-async fn profile(State(app): State<AppState>, Path(id): Path<String>) -> Response {
-    match app.state.find_profile(&id) {
-        Ok(Some(p)) => Json(crate::profile_view::ProfileView::of(&p, &app.emotion)).into_response(),
-        Ok(None) => (StatusCode::NOT_FOUND, format!("no profile for {id:?}\n")).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+fn local_profile(app: &AppState, id: &str, p: Option<rapport_model::Profile>) -> Response {
+    match p {
+        Some(p) => Json(crate::profile_view::ProfileView::of(&p, &app.emotion)).into_response(),
+        None => (StatusCode::NOT_FOUND, format!("no profile for {id:?}\n")).into_response(),
     }
+}
+
+fn unavailable(why: String) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(axum::http::header::RETRY_AFTER, "1".to_owned())],
+        format!("{why}\n"),
+    )
+        .into_response()
 }

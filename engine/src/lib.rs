@@ -23,6 +23,7 @@ pub mod http;
 pub mod ingest;
 pub mod kafka;
 pub mod metrics;
+pub mod owners;
 pub mod processor;
 pub mod profile_view;
 pub mod replay;

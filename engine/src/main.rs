@@ -11,6 +11,7 @@ use rapport::config::Config;
 use rapport::demo::DemoOptions;
 use rapport::http::{self, AppState};
 use rapport::metrics::Metrics;
+use rapport::owners::Owners;
 use rapport::replay::Until;
 use rapport::runtime;
 use rapport::state::StateStore;
@@ -166,7 +167,9 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let http_addr = cfg.http.addr();
     let emotion = cfg.emotion.clone();
+    let (owner_cfg, instance_id) = (cfg.clone(), cfg.engine.instance_id.clone());
     let mut engine = runtime::start(cfg, state.clone(), metrics.clone())?;
+    let owners = Arc::new(Owners::new(&owner_cfg, engine.key_rule)?);
     let stop = engine.stop_flag();
     if let Some(addr) = http_addr {
         let app = AppState {
@@ -174,6 +177,8 @@ fn run(cfg: Config) -> anyhow::Result<()> {
             state,
             progress: engine.progress.clone(),
             emotion,
+            owners: Some(owners),
+            instance_id,
         };
         rt.spawn(async move {
             if let Err(e) = http::serve(addr, app).await {

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub timers_fired: IntCounter,
     /// Changelog records restored into local state.
     pub restored: IntCounter,
+    /// Changelog offsets each partition being restored has left to read, by partition.
+    pub restore_remaining: IntGaugeVec,
     /// Commits of state, actions and offsets.
     pub commits: IntCounter,
     /// Times uncommitted work was dropped and redone from the last commit.
@@ -75,6 +77,14 @@ impl Metrics {
             restored: IntCounter::new(
                 "rapport_restored_records_total",
                 "Changelog records restored into local state",
+            )
+            .expect("valid metric"),
+            restore_remaining: IntGaugeVec::new(
+                Opts::new(
+                    "rapport_restore_remaining_records",
+                    "Changelog offsets a partition being restored has left to read (0 once ready)",
+                ),
+                &["partition"],
             )
             .expect("valid metric"),
             commits: IntCounter::new(
@@ -140,6 +150,7 @@ impl Metrics {
             Box::new(m.commit_latency_seconds.clone()),
             Box::new(m.timers_fired.clone()),
             Box::new(m.restored.clone()),
+            Box::new(m.restore_remaining.clone()),
             Box::new(m.commit_seconds.clone()),
             Box::new(m.cached_profiles.clone()),
             Box::new(m.ready.clone()),

@@ -47,7 +47,7 @@ fn feed_while(
     })
 }
 
-fn simulator(customers: u64, seed: u64) -> Simulator {
+pub(crate) fn simulator(customers: u64, seed: u64) -> Simulator {
     Simulator::new(SimConfig {
         customers,
         seed,
@@ -56,7 +56,7 @@ fn simulator(customers: u64, seed: u64) -> Simulator {
 }
 
 /// Compares the group's committed actions and changelog with a clean run.
-fn assert_like_a_clean_run(topics: &Topics, group: &str, partitions: i32) {
+pub(crate) fn assert_like_a_clean_run(topics: &Topics, group: &str, partitions: i32) {
     let n = end_total_on(&topics.bootstrap, &topics.input) as u64;
     let (clean_actions, clean_profiles) = clean_run_on(&topics.bootstrap, &topics.input, n);
     assert!(

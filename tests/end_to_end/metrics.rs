@@ -10,9 +10,15 @@ use crate::support::*;
 
 /// GET `path` from `addr`: status code and body (an empty body while the server
 /// is not up yet).
-fn get(addr: &str, path: &str) -> (u16, String) {
+pub(crate) fn get(addr: &str, path: &str) -> (u16, String) {
+    let (status, _, body) = get_with_headers(addr, path);
+    (status, body)
+}
+
+/// GET `path` from `addr`: status code, response headers and body.
+pub(crate) fn get_with_headers(addr: &str, path: &str) -> (u16, String, String) {
     let Ok(mut s) = TcpStream::connect(addr) else {
-        return (0, String::new());
+        return (0, String::new(), String::new());
     };
     let _ = write!(
         s,
@@ -25,15 +31,12 @@ fn get(addr: &str, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (status, body)
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_owned(), body.to_owned())
 }
 
 /// The sum of every sample of metric `name` (all label sets).
-fn value(metrics: &str, name: &str) -> f64 {
+pub(crate) fn value(metrics: &str, name: &str) -> f64 {
     metrics
         .lines()
         .filter(|l| {

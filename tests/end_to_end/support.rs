@@ -277,6 +277,11 @@ pub fn committed_total(group: &str, topic: &str) -> i64 {
 
 /// [`committed_total`] on the cluster at `bootstrap`.
 pub fn committed_total_on(bootstrap: &str, group: &str, topic: &str) -> i64 {
+    committed_on(bootstrap, group, topic).iter().sum()
+}
+
+/// Group `group`'s committed offset of each partition of `topic` (0 where none).
+pub fn committed_on(bootstrap: &str, group: &str, topic: &str) -> Vec<i64> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
@@ -302,14 +307,16 @@ pub fn committed_total_on(bootstrap: &str, group: &str, topic: &str) -> i64 {
             Err(e) => panic!("reading committed offsets of {group}: {e}"),
         }
     };
-    committed
+    let mut by_partition: Vec<(i32, i64)> = committed
         .elements()
         .iter()
         .map(|e| match e.offset() {
-            Offset::Offset(o) => o,
-            _ => 0,
+            Offset::Offset(o) => (e.partition(), o),
+            _ => (e.partition(), 0),
         })
-        .sum()
+        .collect();
+    by_partition.sort();
+    by_partition.into_iter().map(|(_, o)| o).collect()
 }
 
 /// A client that sees the true end of partitions, open transactions included.
@@ -328,19 +335,24 @@ pub fn end_total(topic: &str) -> i64 {
 
 /// [`end_total`] on the cluster at `bootstrap`.
 pub fn end_total_on(bootstrap: &str, topic: &str) -> i64 {
+    ends_on(bootstrap, topic).iter().sum()
+}
+
+/// The end offset of each partition of `topic`, open transactions included.
+pub fn ends_on(bootstrap: &str, topic: &str) -> Vec<i64> {
     let c = read_uncommitted(bootstrap);
     let md = c
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap();
-    md.topics()[0]
-        .partitions()
-        .iter()
+    let mut ids: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    ids.sort();
+    ids.into_iter()
         .map(|p| {
-            c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+            c.fetch_watermarks(topic, p, Duration::from_secs(10))
                 .unwrap()
                 .1
         })
-        .sum()
+        .collect()
 }
 
 /// Writes `cfg` as a TOML file for `rapport run`.
@@ -387,6 +399,10 @@ pub fn write_config(cfg: &Config, path: &Path) {
         cfg.engine.commit_interval_ms,
         cfg.http.listen,
     );
+    let text = match &cfg.http.advertised_url {
+        Some(u) => format!("{text}advertised_url = {u:?}\n"),
+        None => text,
+    };
     std::fs::write(path, text).unwrap();
 }
 
@@ -548,7 +564,7 @@ pub fn changelog_profiles(
             ..Default::default()
         };
         let store = StateStore::open(&cfg).unwrap();
-        let restorer = rapport::runtime::Restorer::new(&rapport::config::KafkaConfig {
+        let mut restorer = rapport::runtime::Restorer::new(&rapport::config::KafkaConfig {
             bootstrap_servers: bootstrap.to_owned(),
             group_id: unique("verify"),
             ..Default::default()
@@ -556,7 +572,7 @@ pub fn changelog_profiles(
         .unwrap();
         for p in 0..partitions {
             rapport::runtime::restore_partition(
-                &restorer,
+                &mut restorer,
                 &format!("{group}-profiles-changelog"),
                 &store,
                 p,

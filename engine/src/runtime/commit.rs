@@ -421,9 +421,9 @@ impl Committer {
                 Ok(()) => {}
                 // Nothing was open on this producer.
                 Err(KafkaError::Transaction(e)) if e.code() == RDKafkaErrorCode::State => {}
-                Err(KafkaError::Transaction(e)) if e.is_retriable() && !e.is_fatal() => {
-                    anyhow::bail!("aborting the Kafka transaction: {e}")
-                }
+                // Anything else, also records still in flight that will not
+                // complete: a new producer with the same transactional id fences
+                // this one, and its init aborts the open transaction.
                 Err(e) => {
                     tracing::warn!(error = %e, "replacing a producer that cannot abort its transaction");
                     self.producers[n] =

@@ -22,7 +22,7 @@ use crate::state::{StateBatch, StateStore};
 use super::commit::{Committer, Interval};
 use super::order::ActionOrder;
 use super::rebalance::{partitions_of, EngineContext};
-use super::restore::{restore_partition, Restorer};
+use super::restore::Restorer;
 use super::{LoopError, Progress};
 
 /// Offsets consumed in the current interval, `(partition, topic) -> next`, looked
@@ -222,59 +222,119 @@ impl Core {
             }
         }
         for p in partitions {
+            lock_owned(&self.progress).remove(p);
             self.processor.release(*p);
             self.to_restore.remove(p);
+            if let Err(e) = self.restorer.cancel(&self.state, *p) {
+                self.failure = Some(LoopError::Fatal(e));
+            }
+            // Its restore, if any, is the next owner's now.
+            let _ = self
+                .metrics
+                .restore_remaining
+                .remove_label_values(&[&p.to_string()]);
         }
+        self.publish_readiness();
     }
 
-    /// Newly assigned partitions, restored by the main loop before their records.
+    /// Newly assigned partitions (paused by the callback), restored by the main
+    /// loop before their records.
     pub(super) fn queue_restore(&mut self, partitions: &[i32]) {
         self.assigned = true;
         self.to_restore.extend(partitions);
     }
 
-    /// Restores the queued partitions from the changelog and starts their tasks.
-    /// Commits first: a restore may wait for a dead instance's transaction to time
-    /// out, and this instance's own transaction must not time out meanwhile.
-    pub(super) fn restore_queued(
+    /// Begins the restores of the queued partitions; a partition whose local
+    /// state is already current starts at once.
+    pub(super) fn start_restores(
         &mut self,
         consumer: &BaseConsumer<EngineContext>,
     ) -> Result<(), LoopError> {
-        if self.to_restore.is_empty() {
-            // An instance the group gave nothing (more instances than
-            // partitions) is ready too: it is in the group, waiting for work.
-            if self.assigned && !self.progress.ready.load(Ordering::SeqCst) {
-                self.progress.ready.store(true, Ordering::SeqCst);
-                self.metrics.ready.set(1);
-            }
-            return Ok(());
-        }
-        self.commit(consumer, CommitMode::Sync)?;
         while let Some(p) = self.to_restore.pop_first() {
-            if let Err(e) = self.start_task(p) {
-                self.to_restore.insert(p);
-                return Err(LoopError::Rewind(format!("{e:#}")));
+            match self.restorer.begin(&self.changelog, &self.state, p) {
+                Ok(true) => tracing::info!(partition = p, "restoring partition from the changelog"),
+                Ok(false) => self.start_task(consumer, p, 0).map_err(rewind)?,
+                Err(e) => {
+                    self.to_restore.insert(p);
+                    return Err(rewind(e));
+                }
             }
         }
-        self.progress.ready.store(true, Ordering::SeqCst);
-        self.metrics.ready.set(1);
+        self.publish_readiness();
         Ok(())
     }
 
-    /// Restores partition `p` from the changelog and starts its task.
-    fn start_task(&mut self, p: i32) -> anyhow::Result<()> {
-        let restored = restore_partition(&self.restorer, &self.changelog, &self.state, p)
-            .with_context(|| format!("restoring partition {p} from {}", self.changelog))?;
-        self.metrics.restored.inc_by(restored);
+    /// One slice of the restores in progress; partitions whose restore completes
+    /// start their tasks and resume consuming.
+    pub(super) fn restore_slice(
+        &mut self,
+        consumer: &BaseConsumer<EngineContext>,
+    ) -> Result<(), LoopError> {
+        if self.restorer.is_idle() {
+            return Ok(());
+        }
+        let done = self
+            .restorer
+            .step(&self.state, RESTORE_SLICE)
+            .with_context(|| format!("restoring from {}", self.changelog))
+            .map_err(rewind)?;
+        self.metrics.restored.inc_by(self.restorer.take_applied());
+        for (p, restored) in done {
+            self.start_task(consumer, p, restored).map_err(rewind)?;
+        }
+        self.publish_readiness();
+        Ok(())
+    }
+
+    /// Says where restores stand (metrics, `/readyz`), and whether the engine is
+    /// ready: in the group, with every owned partition restored and consuming.
+    fn publish_readiness(&self) {
+        let status = self.restorer.status();
+        for s in &status {
+            self.metrics
+                .restore_remaining
+                .with_label_values(&[&s.partition.to_string()])
+                .set(s.remaining);
+        }
+        let ready = self.assigned && self.to_restore.is_empty() && status.is_empty();
+        *self
+            .progress
+            .restoring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = status;
+        self.progress.ready.store(ready, Ordering::SeqCst);
+        self.metrics.ready.set(i64::from(ready));
+    }
+
+    /// Starts partition `p`'s task on its restored state, moves the consumer to
+    /// the partition's committed offsets and resumes it.
+    fn start_task(
+        &mut self,
+        consumer: &BaseConsumer<EngineContext>,
+        p: i32,
+        restored: u64,
+    ) -> anyhow::Result<()> {
+        self.metrics
+            .restore_remaining
+            .with_label_values(&[&p.to_string()])
+            .set(0);
         let timers = self.processor.start_partition(p)?;
+        let mut tpl = TopicPartitionList::new();
+        for topic in &self.cfg.kafka.touchpoint_topics {
+            tpl.add_partition(topic, p);
+        }
+        seek_to_committed(consumer, tpl.clone(), self.cfg.kafka.starts_at_end())?;
+        consumer.resume(&tpl).context("resuming the partition")?;
+        lock_owned(&self.progress).insert(p);
         tracing::info!(partition = p, restored, timers, "partition ready");
         Ok(())
     }
 
     /// Drops everything not committed and goes back to the last commit: aborts the
-    /// open intervals, forgets the tasks' uncommitted changes, restores every owned
-    /// partition from the changelog and moves the consumer back to the committed
-    /// offsets. What was dropped is processed again, as after a crash, without one.
+    /// open intervals, forgets the tasks' uncommitted changes, and pauses every
+    /// owned partition until the main loop has restored it from the changelog and
+    /// moved the consumer back to its committed offsets. What was dropped is
+    /// processed again, as after a crash, without one.
     pub(super) fn rewind(&mut self, consumer: &BaseConsumer<EngineContext>) -> anyhow::Result<()> {
         self.progress.ready.store(false, Ordering::SeqCst);
         self.metrics.ready.set(0);
@@ -283,40 +343,54 @@ impl Core {
         }
         self.failure = None;
         self.processor.clear();
-        self.to_restore.clear();
+        lock_owned(&self.progress).clear();
+        self.restorer.cancel_all(&self.state)?;
         self.pending.0.clear();
         self.pending_records = 0;
         self.oldest_ms = None;
         self.actions.clear();
         self.order.clear();
         let assignment = consumer.assignment().context("reading the assignment")?;
-        for p in partitions_of(&assignment) {
-            self.start_task(p)?;
-        }
-        seek_to_committed(consumer)?;
-        self.progress.ready.store(true, Ordering::SeqCst);
-        self.metrics.ready.set(1);
+        consumer
+            .pause(&assignment)
+            .context("pausing the partitions")?;
+        self.to_restore = partitions_of(&assignment).into_iter().collect();
         Ok(())
     }
 }
 
-/// Moves the consumer back to the group's committed offset of every assigned
-/// partition (the beginning where nothing was committed yet); records fetched past
-/// it are discarded by the client.
-fn seek_to_committed(consumer: &BaseConsumer<EngineContext>) -> anyhow::Result<()> {
+/// The partitions restored and consuming, as the profile API sees them.
+fn lock_owned(progress: &Progress) -> std::sync::MutexGuard<'_, BTreeSet<i32>> {
+    progress.owned.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How long one restore slice may take before the main loop polls the group again.
+const RESTORE_SLICE: Duration = Duration::from_millis(100);
+
+/// A failure the engine answers by going back to its last commit.
+fn rewind(e: anyhow::Error) -> LoopError {
+    LoopError::Rewind(format!("{e:#}"))
+}
+
+/// Moves the consumer to the group's committed offsets of `partitions` (where
+/// nothing was committed yet, to the beginning, or the end with `at_end`); records
+/// fetched past them are discarded by the client.
+fn seek_to_committed(
+    consumer: &BaseConsumer<EngineContext>,
+    partitions: TopicPartitionList,
+    at_end: bool,
+) -> anyhow::Result<()> {
     let committed = consumer
-        .committed(Duration::from_secs(30))
+        .committed_offsets(partitions, Duration::from_secs(30))
         .context("reading the committed offsets")?;
     let mut to = TopicPartitionList::new();
     for e in committed.elements() {
         let offset = match e.offset() {
             Offset::Offset(o) => Offset::Offset(o),
+            _ if at_end => Offset::End,
             _ => Offset::Beginning,
         };
         to.add_partition_offset(e.topic(), e.partition(), offset)?;
-    }
-    if to.count() == 0 {
-        return Ok(());
     }
     let result = consumer
         .seek_partitions(to, Duration::from_secs(30))

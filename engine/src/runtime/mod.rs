@@ -38,6 +38,7 @@ mod order;
 mod rebalance;
 mod restore;
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -57,7 +58,7 @@ use crate::state::StateStore;
 use self::commit::{AtLeastOnce, CommitProtocol, Committer, ExactlyOnce};
 use self::core::{Core, PendingOffsets};
 use self::rebalance::{lock, EngineContext};
-pub use self::restore::{restore_partition, Restorer};
+pub use self::restore::{restore_partition, RestoreStatus, Restorer};
 
 /// Changelog key that carries a partition's event-time watermark.
 pub const WATERMARK_KEY: &[u8] = b"\0rapport.watermark";
@@ -73,6 +74,24 @@ pub struct Progress {
     pub ready: AtomicBool,
     /// Times the engine dropped uncommitted work and went back to its last commit.
     pub rewinds: AtomicU64,
+    /// The restores in progress.
+    pub restoring: Mutex<Vec<RestoreStatus>>,
+    /// Partitions restored and consuming here.
+    pub owned: Mutex<BTreeSet<i32>>,
+}
+
+impl Progress {
+    /// True when partition `p` is restored and consuming here.
+    pub fn owns(&self, p: i32) -> bool {
+        self.owned.lock().is_ok_and(|o| o.contains(&p))
+    }
+
+    /// True when partition `p` is being restored here.
+    pub fn is_restoring(&self, p: i32) -> bool {
+        self.restoring
+            .lock()
+            .is_ok_and(|r| r.iter().any(|s| s.partition == p))
+    }
 }
 
 /// What went wrong in the loop, and how the engine answers it.
@@ -93,6 +112,8 @@ pub struct EngineHandle {
     thread: Option<JoinHandle<anyhow::Result<()>>>,
     /// Live counters.
     pub progress: Arc<Progress>,
+    /// How customer keys map to partitions on the running topics.
+    pub key_rule: KeyRule,
 }
 
 impl EngineHandle {
@@ -146,6 +167,7 @@ pub fn start(
         ))?;
     let progress = Arc::new(Progress::default());
     let stop = Arc::new(AtomicBool::new(false));
+    let key_rule = KeyRule::new(cfg.kafka.partitioner, layout.partitions);
     let worker = Worker::new(cfg, layout, state, metrics, progress.clone())?;
     let flag = stop.clone();
     let thread = std::thread::Builder::new()
@@ -155,6 +177,7 @@ pub fn start(
         stop,
         thread: Some(thread),
         progress,
+        key_rule,
     })
 }
 
@@ -284,10 +307,15 @@ impl Worker {
         }
     }
 
-    /// Processes what arrives until the commit interval is up, then commits.
+    /// Processes what arrives until the commit interval is up, restores a slice
+    /// of the partitions being restored, and commits when the interval is up.
     fn step(&mut self, last_commit: &mut Instant) -> Result<(), LoopError> {
         let deadline = *last_commit + self.interval;
-        let mut wait = Duration::from_millis(20);
+        let restoring = !lock(&self.core).restorer.is_idle();
+        let mut wait = match restoring {
+            true => Duration::ZERO,
+            false => Duration::from_millis(20),
+        };
         // Drain what is already fetched, up to the commit deadline.
         while Instant::now() < deadline {
             let polled = self.consumer.poll(wait);
@@ -300,6 +328,7 @@ impl Worker {
             wait = Duration::ZERO;
         }
         let mut core = lock(&self.core);
+        core.restore_slice(&self.consumer)?;
         core.committer.producer().poll(Duration::ZERO);
         if last_commit.elapsed() >= self.interval {
             core.fire_idle_timers()?;
@@ -315,7 +344,7 @@ impl Worker {
         if let Some(f) = core.failure.take() {
             return Err(f);
         }
-        core.restore_queued(&self.consumer)
+        core.start_restores(&self.consumer)
     }
 
     /// Rewinds to the last commit after `why`, retrying while Kafka is unreachable,
@@ -326,6 +355,15 @@ impl Worker {
             Some((since, at)) if at == commits => (since, at),
             _ => *self.failing.insert((Instant::now(), commits)),
         };
+        // Restores that keep failing (the cluster unreachable) leave the engine
+        // unready through every rewind: as fatal as commits failing that long.
+        let ready = lock(&self.core).progress.ready.load(Ordering::SeqCst);
+        if !ready && since.elapsed() >= self.patience {
+            anyhow::bail!(
+                "Kafka has been failing for {} s (latest: {why}); check that the cluster is reachable, or raise engine.kafka_unavailable_timeout_ms",
+                since.elapsed().as_secs()
+            );
+        }
         tracing::warn!(reason = %why, "commit failed: dropping uncommitted work and redoing it from the last commit");
         let mut backoff = Duration::from_millis(100);
         loop {

@@ -1,7 +1,8 @@
 //! The consumer's rebalance callbacks. They stay short: a revocation commits what
 //! is pending (so the partitions leave with their work committed) and releases the
-//! partitions; an assignment only queues the new partitions, which the main loop
-//! restores before it processes any of their records.
+//! partitions; an assignment pauses the new partitions and queues them: the main
+//! loop restores them, slice by slice between polls, and resumes each once its
+//! state is restored.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -52,11 +53,16 @@ impl ConsumerContext for EngineContext {
         }
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let partitions = partitions_of(tpl);
-                tracing::info!(?partitions, "partitions assigned: restoring");
+                tracing::info!(?partitions, "partitions assigned: paused until restored");
+                // Nothing of a new partition is processed before its state is
+                // restored; the main loop resumes it then.
+                if let Err(e) = consumer.pause(tpl) {
+                    tracing::warn!(error = %e, "pausing newly assigned partitions");
+                }
                 lock(&self.core).queue_restore(&partitions);
             }
             Rebalance::Revoke(_) => {}
