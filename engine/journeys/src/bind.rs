@@ -18,7 +18,7 @@ use cel::common::types::{
 use cel::common::value::{CowVal, StaticVal, Val};
 use cel::context::VariableResolver;
 use cel::{Env, ExecutionError, Value};
-use rapport_model::emotion::{assess, EmotionConfig};
+use rapport_model::emotion::{self, EmotionConfig, Signal};
 use rapport_model::profile::Score;
 use rapport_model::{Profile, Touchpoint};
 
@@ -39,7 +39,7 @@ impl VariableResolver for Bindings<'_> {
             return self.event.and_then(|t| event_field(t, rest));
         }
         if let Some(rest) = name.strip_prefix("profile.") {
-            return profile_field(self.profile, rest, self.now_ms, self.emotion);
+            return profile_field(self.profile, rest, self.emotion);
         }
         match name {
             "profile" => Some(CowVal::owned(ProfileVal {
@@ -159,9 +159,18 @@ fn score<'b>(s: Option<Score>) -> CowVal<'b, 'b> {
 fn profile_field<'b>(
     p: &'b Profile,
     path: &str,
-    now_ms: i64,
     emotion: &EmotionConfig,
 ) -> Option<CowVal<'b, 'b>> {
+    if let Some(name) = path.strip_prefix("emotion_signals.") {
+        let signal = Signal::from_name(name)?;
+        return Some(double(emotion::signal_value(p, signal, emotion)));
+    }
+    if let Some(name) = path.strip_prefix("emotion_scores.") {
+        let state = crate::symbols::emotional_state(name)?;
+        return emotion
+            .rule(state)
+            .map(|_| double(emotion::score(p, state, emotion)));
+    }
     Some(match path {
         "id" => string(&p.id),
         "events" => int(i64::try_from(p.events).unwrap_or(i64::MAX)),
@@ -177,7 +186,8 @@ fn profile_field<'b>(
         "ces" => score(p.ces),
         "sentiment" => double(p.sentiment),
         "max_wait_seconds" => int(p.max_wait_seconds),
-        "emotional_state" => string(assess(p, now_ms, emotion).state.as_str()),
+        "emotional_state" => string(p.emotion.state.as_str()),
+        "emotional_state_since" => timestamp(p.emotion.since_ms),
         "recent_event_types" => string_list(p.recent.iter().map(|r| r.event_type.as_str())),
         "recent_channels" => string_list(p.recent.iter().map(|r| r.channel.as_str())),
         _ => return None,

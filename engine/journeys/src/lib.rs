@@ -99,11 +99,19 @@ impl CompiledJourneys {
         }
     }
 
-    /// Uses these emotional-state thresholds (for `profile.emotional_state` and
-    /// the state and reasons each action carries).
+    /// Uses this emotional-state configuration: the weights behind
+    /// `profile.emotion_signals.*` and `profile.emotion_scores.*`, and the
+    /// reasons each action carries. The state itself is read from the profile,
+    /// where [`rapport_model::emotion::update`] keeps it; pass the same
+    /// configuration there ([`CompiledJourneys::emotion`]).
     pub fn with_emotion(mut self, emotion: EmotionConfig) -> Self {
         self.emotion = emotion;
         self
+    }
+
+    /// The emotional-state configuration these journeys read signals with.
+    pub fn emotion(&self) -> &EmotionConfig {
+        &self.emotion
     }
 
     /// The journeys, ordered by id (the order they are evaluated in).

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use cel::{Context, Value};
 use rapport_model::action::action_id;
-use rapport_model::emotion::assess;
+use rapport_model::emotion;
 use rapport_model::profile::{JourneyEntries, JourneyRun, Timer};
 use rapport_model::{Action, Channel, DeliveryChannel, Profile, Reason, Touchpoint};
 
@@ -366,7 +366,7 @@ impl CompiledJourneys {
                 payload.insert(name.clone(), v);
             }
         }
-        let feeling = assess(p, c.now_ms, &self.emotion);
+        let feeling = emotion::current(p, &self.emotion);
         let mut reasons = self.reasons(j, &b, c.event.is_some(), report);
         if a.emotion_reasons && a.addresses != Some(feeling.state) {
             reasons.extend(feeling.reasons);

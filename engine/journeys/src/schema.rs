@@ -230,7 +230,137 @@ pub const PROFILE_FIELDS: &[Field] = &[
     (
         "profile.emotional_state",
         Decl::String,
-        "neutral, wants_to_feel_special, uncertain, anxious, invested_fan, invested_detractor",
+        "the stored emotional state, kept with hysteresis: neutral, wants_to_feel_special, uncertain, anxious, invested_fan, invested_detractor",
+    ),
+    (
+        "profile.emotional_state_since",
+        Decl::Timestamp,
+        "when the customer entered the current emotional state (1970-01-01 for the initial neutral)",
+    ),
+    (
+        "profile.emotion_signals",
+        Decl::Record,
+        "the value, 0 (absent) to 1 (fully present), of each emotional signal at the latest event",
+    ),
+    (
+        "profile.emotion_signals.repeat_views",
+        Decl::Double,
+        "uncertain: most views of one product within the browse window since buying it (0 one view, 1 from three)",
+    ),
+    (
+        "profile.emotion_signals.compared_products",
+        Decl::Double,
+        "uncertain: products viewed within the browse window and not bought (0 one, 1 from three)",
+    ),
+    (
+        "profile.emotion_signals.reviews_read",
+        Decl::Double,
+        "uncertain: review pages read within the browse window (1 from two)",
+    ),
+    (
+        "profile.emotion_signals.carts_without_purchase",
+        Decl::Double,
+        "uncertain: add-to-carts within the browse window without a purchase since (1 from one)",
+    ),
+    (
+        "profile.emotion_signals.help_searches",
+        Decl::Double,
+        "anxious: help searches within the contact window (0 one, 1 from three)",
+    ),
+    (
+        "profile.emotion_signals.repeat_contacts",
+        Decl::Double,
+        "anxious: calls and chat hand-offs within the contact window (0 one, 1 from three)",
+    ),
+    (
+        "profile.emotion_signals.call_wait",
+        Decl::Double,
+        "anxious: longest call wait within the contact window (0 to 120s, 1 from 600s)",
+    ),
+    (
+        "profile.emotion_signals.abandoned_checkouts",
+        Decl::Double,
+        "anxious: abandoned checkouts within the contact window (1 from two)",
+    ),
+    (
+        "profile.emotion_signals.nps_detractor",
+        Decl::Double,
+        "detractor: latest NPS within the feedback window (0.5 for a 6 up to 1 for a 0)",
+    ),
+    (
+        "profile.emotion_signals.csat_low",
+        Decl::Double,
+        "detractor: latest CSAT within the feedback window (0.5 for a 2, 1 for a 1)",
+    ),
+    (
+        "profile.emotion_signals.ces_low",
+        Decl::Double,
+        "detractor: latest CES within the feedback window (0.5 for a 2, 1 for a 1)",
+    ),
+    (
+        "profile.emotion_signals.negative_sentiment",
+        Decl::Double,
+        "detractor: how negative the recent chat sentiment trend is",
+    ),
+    (
+        "profile.emotion_signals.nps_promoter",
+        Decl::Double,
+        "fan: latest NPS within the feedback window is 9 or 10",
+    ),
+    (
+        "profile.emotion_signals.csat_high",
+        Decl::Double,
+        "fan: latest CSAT within the feedback window (0.5 for a 4, 1 for a 5)",
+    ),
+    (
+        "profile.emotion_signals.positive_sentiment",
+        Decl::Double,
+        "fan: how positive the recent chat sentiment trend is",
+    ),
+    (
+        "profile.emotion_signals.engagement",
+        Decl::Double,
+        "fan: days with touchpoints within the engagement window (1 from eight)",
+    ),
+    (
+        "profile.emotion_signals.lifetime_value",
+        Decl::Double,
+        "special: lifetime value (1 from the configured lifetime_value_full)",
+    ),
+    (
+        "profile.emotion_signals.order_frequency",
+        Decl::Double,
+        "special: purchases within the order window (1 from six)",
+    ),
+    (
+        "profile.emotion_scores",
+        Decl::Record,
+        "the score (sum of weight x signal value) of each emotional state at the latest event",
+    ),
+    (
+        "profile.emotion_scores.invested_detractor",
+        Decl::Double,
+        "score of invested_detractor",
+    ),
+    (
+        "profile.emotion_scores.anxious",
+        Decl::Double,
+        "score of anxious",
+    ),
+    (
+        "profile.emotion_scores.uncertain",
+        Decl::Double,
+        "score of uncertain",
+    ),
+    (
+        "profile.emotion_scores.invested_fan",
+        Decl::Double,
+        "score of invested_fan",
+    ),
+    (
+        "profile.emotion_scores.wants_to_feel_special",
+        Decl::Double,
+        "score of wants_to_feel_special",
     ),
     (
         "profile.recent_event_types",
@@ -362,4 +492,21 @@ pub fn fields_under(path: &str) -> Vec<&'static str> {
 /// The profile function `name`, if any.
 pub fn profile_function(name: &str) -> Option<&'static Function> {
     PROFILE_FUNCTIONS.iter().find(|f| f.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use rapport_model::emotion::{Signal, PRIORITY};
+
+    use super::*;
+
+    #[test]
+    fn every_emotional_signal_and_state_is_declared_and_nothing_else() {
+        let signals = fields_under("profile.emotion_signals");
+        let names: Vec<&str> = Signal::ALL.iter().map(|s| s.name()).collect();
+        assert_eq!(signals, names);
+        let states = fields_under("profile.emotion_scores");
+        let names: Vec<&str> = PRIORITY.iter().map(|s| s.as_str()).collect();
+        assert_eq!(states, names);
+    }
 }

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod action;
+pub mod duration;
 pub mod emotion;
 pub mod profile;
 pub mod testing;

@@ -10,6 +10,7 @@ use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
+use crate::emotion::EmotionTrack;
 use crate::touchpoint::{Channel, EventType, SurveyKind, Touchpoint};
 use crate::window::Windows;
 
@@ -21,6 +22,9 @@ pub const TRACKED_PRODUCTS: usize = 16;
 pub const VIEWS_PER_PRODUCT: usize = 8;
 /// How many help searches / contacts are kept for the "anxious" signals.
 pub const RECENT_CONTACTS: usize = 8;
+/// How many review reads and call waits are kept for the emotional signals
+/// (enough for any of their saturation points).
+pub const RECENT_SIGNALS: usize = 8;
 
 /// Activity on one channel.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +77,15 @@ impl ProductInterest {
             .copied()
             .filter(move |&t| t >= since_ms)
     }
+}
+
+/// A call wait and when it happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallWait {
+    /// Event time of the call event that reported it, epoch ms.
+    pub at_ms: i64,
+    /// Seconds the customer waited for an agent.
+    pub seconds: i32,
 }
 
 /// When a journey last fired for this customer, per journey-specific key.
@@ -158,6 +171,22 @@ pub struct Profile {
     /// When file-defined journeys were entered, for their re-entry rules.
     #[serde(default)]
     pub journey_entries: Vec<JourneyEntries>,
+    // Fields below were added in encoding version 3; older records decode with
+    // their defaults (see `ProfileV2`).
+    /// Event times of recent review reads, oldest first, at most [`RECENT_SIGNALS`]:
+    /// page views, product views and searches whose url or query mentions reviews.
+    #[serde(default)]
+    pub review_reads_ms: Vec<i64>,
+    /// Recent call waits, oldest first, at most [`RECENT_SIGNALS`].
+    #[serde(default)]
+    pub call_waits: Vec<CallWait>,
+    /// Event time of the latest chat sentiment, epoch ms (0 when none), so the
+    /// sentiment trend stops counting as a signal once it is old.
+    #[serde(default)]
+    pub sentiment_ms: i64,
+    /// The emotional state, maintained by [`crate::emotion::update`].
+    #[serde(default)]
+    pub emotion: EmotionTrack,
 }
 
 /// A customer inside a journey: where they are and since when. Kept in the
@@ -193,10 +222,12 @@ pub struct JourneyEntries {
 /// The state-encoding version written by this build. Readers accept every version up
 /// to this one, so state written by version N stays readable by N+1.
 ///
-/// Version 2 appended `windows`, `journey_runs` and `journey_entries`. Postcard
-/// is not self-describing: a struct with more fields cannot read a shorter
-/// record, so version-1 bodies are read as [`ProfileV1`] and converted.
-pub const PROFILE_ENCODING_VERSION: u8 = 2;
+/// Version 2 appended `windows`, `journey_runs` and `journey_entries`; version 3
+/// appended `review_reads_ms`, `call_waits`, `sentiment_ms` and `emotion`.
+/// Postcard is not self-describing: a struct with more fields cannot read a
+/// shorter record, so older bodies are read as [`ProfileV1`] or [`ProfileV2`]
+/// and converted.
+pub const PROFILE_ENCODING_VERSION: u8 = 3;
 
 /// The profile as encoding version 1 wrote it: the fields of [`Profile`] before
 /// `windows`. Only ever decoded.
@@ -227,7 +258,7 @@ struct ProfileV1 {
 
 impl From<ProfileV1> for Profile {
     fn from(v: ProfileV1) -> Self {
-        Profile {
+        upgraded(Profile {
             id: v.id,
             anonymous_ids: v.anonymous_ids,
             first_seen_ms: v.first_seen_ms,
@@ -250,8 +281,80 @@ impl From<ProfileV1> for Profile {
             journeys: v.journeys,
             timers: v.timers,
             ..Default::default()
-        }
+        })
     }
+}
+
+/// The profile as encoding version 2 wrote it: the fields of [`Profile`] up to
+/// `journey_entries`. Only ever decoded.
+#[derive(Deserialize)]
+struct ProfileV2 {
+    id: String,
+    anonymous_ids: Vec<String>,
+    first_seen_ms: i64,
+    last_seen_ms: i64,
+    events: u64,
+    channels: [ChannelActivity; 7],
+    orders: u32,
+    lifetime_value: f64,
+    returns: u32,
+    last_purchase_ms: i64,
+    nps: Option<Score>,
+    csat: Option<Score>,
+    ces: Option<Score>,
+    open_issues: u32,
+    sentiment: f64,
+    contacts_ms: Vec<i64>,
+    max_wait_seconds: i32,
+    products: Vec<ProductInterest>,
+    recent: VecDeque<RecentTouch>,
+    journeys: Vec<JourneyMark>,
+    timers: Vec<Timer>,
+    windows: Windows,
+    journey_runs: Vec<JourneyRun>,
+    journey_entries: Vec<JourneyEntries>,
+}
+
+impl From<ProfileV2> for Profile {
+    fn from(v: ProfileV2) -> Self {
+        upgraded(Profile {
+            id: v.id,
+            anonymous_ids: v.anonymous_ids,
+            first_seen_ms: v.first_seen_ms,
+            last_seen_ms: v.last_seen_ms,
+            events: v.events,
+            channels: v.channels,
+            orders: v.orders,
+            lifetime_value: v.lifetime_value,
+            returns: v.returns,
+            last_purchase_ms: v.last_purchase_ms,
+            nps: v.nps,
+            csat: v.csat,
+            ces: v.ces,
+            open_issues: v.open_issues,
+            sentiment: v.sentiment,
+            contacts_ms: v.contacts_ms,
+            max_wait_seconds: v.max_wait_seconds,
+            products: v.products,
+            recent: v.recent,
+            journeys: v.journeys,
+            timers: v.timers,
+            windows: v.windows,
+            journey_runs: v.journey_runs,
+            journey_entries: v.journey_entries,
+            ..Default::default()
+        })
+    }
+}
+
+/// Fills in what a profile written before version 3 can tell about the fields
+/// it lacks: a non-zero sentiment trend dates from the latest chat touchpoint.
+/// The emotional state starts `neutral` and is set by the next evaluation.
+fn upgraded(mut p: Profile) -> Profile {
+    if p.sentiment != 0.0 {
+        p.sentiment_ms = p.channels[Channel::Chat.index()].last_ms;
+    }
+    p
 }
 
 /// A stored profile could not be read.
@@ -290,6 +393,7 @@ impl Profile {
         match bytes.split_first() {
             None => Err(DecodeError::Empty),
             Some((&PROFILE_ENCODING_VERSION, body)) => Ok(postcard::from_bytes(body)?),
+            Some((&2, body)) => Ok(postcard::from_bytes::<ProfileV2>(body)?.into()),
             Some((&1, body)) => Ok(postcard::from_bytes::<ProfileV1>(body)?.into()),
             Some((&v, _)) => Err(DecodeError::UnknownVersion(v)),
         }
@@ -316,6 +420,17 @@ impl Profile {
             }
         }
 
+        if matches!(
+            t.event_type,
+            EventType::PageView | EventType::ProductView | EventType::Search
+        ) && t.web.as_ref().is_some_and(|w| {
+            [w.url.as_deref(), w.query.as_deref()]
+                .into_iter()
+                .flatten()
+                .any(mentions_reviews)
+        }) {
+            push_bounded(&mut self.review_reads_ms, at, RECENT_SIGNALS);
+        }
         match t.event_type {
             EventType::ProductView => {
                 if let Some(sku) = t.sku() {
@@ -368,9 +483,21 @@ impl Profile {
         }
         if let Some(wait) = t.call.as_ref().and_then(|c| c.wait_seconds) {
             self.max_wait_seconds = self.max_wait_seconds.max(wait);
+            if wait > 0 {
+                let w = CallWait {
+                    at_ms: at,
+                    seconds: wait,
+                };
+                let pos = self.call_waits.partition_point(|c| c.at_ms <= at);
+                self.call_waits.insert(pos, w);
+                if self.call_waits.len() > RECENT_SIGNALS {
+                    self.call_waits.remove(0);
+                }
+            }
         }
         if let Some(s) = t.chat.as_ref().and_then(|c| c.sentiment) {
             self.sentiment = 0.7 * self.sentiment + 0.3 * s;
+            self.sentiment_ms = self.sentiment_ms.max(at);
         }
 
         // The oldest touch's id buffer is reused for the newest: no allocation
@@ -501,6 +628,14 @@ impl ProductInterest {
         let pos = self.views_ms.partition_point(|&t| t <= at);
         self.views_ms.insert(pos, at);
     }
+}
+
+/// Whether a url or search query is about reviews ("review" in any case).
+fn mentions_reviews(text: &str) -> bool {
+    const WORD: &[u8] = b"review";
+    text.as_bytes()
+        .windows(WORD.len())
+        .any(|w| w.eq_ignore_ascii_case(WORD))
 }
 
 /// Inserts `at` keeping the newest `cap` values in time order.
@@ -648,6 +783,106 @@ mod tests {
             ..p.clone()
         };
         assert_eq!(old, expected);
+        assert_eq!(Profile::decode(&p.encode()).unwrap(), p);
+    }
+
+    /// What version 2 wrote for `p`: the body without the fields appended in version 3.
+    fn v2_bytes(p: &Profile) -> Vec<u8> {
+        let mut v2 = vec![2u8];
+        v2.extend(
+            postcard::to_allocvec(&(
+                (
+                    &p.id,
+                    &p.anonymous_ids,
+                    p.first_seen_ms,
+                    p.last_seen_ms,
+                    p.events,
+                ),
+                (
+                    &p.channels,
+                    p.orders,
+                    p.lifetime_value,
+                    p.returns,
+                    p.last_purchase_ms,
+                ),
+                (&p.nps, &p.csat, &p.ces, p.open_issues, p.sentiment),
+                (&p.contacts_ms, p.max_wait_seconds, &p.products, &p.recent),
+                (&p.journeys, &p.timers),
+                (&p.windows, &p.journey_runs, &p.journey_entries),
+            ))
+            .unwrap(),
+        );
+        v2
+    }
+
+    #[test]
+    fn a_version_2_record_decodes_with_a_neutral_emotional_state() {
+        let mut p = Profile::new("c1");
+        p.apply(&tp("e1", "c1", Channel::Web, EventType::ProductView, 1_000).with_sku("s"));
+        p.apply(&tp("e2", "c1", Channel::Chat, EventType::ChatMessage, 2_000).with_sentiment(-0.5));
+        p.apply(
+            &tp(
+                "e3",
+                "c1",
+                Channel::CallCenter,
+                EventType::CallStarted,
+                3_000,
+            )
+            .with_wait(700),
+        );
+        p.mark_journey("recovery", "", 1_000);
+        p.journey_runs.push(JourneyRun {
+            journey: "survey".into(),
+            version: 1,
+            key: "o-1".into(),
+            at: SmallVec::from_slice(&[1]),
+            entered_ms: 1_000,
+            trigger_event_id: "e1".into(),
+        });
+        crate::emotion::update(&mut p, 3_000, &crate::emotion::EmotionConfig::default());
+        assert_ne!(
+            p.emotion,
+            Default::default(),
+            "the test covers the new fields"
+        );
+        let v2 = v2_bytes(&p);
+        assert!(postcard::from_bytes::<Profile>(&v2[1..]).is_err());
+        let old = Profile::decode(&v2).unwrap();
+        let expected = Profile {
+            call_waits: Vec::new(),
+            emotion: Default::default(),
+            // The sentiment trend is dated by the latest chat touchpoint.
+            sentiment_ms: 2_000,
+            ..p.clone()
+        };
+        assert_eq!(old, expected);
+        let again = old.encode();
+        assert_eq!(again[0], 3);
+        assert_eq!(Profile::decode(&again).unwrap(), expected);
+    }
+
+    /// The profile inside `tests/fixtures/stored-profile-v2.bin`, a record the
+    /// engine stored with encoding version 2 (an envelope of source offsets
+    /// around the profile), still decodes.
+    #[test]
+    fn the_stored_version_2_fixture_decodes() {
+        let bytes: &[u8] = include_bytes!("../../../tests/fixtures/stored-profile-v2.bin");
+        // Envelope: version, number of sources, 16 bytes per source, the profile.
+        let sources = usize::from(bytes[1]);
+        let body = &bytes[2 + 16 * sources..];
+        assert_eq!(body[0], 2, "a version-2 profile");
+        let p = Profile::decode(body).unwrap();
+        assert_eq!(p.id, "c-fixture");
+        assert_eq!(p.events, 6);
+        assert_eq!(p.orders, 1);
+        assert_eq!(p.nps.map(|s| s.score), Some(4));
+        assert_eq!(
+            p.product_interest("tv-55").map(|i| i.views_ms.len()),
+            Some(3)
+        );
+        assert!(!p.timers.is_empty() && !p.journey_entries.is_empty());
+        assert_eq!(p.emotion.state, crate::action::EmotionalState::Neutral);
+        assert!(p.review_reads_ms.is_empty() && p.call_waits.is_empty());
         assert_eq!(Profile::decode(&p.encode()).unwrap(), p);
     }
 }

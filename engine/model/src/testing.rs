@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::touchpoint::{Channel, Chat, Commerce, EventType, Survey, SurveyKind, Touchpoint};
+use crate::touchpoint::{
+    Call, Channel, Chat, Commerce, EventType, Survey, SurveyKind, Touchpoint, Web,
+};
 
 /// A minimal valid touchpoint for `customer`.
 pub fn tp(
@@ -70,6 +72,18 @@ impl Touchpoint {
             sentiment: Some(s),
             from_bot: Some(false),
         });
+        self
+    }
+
+    /// With a call wait, seconds.
+    pub fn with_wait(mut self, seconds: i32) -> Self {
+        self.call.get_or_insert_with(Call::default).wait_seconds = Some(seconds);
+        self
+    }
+
+    /// With a page url.
+    pub fn with_url(mut self, url: &str) -> Self {
+        self.web.get_or_insert_with(Web::default).url = Some(url.to_owned());
         self
     }
 }

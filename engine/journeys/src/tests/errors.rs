@@ -185,3 +185,30 @@ fn invalid_cel_syntax_is_reported_inside_the_expression() {
     assert!(p[0].message.starts_with("invalid CEL"), "{}", p[0]);
     assert_eq!(p[0].line, 5);
 }
+
+#[test]
+fn a_misspelt_emotional_signal_is_rejected_at_its_position() {
+    let p = only(&journey(
+        "profile.emotion_signals.help_serches >= 0.5",
+        ACTION,
+    ));
+    at_when(&p, 23);
+    assert!(
+        p.message
+            .contains("unknown profile field `profile.emotion_signals.help_serches`"),
+        "{p}"
+    );
+    assert!(
+        p.hint.contains("help_searches"),
+        "the hint lists the signals: {p}"
+    );
+    let p = only(&journey("profile.emotion_scores.angry > 1.0", ACTION));
+    assert!(p.message.contains("`profile.emotion_scores.angry`"), "{p}");
+    assert!(p.hint.contains("anxious"), "{p}");
+    // Scores are doubles: comparing one with a string is a type error.
+    let p = only(&journey("profile.emotion_scores.anxious == 'high'", ACTION));
+    assert!(
+        p.message.contains("cannot compare double with string"),
+        "{p}"
+    );
+}

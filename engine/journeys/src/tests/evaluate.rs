@@ -325,3 +325,98 @@ action = { kind = "callback", channel = "call_center" }
     // Two days later the first calls are out of the window.
     assert!(feed(&j, &mut p, call(60, Channel::CallCenter)).is_empty());
 }
+
+/// Offers a call-back to an anxious customer, saying which signals and score
+/// it saw.
+fn anxious_callback() -> CompiledJourneys {
+    journeys(
+        r#"[[journey]]
+id = "calm_down"
+version = 1
+trigger = { events = ["help_search", "page_view"] }
+when = '''profile.emotional_state == "anxious"
+  && profile.emotion_scores.anxious >= 0.5
+  && profile.emotion_signals.help_searches > 0.0'''
+[[journey.reason]]
+condition = "help searches signal"
+value = "profile.emotion_signals.help_searches"
+[[journey.reason]]
+condition = "anxious since"
+value = "profile.emotional_state_since"
+[[journey.steps]]
+action = { kind = "callback", channel = "call_center" }
+"#,
+    )
+}
+
+#[test]
+fn conditions_read_the_stored_state_its_signals_and_scores() {
+    let j = anxious_callback();
+    let mut p = Profile::new("c1");
+    let help = |i: i64| {
+        tp(
+            &format!("h{i}"),
+            "c1",
+            Channel::Web,
+            EventType::HelpSearch,
+            T0 + i * HOUR_MS,
+        )
+    };
+    assert!(feed(&j, &mut p, help(0)).is_empty());
+    assert!(
+        feed(&j, &mut p, help(1)).is_empty(),
+        "two searches: not anxious"
+    );
+    let a = feed(&j, &mut p, help(2));
+    assert_eq!(a.len(), 1);
+    let action = &a[0].action;
+    assert_eq!(
+        action.emotional_state,
+        Some(rapport_model::EmotionalState::Anxious)
+    );
+    assert_eq!(
+        action.reasons,
+        vec![
+            Reason::new("help searches signal", "1"),
+            Reason::new("anxious since", (T0 + 2 * HOUR_MS).to_string()),
+            Reason::new(r#"profile.emotional_state == "anxious""#, "anxious"),
+            Reason::new("profile.emotion_scores.anxious >= 0.5", "1"),
+            Reason::new("profile.emotion_signals.help_searches > 0.0", "1"),
+            Reason::new(
+                "help searches within 48h (help_searches, weight 1, contributes 1.00)",
+                "3"
+            ),
+        ],
+        "journey reasons, the conditions that held, then the signals behind the state"
+    );
+    // A calm page view an hour later: the stored state is still anxious
+    // (hysteresis), and the signal is still there.
+    let calm = tp(
+        "pv",
+        "c1",
+        Channel::Web,
+        EventType::PageView,
+        T0 + 3 * HOUR_MS,
+    );
+    assert_eq!(feed(&j, &mut p, calm).len(), 1);
+}
+
+#[test]
+fn the_emotional_state_is_read_from_the_profile_not_recomputed() {
+    let j = anxious_callback();
+    let mut p = Profile::new("c1");
+    // Signals that would make anyone anxious, but the state was never updated:
+    // journeys see what the profile stores.
+    for i in 0..3 {
+        p.apply(&tp("h", "c1", Channel::Web, EventType::HelpSearch, T0 + i));
+    }
+    let t = tp("h4", "c1", Channel::Web, EventType::HelpSearch, T0 + 3);
+    p.apply(&t);
+    let mut out = Vec::new();
+    j.on_event(&mut p, &t, &mut out);
+    assert!(out.is_empty(), "stored state is neutral: {out:?}");
+    // Once the engine updates it, the same event is judged anxious.
+    rapport_model::emotion::update(&mut p, t.event_time, j.emotion());
+    j.on_event(&mut p, &t, &mut out);
+    assert_eq!(out.len(), 1);
+}

@@ -35,9 +35,10 @@ pub(crate) fn problems(text: &str) -> Vec<Problem> {
     }
 }
 
-/// Applies `t` to `p` and evaluates, as the runtime does.
+/// Applies `t` to `p`, updates the emotional state and evaluates, as the runtime does.
 pub(crate) fn feed(j: &CompiledJourneys, p: &mut Profile, t: Touchpoint) -> Vec<Decision> {
     p.apply(&t);
+    rapport_model::emotion::update(p, t.event_time, j.emotion());
     let mut out = Vec::new();
     let report = j.on_event(p, &t, &mut out);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
@@ -64,4 +65,24 @@ fn shipped_and_example_journeys_load() {
     let all = CompiledJourneys::load(&base, &["*.toml"]).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(all.journeys().len(), 4);
     assert!(all.journey("closed_loop_alert").is_some());
+}
+
+/// The `[emotion]` section of the example configuration spells out the
+/// defaults, and a misspelt signal there is refused with its key.
+#[test]
+fn the_example_emotion_configuration_is_the_default() {
+    use rapport_model::emotion::EmotionConfig;
+    use serde::Deserialize;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/rapport.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let table: toml::Table = toml::from_str(&text).unwrap();
+    let emotion = table["emotion"].clone();
+    assert_eq!(
+        EmotionConfig::deserialize(emotion).unwrap(),
+        EmotionConfig::default()
+    );
+    let bad = "[emotion.anxious]\nweights = { help_serches = 1.0 }\n";
+    let e = toml::from_str::<toml::Table>(bad).unwrap()["emotion"].clone();
+    let e = EmotionConfig::deserialize(e).unwrap_err().to_string();
+    assert!(e.contains("unknown signal `help_serches`"), "{e}");
 }
