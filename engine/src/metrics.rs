@@ -17,6 +17,8 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// Actions emitted, by journey and kind.
     pub actions: IntCounterVec,
+    /// Emotional-state transitions, by state left and state entered.
+    pub emotion_transitions: IntCounterVec,
     /// Timers fired (actions they produced).
     pub timers_fired: IntCounter,
     /// Changelog records restored into local state.
@@ -67,6 +69,14 @@ impl Metrics {
             actions: IntCounterVec::new(
                 Opts::new("rapport_actions_total", "Actions emitted"),
                 &["journey", "kind"],
+            )
+            .expect("valid metric"),
+            emotion_transitions: IntCounterVec::new(
+                Opts::new(
+                    "rapport_emotion_transitions_total",
+                    "Customers' emotional-state changes, by state left and state entered",
+                ),
+                &["from", "to"],
             )
             .expect("valid metric"),
             timers_fired: IntCounter::new(
@@ -150,6 +160,7 @@ impl Metrics {
             Box::new(m.commit_latency_seconds.clone()),
             Box::new(m.timers_fired.clone()),
             Box::new(m.restored.clone()),
+            Box::new(m.emotion_transitions.clone()),
             Box::new(m.restore_remaining.clone()),
             Box::new(m.commit_seconds.clone()),
             Box::new(m.cached_profiles.clone()),

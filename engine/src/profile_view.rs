@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use rapport_model::emotion::{assess, EmotionConfig};
+use rapport_model::emotion::{self, EmotionConfig};
 use rapport_model::profile::Score;
 use rapport_model::{Channel, Profile};
 use serde::Serialize;
@@ -67,22 +67,34 @@ pub struct ScoreView {
     pub at: String,
 }
 
-/// The emotional state and its signals.
+/// The emotional state, since when, and the signals behind it.
 #[derive(Debug, Serialize, PartialEq)]
 pub struct EmotionView {
     /// The state (`neutral`, `uncertain`, `anxious`, ...).
     pub state: &'static str,
-    /// Each signal that produced it, with the value seen.
+    /// When the customer entered it, RFC 3339 (absent before their first evaluation).
+    pub since: Option<String>,
+    /// The state's score: the weighted sum of its signals (0 for `neutral`).
+    pub score: f64,
+    /// Each signal that contributes to the state's score.
     pub signals: Vec<SignalView>,
 }
 
-/// One signal.
+/// One signal and its part in the score.
 #[derive(Debug, Serialize, PartialEq)]
 pub struct SignalView {
-    /// What was checked.
-    pub condition: String,
-    /// What was seen.
-    pub value: String,
+    /// The signal (`help_searches`, `repeat_views`, `nps_detractor`, ...).
+    pub signal: &'static str,
+    /// What it measures, in words.
+    pub description: String,
+    /// What was observed (a count, a score, seconds, ...).
+    pub observed: f64,
+    /// The signal's value, 0 (absent) to 1 (fully present).
+    pub value: f64,
+    /// Its weight for this state, from `[emotion]`.
+    pub weight: f64,
+    /// value x weight.
+    pub contribution: f64,
 }
 
 /// One recent touchpoint.
@@ -154,7 +166,7 @@ impl ProfileView {
             .into_iter()
             .filter_map(|(name, s)| score(s).map(|v| (name, v)))
             .collect();
-        let feeling = assess(p, p.last_seen_ms, emotion);
+        let feeling = emotion::current(p, emotion);
         let mut waits: Vec<WaitView> = p
             .timers
             .iter()
@@ -181,12 +193,18 @@ impl ProfileView {
             sentiment: p.sentiment,
             emotional_state: EmotionView {
                 state: feeling.state.as_str(),
+                since: (feeling.since_ms > 0).then(|| rfc3339(feeling.since_ms)),
+                score: feeling.score,
                 signals: feeling
-                    .reasons
-                    .into_iter()
-                    .map(|r| SignalView {
-                        condition: r.condition,
-                        value: r.value,
+                    .signals
+                    .iter()
+                    .map(|c| SignalView {
+                        signal: c.signal.name(),
+                        description: c.signal.describe(emotion),
+                        observed: c.observed,
+                        value: c.value,
+                        weight: c.weight,
+                        contribution: c.contribution,
                     })
                     .collect(),
             },
@@ -242,6 +260,7 @@ mod tests {
             )
             .with_survey(SurveyKind::Nps, 2),
         );
+        emotion::update(&mut p, t0 + 2_000, &EmotionConfig::default());
         let v = ProfileView::of(&p, &EmotionConfig::default());
         assert_eq!(v.first_seen, "2025-11-24T16:00:00.000Z");
         assert_eq!(

@@ -568,14 +568,32 @@ mod tests {
     #[test]
     fn the_stored_fixture_of_the_current_format_reads_back() {
         let path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stored-profile-v2.bin");
-        let stored = fixture_profile();
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stored-profile-v3.bin");
+        let mut stored = fixture_profile();
+        rapport_model::emotion::update(
+            &mut stored.profile,
+            1_764_000_100_000,
+            &rapport_model::emotion::EmotionConfig::default(),
+        );
         if std::env::var_os("RAPPORT_WRITE_FIXTURES").is_some() {
             std::fs::write(&path, stored.encode()).unwrap();
         }
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(bytes[0], ENVELOPE_VERSION);
         assert_eq!(Stored::decode("c-fixture", 3, &bytes).unwrap(), stored);
+    }
+
+    /// Profiles stored by the previous release (profile encoding 2) still read,
+    /// with the fields added since at their defaults.
+    #[test]
+    fn the_stored_fixture_of_the_previous_format_reads_back() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stored-profile-v2.bin");
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(
+            Stored::decode("c-fixture", 3, &bytes).unwrap(),
+            fixture_profile()
+        );
     }
 
     #[test]

@@ -117,6 +117,13 @@ fn metrics_show_lag_latency_commits_and_restores_and_ready_agrees_with_readyz() 
         "memtable bytes reported"
     );
     assert!(value(&m, "rapport_commit_latency_seconds_count") > 0.0);
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("rapport_emotion_transitions_total{from=\"neutral\"")
+                && !l.ends_with(" 0")
+        ),
+        "customers left the neutral state"
+    );
     assert!(value(&m, "rapport_commit_latency_seconds_sum") > 0.0);
     assert_eq!(
         value(&m, "rapport_events_total"),

@@ -9,6 +9,7 @@
 
 pub(crate) mod task;
 
+use rapport_model::emotion;
 use std::sync::Arc;
 
 use rapport_journeys::{CompiledJourneys, Decision};
@@ -188,6 +189,12 @@ impl Processor {
                 return false;
             }
             s.profile.apply(tp);
+            if let Some(t) = emotion::update(&mut s.profile, tp.event_time, journeys.emotion()) {
+                metrics
+                    .emotion_transitions
+                    .with_label_values(&[t.from.as_str(), t.to.as_str()])
+                    .inc();
+            }
             let report = journeys.on_event(&mut s.profile, tp, decisions);
             for e in report.errors {
                 tracing::warn!(journey = %e.journey, expression = %e.expression, error = %e.message, "journey expression failed; treated as false");
