@@ -319,6 +319,12 @@ pub struct EmotionTrack {
     /// Observation per signal at the latest evaluation, indexed by
     /// [`Signal::index`]; missing entries read as [`Signal::absent`].
     pub observed: Vec<f32>,
+    /// Days with customer touchpoints: bit `i` is day `active_day - i` (days
+    /// since the epoch, UTC), so `engagement` is a bit count, not a scan of the
+    /// profile's history on every event.
+    pub active_days: u128,
+    /// The day of bit 0 of `active_days`.
+    pub active_day: i64,
 }
 
 impl Default for EmotionTrack {
@@ -328,11 +334,49 @@ impl Default for EmotionTrack {
             since_ms: 0,
             evaluated_ms: 0,
             observed: Vec::new(),
+            active_days: 0,
+            active_day: 0,
         }
     }
 }
 
 impl EmotionTrack {
+    /// Notes a customer touchpoint at `at_ms` (days more than 127 before the
+    /// latest are forgotten).
+    pub fn note_active(&mut self, at_ms: i64) {
+        let day = at_ms.div_euclid(DAY_MS);
+        let ahead = day - self.active_day;
+        if ahead > 0 {
+            self.active_days = match u32::try_from(ahead) {
+                Ok(n) if n < 128 => self.active_days << n,
+                _ => 0,
+            };
+            self.active_day = day;
+        }
+        let back = self.active_day - day;
+        if (0..128).contains(&back) {
+            self.active_days |= 1 << back;
+        }
+    }
+
+    /// Days with customer touchpoints in `[since_ms, now_ms]`.
+    pub fn days_active(&self, since_ms: i64, now_ms: i64) -> u32 {
+        let (first, last) = (since_ms.div_euclid(DAY_MS), now_ms.div_euclid(DAY_MS));
+        // Bits for days first..=last: back = active_day - day.
+        let lo = (self.active_day - last).max(0);
+        let hi = (self.active_day - first).min(127);
+        if lo > hi {
+            return 0;
+        }
+        let width = hi - lo + 1;
+        let mask = if width >= 128 {
+            u128::MAX
+        } else {
+            ((1u128 << width) - 1) << lo
+        };
+        (self.active_days & mask).count_ones()
+    }
+
     /// The observation of `signal` at the latest evaluation.
     pub fn observed(&self, signal: Signal) -> f64 {
         self.observed
@@ -831,14 +875,30 @@ pub struct Assessment {
     pub reasons: Vec<Reason>,
 }
 
+/// Notes touchpoint `tp` (applied to the profile just before) as a day of
+/// customer activity and re-evaluates the state at its event time ([`update`]).
+/// The engine calls this after each touchpoint is applied and before journeys
+/// evaluate it.
+pub fn update_on_touchpoint(
+    p: &mut Profile,
+    tp: &crate::touchpoint::Touchpoint,
+    cfg: &EmotionConfig,
+) -> Option<Transition> {
+    if tp.channel != Channel::System {
+        p.emotion.note_active(tp.event_time);
+    }
+    update(p, tp.event_time, cfg)
+}
+
 /// Re-evaluates the customer's signals at event time `now_ms` and moves the
-/// stored state by the hysteresis rules (see the module documentation).
+/// stored state by the hysteresis rules (see the module documentation). After
+/// a touchpoint, use [`update_on_touchpoint`], which also counts the day as
+/// active.
 ///
-/// Call after each touchpoint is applied to the profile and before journeys
-/// evaluate it. A `now_ms` earlier than the latest evaluation (a late event) is
-/// treated as the latest evaluation's time: state time never runs backwards.
-/// Returns the transition when the state changed. Allocates only the first
-/// time a profile is evaluated.
+/// A `now_ms` earlier than the latest evaluation (a late event) is treated as
+/// the latest evaluation's time: state time never runs backwards. Returns the
+/// transition when the state changed. Allocates only the first time a profile
+/// is evaluated.
 pub fn update(p: &mut Profile, now_ms: i64, cfg: &EmotionConfig) -> Option<Transition> {
     let now = now_ms.max(p.emotion.evaluated_ms);
     let observed = observe(p, now, cfg);
@@ -1034,28 +1094,7 @@ fn observe(p: &Profile, now: i64, cfg: &EmotionConfig) -> [f64; Signal::ALL.len(
 /// Days (counted back from `now`'s day) with at least one touchpoint on a
 /// channel other than `system`, within the engagement window.
 fn active_days(p: &Profile, now: i64, cfg: &EmotionConfig) -> u32 {
-    let since = now - cfg.engagement_window_ms;
-    let today = now.div_euclid(DAY_MS);
-    // The window is at most 92 days (validated), so the days fit one u128.
-    let mut days: u128 = 0;
-    for s in p
-        .windows
-        .series
-        .iter()
-        .filter(|s| s.channel != Channel::System)
-    {
-        for b in s
-            .buckets
-            .iter()
-            .filter(|b| b.start_ms >= since && b.start_ms <= now)
-        {
-            let back = today - b.start_ms.div_euclid(DAY_MS);
-            if (0..128).contains(&back) {
-                days |= 1 << back;
-            }
-        }
-    }
-    days.count_ones()
+    p.emotion.days_active(now - cfg.engagement_window_ms, now)
 }
 
 #[cfg(test)]
@@ -1069,10 +1108,29 @@ mod tests {
     const T0: i64 = 1_764_000_000_000;
     const MIN_MS: i64 = 60_000;
 
+    #[test]
+    fn active_days_are_counted_within_the_window_late_days_included() {
+        let mut t = EmotionTrack::default();
+        let day = |d: i64| T0 + d * DAY_MS;
+        for d in [0, 1, 1, 3, 10] {
+            t.note_active(day(d));
+        }
+        // A late touchpoint for day 2 counts; one 200 days back is forgotten.
+        t.note_active(day(2));
+        t.note_active(day(-200));
+        assert_eq!(t.days_active(day(0), day(10)), 5);
+        assert_eq!(t.days_active(day(2), day(10)), 3);
+        assert_eq!(t.days_active(day(0), day(3)), 4);
+        assert_eq!(t.days_active(day(11), day(20)), 0);
+        // Far ahead: the old days fall out of the bitmap.
+        t.note_active(day(300));
+        assert_eq!(t.days_active(day(0), day(300)), 1);
+    }
+
     /// Applies `t` and evaluates, as the engine does.
     fn feed(p: &mut Profile, t: Touchpoint, cfg: &EmotionConfig) -> Option<Transition> {
         p.apply(&t);
-        update(p, t.event_time, cfg)
+        update_on_touchpoint(p, &t, cfg)
     }
 
     fn help(at: i64) -> Touchpoint {

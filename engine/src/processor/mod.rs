@@ -189,7 +189,7 @@ impl Processor {
                 return false;
             }
             s.profile.apply(tp);
-            if let Some(t) = emotion::update(&mut s.profile, tp.event_time, journeys.emotion()) {
+            if let Some(t) = emotion::update_on_touchpoint(&mut s.profile, tp, journeys.emotion()) {
                 metrics
                     .emotion_transitions
                     .with_label_values(&[t.from.as_str(), t.to.as_str()])
