@@ -16,6 +16,8 @@ mod format;
 pub mod guard;
 pub mod journey;
 mod load;
+mod load_policy;
+pub mod policy;
 pub mod run;
 pub mod schema;
 pub mod symbols;
@@ -27,8 +29,9 @@ use rapport_model::emotion::EmotionConfig;
 
 pub use duration::cel_duration_ms;
 pub use error::{LoadError, Problem};
-pub use journey::{Journey, Purpose, Reentry};
-pub use run::{Decision, EvalError, Report};
+pub use journey::{Journey, Purpose, QuietMode, Reentry};
+pub use policy::{Decision, DeliveryPolicy, Outcome, Output};
+pub use run::{EvalError, Report};
 
 /// The journeys shipped with Rapport, embedded so they can be loaded without
 /// the source tree: (file name, contents).
@@ -53,6 +56,7 @@ pub struct CompiledJourneys {
     journeys: Vec<Journey>,
     env: Arc<cel::Env>,
     emotion: EmotionConfig,
+    policy: DeliveryPolicy,
 }
 
 impl std::fmt::Debug for CompiledJourneys {
@@ -71,15 +75,15 @@ impl CompiledJourneys {
     /// (e.g. `["journeys/*.toml"]`). Returns every problem of every file.
     pub fn load(base: &Path, patterns: &[&str]) -> Result<Self, LoadError> {
         let env = bind::environment();
-        let journeys = load::load_globs(&env, base, patterns)?;
-        Ok(Self::new(journeys, env))
+        let loaded = load::load_globs(&env, base, patterns)?;
+        Ok(Self::new(loaded, env))
     }
 
     /// Compiles journey files given as (path for messages, contents).
     pub fn from_sources(sources: &[(PathBuf, String)]) -> Result<Self, LoadError> {
         let env = bind::environment();
-        let journeys = load::load_sources(&env, sources)?;
-        Ok(Self::new(journeys, env))
+        let loaded = load::load_sources(&env, sources)?;
+        Ok(Self::new(loaded, env))
     }
 
     /// The journeys shipped with Rapport ([`SHIPPED`]).
@@ -91,12 +95,19 @@ impl CompiledJourneys {
         Self::from_sources(&sources)
     }
 
-    fn new(journeys: Vec<Journey>, env: Arc<cel::Env>) -> Self {
+    fn new(loaded: load::Loaded, env: Arc<cel::Env>) -> Self {
         CompiledJourneys {
-            journeys,
+            journeys: loaded.journeys,
             env,
             emotion: EmotionConfig::default(),
+            policy: loaded.policy,
         }
+    }
+
+    /// The delivery policy every action passes: the `[policy]` table of the
+    /// files, or [`DeliveryPolicy::default`] when they have none.
+    pub fn policy(&self) -> &DeliveryPolicy {
+        &self.policy
     }
 
     /// Uses this emotional-state configuration: the weights behind
