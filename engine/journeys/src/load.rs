@@ -376,6 +376,7 @@ impl Compiler<'_> {
     /// fallbacks comes back to where it started.
     fn check_fallbacks(&mut self, journey: &str) {
         let fallbacks = std::mem::take(&mut self.fallbacks);
+        let mut looped: Vec<String> = Vec::new();
         for (from, to) in &fallbacks {
             let name = to.get_ref();
             if !self.named.iter().any(|(n, _, _)| n == name) {
@@ -391,9 +392,14 @@ impl Compiler<'_> {
                 );
                 continue;
             }
-            // Follow the chain from this action: it must end.
+            // Follow the chain from this action: it must end. A loop is
+            // reported once, at the first action in it.
             let Some(start) = from else { continue };
+            if looped.contains(start) {
+                continue;
+            }
             let mut at = name.as_str();
+            let mut chain = vec![start.as_str()];
             for _ in 0..=fallbacks.len() {
                 if at == start {
                     self.fail(
@@ -401,8 +407,10 @@ impl Compiler<'_> {
                         format!("fallback {name:?} leads back to action {start:?}"),
                         "fallbacks must end: the last one names no fallback",
                     );
+                    looped.extend(chain.iter().map(|c| (*c).to_owned()));
                     break;
                 }
+                chain.push(at);
                 match fallbacks.iter().find(|(f, _)| f.as_deref() == Some(at)) {
                     Some((_, next)) => at = next.get_ref(),
                     None => break,
