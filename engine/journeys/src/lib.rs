@@ -33,9 +33,14 @@ pub use journey::{Journey, Purpose, QuietMode, Reentry};
 pub use policy::{Decision, DeliveryPolicy, Outcome, Output};
 pub use run::{EvalError, Report};
 
-/// The journeys shipped with Rapport, embedded so they can be loaded without
-/// the source tree: (file name, contents).
+/// The journey files shipped with Rapport (`deploy/journeys/`), embedded so
+/// they can be loaded without the source tree: (file name, contents). One
+/// set, with the delivery policy (`policy.toml`) that names its journeys.
 pub const SHIPPED: &[(&str, &str)] = &[
+    (
+        "policy.toml",
+        include_str!("../../../deploy/journeys/policy.toml"),
+    ),
     (
         "hesitation_guide.toml",
         include_str!("../../../deploy/journeys/hesitation_guide.toml"),
@@ -47,6 +52,26 @@ pub const SHIPPED: &[(&str, &str)] = &[
     (
         "post_delivery_survey.toml",
         include_str!("../../../deploy/journeys/post_delivery_survey.toml"),
+    ),
+    (
+        "closed_loop_alert.toml",
+        include_str!("../../../deploy/journeys/closed_loop_alert.toml"),
+    ),
+    (
+        "exclusive_treatment.toml",
+        include_str!("../../../deploy/journeys/exclusive_treatment.toml"),
+    ),
+    (
+        "cart_reassurance.toml",
+        include_str!("../../../deploy/journeys/cart_reassurance.toml"),
+    ),
+    (
+        "anxious_support.toml",
+        include_str!("../../../deploy/journeys/anxious_support.toml"),
+    ),
+    (
+        "ambassador_invitation.toml",
+        include_str!("../../../deploy/journeys/ambassador_invitation.toml"),
     ),
 ];
 

@@ -94,12 +94,31 @@ fn shipped_and_example_journeys_load() {
     let ids: Vec<&str> = j.journeys().iter().map(|j| j.id.as_str()).collect();
     assert_eq!(
         ids,
-        ["hesitation_guide", "post_delivery_survey", "recovery_offer"]
+        [
+            "ambassador_invitation",
+            "anxious_support",
+            "cart_reassurance",
+            "closed_loop_alert",
+            "exclusive_treatment",
+            "hesitation_guide",
+            "post_delivery_survey",
+            "recovery_offer"
+        ]
     );
+    assert_eq!(j.policy().caps.len(), 4, "the shipped policy is loaded");
     let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/journeys");
     let all = CompiledJourneys::load(&base, &["*.toml"]).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(all.journeys().len(), 4);
-    assert!(all.journey("closed_loop_alert").is_some());
+    assert_eq!(all.journeys().len(), 8);
+    // Every file in the directory is shipped.
+    let mut files: Vec<String> = std::fs::read_dir(&base)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| f.ends_with(".toml"))
+        .collect();
+    files.sort();
+    let mut shipped: Vec<&str> = crate::SHIPPED.iter().map(|(f, _)| *f).collect();
+    shipped.sort();
+    assert_eq!(files, shipped);
 }
 
 /// The `[emotion]` section of the example configuration spells out the
