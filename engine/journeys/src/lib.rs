@@ -2,10 +2,14 @@
 //! conditions, loaded and type-checked once, then evaluated per event and per
 //! due wait against the customer's profile.
 //!
+//! Every action a journey decides passes the delivery policy ([`policy`]:
+//! consent, caps, quiet hours, suppression, priority, control groups) in the
+//! same call, and every judgement is a [`Decision`] with its reason.
+//!
 //! The crate is pure: no Kafka, no RocksDB, no clock. Journey state (who is in
-//! which journey, waits, re-entry history) lives in [`rapport_model::Profile`],
-//! so the runtime commits, restores and replays it with the rest of the
-//! customer's state. See `deploy/journeys/README.md` for the language reference.
+//! which journey, waits, re-entry history) and the policy's bookkeeping live in
+//! [`rapport_model::Profile`], so the runtime commits, restores and replays
+//! them with the rest of the customer's state. See `deploy/journeys/README.md` for the language reference.
 #![warn(missing_docs)]
 
 mod bind;

@@ -652,3 +652,20 @@ fn decisions_serialise_to_json_with_stable_ids() {
     let back: Decision = serde_json::from_value(capped).unwrap();
     assert_eq!(back, decisions[3]);
 }
+
+#[test]
+fn the_readme_policy_example_loads_with_the_shipped_journeys() {
+    let readme = include_str!("../../../../deploy/journeys/README.md");
+    let section = &readme[readme.find("### `[policy]`").expect("the section")..];
+    let start = section.find("```toml\n").expect("a toml block") + 8;
+    let end = start + section[start..].find("```").expect("closed");
+    let mut sources: Vec<(PathBuf, String)> = crate::SHIPPED
+        .iter()
+        .filter(|(f, _)| *f != "policy.toml")
+        .map(|(f, t)| (PathBuf::from(f), (*t).to_owned()))
+        .collect();
+    sources.push((PathBuf::from("README.md"), section[start..end].to_owned()));
+    let j = CompiledJourneys::from_sources(&sources).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(j.policy().caps.len(), 1);
+    assert!(j.policy().quiet.is_some());
+}
