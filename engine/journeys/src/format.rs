@@ -30,6 +30,12 @@ pub(crate) struct RawJourney {
     #[serde(default)]
     pub reason: Vec<RawReason>,
     pub steps: Vec<RawStep>,
+    #[serde(default)]
+    pub priority: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub control_group: Option<Spanned<String>>,
+    #[serde(default)]
+    pub fallbacks: Vec<Spanned<RawAction>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,20 +116,73 @@ pub(crate) struct RawAction {
     #[serde(default)]
     pub addresses: Option<Spanned<String>>,
     #[serde(default)]
-    pub policy: Option<RawPolicy>,
+    pub name: Option<Spanned<String>>,
+    #[serde(default)]
+    pub quiet_hours: Option<Spanned<String>>,
+    #[serde(default)]
+    pub fallback: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The `[policy]` table: the delivery policy over every journey.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawPolicy {
     #[serde(default)]
-    pub cap: Option<String>,
+    pub compete: Option<Vec<Spanned<String>>>,
     #[serde(default)]
-    pub quiet_hours: Option<bool>,
+    pub cap: Vec<Spanned<RawCap>>,
     #[serde(default)]
-    pub consent: Option<String>,
+    pub quiet_hours: Option<Spanned<RawQuietHours>>,
     #[serde(default)]
-    pub holdout_percent: Option<Spanned<i64>>,
+    pub consent: BTreeMap<String, Spanned<RawConsent>>,
     #[serde(default)]
-    pub priority: Option<i64>,
+    pub suppress: Vec<Spanned<RawSuppress>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCap {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub purpose: Option<Spanned<String>>,
+    #[serde(default)]
+    pub journey: Option<Spanned<String>>,
+    #[serde(default)]
+    pub channel: Option<Spanned<String>>,
+    pub max: Spanned<i64>,
+    pub window: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawQuietHours {
+    pub start: Spanned<String>,
+    pub end: Spanned<String>,
+    pub default_timezone: Spanned<String>,
+    #[serde(default)]
+    pub purposes: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub channels: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConsent {
+    pub default: Spanned<String>,
+    #[serde(default)]
+    pub channels: BTreeMap<String, Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSuppress {
+    #[serde(default)]
+    pub when_state: Option<Spanned<String>>,
+    #[serde(default)]
+    pub purposes: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub journey: Option<Spanned<String>>,
+    #[serde(default)]
+    pub suppresses: Option<Vec<Spanned<String>>>,
 }

@@ -1,7 +1,6 @@
 //! A checked, compiled journey: what the evaluator runs.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use cel::Program;
 use rapport_model::{ActionKind, Channel, DeliveryChannel, EmotionalState, EventType};
@@ -63,64 +62,17 @@ pub enum Reentry {
     },
 }
 
-/// What an action is for; the policy layer (consent, caps, quiet hours) applies
-/// different rules to each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Purpose {
-    /// Offers, guides, invitations: needs marketing consent, counts against caps.
-    Marketing,
-    /// Survey requests: survey throttling applies.
-    Survey,
-    /// Service to a customer with a problem (recovery, tickets, call-backs).
-    Service,
-}
+pub use rapport_model::policy::Purpose;
 
-impl Purpose {
-    /// The symbol used in journey files.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Purpose::Marketing => "marketing",
-            Purpose::Survey => "survey",
-            Purpose::Service => "service",
-        }
-    }
+pub use crate::policy::QuietMode;
 
-    /// The purpose named `s`.
-    pub fn parse(s: &str) -> Option<Purpose> {
-        [Purpose::Marketing, Purpose::Survey, Purpose::Service]
-            .into_iter()
-            .find(|p| p.as_str() == s)
-    }
-
-    /// The purpose an action kind has unless the journey says otherwise.
-    pub fn default_for(kind: ActionKind) -> Purpose {
-        match kind {
-            ActionKind::SurveyRequest => Purpose::Survey,
-            ActionKind::RecoveryOffer
-            | ActionKind::AlertTicket
-            | ActionKind::SelfServiceLink
-            | ActionKind::Callback => Purpose::Service,
-            ActionKind::GuideLink | ActionKind::ExclusiveOffer | ActionKind::AmbassadorInvite => {
-                Purpose::Marketing
-            }
-        }
-    }
-}
-
-/// Policy fields of an action, parsed and kept for the policy layer (caps,
-/// quiet hours, consent, control groups). This crate does not enforce them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Policy {
-    /// Cap group the action counts against (e.g. `"marketing"`).
-    pub cap: Option<String>,
-    /// Whether quiet hours apply (in the customer's time zone).
-    pub quiet_hours: Option<bool>,
-    /// Consent purpose required, when not the action's purpose.
-    pub consent: Option<String>,
-    /// Share of customers held out as a control group, 0..=100.
-    pub holdout_percent: Option<u8>,
-    /// Priority among actions competing for one cap.
-    pub priority: Option<i64>,
+/// Where a named action is, for fallbacks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Named {
+    /// An action step, at this step path (see [`Journey::step_at`]).
+    Step(Vec<u32>),
+    /// An entry of the journey's `fallbacks`.
+    Fallback(usize),
 }
 
 /// How an action picks its delivery channel.
@@ -143,8 +95,12 @@ pub struct ActionStep {
     pub channel: ChannelSpec,
     /// What it is for.
     pub purpose: Purpose,
-    /// Policy fields for the policy layer.
-    pub policy: Arc<Policy>,
+    /// Its name, for fallbacks.
+    pub name: Option<String>,
+    /// What it does in quiet hours.
+    pub quiet_hours: QuietMode,
+    /// The named action of the same journey judged instead when consent is missing.
+    pub fallback: Option<String>,
     pub(crate) discriminator: Option<Template>,
     pub(crate) payload: Vec<(String, Template)>,
     pub(crate) emotion_reasons: bool,
@@ -208,6 +164,14 @@ pub struct Journey {
     pub reentry: Reentry,
     /// The steps.
     pub steps: Vec<Step>,
+    /// Priority when journeys compete for one event (higher wins; default 0).
+    pub priority: i64,
+    /// Share of customers held out as a control group, basis points (1000 = 10%).
+    pub control_group_bp: u16,
+    /// Actions run only as another action's fallback.
+    pub fallbacks: Vec<ActionStep>,
+    /// Named actions: step actions with a `name` and the fallbacks.
+    pub named: Vec<(String, Named)>,
     pub(crate) key: Option<Expr>,
     pub(crate) when: Option<Expr>,
     pub(crate) exit_when: Option<Expr>,
@@ -221,6 +185,17 @@ impl Journey {
     pub fn triggered_by(&self, t: EventType, c: Channel) -> bool {
         self.trigger_events.contains(&t)
             && (self.trigger_channels.is_empty() || self.trigger_channels.contains(&c))
+    }
+
+    /// The action named `name` (a named step action or a fallback).
+    pub fn named_action(&self, name: &str) -> Option<&ActionStep> {
+        match &self.named.iter().find(|(n, _)| n == name)?.1 {
+            Named::Step(path) => match self.step_at(path)? {
+                Step::Action(a) => Some(a),
+                _ => None,
+            },
+            Named::Fallback(i) => self.fallbacks.get(*i),
+        }
     }
 
     /// The step at `path` (indexes into nested step lists; see [`rapport_model::profile::JourneyRun::at`]).

@@ -2,10 +2,14 @@
 //! conditions, loaded and type-checked once, then evaluated per event and per
 //! due wait against the customer's profile.
 //!
+//! Every action a journey decides passes the delivery policy ([`policy`]:
+//! consent, caps, quiet hours, suppression, priority, control groups) in the
+//! same call, and every judgement is a [`Decision`] with its reason.
+//!
 //! The crate is pure: no Kafka, no RocksDB, no clock. Journey state (who is in
-//! which journey, waits, re-entry history) lives in [`rapport_model::Profile`],
-//! so the runtime commits, restores and replays it with the rest of the
-//! customer's state. See `deploy/journeys/README.md` for the language reference.
+//! which journey, waits, re-entry history) and the policy's bookkeeping live in
+//! [`rapport_model::Profile`], so the runtime commits, restores and replays
+//! them with the rest of the customer's state. See `deploy/journeys/README.md` for the language reference.
 #![warn(missing_docs)]
 
 mod bind;
@@ -16,6 +20,8 @@ mod format;
 pub mod guard;
 pub mod journey;
 mod load;
+mod load_policy;
+pub mod policy;
 pub mod run;
 pub mod schema;
 pub mod symbols;
@@ -27,12 +33,18 @@ use rapport_model::emotion::EmotionConfig;
 
 pub use duration::cel_duration_ms;
 pub use error::{LoadError, Problem};
-pub use journey::{Journey, Purpose, Reentry};
-pub use run::{Decision, EvalError, Report};
+pub use journey::{Journey, Purpose, QuietMode, Reentry};
+pub use policy::{Decision, DeliveryPolicy, Outcome, Output};
+pub use run::{EvalError, Report};
 
-/// The journeys shipped with Rapport, embedded so they can be loaded without
-/// the source tree: (file name, contents).
+/// The journey files shipped with Rapport (`deploy/journeys/`), embedded so
+/// they can be loaded without the source tree: (file name, contents). One
+/// set, with the delivery policy (`policy.toml`) that names its journeys.
 pub const SHIPPED: &[(&str, &str)] = &[
+    (
+        "policy.toml",
+        include_str!("../../../deploy/journeys/policy.toml"),
+    ),
     (
         "hesitation_guide.toml",
         include_str!("../../../deploy/journeys/hesitation_guide.toml"),
@@ -45,6 +57,26 @@ pub const SHIPPED: &[(&str, &str)] = &[
         "post_delivery_survey.toml",
         include_str!("../../../deploy/journeys/post_delivery_survey.toml"),
     ),
+    (
+        "closed_loop_alert.toml",
+        include_str!("../../../deploy/journeys/closed_loop_alert.toml"),
+    ),
+    (
+        "exclusive_treatment.toml",
+        include_str!("../../../deploy/journeys/exclusive_treatment.toml"),
+    ),
+    (
+        "cart_reassurance.toml",
+        include_str!("../../../deploy/journeys/cart_reassurance.toml"),
+    ),
+    (
+        "anxious_support.toml",
+        include_str!("../../../deploy/journeys/anxious_support.toml"),
+    ),
+    (
+        "ambassador_invitation.toml",
+        include_str!("../../../deploy/journeys/ambassador_invitation.toml"),
+    ),
 ];
 
 /// A set of checked, compiled journeys, ready to evaluate. Shareable across
@@ -53,6 +85,7 @@ pub struct CompiledJourneys {
     journeys: Vec<Journey>,
     env: Arc<cel::Env>,
     emotion: EmotionConfig,
+    policy: DeliveryPolicy,
 }
 
 impl std::fmt::Debug for CompiledJourneys {
@@ -71,15 +104,15 @@ impl CompiledJourneys {
     /// (e.g. `["journeys/*.toml"]`). Returns every problem of every file.
     pub fn load(base: &Path, patterns: &[&str]) -> Result<Self, LoadError> {
         let env = bind::environment();
-        let journeys = load::load_globs(&env, base, patterns)?;
-        Ok(Self::new(journeys, env))
+        let loaded = load::load_globs(&env, base, patterns)?;
+        Ok(Self::new(loaded, env))
     }
 
     /// Compiles journey files given as (path for messages, contents).
     pub fn from_sources(sources: &[(PathBuf, String)]) -> Result<Self, LoadError> {
         let env = bind::environment();
-        let journeys = load::load_sources(&env, sources)?;
-        Ok(Self::new(journeys, env))
+        let loaded = load::load_sources(&env, sources)?;
+        Ok(Self::new(loaded, env))
     }
 
     /// The journeys shipped with Rapport ([`SHIPPED`]).
@@ -91,12 +124,19 @@ impl CompiledJourneys {
         Self::from_sources(&sources)
     }
 
-    fn new(journeys: Vec<Journey>, env: Arc<cel::Env>) -> Self {
+    fn new(loaded: load::Loaded, env: Arc<cel::Env>) -> Self {
         CompiledJourneys {
-            journeys,
+            journeys: loaded.journeys,
             env,
             emotion: EmotionConfig::default(),
+            policy: loaded.policy,
         }
+    }
+
+    /// The delivery policy every action passes: the `[policy]` table of the
+    /// files, or [`DeliveryPolicy::default`] when they have none.
+    pub fn policy(&self) -> &DeliveryPolicy {
+        &self.policy
     }
 
     /// Uses this emotional-state configuration: the weights behind

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use cel::common::ast::{operators as op, Expr as Ast};
 use cel::{Env, IdedExpr};
@@ -17,6 +16,7 @@ use crate::duration::parse_duration;
 use crate::error::{LoadError, Problem, SourceFile};
 use crate::format::*;
 use crate::journey::*;
+use crate::policy::{DeliveryPolicy, QuietMode};
 use crate::schema::Ty;
 use crate::symbols;
 
@@ -25,11 +25,7 @@ pub const MAX_WAIT_MS: i64 = 400 * 86_400_000;
 
 /// Reads the files matching `patterns` (globs relative to `base`), in path
 /// order, and compiles them with `env`.
-pub(crate) fn load_globs(
-    env: &Env,
-    base: &Path,
-    patterns: &[&str],
-) -> Result<Vec<Journey>, LoadError> {
+pub(crate) fn load_globs(env: &Env, base: &Path, patterns: &[&str]) -> Result<Loaded, LoadError> {
     let mut paths = Vec::new();
     for pattern in patterns {
         let full = base.join(pattern);
@@ -65,19 +61,28 @@ pub(crate) fn load_globs(
     load_sources(env, &sources)
 }
 
+/// What the files hold: the journeys, ordered by id, and the delivery policy.
+pub(crate) struct Loaded {
+    pub journeys: Vec<Journey>,
+    pub policy: DeliveryPolicy,
+}
+
 /// Compiles journey files given as (path, text).
-pub(crate) fn load_sources(
-    env: &Env,
-    sources: &[(PathBuf, String)],
-) -> Result<Vec<Journey>, LoadError> {
+pub(crate) fn load_sources(env: &Env, sources: &[(PathBuf, String)]) -> Result<Loaded, LoadError> {
     let mut problems = Vec::new();
     let mut journeys: Vec<Journey> = Vec::new();
     // Every journey's id, also of those that do not compile, so a duplicate id
     // is reported in the same round as the other problems.
     let mut ids: Vec<(String, Problem)> = Vec::new();
-    for (path, text) in sources {
+    // The `[policy]` tables: (file index, where, table).
+    let mut policies: Vec<(usize, Range<usize>, RawPolicy)> = Vec::new();
+    for (index, (path, text)) in sources.iter().enumerate() {
         let file = SourceFile { path, text };
-        for raw in parse_file(&file, &mut problems) {
+        let (raws, policy) = parse_file(&file, &mut problems);
+        if let Some((span, raw)) = policy {
+            policies.push((index, span, raw));
+        }
+        for raw in raws {
             ids.push((
                 raw.id.get_ref().clone(),
                 file.at(&raw.id.span(), String::new(), ""),
@@ -86,6 +91,9 @@ pub(crate) fn load_sources(
                 env,
                 file: &file,
                 problems: &mut problems,
+                path: Vec::new(),
+                named: Vec::new(),
+                fallbacks: Vec::new(),
             };
             if let Some(j) = c.journey(raw) {
                 journeys.push(j);
@@ -93,10 +101,36 @@ pub(crate) fn load_sources(
         }
     }
     duplicate_ids(&ids, &mut problems);
+    let known: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
+    let mut policy = DeliveryPolicy::default();
+    let mut first: Option<Problem> = None;
+    for (index, span, raw) in policies {
+        let (path, text) = &sources[index];
+        let file = SourceFile { path, text };
+        match &first {
+            Some(prev) => problems.push(file.at(
+                &span,
+                "a second [policy] table".into(),
+                format!(
+                    "the delivery policy is one table for every journey; the first is at {}:{}:{}",
+                    prev.file.display(),
+                    prev.line,
+                    prev.column
+                ),
+            )),
+            None => {
+                first = Some(file.at(&span, String::new(), ""));
+                policy = crate::load_policy::compile(&file, raw, &known, &mut problems);
+            }
+        }
+    }
     if problems.is_empty() {
         let mut js: Vec<Journey> = journeys;
         js.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(js)
+        Ok(Loaded {
+            journeys: js,
+            policy,
+        })
     } else {
         Err(LoadError::Invalid(problems))
     }
@@ -123,8 +157,12 @@ fn duplicate_ids(ids: &[(String, Problem)], problems: &mut Vec<Problem>) {
     }
 }
 
-/// Parses one file into its `[[journey]]` tables, recording syntax and shape problems.
-fn parse_file(file: &SourceFile, problems: &mut Vec<Problem>) -> Vec<RawJourney> {
+/// A file's `[policy]` table and where its key is.
+type PolicyTable = Option<(Range<usize>, RawPolicy)>;
+
+/// Parses one file into its `[[journey]]` tables and its `[policy]` table,
+/// recording syntax and shape problems.
+fn parse_file(file: &SourceFile, problems: &mut Vec<Problem>) -> (Vec<RawJourney>, PolicyTable) {
     let (root, errors) = DeTable::parse_recoverable(file.text);
     if !errors.is_empty() {
         for e in errors {
@@ -135,15 +173,28 @@ fn parse_file(file: &SourceFile, problems: &mut Vec<Problem>) -> Vec<RawJourney>
                 "fix the TOML syntax (strings need quotes, tables [[journey]])",
             ));
         }
-        return Vec::new();
+        return (Vec::new(), None);
     }
     let mut out = Vec::new();
+    let mut policy = None;
     for (key, value) in root.into_inner() {
+        if key.get_ref().as_ref() == "policy" {
+            let span = value.span();
+            match RawPolicy::deserialize(ValueDeserializer::from(value)) {
+                Ok(p) => policy = Some((key.span(), p)),
+                Err(e) => problems.push(file.problem(
+                    e.span().map_or(span.start, |s| s.start),
+                    e.message().trim().to_owned(),
+                    "see the [policy] reference in deploy/journeys/README.md",
+                )),
+            }
+            continue;
+        }
         if key.get_ref().as_ref() != "journey" {
             problems.push(file.at(
                 &key.span(),
                 format!("unknown top-level key {:?}", key.get_ref().as_ref()),
-                "a journey file holds only [[journey]] tables",
+                "a journey file holds [[journey]] tables and at most one [policy] table",
             ));
             continue;
         }
@@ -167,13 +218,19 @@ fn parse_file(file: &SourceFile, problems: &mut Vec<Problem>) -> Vec<RawJourney>
             }
         }
     }
-    out
+    (out, policy)
 }
 
 struct Compiler<'a> {
     env: &'a Env,
     file: &'a SourceFile<'a>,
     problems: &'a mut Vec<Problem>,
+    /// Path of the step being compiled.
+    path: Vec<u32>,
+    /// Named actions of the journey being compiled, with where the name is.
+    named: Vec<(String, Named, Range<usize>)>,
+    /// Fallbacks named by its actions: (the naming action's name, the fallback).
+    fallbacks: Vec<(Option<String>, Spanned<String>)>,
 }
 
 /// Where a step list runs: whether an event is at hand (no wait before it).
@@ -246,6 +303,40 @@ impl Compiler<'_> {
                 "add an [[journey.steps]] with an action",
             );
         }
+        let mut fallbacks = Vec::with_capacity(raw.fallbacks.len());
+        for (i, f) in raw.fallbacks.iter().enumerate() {
+            if f.get_ref().name.is_none() {
+                self.fail(
+                    &f.span(),
+                    "a fallback action has no name".into(),
+                    "give it a name = \"...\" that actions name in fallback = \"...\"",
+                );
+            }
+            let scope = Scope {
+                event: !after_wait,
+                key: true,
+            };
+            if let Some(a) = self.action(f, scope, Named::Fallback(i)) {
+                fallbacks.push(a);
+            }
+        }
+        self.check_fallbacks(raw.id.get_ref());
+        let named = self
+            .named
+            .drain(..)
+            .map(|(name, at, _)| (name, at))
+            .collect();
+        let priority = raw.priority.as_ref().map_or(0, |p| *p.get_ref());
+        let control_group_bp = raw.control_group.as_ref().map_or(0, |c| {
+            crate::policy::parse_share(c.get_ref()).unwrap_or_else(|e| {
+                self.fail(
+                    &c.span(),
+                    e,
+                    "give the share of customers to hold out, 0-100%, e.g. control_group = \"10%\"",
+                );
+                0
+            })
+        });
         let reason_scope = Scope {
             event: !after_wait,
             key: true,
@@ -268,6 +359,10 @@ impl Compiler<'_> {
             trigger_channels,
             reentry,
             steps,
+            priority,
+            control_group_bp,
+            fallbacks,
+            named,
             key,
             when,
             exit_when,
@@ -275,6 +370,53 @@ impl Compiler<'_> {
             explain,
             actions,
         })
+    }
+
+    /// Every fallback names another action of the journey, and no chain of
+    /// fallbacks comes back to where it started.
+    fn check_fallbacks(&mut self, journey: &str) {
+        let fallbacks = std::mem::take(&mut self.fallbacks);
+        let mut looped: Vec<String> = Vec::new();
+        for (from, to) in &fallbacks {
+            let name = to.get_ref();
+            if !self.named.iter().any(|(n, _, _)| n == name) {
+                let names: Vec<&str> = self.named.iter().map(|(n, _, _)| n.as_str()).collect();
+                self.fail(
+                    &to.span(),
+                    format!("fallback {name:?} is not an action of journey {journey:?}"),
+                    if names.is_empty() {
+                        "name an action of this journey: give it name = \"...\", in its steps or in [[journey.fallbacks]]".to_owned()
+                    } else {
+                        format!("named actions of this journey are: {}", names.join(", "))
+                    },
+                );
+                continue;
+            }
+            // Follow the chain from this action: it must end. A loop is
+            // reported once, at the first action in it.
+            let Some(start) = from else { continue };
+            if looped.contains(start) {
+                continue;
+            }
+            let mut at = name.as_str();
+            let mut chain = vec![start.as_str()];
+            for _ in 0..=fallbacks.len() {
+                if at == start {
+                    self.fail(
+                        &to.span(),
+                        format!("fallback {name:?} leads back to action {start:?}"),
+                        "fallbacks must end: the last one names no fallback",
+                    );
+                    looped.extend(chain.iter().map(|c| (*c).to_owned()));
+                    break;
+                }
+                chain.push(at);
+                match fallbacks.iter().find(|(f, _)| f.as_deref() == Some(at)) {
+                    Some((_, next)) => at = next.get_ref(),
+                    None => break,
+                }
+            }
+        }
     }
 
     fn trigger(
@@ -389,8 +531,11 @@ impl Compiler<'_> {
     ) -> Vec<Step> {
         let mut cx = cx;
         let mut out = Vec::with_capacity(raw.len());
-        for s in raw {
-            if let Some(step) = self.step(s, cx, actions, after_wait) {
+        for (i, s) in raw.iter().enumerate() {
+            self.path.push(i as u32);
+            let step = self.step(s, cx, actions, after_wait);
+            self.path.pop();
+            if let Some(step) = step {
                 if matches!(step, Step::Wait { .. }) {
                     cx.event = false;
                 }
@@ -416,8 +561,12 @@ impl Compiler<'_> {
             (None, Some(b), None) => {
                 let raw = b.get_ref();
                 let cond = self.expr(&raw.if_, scope, Some(Ty::Bool));
+                self.path.push(0);
                 let then = self.steps(&raw.then, cx, actions, after_wait);
+                self.path.pop();
+                self.path.push(1);
                 let otherwise = self.steps(&raw.else_, cx, actions, after_wait);
+                self.path.pop();
                 Some(Step::Branch {
                     cond: cond?,
                     then,
@@ -427,7 +576,8 @@ impl Compiler<'_> {
             (None, None, Some(a)) => {
                 *actions += 1;
                 *after_wait |= !cx.event;
-                self.action(a, scope).map(Step::Action)
+                let at = Named::Step(self.path.clone());
+                self.action(a, scope, at).map(Step::Action)
             }
             _ => {
                 let span = [
@@ -482,8 +632,45 @@ impl Compiler<'_> {
         }
     }
 
-    fn action(&mut self, a: &Spanned<RawAction>, scope: Scope) -> Option<ActionStep> {
+    fn action(&mut self, a: &Spanned<RawAction>, scope: Scope, at: Named) -> Option<ActionStep> {
         let raw = a.get_ref();
+        let name = raw.name.as_ref().map(|n| {
+            let s = n.get_ref().trim();
+            if s.is_empty() {
+                self.fail(
+                    &n.span(),
+                    "action name is empty".into(),
+                    "name it, e.g. name = \"offer\"",
+                );
+            } else if let Some((_, _, first)) = self.named.iter().find(|(x, _, _)| x == s) {
+                let first = self.file.at(first, String::new(), "");
+                self.fail(
+                    &n.span(),
+                    format!("action name {s:?} is already used in this journey"),
+                    format!(
+                        "names are unique per journey; the first is at line {}",
+                        first.line
+                    ),
+                );
+            } else {
+                self.named.push((s.to_owned(), at, n.span()));
+            }
+            s.to_owned()
+        });
+        if let Some(f) = &raw.fallback {
+            self.fallbacks.push((name.clone(), f.clone()));
+        }
+        let quiet_hours = match &raw.quiet_hours {
+            None => QuietMode::Defer,
+            Some(q) => QuietMode::parse(q.get_ref()).unwrap_or_else(|| {
+                self.fail(
+                    &q.span(),
+                    format!("unknown quiet_hours {:?}", q.get_ref()),
+                    "write quiet_hours = \"defer\" (the default), \"drop\" or \"ignore\"",
+                );
+                QuietMode::Defer
+            }),
+        };
         let kind = symbols::action_kind(raw.kind.get_ref());
         if kind.is_none() {
             self.fail(
@@ -530,12 +717,13 @@ impl Compiler<'_> {
                 payload.push((name.clone(), t));
             }
         }
-        let policy = self.policy(raw.policy.as_ref());
         Some(ActionStep {
             kind: kind?,
             channel: channel?,
             purpose: purpose?,
-            policy: Arc::new(policy),
+            name,
+            quiet_hours,
+            fallback: raw.fallback.as_ref().map(|f| f.get_ref().clone()),
             discriminator,
             payload,
             emotion_reasons: raw.emotion_reasons.unwrap_or(true),
@@ -567,30 +755,6 @@ impl Compiler<'_> {
                 );
                 None
             })
-    }
-
-    fn policy(&mut self, p: Option<&RawPolicy>) -> Policy {
-        let Some(p) = p else { return Policy::default() };
-        let holdout_percent = p.holdout_percent.as_ref().and_then(|h| {
-            u8::try_from(*h.get_ref())
-                .ok()
-                .filter(|&v| v <= 100)
-                .or_else(|| {
-                    self.fail(
-                        &h.span(),
-                        "holdout_percent must be 0..=100".into(),
-                        "give the share of customers to hold out, in percent",
-                    );
-                    None
-                })
-        });
-        Policy {
-            cap: p.cap.clone(),
-            quiet_hours: p.quiet_hours,
-            consent: p.consent.clone(),
-            holdout_percent,
-            priority: p.priority,
-        }
     }
 
     fn reason(&mut self, r: &RawReason, scope: Scope) -> Option<ReasonSpec> {

@@ -15,19 +15,9 @@ use rapport_model::{Action, Channel, DeliveryChannel, Profile, Reason, Touchpoin
 
 use crate::bind::Bindings;
 use crate::journey::*;
+use crate::policy::{Candidate, Output};
 use crate::symbols;
 use crate::CompiledJourneys;
-
-/// An action a journey decided on, with what the policy layer needs to judge it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Decision {
-    /// The action, ready to emit.
-    pub action: Action,
-    /// What it is for.
-    pub purpose: Purpose,
-    /// Policy fields from the journey file (caps, quiet hours, consent, hold-out).
-    pub policy: Arc<Policy>,
-}
 
 /// What one call did, for metrics and logs.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -78,28 +68,41 @@ enum Flow {
 
 impl CompiledJourneys {
     /// Evaluates every journey for touchpoint `t`, already applied to `p` (see
-    /// [`Profile::apply`]): exits and cancelled waits first, then entries. Pushes
-    /// the decisions to `out` and records instances, waits and entries in `p`.
-    pub fn on_event(&self, p: &mut Profile, t: &Touchpoint, out: &mut Vec<Decision>) -> Report {
+    /// [`Profile::apply`]) and with the emotional state updated: exits and
+    /// cancelled waits first, then entries; then the delivery policy judges
+    /// the actions the journeys decided on. Appends the actions that passed to
+    /// `out.actions` and a decision for each judged action to `out.decisions`,
+    /// and records instances, waits, entries and the policy's bookkeeping in `p`.
+    pub fn on_event(&self, p: &mut Profile, t: &Touchpoint, out: &mut Output) -> Report {
         let mut report = Report::default();
         self.exits(p, t, &mut report);
+        out.pending.clear();
         for j in &self.journeys {
             if j.triggered_by(t.event_type, t.channel) {
-                self.enter(j, p, t, out, &mut report);
+                self.enter(j, p, t, &mut out.pending, &mut report);
             }
+        }
+        if !out.pending.is_empty() {
+            self.policy.judge_all(p, out);
         }
         report
     }
 
-    /// Fires the waits of `p` due at event time `now_ms`, earliest first, and
-    /// runs the steps after them. Timers that belong to no journey instance (for
-    /// example those of the built-in Rust journeys) are left alone.
-    pub fn fire_due(&self, p: &mut Profile, now_ms: i64, out: &mut Vec<Decision>) -> Report {
+    /// Fires what of `p` is due at event time `now_ms`, earliest first: the
+    /// journeys' waits (running the steps after them) and actions deferred
+    /// past quiet hours, all judged by the delivery policy at their due times.
+    /// Appends to `out` as [`CompiledJourneys::on_event`] does. Timers that
+    /// belong to no journey instance and no deferred action are left alone.
+    pub fn fire_due(&self, p: &mut Profile, now_ms: i64, out: &mut Output) -> Report {
         let mut report = Report::default();
+        out.pending.clear();
+        self.policy.take_deferred(p, now_ms, out);
+        report.timers_fired += out.pending.len() as u32;
         let mut due: Vec<Timer> = Vec::new();
         let runs = &p.journey_runs;
         p.timers.retain(|t| {
             let mine = t.fire_at_ms <= now_ms
+                && !crate::policy::is_deferred_timer(t)
                 && runs
                     .iter()
                     .any(|r| r.journey == t.journey && r.key == t.key);
@@ -113,7 +116,10 @@ impl CompiledJourneys {
         });
         for timer in due {
             report.timers_fired += 1;
-            self.resume(p, &timer, out, &mut report);
+            self.resume(p, &timer, &mut out.pending, &mut report);
+        }
+        if !out.pending.is_empty() {
+            self.policy.judge_all(p, out);
         }
         report
     }
@@ -158,7 +164,7 @@ impl CompiledJourneys {
         j: &Journey,
         p: &mut Profile,
         t: &Touchpoint,
-        out: &mut Vec<Decision>,
+        out: &mut Vec<Candidate>,
         report: &mut Report,
     ) {
         let key = match &j.key {
@@ -193,20 +199,18 @@ impl CompiledJourneys {
             now_ms: t.event_time,
             trigger_event_id: &t.event_id,
         };
-        let mut decisions = Vec::new();
-        let flow = self.run_steps(
-            p,
-            &cursor,
-            &j.steps,
-            None,
-            &mut Vec::new(),
-            &mut decisions,
-            report,
-        );
-        self.settle(p, &cursor, flow, decisions, out);
+        let before = out.len();
+        let flow = self.run_steps(p, &cursor, &j.steps, None, &mut Vec::new(), out, report);
+        self.settle(p, &cursor, flow, out.len() - before);
     }
 
-    fn resume(&self, p: &mut Profile, timer: &Timer, out: &mut Vec<Decision>, report: &mut Report) {
+    fn resume(
+        &self,
+        p: &mut Profile,
+        timer: &Timer,
+        out: &mut Vec<Candidate>,
+        report: &mut Report,
+    ) {
         let Some(i) = p
             .journey_runs
             .iter()
@@ -229,32 +233,25 @@ impl CompiledJourneys {
             now_ms: timer.fire_at_ms,
             trigger_event_id: &run.trigger_event_id,
         };
-        let mut decisions = Vec::new();
+        let before = out.len();
         let flow = self.run_steps(
             p,
             &cursor,
             &j.steps,
             Some(&run.at),
             &mut Vec::new(),
-            &mut decisions,
+            out,
             report,
         );
-        self.settle(p, &cursor, flow, decisions, out);
+        self.settle(p, &cursor, flow, out.len() - before);
     }
 
-    /// Records the outcome of running steps: firings, and the wait if any.
-    fn settle(
-        &self,
-        p: &mut Profile,
-        c: &Cursor,
-        flow: Flow,
-        decisions: Vec<Decision>,
-        out: &mut Vec<Decision>,
-    ) {
-        for _ in &decisions {
+    /// Records the outcome of running steps: `fired` actions decided (each
+    /// judged by the policy next), and the wait if any.
+    fn settle(&self, p: &mut Profile, c: &Cursor, flow: Flow, fired: usize) {
+        for _ in 0..fired {
             p.mark_journey(&c.journey.id, c.key, c.now_ms);
         }
-        out.extend(decisions);
         if let Flow::Wait(at, due) = flow {
             p.schedule(Timer {
                 journey: c.journey.id.as_str().into(),
@@ -282,7 +279,7 @@ impl CompiledJourneys {
         steps: &[Step],
         resume: Option<&[u32]>,
         path: &mut Vec<u32>,
-        out: &mut Vec<Decision>,
+        out: &mut Vec<Candidate>,
         report: &mut Report,
     ) -> Flow {
         let mut start = 0;
@@ -328,7 +325,7 @@ impl CompiledJourneys {
                 }
                 Step::Action(a) => {
                     path.push(i);
-                    out.push(self.decide(p, c, a, path, report));
+                    out.push(self.decide(p, c, a, Some(path), report, 0));
                     path.pop();
                 }
             }
@@ -336,20 +333,24 @@ impl CompiledJourneys {
         Flow::Done
     }
 
+    /// The action of step `a` (at `path`; `None` for a journey's
+    /// `fallbacks` entry), with its fallbacks rendered now, while the event is at hand.
     fn decide(
         &self,
         p: &Profile,
         c: &Cursor,
         a: &ActionStep,
-        path: &[u32],
+        path: Option<&[u32]>,
         report: &mut Report,
-    ) -> Decision {
+        depth: usize,
+    ) -> Candidate {
         let j = c.journey;
         let b = self.bindings(p, c.event, c.now_ms, c.key);
-        let discriminator = match &a.discriminator {
-            Some(t) => self.render(j, t, &b, report),
-            None if j.actions == 1 => c.key.to_owned(),
-            None => format!(
+        let discriminator = match (&a.discriminator, path) {
+            (Some(t), _) => self.render(j, t, &b, report),
+            (None, None) => format!("{}#fallback:{}", c.key, a.name.as_deref().unwrap_or("")),
+            (None, Some(_)) if j.actions == 1 => c.key.to_owned(),
+            (None, Some(path)) => format!(
                 "{}#{}",
                 c.key,
                 path.iter()
@@ -383,10 +384,25 @@ impl CompiledJourneys {
             reasons,
             emotional_state: Some(feeling.state),
         };
-        Decision {
+        let fallback = match (&a.fallback, depth < j.named.len()) {
+            (Some(name), true) => j.named_action(name).map(|f| {
+                let at = match j.named.iter().find(|(n, _)| n == name).map(|(_, at)| at) {
+                    Some(Named::Step(path)) => Some(path.as_slice()),
+                    _ => None,
+                };
+                Box::new(self.decide(p, c, f, at, report, depth + 1))
+            }),
+            _ => None,
+        };
+        Candidate {
             action,
             purpose: a.purpose,
-            policy: Arc::clone(&a.policy),
+            quiet: a.quiet_hours,
+            priority: j.priority,
+            control_bp: j.control_group_bp,
+            now_ms: c.now_ms,
+            fallback,
+            redo: false,
         }
     }
 

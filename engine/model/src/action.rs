@@ -51,6 +51,28 @@ pub enum DeliveryChannel {
 }
 
 impl DeliveryChannel {
+    /// Every delivery channel, in the order of their index.
+    pub const ALL: [DeliveryChannel; 8] = [
+        DeliveryChannel::Email,
+        DeliveryChannel::Sms,
+        DeliveryChannel::Push,
+        DeliveryChannel::Web,
+        DeliveryChannel::App,
+        DeliveryChannel::CallCenter,
+        DeliveryChannel::Chat,
+        DeliveryChannel::Store,
+    ];
+
+    /// Dense index, for per-channel tables.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The delivery channel named `s` (its schema symbol).
+    pub fn parse(s: &str) -> Option<DeliveryChannel> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
     /// The schema symbol.
     pub fn as_str(self) -> &'static str {
         match self {

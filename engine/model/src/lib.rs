@@ -8,11 +8,13 @@
 pub mod action;
 pub mod duration;
 pub mod emotion;
+pub mod policy;
 pub mod profile;
 pub mod testing;
 pub mod touchpoint;
 pub mod window;
 
 pub use action::{Action, ActionKind, DeliveryChannel, EmotionalState, Reason};
+pub use policy::Purpose;
 pub use profile::Profile;
 pub use touchpoint::{Channel, EventType, Invalid, SurveyKind, Touchpoint};

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use crate::emotion::EmotionTrack;
+use crate::policy::DeliveryState;
 use crate::touchpoint::{Channel, EventType, SurveyKind, Touchpoint};
 use crate::window::Windows;
 
@@ -187,6 +188,10 @@ pub struct Profile {
     /// The emotional state, maintained by [`crate::emotion::update`].
     #[serde(default)]
     pub emotion: EmotionTrack,
+    /// What the delivery policy keeps: sends counted by caps, consent, time
+    /// zone and actions deferred past quiet hours (see [`crate::policy`]).
+    #[serde(default)]
+    pub delivery: DeliveryState,
 }
 
 /// A customer inside a journey: where they are and since when. Kept in the
@@ -223,7 +228,8 @@ pub struct JourneyEntries {
 /// to this one, so state written by version N stays readable by N+1.
 ///
 /// Version 2 appended `windows`, `journey_runs` and `journey_entries`; version 3
-/// appended `review_reads_ms`, `call_waits`, `sentiment_ms` and `emotion`.
+/// appended `review_reads_ms`, `call_waits`, `sentiment_ms`, `emotion` and
+/// `delivery`.
 /// Postcard is not self-describing: a struct with more fields cannot read a
 /// shorter record, so older bodies are read as [`ProfileV1`] or [`ProfileV2`]
 /// and converted.
@@ -512,6 +518,7 @@ impl Profile {
             at_ms: at,
         });
         self.windows.record(t.event_type, t.channel, at);
+        self.delivery.apply(t);
     }
 
     /// The interest record for `sku`, created if missing (evicting the stalest).
@@ -727,6 +734,25 @@ mod tests {
         let mut p = Profile::new("c1");
         p.apply(&tp("e1", "c1", Channel::Chat, EventType::ChatMessage, 1_000).with_sentiment(-0.5));
         p.mark_journey("recovery", "", 1_000);
+        let mut consent = tp("e2", "c1", Channel::Web, EventType::ConsentChanged, 2_000);
+        for (k, v) in [
+            ("purpose", "marketing"),
+            ("granted", "true"),
+            ("timezone", "Asia/Tokyo"),
+        ] {
+            consent.attributes.insert(k.into(), v.into());
+        }
+        p.apply(&consent);
+        p.delivery.record_sent(
+            crate::policy::SentMark {
+                at_ms: 2_000,
+                journey: "vip".into(),
+                purpose: crate::policy::Purpose::Marketing,
+                channel: crate::action::DeliveryChannel::Email,
+            },
+            0,
+        );
+        assert!(!p.delivery.consent.is_empty() && p.delivery.timezone.is_some());
         let bytes = p.encode();
         assert_eq!(bytes[0], PROFILE_ENCODING_VERSION);
         assert_eq!(Profile::decode(&bytes).unwrap(), p);

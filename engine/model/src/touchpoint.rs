@@ -324,6 +324,10 @@ pub enum Invalid {
     /// Money amounts must be finite and non-negative.
     #[error("commerce amount {0} is not a finite non-negative number")]
     BadAmount(String),
+    /// A `consent_changed` whose attributes `purpose`, `channel`, `granted`
+    /// cannot be read: guessing would risk contacting someone who said no.
+    #[error("{0}")]
+    BadConsent(String),
 }
 
 /// 2000-01-01T00:00:00Z in epoch milliseconds.
@@ -367,6 +371,7 @@ impl Touchpoint {
                 return Err(Invalid::BadAmount(a.to_string()));
             }
         }
+        crate::policy::consent_change(self).map_err(Invalid::BadConsent)?;
         Ok(())
     }
 
@@ -429,6 +434,14 @@ mod tests {
         );
         let mut t = base;
         t.survey.as_mut().unwrap().score = 3;
+        assert_eq!(t.validate(), Ok(()));
+    }
+
+    #[test]
+    fn an_unreadable_consent_change_is_refused() {
+        let t = parse(r#"{"event_id":"e1","customer_id":"c1","channel":"web","event_type":"consent_changed","event_time":1764000000000,"attributes":{"purpose":"marketing","granted":"perhaps"}}"#).unwrap();
+        assert!(matches!(t.validate(), Err(Invalid::BadConsent(m)) if m.contains("perhaps")));
+        let t = parse(r#"{"event_id":"e1","customer_id":"c1","channel":"web","event_type":"consent_changed","event_time":1764000000000,"attributes":{"purpose":"marketing","channel":"email","granted":"false"}}"#).unwrap();
         assert_eq!(t.validate(), Ok(()));
     }
 

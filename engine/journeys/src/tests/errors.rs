@@ -212,3 +212,130 @@ fn a_misspelt_emotional_signal_is_rejected_at_its_position() {
         "{p}"
     );
 }
+
+/// The base journey (lines 1-8) followed by `policy`, from line 9.
+fn with_policy(policy: &str) -> String {
+    format!("{}{policy}", journey("true", ACTION))
+}
+
+#[test]
+fn the_base_journey_takes_a_policy() {
+    let text = with_policy(
+        "[policy]\ncompete = [\"marketing\"]\n[[policy.cap]]\npurpose = \"marketing\"\nmax = 3\nwindow = \"7d\"\n",
+    );
+    assert!(compile(&text).is_ok());
+}
+
+#[test]
+fn an_invalid_time_zone_is_rejected() {
+    let p = only(&with_policy(
+        "[policy.quiet_hours]\nstart = \"21:00\"\nend = \"08:00\"\ndefault_timezone = \"Europe/Lodnon\"\n",
+    ));
+    assert!(
+        p.message.contains("unknown time zone \"Europe/Lodnon\""),
+        "{p}"
+    );
+    assert!(p.hint.contains("IANA"), "{p}");
+    assert_eq!((p.line, p.column), (12, 20), "{p}");
+    assert!(p.to_string().starts_with("test.toml:12:20: "), "{p}");
+}
+
+#[test]
+fn a_cap_with_a_zero_window_is_rejected() {
+    let p = only(&with_policy(
+        "[[policy.cap]]\npurpose = \"marketing\"\nmax = 3\nwindow = \"0d\"\n",
+    ));
+    assert!(p.message.contains("cap window is zero"), "{p}");
+    assert_eq!((p.line, p.column), (12, 10), "{p}");
+    let p = only(&with_policy(
+        "[[policy.cap]]\npurpose = \"marketing\"\nmax = 0\nwindow = \"7d\"\n",
+    ));
+    assert!(
+        p.message.contains("cap max 0 is not a positive integer"),
+        "{p}"
+    );
+    assert_eq!(p.line, 11, "{p}");
+}
+
+#[test]
+fn a_suppression_naming_an_unknown_journey_is_rejected() {
+    let p = only(&with_policy(
+        "[[policy.suppress]]\njourney = \"j\"\nsuppresses = [\"recovery_ofer\"]\n",
+    ));
+    assert!(
+        p.message
+            .contains("suppression names unknown journey \"recovery_ofer\""),
+        "{p}"
+    );
+    assert!(p.hint.contains("journeys are: j"), "{p}");
+    assert_eq!((p.line, p.column), (11, 15), "{p}");
+    let p = only(&with_policy(
+        "[[policy.suppress]]\nwhen_state = \"grumpy\"\npurposes = [\"marketing\"]\n",
+    ));
+    assert!(
+        p.message.contains("unknown emotional state \"grumpy\""),
+        "{p}"
+    );
+    assert_eq!(p.line, 10, "{p}");
+}
+
+#[test]
+fn a_control_share_outside_0_to_100_percent_is_rejected() {
+    let text = journey("true", ACTION).replace("when =", "control_group = \"150%\"\nwhen =");
+    let p = only(&text);
+    assert!(
+        p.message
+            .contains("control group share \"150%\" is outside 0-100%"),
+        "{p}"
+    );
+    assert_eq!((p.line, p.column), (5, 17), "{p}");
+    let text = journey("true", ACTION).replace("when =", "control_group = \"ten\"\nwhen =");
+    assert!(only(&text).message.contains("is not a share"));
+    let text = journey("true", ACTION).replace("when =", "control_group = \"2.5%\"\nwhen =");
+    let j = compile(&text).unwrap();
+    assert_eq!(j.journeys()[0].control_group_bp, 250);
+}
+
+#[test]
+fn a_fallback_that_is_not_an_action_of_the_journey_is_rejected() {
+    let step = "[[journey.steps]]\naction = { kind = \"exclusive_offer\", channel = \"email\", fallback = \"agent\" }";
+    let p = only(&journey("true", step));
+    assert!(
+        p.message
+            .contains("fallback \"agent\" is not an action of journey \"j\""),
+        "{p}"
+    );
+    assert_eq!((p.line, p.column), (8, 68), "{p}");
+    // A named action of the journey is fine; one that leads back to itself is not.
+    let named = "[[journey.steps]]\naction = { name = \"offer\", kind = \"exclusive_offer\", channel = \"email\", fallback = \"agent\" }\n\n[[journey.fallbacks]]\nname = \"agent\"\nkind = \"callback\"\nchannel = \"call_center\"\n";
+    assert!(compile(&journey("true", named)).is_ok());
+    let looped = named.replace(
+        "channel = \"call_center\"",
+        "channel = \"call_center\"\nfallback = \"offer\"",
+    );
+    let p = only(&journey("true", &looped));
+    assert!(p.message.contains("leads back to action"), "{p}");
+}
+
+#[test]
+fn a_second_policy_table_and_an_unknown_quiet_hours_mode_are_rejected() {
+    assert!(compile(&with_policy("[policy]\ncompete = []\n")).is_ok());
+    let two = crate::CompiledJourneys::from_sources(&[
+        (
+            std::path::PathBuf::from("a.toml"),
+            with_policy("[policy]\n"),
+        ),
+        (
+            std::path::PathBuf::from("b.toml"),
+            "[policy]\ncompete = [\"survey\"]\n".to_owned(),
+        ),
+    ]);
+    let e = two.unwrap_err();
+    let p = e.problems();
+    assert_eq!(p.len(), 1, "{e}");
+    assert!(p[0].message.contains("a second [policy] table"), "{e}");
+    assert!(p[0].hint.contains("a.toml:9:2"), "{e}");
+    let step = "[[journey.steps]]\naction = { kind = \"guide_link\", channel = \"web\", quiet_hours = \"later\" }";
+    let p = only(&journey("true", step));
+    assert!(p.message.contains("unknown quiet_hours \"later\""), "{p}");
+}

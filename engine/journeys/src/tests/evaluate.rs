@@ -23,7 +23,7 @@ exit_when = 'event.event_type == "purchase"'
 wait = {{ for = "1h" }}
 
 [[journey.steps]]
-action = {{ kind = "guide_link", channel = "email", payload = {{ carts = "{{{{ profile.count('add_to_cart', duration('24h')) }}}}" }} }}
+action = {{ kind = "guide_link", channel = "web", payload = {{ carts = "{{{{ profile.count('add_to_cart', duration('24h')) }}}}" }} }}
 "#
     ))
 }
@@ -39,7 +39,7 @@ fn exit_when_ends_the_journey_at_once_and_cancels_its_wait() {
     feed(&j, &mut p, add("a1", T0));
     assert_eq!(p.journey_runs.len(), 1);
     assert_eq!(p.timers.len(), 1);
-    let mut out = Vec::new();
+    let mut out = crate::Output::new();
     let buy = tp("b", "c1", Channel::Store, EventType::Purchase, T0 + 60_000);
     p.apply(&buy);
     let report = j.on_event(&mut p, &buy, &mut out);
@@ -114,7 +114,7 @@ value = "profile.orders"
 when = "profile.orders > 1"
 
 [[journey.steps]]
-action = { kind = "exclusive_offer", channel = "reply", emotion_reasons = false, policy = { cap = "marketing", holdout_percent = 10 } }
+action = { kind = "exclusive_offer", channel = "reply", emotion_reasons = false, quiet_hours = "drop" }
 "#,
     );
     let mut p = Profile::new("c1");
@@ -125,8 +125,6 @@ action = { kind = "exclusive_offer", channel = "reply", emotion_reasons = false,
     assert_eq!(a.len(), 1);
     let d = &a[0];
     assert_eq!(d.action.channel, DeliveryChannel::Store);
-    assert_eq!(d.policy.holdout_percent, Some(10));
-    assert_eq!(d.policy.cap.as_deref(), Some("marketing"));
     assert_eq!(
         d.action.reasons,
         vec![
@@ -157,7 +155,11 @@ fn closed_loop_alert_raises_a_ticket_and_escalates_without_resolution() {
     assert_eq!(a[0].action.kind, ActionKind::AlertTicket);
     assert_eq!(a[0].action.channel, DeliveryChannel::CallCenter);
     assert_eq!(a[0].purpose, Purpose::Service);
-    assert_eq!(a[0].policy.quiet_hours, Some(false));
+    let ticket = &j.journeys()[0].steps[0];
+    assert!(
+        matches!(ticket, crate::journey::Step::Action(a) if a.quiet_hours == crate::QuietMode::Ignore),
+        "tickets are for staff: quiet hours do not hold them back"
+    );
     assert_eq!(a[0].action.payload["cause"], "survey_response");
     feed(
         &j,
@@ -199,10 +201,10 @@ fn waits_of_a_removed_journey_are_dropped_and_foreign_timers_kept() {
         )
         .unwrap(),
     );
-    let mut out = Vec::new();
+    let mut out = crate::Output::new();
     let report = other.fire_due(&mut p, T0 + HOUR_MS, &mut out);
     assert_eq!((report.timers_fired, report.orphaned), (1, 1));
-    assert!(out.is_empty() && p.journey_runs.is_empty());
+    assert!(out.actions.is_empty() && p.journey_runs.is_empty());
     assert_eq!(
         p.timers.len(),
         1,
@@ -226,14 +228,14 @@ action = { kind = "self_service_link", channel = "web" }
     let mut t = tp("e", "c1", Channel::Web, EventType::PageView, T0);
     t.attributes.insert("type".into(), "no_such_type".into());
     p.apply(&t);
-    let mut out = Vec::new();
+    let mut out = crate::Output::new();
     let r = j.on_event(&mut p, &t, &mut out);
-    assert!(out.is_empty());
+    assert!(out.actions.is_empty());
     assert_eq!(r.errors.len(), 1, "{r:?}");
     assert!(r.errors[0].message.contains("no_such_type"), "{r:?}");
     t.attributes.insert("type".into(), "page_view".into());
     assert_eq!(j.on_event(&mut p, &t, &mut out).errors.len(), 0);
-    assert_eq!(out.len(), 1);
+    assert_eq!(out.actions.len(), 1);
     let _ = PathBuf::new();
 }
 
@@ -244,6 +246,22 @@ fn the_readme_example_loads_and_runs() {
     let end = start + readme[start..].find("```").expect("closed");
     let j = journeys(&readme[start..end]);
     let mut p = Profile::new("c1");
+    // The guide goes out by email: the customer opted in to marketing email.
+    let mut opt_in = tp(
+        "o",
+        "c1",
+        Channel::Web,
+        EventType::ConsentChanged,
+        T0 - HOUR_MS,
+    );
+    for (k, v) in [
+        ("purpose", "marketing"),
+        ("channel", "email"),
+        ("granted", "true"),
+    ] {
+        opt_in.attributes.insert(k.into(), v.into());
+    }
+    feed(&j, &mut p, opt_in);
     feed(
         &j,
         &mut p,
@@ -269,7 +287,7 @@ fn the_readme_example_loads_and_runs() {
         )
         .with_sku("tv"),
     );
-    let mut out = Vec::new();
+    let mut out = crate::Output::new();
     let co = tp(
         "c",
         "c1",
@@ -412,11 +430,11 @@ fn the_emotional_state_is_read_from_the_profile_not_recomputed() {
     }
     let t = tp("h4", "c1", Channel::Web, EventType::HelpSearch, T0 + 3);
     p.apply(&t);
-    let mut out = Vec::new();
+    let mut out = crate::Output::new();
     j.on_event(&mut p, &t, &mut out);
-    assert!(out.is_empty(), "stored state is neutral: {out:?}");
+    assert!(out.actions.is_empty(), "stored state is neutral: {out:?}");
     // Once the engine updates it, the same event is judged anxious.
     rapport_model::emotion::update(&mut p, t.event_time, j.emotion());
     j.on_event(&mut p, &t, &mut out);
-    assert_eq!(out.len(), 1);
+    assert_eq!(out.actions.len(), 1);
 }

@@ -2,13 +2,14 @@
 
 mod errors;
 mod evaluate;
+mod policy;
 mod shipped;
 
 use std::path::PathBuf;
 
-use rapport_model::{Profile, Touchpoint};
+use rapport_model::{Action, Profile, Touchpoint};
 
-use crate::{CompiledJourneys, Decision, LoadError, Problem};
+use crate::{CompiledJourneys, LoadError, Outcome, Output, Problem, Purpose};
 
 /// 2025-11-24T16:00:00Z.
 pub(crate) const T0: i64 = 1_764_000_000_000;
@@ -35,22 +36,56 @@ pub(crate) fn problems(text: &str) -> Vec<Problem> {
     }
 }
 
-/// Applies `t` to `p`, updates the emotional state and evaluates, as the runtime does.
-pub(crate) fn feed(j: &CompiledJourneys, p: &mut Profile, t: Touchpoint) -> Vec<Decision> {
+/// An action that passed the policy, with its purpose.
+#[derive(Debug)]
+pub(crate) struct Sent {
+    pub action: Action,
+    pub purpose: Purpose,
+}
+
+/// The sent actions of `out`, each with the purpose its decision names.
+fn sent(out: Output) -> Vec<Sent> {
+    let purposes: Vec<Purpose> = out
+        .decisions
+        .iter()
+        .filter(|d| d.outcome == Outcome::Sent)
+        .map(|d| d.purpose)
+        .collect();
+    assert_eq!(purposes.len(), out.actions.len(), "{:?}", out.decisions);
+    out.actions
+        .into_iter()
+        .zip(purposes)
+        .map(|(action, purpose)| Sent { action, purpose })
+        .collect()
+}
+
+/// Applies `t` to `p`, updates the emotional state and evaluates, as the
+/// runtime does; returns the actions and every decision.
+pub(crate) fn feed_all(j: &CompiledJourneys, p: &mut Profile, t: Touchpoint) -> Output {
     p.apply(&t);
     rapport_model::emotion::update(p, t.event_time, j.emotion());
-    let mut out = Vec::new();
+    let mut out = Output::new();
     let report = j.on_event(p, &t, &mut out);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     out
 }
 
-/// Fires due waits.
-pub(crate) fn fire(j: &CompiledJourneys, p: &mut Profile, now: i64) -> Vec<Decision> {
-    let mut out = Vec::new();
+/// Like [`feed_all`], returning the actions that were sent.
+pub(crate) fn feed(j: &CompiledJourneys, p: &mut Profile, t: Touchpoint) -> Vec<Sent> {
+    sent(feed_all(j, p, t))
+}
+
+/// Fires what is due; returns the actions and every decision.
+pub(crate) fn fire_all(j: &CompiledJourneys, p: &mut Profile, now: i64) -> Output {
+    let mut out = Output::new();
     let report = j.fire_due(p, now, &mut out);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     out
+}
+
+/// Fires due waits; returns the actions that were sent.
+pub(crate) fn fire(j: &CompiledJourneys, p: &mut Profile, now: i64) -> Vec<Sent> {
+    sent(fire_all(j, p, now))
 }
 
 #[test]
@@ -59,12 +94,31 @@ fn shipped_and_example_journeys_load() {
     let ids: Vec<&str> = j.journeys().iter().map(|j| j.id.as_str()).collect();
     assert_eq!(
         ids,
-        ["hesitation_guide", "post_delivery_survey", "recovery_offer"]
+        [
+            "ambassador_invitation",
+            "anxious_support",
+            "cart_reassurance",
+            "closed_loop_alert",
+            "exclusive_treatment",
+            "hesitation_guide",
+            "post_delivery_survey",
+            "recovery_offer"
+        ]
     );
+    assert_eq!(j.policy().caps.len(), 4, "the shipped policy is loaded");
     let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/journeys");
     let all = CompiledJourneys::load(&base, &["*.toml"]).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(all.journeys().len(), 4);
-    assert!(all.journey("closed_loop_alert").is_some());
+    assert_eq!(all.journeys().len(), 8);
+    // Every file in the directory is shipped.
+    let mut files: Vec<String> = std::fs::read_dir(&base)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| f.ends_with(".toml"))
+        .collect();
+    files.sort();
+    let mut shipped: Vec<&str> = crate::SHIPPED.iter().map(|(f, _)| *f).collect();
+    shipped.sort();
+    assert_eq!(files, shipped);
 }
 
 /// The `[emotion]` section of the example configuration spells out the

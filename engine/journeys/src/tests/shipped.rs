@@ -265,3 +265,248 @@ fn post_delivery_survey_wait_is_cancelled_by_a_reported_problem() {
     );
     assert_eq!(fire(&j, &mut p, T0 + 2 * HOUR_MS).len(), 1);
 }
+
+/// Runs `events` through every shipped journey under the shipped policy
+/// (firing what is due before each event and at `end`); returns the sent
+/// actions and every decision.
+fn with_policy(
+    customer: &str,
+    events: Vec<Touchpoint>,
+    end: i64,
+) -> (Vec<Action>, Vec<crate::Decision>) {
+    let j = CompiledJourneys::shipped().unwrap_or_else(|e| panic!("{e}"));
+    let mut p = Profile::new(customer);
+    let (mut actions, mut decisions) = (Vec::new(), Vec::new());
+    for t in events {
+        for out in [
+            super::fire_all(&j, &mut p, t.event_time),
+            super::feed_all(&j, &mut p, t),
+        ] {
+            actions.extend(out.actions);
+            decisions.extend(out.decisions);
+        }
+    }
+    let out = super::fire_all(&j, &mut p, end);
+    actions.extend(out.actions);
+    decisions.extend(out.decisions);
+    (actions, decisions)
+}
+
+fn opt_in(customer: &str, at: i64) -> Touchpoint {
+    let mut t = tp(
+        "optin",
+        customer,
+        Channel::Web,
+        EventType::ConsentChanged,
+        at,
+    );
+    for (k, v) in [
+        ("purpose", "marketing"),
+        ("channel", "email"),
+        ("granted", "true"),
+    ] {
+        t.attributes.insert(k.into(), v.into());
+    }
+    t
+}
+
+fn outcomes(d: &[crate::Decision]) -> Vec<(&str, crate::Outcome)> {
+    d.iter().map(|d| (d.journey.as_str(), d.outcome)).collect()
+}
+
+/// The first customer ids (`{prefix}0`, `{prefix}1`, ...) in and out of the
+/// control group of `journey`.
+fn in_and_out(prefix: &str, journey: &str, share_bp: u16) -> (String, String) {
+    let ids = (0..).map(|i| format!("{prefix}{i}"));
+    let held = |id: &String| crate::policy::held_out(id, journey, share_bp);
+    let inside = ids.clone().find(held).expect("someone is held out");
+    let outside = ids.clone().find(|id| !held(id)).expect("someone is not");
+    (inside, outside)
+}
+
+#[test]
+fn exclusive_treatment_once_a_month_with_a_fallback_and_a_control_group() {
+    use crate::Outcome::*;
+    let (held, treated) = in_and_out("vip-", "exclusive_treatment", 1000);
+    let buy = |c: &str, id: &str, day: i64| {
+        tp(
+            id,
+            c,
+            Channel::Store,
+            EventType::Purchase,
+            T0 + day * 24 * HOUR_MS,
+        )
+        .with_amount(400.0)
+    };
+    let regular = |c: &str| {
+        vec![
+            opt_in(c, T0 - HOUR_MS),
+            buy(c, "b0", 0),
+            buy(c, "b1", 1),
+            buy(c, "b2", 2),
+            buy(c, "b3", 3),
+        ]
+    };
+    let (a, d) = with_policy(&treated, regular(&treated), T0 + 40 * 24 * HOUR_MS);
+    assert_eq!(
+        outcomes(&d),
+        [
+            ("exclusive_treatment", Sent),
+            ("exclusive_treatment", Capped)
+        ],
+        "third purchase of a high-value regular; the fourth is within the month"
+    );
+    assert_eq!(a[0].kind, ActionKind::ExclusiveOffer);
+    assert_eq!(a[0].channel, DeliveryChannel::Email);
+    assert_eq!(
+        a[0].emotional_state,
+        Some(EmotionalState::WantsToFeelSpecial)
+    );
+    assert!(
+        d[1].reason
+            .starts_with("journey exclusive_treatment cap 1 per 30d reached"),
+        "{}",
+        d[1].reason
+    );
+
+    // Without email consent a person greets them instead.
+    let events = regular(&treated).into_iter().skip(1).take(3).collect();
+    let (a, d) = with_policy(&treated, events, T0 + 40 * 24 * HOUR_MS);
+    assert_eq!(
+        outcomes(&d),
+        [
+            ("exclusive_treatment", Fallback),
+            ("exclusive_treatment", Sent)
+        ]
+    );
+    assert_eq!(a[0].kind, ActionKind::AlertTicket);
+    assert_eq!(a[0].channel, DeliveryChannel::Store);
+
+    // One customer in ten is held out, and the decision says so.
+    let (a, d) = with_policy(&held, regular(&held), T0 + 40 * 24 * HOUR_MS);
+    assert!(a.is_empty(), "{a:?}");
+    assert_eq!(d[0].outcome, HeldOut);
+}
+
+#[test]
+fn anxious_customers_get_self_service_and_no_marketing() {
+    use crate::Outcome::*;
+    let mut events: Vec<Touchpoint> = (0..3)
+        .map(|i| {
+            tp(
+                &format!("h{i}"),
+                "c1",
+                Channel::Web,
+                EventType::HelpSearch,
+                T0 + i * 60_000,
+            )
+        })
+        .collect();
+    events.extend((0..3).map(|i| view(&format!("v{i}"), T0 + HOUR_MS + i * 60_000, "tv")));
+    let (a, d) = with_policy("c1", events, T0 + 2 * HOUR_MS);
+    assert_eq!(
+        outcomes(&d),
+        [
+            ("anxious_support", Sent),
+            ("hesitation_guide", SuppressedState)
+        ],
+        "{d:#?}"
+    );
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].kind, ActionKind::SelfServiceLink);
+    assert_eq!(a[0].channel, DeliveryChannel::Web);
+    assert_eq!(a[0].payload["url"], "https://shop.example/help/start");
+}
+
+#[test]
+fn an_ambassador_invitation_is_never_sent_twice_and_never_at_night() {
+    use crate::Outcome::*;
+    let promoter = |c: &str, id: &str, at: i64| {
+        tp(id, c, Channel::Email, EventType::SurveyResponse, at).with_survey(SurveyKind::Nps, 10)
+    };
+    let events = vec![
+        opt_in("fan", T0 - HOUR_MS),
+        promoter("fan", "n1", T0),
+        promoter("fan", "n2", T0 + 60 * 24 * HOUR_MS),
+    ];
+    let (a, d) = with_policy("fan", events, T0 + 61 * 24 * HOUR_MS);
+    assert_eq!(
+        outcomes(&d),
+        [
+            ("ambassador_invitation", Sent),
+            ("ambassador_invitation", Capped)
+        ]
+    );
+    assert_eq!(a[0].kind, ActionKind::AmbassadorInvite);
+    // 23:00 in London: quiet hours drop it.
+    let night = T0 + 7 * HOUR_MS;
+    let events = vec![opt_in("owl", T0), promoter("owl", "n1", night)];
+    let (a, d) = with_policy("owl", events, night + HOUR_MS);
+    assert!(a.is_empty());
+    assert_eq!(outcomes(&d), [("ambassador_invitation", DroppedQuietHours)]);
+}
+
+#[test]
+fn under_the_shipped_policy_surveys_wait_for_the_morning_and_come_once_a_month() {
+    use crate::Outcome::*;
+    // Delivered at 20:00 London: the survey is due at 22:00, in quiet hours.
+    let evening = T0 + 4 * HOUR_MS;
+    let morning = T0 + 16 * HOUR_MS;
+    let events = vec![
+        tp("d1", "c1", Channel::System, EventType::Delivered, evening).with_order("o-1"),
+        tp(
+            "d2",
+            "c1",
+            Channel::System,
+            EventType::Delivered,
+            T0 + 5 * 24 * HOUR_MS,
+        )
+        .with_order("o-2"),
+    ];
+    let (a, d) = with_policy("c1", events, T0 + 6 * 24 * HOUR_MS);
+    assert_eq!(
+        outcomes(&d),
+        [
+            ("post_delivery_survey", DeferredQuietHours),
+            ("post_delivery_survey", Sent),
+            ("post_delivery_survey", Capped)
+        ]
+    );
+    assert_eq!(d[0].deferred_until, Some(morning));
+    assert_eq!(d[1].decided_at, morning);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].payload["order_id"], "o-1");
+}
+
+#[test]
+fn cart_reassurance_follows_hesitation_by_email() {
+    use crate::Outcome::*;
+    let mut events = vec![opt_in("c1", T0 - HOUR_MS)];
+    events.extend((0..3).map(|i| view(&format!("v{i}"), T0 + i * 60_000, "tv")));
+    events.push(
+        tp(
+            "a",
+            "c1",
+            Channel::Web,
+            EventType::AddToCart,
+            T0 + 10 * 60_000,
+        )
+        .with_sku("tv"),
+    );
+    let (a, d) = with_policy("c1", events, T0 + 2 * HOUR_MS);
+    assert_eq!(
+        outcomes(&d),
+        [("hesitation_guide", Sent), ("cart_reassurance", Sent)],
+        "{d:#?}"
+    );
+    assert_eq!(a[1].channel, DeliveryChannel::Email);
+    assert_eq!(
+        a[1].payload["reviews_url"],
+        "https://shop.example/products/tv/reviews"
+    );
+    assert!(
+        d[1].reason.contains("marketing cap 3 per 7d: 1 used"),
+        "{}",
+        d[1].reason
+    );
+}
