@@ -115,7 +115,7 @@ fn journey_cost(n: usize, events: usize) -> anyhow::Result<()> {
         .map(|i| decoder.decode(&sim.next_record(T0 + i as i64 * 10).value))
         .collect::<Result<_, _>>()?;
     let mut profiles: HashMap<String, Profile> = HashMap::new();
-    let mut out = Vec::new();
+    let mut out = rapport_journeys::Output::new();
     let (mut fired, mut spent) = (0usize, Duration::ZERO);
     for tp in &tps {
         let id = tp.identity().unwrap_or_default();
@@ -126,7 +126,7 @@ fn journey_cost(n: usize, events: usize) -> anyhow::Result<()> {
         let started = Instant::now();
         compiled.on_event(p, tp, &mut out);
         spent += started.elapsed();
-        fired += out.len();
+        fired += out.actions.len();
         out.clear();
     }
     println!(
@@ -151,7 +151,7 @@ fn breakdown(events: usize) -> anyhow::Result<()> {
     let journeys = CompiledJourneys::shipped()?;
     for stage in ["decode", "decode + profile", "decode + profile + journeys"] {
         let mut profiles: HashMap<String, Profile> = HashMap::new();
-        let mut out = Vec::new();
+        let mut out = rapport_journeys::Output::new();
         let started = Instant::now();
         for bytes in &records {
             let tp = decoder.decode(bytes)?;

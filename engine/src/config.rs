@@ -57,6 +57,10 @@ pub struct KafkaConfig {
     pub action_topic: String,
     /// Where records that cannot be processed go, with the reason.
     pub dead_letter_topic: String,
+    /// Where the delivery policy's decisions not to act go (capped, deferred to
+    /// the end of quiet hours, no consent, suppressed, held out), each with its
+    /// reason, in the same transaction as the actions; empty turns them off.
+    pub decisions_topic: String,
     /// Compacted topic that makes profile state durable; default `<group_id>-profiles-changelog`.
     pub changelog_topic: String,
     /// Replication factor of topics the engine creates; -1 uses the broker's default.
@@ -104,6 +108,7 @@ impl Default for KafkaConfig {
             group_id: "rapport".into(),
             touchpoint_topics: vec!["rapport.touchpoints".into()],
             action_topic: "rapport.actions".into(),
+            decisions_topic: "rapport.decisions".into(),
             dead_letter_topic: "rapport.dead-letter".into(),
             changelog_topic: String::new(),
             replication_factor: -1,
@@ -383,6 +388,15 @@ impl Config {
                 format!(
                     "{} is outside 1000..=86400000; 300000 (five minutes) is a good default",
                     self.engine.kafka_unavailable_timeout_ms
+                ),
+            ));
+        }
+        if k.touchpoint_topics.contains(&k.decisions_topic) {
+            return Err((
+                "kafka.decisions_topic",
+                format!(
+                    "{:?} is also a touchpoint topic; output would be read back as input",
+                    k.decisions_topic
                 ),
             ));
         }

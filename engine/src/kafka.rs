@@ -195,7 +195,11 @@ pub async fn prepare_topics(
             .push(("cleanup.policy".into(), "compact".into()));
         create.push(spec);
     }
-    for out in [&k.action_topic, &k.dead_letter_topic] {
+    let decisions = Some(&k.decisions_topic).filter(|t| !t.is_empty());
+    for out in [&k.action_topic, &k.dead_letter_topic]
+        .into_iter()
+        .chain(decisions)
+    {
         if count(out).is_none() {
             let mut spec = TopicSpec::new(out, partitions);
             spec.replication = k.replication_factor;

@@ -61,6 +61,10 @@ enum Cmd {
         /// After the input, fire every pending wait, as if time ran on.
         #[arg(long)]
         flush: bool,
+        /// Also print the delivery policy's decisions not to act (capped,
+        /// deferred, no consent, suppressed, held out), each with its reason.
+        #[arg(long)]
+        decisions: bool,
     },
     /// Start a local broker, simulate customers on four channels, run the engine
     /// and show live actions; ends by itself and leaves nothing running.
@@ -91,13 +95,14 @@ fn main() -> anyhow::Result<()> {
             events,
             at,
             flush,
+            decisions,
         } => {
             let until = match (at, flush) {
                 (Some(t), _) => Until::At(t),
                 (None, true) => Until::Flush,
                 (None, false) => Until::EndOfInput,
             };
-            replay(&config, &events, until)
+            replay(&config, &events, until, decisions)
         }
         Cmd::Run { config } => run(Config::load(&config)?),
         Cmd::Demo(opts) => rapport::demo::run(opts),
@@ -120,7 +125,7 @@ fn validate(path: &Path) -> anyhow::Result<()> {
 }
 
 /// `rapport replay`.
-fn replay(config: &Path, events: &Path, until: Until) -> anyhow::Result<()> {
+fn replay(config: &Path, events: &Path, until: Until, decisions: bool) -> anyhow::Result<()> {
     let cfg = Config::load(config)?;
     let started = std::time::Instant::now();
     let input: Box<dyn std::io::BufRead> = if events == Path::new("-") {
@@ -132,17 +137,18 @@ fn replay(config: &Path, events: &Path, until: Until) -> anyhow::Result<()> {
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let s = rapport::replay::replay(&cfg, input, until, &mut out)?;
+    let s = rapport::replay::replay(&cfg, input, until, decisions, &mut out)?;
     for r in &s.rejections {
         eprintln!("dead letter: {r}");
     }
     eprintln!(
-        "replayed {} records in {:.2} s: {} applied, {} dead letters, {} actions",
+        "replayed {} records in {:.2} s: {} applied, {} dead letters, {} actions, {} decisions not to act",
         s.records,
         started.elapsed().as_secs_f64(),
         s.applied,
         s.rejected,
-        s.actions
+        s.actions,
+        s.withheld
     );
     Ok(())
 }

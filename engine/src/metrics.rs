@@ -17,6 +17,9 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// Actions emitted, by journey and kind.
     pub actions: IntCounterVec,
+    /// Delivery-policy decisions, by journey and outcome (`sent`, `capped`,
+    /// `held_out`, ...).
+    pub decisions: IntCounterVec,
     /// Emotional-state transitions, by state left and state entered.
     pub emotion_transitions: IntCounterVec,
     /// Timers fired (actions they produced).
@@ -69,6 +72,14 @@ impl Metrics {
             actions: IntCounterVec::new(
                 Opts::new("rapport_actions_total", "Actions emitted"),
                 &["journey", "kind"],
+            )
+            .expect("valid metric"),
+            decisions: IntCounterVec::new(
+                Opts::new(
+                    "rapport_decisions_total",
+                    "Delivery-policy decisions on journeys' actions, by journey and outcome",
+                ),
+                &["journey", "outcome"],
             )
             .expect("valid metric"),
             emotion_transitions: IntCounterVec::new(
@@ -161,6 +172,7 @@ impl Metrics {
             Box::new(m.timers_fired.clone()),
             Box::new(m.restored.clone()),
             Box::new(m.emotion_transitions.clone()),
+            Box::new(m.decisions.clone()),
             Box::new(m.restore_remaining.clone()),
             Box::new(m.commit_seconds.clone()),
             Box::new(m.cached_profiles.clone()),

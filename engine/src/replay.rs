@@ -46,14 +46,18 @@ pub struct Summary {
     pub rejections: Vec<String>,
     /// Actions written.
     pub actions: u64,
+    /// Decisions not to act (capped, deferred, no consent, suppressed, held out).
+    pub withheld: u64,
 }
 
 /// Replays the touchpoints of `input` through the journeys of `cfg`, writing each
-/// action as a JSON line to `out`.
+/// action as a JSON line to `out`; with `decisions`, also each decision not to act
+/// (the records the engine writes to the decisions topic), in decision order.
 pub fn replay(
     cfg: &Config,
     input: impl BufRead,
     until: Until,
+    decisions: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<Summary> {
     let dir = tempfile::tempdir().context("creating a temporary state directory")?;
@@ -95,6 +99,7 @@ pub fn replay(
             Outcome::AlreadyApplied | Outcome::NotOwned => {}
         }
         write_actions(&mut actions, out, &mut summary)?;
+        write_decisions(&mut processor, decisions, out, &mut summary)?;
         if summary.records % CHECKPOINT_EVERY == 0 {
             checkpoint(&mut processor, &state)?;
         }
@@ -106,6 +111,7 @@ pub fn replay(
     };
     processor.fire_all(now, &mut actions)?;
     write_actions(&mut actions, out, &mut summary)?;
+    write_decisions(&mut processor, decisions, out, &mut summary)?;
     out.flush()?;
     Ok(summary)
 }
@@ -119,6 +125,22 @@ fn write_actions(
         serde_json::to_writer(&mut *out, &a)?;
         out.write_all(b"\n")?;
         summary.actions += 1;
+    }
+    Ok(())
+}
+
+fn write_decisions(
+    processor: &mut Processor,
+    write: bool,
+    out: &mut impl Write,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    for d in processor.take_decisions() {
+        summary.withheld += 1;
+        if write {
+            serde_json::to_writer(&mut *out, &d)?;
+            out.write_all(b"\n")?;
+        }
     }
     Ok(())
 }

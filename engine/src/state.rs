@@ -544,13 +544,13 @@ mod tests {
             )
             .with_survey(SurveyKind::Nps, 4),
         ];
-        let mut out = Vec::new();
+        let mut out = rapport_journeys::Output::new();
         for e in &events {
             p.apply(e);
             journeys.on_event(&mut p, e, &mut out);
         }
         assert!(
-            !out.is_empty() && !p.timers.is_empty(),
+            !out.actions.is_empty() && !p.timers.is_empty(),
             "the fixture exercises journeys"
         );
         let mut stored = Stored {
@@ -590,10 +590,18 @@ mod tests {
         let path =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stored-profile-v2.bin");
         let bytes = std::fs::read(&path).unwrap();
-        assert_eq!(
+        let (old, now) = (
             Stored::decode("c-fixture", 3, &bytes).unwrap(),
-            fixture_profile()
+            fixture_profile(),
         );
+        assert_eq!(old.sources, now.sources);
+        let (o, n) = (&old.profile, &now.profile);
+        assert_eq!(
+            (&o.id, o.events, &o.channels, o.orders, o.nps, &o.recent),
+            (&n.id, n.events, &n.channels, n.orders, n.nps, &n.recent)
+        );
+        assert_eq!((&o.timers, &o.journey_runs), (&n.timers, &n.journey_runs));
+        assert_eq!(o.windows, n.windows);
     }
 
     #[test]

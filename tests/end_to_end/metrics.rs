@@ -5,6 +5,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use rdkafka::Message;
+
 use crate::crash::feed;
 use crate::support::*;
 
@@ -124,6 +126,25 @@ fn metrics_show_lag_latency_commits_and_restores_and_ready_agrees_with_readyz() 
         ),
         "customers left the neutral state"
     );
+    // The delivery policy's decisions: counted by journey and outcome, and the
+    // decisions not to act written to the decisions topic with their reasons.
+    let withheld: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("rapport_decisions_total{") && !l.contains("outcome=\"sent\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(value(&m, "rapport_decisions_total") > withheld && withheld > 0.0);
+    let decisions = drain(&topics.decisions);
+    assert_eq!(
+        decisions.len() as f64,
+        withheld,
+        "one record per decision not to act"
+    );
+    for d in &decisions {
+        let v: serde_json::Value = serde_json::from_slice(d.payload().unwrap()).unwrap();
+        assert_ne!(v["outcome"], "sent");
+        assert!(v["reason"].as_str().is_some_and(|r| !r.is_empty()), "{v}");
+    }
     assert!(value(&m, "rapport_commit_latency_seconds_sum") > 0.0);
     assert_eq!(
         value(&m, "rapport_events_total"),

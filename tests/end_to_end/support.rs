@@ -51,6 +51,8 @@ pub struct Topics {
     pub input: String,
     pub actions: String,
     pub dead_letter: String,
+    /// The delivery policy's decisions not to act.
+    pub decisions: String,
 }
 
 impl Topics {
@@ -65,11 +67,17 @@ impl Topics {
             input: unique(&format!("{name}.touchpoints")),
             actions: unique(&format!("{name}.actions")),
             dead_letter: unique(&format!("{name}.dlq")),
+            decisions: unique(&format!("{name}.decisions")),
         };
-        let specs: Vec<TopicSpec> = [(&t.input, partitions), (&t.actions, 2), (&t.dead_letter, 1)]
-            .into_iter()
-            .map(|(n, p)| TopicSpec::new(n, p))
-            .collect();
+        let specs: Vec<TopicSpec> = [
+            (&t.input, partitions),
+            (&t.actions, 2),
+            (&t.dead_letter, 1),
+            (&t.decisions, 2),
+        ]
+        .into_iter()
+        .map(|(n, p)| TopicSpec::new(n, p))
+        .collect();
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -87,6 +95,7 @@ impl Topics {
         c.kafka.touchpoint_topics = vec![self.input.clone()];
         c.kafka.action_topic = self.actions.clone();
         c.kafka.dead_letter_topic = self.dead_letter.clone();
+        c.kafka.decisions_topic = self.decisions.clone();
         c.state.path = state_dir.to_owned();
         c.state.block_cache_mb = 8;
         c.state.write_buffer_mb = 8;
@@ -381,7 +390,7 @@ pub fn write_config(cfg: &Config, path: &Path) {
     };
     let journeys: Vec<String> = cfg.journeys.iter().map(|j| format!("{j:?}")).collect();
     let text = format!(
-        "journeys = [{}]\n\n[kafka]\nbootstrap_servers = {:?}\ngroup_id = {:?}\ntouchpoint_topics = [{}]\naction_topic = {:?}\ndead_letter_topic = {:?}\n\n\
+        "journeys = [{}]\n\n[kafka]\nbootstrap_servers = {:?}\ngroup_id = {:?}\ntouchpoint_topics = [{}]\naction_topic = {:?}\ndead_letter_topic = {:?}\ndecisions_topic = {:?}\n\n\
          [kafka.client]\n{client}\n\
          [kafka.consumer]\n{consumer}\n\
          [state]\npath = {:?}\nblock_cache_mb = 16\nwrite_buffer_mb = 16\n\n\
@@ -393,6 +402,7 @@ pub fn write_config(cfg: &Config, path: &Path) {
         topics.join(", "),
         cfg.kafka.action_topic,
         cfg.kafka.dead_letter_topic,
+        cfg.kafka.decisions_topic,
         cfg.state.path.display().to_string(),
         cfg.engine.instance_id,
         cfg.engine.wall_clock_timers,

@@ -9,10 +9,10 @@
 
 pub(crate) mod task;
 
-use rapport_model::emotion;
 use std::sync::Arc;
 
-use rapport_journeys::{CompiledJourneys, Decision};
+use rapport_journeys::{CompiledJourneys, Decision, Outcome as Judgement, Output};
+use rapport_model::emotion;
 use rapport_model::{Action, Touchpoint};
 
 use crate::ingest::route::KeyRule;
@@ -60,7 +60,13 @@ pub struct Processor {
     metrics: Metrics,
     profile_cache: usize,
     tasks: hashbrown::HashMap<i32, Task>,
-    decisions: Vec<Decision>,
+    /// What the journeys and the delivery policy decided for the current record.
+    output: Output,
+    /// Decisions not to act (capped, deferred, no consent, suppressed, held out)
+    /// since the last [`Processor::take_decisions`].
+    not_sent: Vec<Decision>,
+    /// Decision counters by journey and outcome, resolved once.
+    decision_counters: Vec<((String, Judgement), prometheus::IntCounter)>,
     /// Per-topic event counters, resolved once.
     event_counters: Vec<(String, prometheus::IntCounter)>,
 }
@@ -88,7 +94,9 @@ impl Processor {
             metrics,
             profile_cache,
             tasks: hashbrown::HashMap::new(),
-            decisions: Vec::new(),
+            output: Output::new(),
+            not_sent: Vec::new(),
+            decision_counters: Vec::new(),
             event_counters: Vec::new(),
         })
     }
@@ -180,7 +188,7 @@ impl Processor {
         let Some(task) = self.tasks.get_mut(&partition) else {
             return Ok(Outcome::NotOwned);
         };
-        let (journeys, decisions, metrics) = (&self.journeys, &mut self.decisions, &self.metrics);
+        let (journeys, output, metrics) = (&self.journeys, &mut self.output, &self.metrics);
         let mut outcome = Outcome::Applied;
         task.update(&self.state, id, |s| {
             if s.reflects(hash, partition, offset) {
@@ -195,7 +203,7 @@ impl Processor {
                     .with_label_values(&[t.from.as_str(), t.to.as_str()])
                     .inc();
             }
-            let report = journeys.on_event(&mut s.profile, tp, decisions);
+            let report = journeys.on_event(&mut s.profile, tp, output);
             for e in report.errors {
                 tracing::warn!(journey = %e.journey, expression = %e.expression, error = %e.message, "journey expression failed; treated as false");
             }
@@ -205,7 +213,7 @@ impl Processor {
         if outcome == Outcome::Applied {
             self.count_event(r.topic);
         }
-        out.extend(self.decisions.drain(..).map(|d| d.action));
+        self.collect(out);
         let task = self.tasks.get_mut(&partition).expect("task checked above");
         if tp.event_time > task.watermark {
             task.watermark = tp.event_time;
@@ -250,19 +258,52 @@ impl Processor {
                 task.timers.insert((at, id));
                 return Ok(());
             }
-            let (journeys, decisions) = (&self.journeys, &mut self.decisions);
+            let (journeys, output) = (&self.journeys, &mut self.output);
+            let mut fired = 0;
             task.update(&self.state, &id, |s| {
-                journeys.fire_due(&mut s.profile, now, decisions);
+                fired = journeys.fire_due(&mut s.profile, now, output).timers_fired;
                 // A timer no journey claims any more (its journey was removed) is
                 // dropped, so it cannot come due again and again.
                 s.profile.timers.retain(|t| t.fire_at_ms > now);
                 true
             })?;
-            self.metrics
-                .timers_fired
-                .inc_by(self.decisions.len() as u64);
-            out.extend(self.decisions.drain(..).map(|d| d.action));
+            self.metrics.timers_fired.inc_by(fired as u64);
+            self.collect(out);
         }
+    }
+
+    /// Moves the record's actions to `out` and keeps its decisions not to act;
+    /// counts every decision by journey and outcome.
+    fn collect(&mut self, out: &mut Vec<Action>) {
+        out.append(&mut self.output.actions);
+        for d in self.output.decisions.drain(..) {
+            let counter = match self
+                .decision_counters
+                .iter()
+                .find(|((j, o), _)| *o == d.outcome && *j == d.journey)
+            {
+                Some((_, c)) => c.clone(),
+                None => {
+                    let c = self
+                        .metrics
+                        .decisions
+                        .with_label_values(&[d.journey.as_str(), d.outcome.as_str()]);
+                    self.decision_counters
+                        .push(((d.journey.to_string(), d.outcome), c.clone()));
+                    c
+                }
+            };
+            counter.inc();
+            if d.outcome != Judgement::Sent {
+                self.not_sent.push(d);
+            }
+        }
+    }
+
+    /// The decisions not to act since the last call (for the decisions topic and
+    /// `rapport replay --decisions`), in decision order.
+    pub fn take_decisions(&mut self) -> std::vec::Drain<'_, Decision> {
+        self.not_sent.drain(..)
     }
 
     /// Fires the due timers of every partition that received nothing since the

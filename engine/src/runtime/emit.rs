@@ -64,6 +64,24 @@ impl Core {
                 self.send_action(&a)?;
             }
         }
+        self.emit_decisions()
+    }
+
+    /// Sends the delivery policy's decisions not to act to the decisions topic,
+    /// keyed by customer, in the interval that holds their profile's change.
+    fn emit_decisions(&mut self) -> Result<(), LoopError> {
+        let topic = &self.cfg.kafka.decisions_topic;
+        for d in self.processor.take_decisions() {
+            if topic.is_empty() {
+                continue;
+            }
+            let body = serde_json::to_vec(&d).map_err(|e| LoopError::Fatal(e.into()))?;
+            self.committer.send(
+                BaseRecord::to(topic)
+                    .key(d.customer_id.as_bytes())
+                    .payload(body.as_slice()),
+            )?;
+        }
         Ok(())
     }
 
