@@ -10,6 +10,8 @@ use rapport::config::{Config, Guarantee};
 use rapport_connectors::simulator::{SimConfig, Simulator};
 use rapport_model::{Action, Profile};
 
+use rdkafka::Message;
+
 use crate::support::*;
 
 const T0: i64 = 1_764_000_000_000;
@@ -53,9 +55,23 @@ pub(crate) fn clean_run_on(
     input: &str,
     n: u64,
 ) -> (Vec<Action>, BTreeMap<String, Profile>) {
+    clean_run_with(bootstrap, input, n, None)
+}
+
+/// [`clean_run_on`] with the journeys of `like` (the shipped ones without).
+pub(crate) fn clean_run_with(
+    bootstrap: &str,
+    input: &str,
+    n: u64,
+    like: Option<&Config>,
+) -> (Vec<Action>, BTreeMap<String, Profile>) {
     let out = Topics::on(bootstrap, "clean", 1);
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = out.config(dir.path(), &unique("clean"));
+    if let Some(like) = like {
+        cfg.journeys = like.journeys.clone();
+        cfg.compiled = like.compiled.clone();
+    }
     cfg.kafka.touchpoint_topics = vec![input.to_owned()];
     run_engine(&cfg, state(&cfg), n);
     let actions = actions_on(bootstrap, &out.actions);
@@ -101,7 +117,12 @@ fn crash_test(guarantee: Guarantee, seed: u64) {
     let n = 100_000;
     let topics = Topics::new("crash", 4);
     feed(&topics.input, n, 10_000, seed);
-    let (clean_actions, clean_profiles) = clean_run(&topics.input, n as u64);
+    // A tight marketing cap, so that many customers reach it.
+    let (dir, journeys) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut cfg = topics.config(&dir.path().join("state"), &unique("crash"));
+    with_marketing_cap(&mut cfg, journeys.path(), MARKETING_CAP as u32);
+    let (clean_actions, clean_profiles) =
+        clean_run_with(&topics.bootstrap, &topics.input, n as u64, Some(&cfg));
     assert!(
         clean_actions.len() > 1_000,
         "the stream triggers journeys ({})",
@@ -113,8 +134,6 @@ fn crash_test(guarantee: Guarantee, seed: u64) {
         clean_profiles.len()
     );
 
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = topics.config(&dir.path().join("state"), &unique("crash"));
     cfg.engine.guarantee = guarantee;
     cfg.engine.instance_id = "crashy".into();
     let mut rng = SmallRng::seed_from_u64(seed);
@@ -151,6 +170,7 @@ fn crash_test(guarantee: Guarantee, seed: u64) {
             }
         }
     }
+    assert_caps_hold(&got, &topics.decisions);
     let profiles = all_profiles(&[&dir.path().join("state")]);
     assert_eq!(profiles.len(), clean_profiles.len());
     for (id, p) in &clean_profiles {
@@ -160,6 +180,45 @@ fn crash_test(guarantee: Guarantee, seed: u64) {
             "profile {id} differs from the clean run"
         );
     }
+}
+
+/// Marketing actions per customer per 7 days in the crash tests.
+const MARKETING_CAP: usize = 1;
+
+/// The policy's caps hold exactly in `actions` (read with read_committed; the
+/// whole input spans hours, inside every cap's window): no customer above
+/// [`MARKETING_CAP`] marketing actions or one exclusive treatment, and the caps
+/// were reached (decisions `capped` on `decisions`), so the check had something
+/// to catch.
+fn assert_caps_hold(actions: &[Action], decisions: &str) {
+    let mut marketing: HashMap<&str, usize> = HashMap::new();
+    let mut exclusive: HashMap<&str, usize> = HashMap::new();
+    // at_least_once may repeat an action (same id): count each once.
+    let mut seen = BTreeSet::new();
+    for a in actions.iter().filter(|a| seen.insert(a.action_id.as_str())) {
+        let purpose = rapport_journeys::Purpose::default_for(a.kind);
+        if a.journey == "exclusive_treatment" {
+            *exclusive.entry(&a.customer_id).or_default() += 1;
+        } else if purpose == rapport_journeys::Purpose::Marketing {
+            *marketing.entry(&a.customer_id).or_default() += 1;
+        }
+    }
+    let most = marketing.values().max().copied().unwrap_or(0);
+    assert!(
+        most <= MARKETING_CAP,
+        "a customer got {most} marketing actions (cap {MARKETING_CAP} per 7 days)"
+    );
+    let most = exclusive.values().max().copied().unwrap_or(0);
+    assert!(
+        most <= 1,
+        "a customer got {most} exclusive treatments (cap 1 a month)"
+    );
+    let capped = drain(decisions)
+        .iter()
+        .filter_map(|m| serde_json::from_slice::<serde_json::Value>(m.payload()?).ok())
+        .filter(|d| d["outcome"] == "capped")
+        .count();
+    assert!(capped > 0, "the input reaches the caps");
 }
 
 #[test]

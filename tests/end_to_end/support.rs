@@ -643,12 +643,28 @@ pub fn journey_dir() -> std::path::PathBuf {
 /// Loads the shipped journeys into `cfg` with the post-delivery survey waiting
 /// `wait` (e.g. "6s") instead of two hours; the copies live in `dir`.
 pub fn with_survey_wait(cfg: &mut Config, dir: &Path, wait: &str) {
+    with_edited_journeys(cfg, dir, |text| {
+        text.replace("for = \"2h\"", &format!("for = \"{wait}\""))
+    });
+}
+
+/// Loads the shipped journeys and policy into `cfg` with the marketing cap at
+/// `max` per 7 days instead of 3; the copies live in `dir`.
+pub fn with_marketing_cap(cfg: &mut Config, dir: &Path, max: u32) {
+    with_edited_journeys(cfg, dir, |text| {
+        text.replace(
+            "purpose = \"marketing\"\nmax = 3\n",
+            &format!("purpose = \"marketing\"\nmax = {max}\n"),
+        )
+    });
+}
+
+/// Loads copies of the shipped journey files, each passed through `edit`, from `dir`.
+fn with_edited_journeys(cfg: &mut Config, dir: &Path, edit: impl Fn(String) -> String) {
     for entry in std::fs::read_dir(journey_dir()).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let text = std::fs::read_to_string(&path)
-                .unwrap()
-                .replace("for = \"2h\"", &format!("for = \"{wait}\""));
+            let text = edit(std::fs::read_to_string(&path).unwrap());
             std::fs::write(dir.join(path.file_name().unwrap()), text).unwrap();
         }
     }
