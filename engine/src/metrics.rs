@@ -17,6 +17,9 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// Actions emitted, by journey and kind.
     pub actions: IntCounterVec,
+    /// Survey answers, by survey, classification, channel and store (`""` when
+    /// none): live NPS, CSAT and CES.
+    pub survey_answers: IntCounterVec,
     /// Delivery-policy decisions, by journey and outcome (`sent`, `capped`,
     /// `held_out`, ...).
     pub decisions: IntCounterVec,
@@ -72,6 +75,14 @@ impl Metrics {
             actions: IntCounterVec::new(
                 Opts::new("rapport_actions_total", "Actions emitted"),
                 &["journey", "kind"],
+            )
+            .expect("valid metric"),
+            survey_answers: IntCounterVec::new(
+                Opts::new(
+                    "rapport_survey_answers_total",
+                    "NPS, CSAT and CES answers, by survey, classification, channel and store",
+                ),
+                &["survey", "classification", "channel", "store"],
             )
             .expect("valid metric"),
             decisions: IntCounterVec::new(
@@ -173,6 +184,7 @@ impl Metrics {
             Box::new(m.restored.clone()),
             Box::new(m.emotion_transitions.clone()),
             Box::new(m.decisions.clone()),
+            Box::new(m.survey_answers.clone()),
             Box::new(m.restore_remaining.clone()),
             Box::new(m.commit_seconds.clone()),
             Box::new(m.cached_profiles.clone()),

@@ -6,8 +6,7 @@
 use std::collections::BTreeMap;
 
 use rapport_model::emotion::{self, EmotionConfig};
-use rapport_model::profile::Score;
-use rapport_model::{Channel, Profile};
+use rapport_model::{Channel, Profile, SurveyKind};
 use serde::Serialize;
 
 /// `GET /v1/profiles/{id}`.
@@ -63,8 +62,13 @@ pub struct ChannelView {
 pub struct ScoreView {
     /// The score on the survey's own scale.
     pub score: i32,
+    /// What it says: NPS `promoter` / `passive` / `detractor`, CSAT `satisfied`
+    /// / `neutral` / `dissatisfied`, CES `easy` / `neutral` / `hard`.
+    pub classification: &'static str,
     /// When it was given, RFC 3339.
     pub at: String,
+    /// Change since the answer before (absent before the second answer).
+    pub trend: Option<i32>,
 }
 
 /// The emotional state, since when, and the signals behind it.
@@ -139,10 +143,13 @@ pub fn rfc3339(ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-fn score(s: Option<Score>) -> Option<ScoreView> {
-    s.map(|s| ScoreView {
+fn score(p: &Profile, kind: SurveyKind) -> Option<ScoreView> {
+    let (latest, trend) = p.survey_trend(kind);
+    latest.map(|s| ScoreView {
         score: s.score,
+        classification: kind.classify(s.score),
         at: rfc3339(s.at_ms),
+        trend,
     })
 }
 
@@ -162,9 +169,9 @@ impl ProfileView {
                 (name, view)
             })
             .collect();
-        let surveys = [("nps", p.nps), ("csat", p.csat), ("ces", p.ces)]
+        let surveys = SurveyKind::ALL
             .into_iter()
-            .filter_map(|(name, s)| score(s).map(|v| (name, v)))
+            .filter_map(|k| score(p, k).map(|v| (k.as_str(), v)))
             .collect();
         let feeling = emotion::current(p, emotion);
         let mut waits: Vec<WaitView> = p
@@ -269,6 +276,7 @@ mod tests {
         );
         assert_eq!(v.channels["web"].count, 1);
         assert_eq!(v.surveys["nps"].score, 2);
+        assert_eq!(v.surveys["nps"].classification, "detractor");
         assert!(!v.surveys.contains_key("csat"));
         assert_eq!(v.emotional_state.state, "invested_detractor");
         assert!(!v.emotional_state.signals.is_empty());

@@ -126,6 +126,15 @@ fn metrics_show_lag_latency_commits_and_restores_and_ready_agrees_with_readyz() 
         ),
         "customers left the neutral state"
     );
+    // Live NPS: answers counted by survey, classification and channel.
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("rapport_survey_answers_total{")
+                && l.contains("classification=\"detractor\"")
+                && l.contains("survey=\"nps\"")
+                && !l.ends_with(" 0")),
+        "NPS detractors counted"
+    );
     // The delivery policy's decisions: counted by journey and outcome, and the
     // decisions not to act written to the decisions topic with their reasons.
     let withheld: f64 = m

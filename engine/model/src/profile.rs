@@ -192,6 +192,10 @@ pub struct Profile {
     /// zone and actions deferred past quiet hours (see [`crate::policy`]).
     #[serde(default)]
     pub delivery: DeliveryState,
+    /// The answer before the latest of each survey, indexed by
+    /// [`SurveyKind::index`], for the trend ([`Profile::survey_trend`]).
+    #[serde(default)]
+    pub previous_surveys: [Option<Score>; 3],
 }
 
 /// A customer inside a journey: where they are and since when. Kept in the
@@ -378,6 +382,18 @@ pub enum DecodeError {
 }
 
 impl Profile {
+    /// The latest answer to survey `kind` and its change since the answer
+    /// before (`None` before the second answer).
+    pub fn survey_trend(&self, kind: SurveyKind) -> (Option<Score>, Option<i32>) {
+        let latest = match kind {
+            SurveyKind::Nps => self.nps,
+            SurveyKind::Csat => self.csat,
+            SurveyKind::Ces => self.ces,
+        };
+        let before = self.previous_surveys[kind.index()];
+        (latest, latest.zip(before).map(|(l, b)| l.score - b.score))
+    }
+
     /// An empty profile for `id`.
     pub fn new(id: &str) -> Self {
         Profile {
@@ -469,10 +485,13 @@ impl Profile {
                     };
                     // A late answer does not overwrite a newer one.
                     if slot.is_none_or(|old| old.at_ms <= at) {
-                        *slot = Some(Score {
+                        let before = slot.replace(Score {
                             score: s.score,
                             at_ms: at,
                         });
+                        if before.is_some() {
+                            self.previous_surveys[s.kind.index()] = before;
+                        }
                     }
                 }
             }
@@ -658,6 +677,42 @@ fn push_bounded(v: &mut Vec<i64>, at: i64, cap: usize) {
 mod tests {
     use super::*;
     use crate::testing::tp;
+
+    #[test]
+    fn survey_answers_keep_their_trend_and_late_answers_do_not_move_it() {
+        let t0 = 1_764_000_000_000;
+        let answer = |id: &str, at: i64, score: i32| {
+            tp(id, "c1", Channel::Email, EventType::SurveyResponse, at)
+                .with_survey(SurveyKind::Nps, score)
+        };
+        let mut p = Profile::new("c1");
+        p.apply(&answer("a1", t0, 4));
+        assert_eq!(
+            p.survey_trend(SurveyKind::Nps).1,
+            None,
+            "one answer, no trend"
+        );
+        p.apply(&answer("a2", t0 + 10, 9));
+        let (latest, trend) = p.survey_trend(SurveyKind::Nps);
+        assert_eq!((latest.map(|s| s.score), trend), (Some(9), Some(5)));
+        // An answer older than the latest changes neither.
+        p.apply(&answer("a0", t0 - 10, 0));
+        assert_eq!(p.survey_trend(SurveyKind::Nps).1, Some(5));
+        assert_eq!(p.survey_trend(SurveyKind::Csat), (None, None));
+    }
+
+    #[test]
+    fn survey_answers_are_classified_by_each_surveys_reading() {
+        let nps: Vec<&str> = (0..=10).map(|s| SurveyKind::Nps.classify(s)).collect();
+        assert_eq!(nps[6], "detractor");
+        assert_eq!((nps[7], nps[8]), ("passive", "passive"));
+        assert_eq!((nps[9], nps[10]), ("promoter", "promoter"));
+        assert_eq!(SurveyKind::Csat.classify(2), "dissatisfied");
+        assert_eq!(SurveyKind::Csat.classify(3), "neutral");
+        assert_eq!(SurveyKind::Csat.classify(4), "satisfied");
+        assert_eq!(SurveyKind::Ces.classify(3), "hard");
+        assert_eq!(SurveyKind::Ces.classify(5), "easy");
+    }
 
     #[test]
     fn counts_channels_orders_and_scores() {

@@ -163,6 +163,32 @@ impl SurveyKind {
             SurveyKind::Ces => "ces",
         }
     }
+
+    /// Every survey, in the order profiles keep them.
+    pub const ALL: [SurveyKind; 3] = [SurveyKind::Nps, SurveyKind::Csat, SurveyKind::Ces];
+
+    /// Position in [`SurveyKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// What an answer of `score` says, by the survey's usual reading: NPS
+    /// `promoter` (9-10), `passive` (7-8) or `detractor` (0-6); CSAT `satisfied`
+    /// (4-5), `neutral` (3) or `dissatisfied` (1-2); CES `easy` (5-7), `neutral`
+    /// (4) or `hard` (1-3).
+    pub fn classify(self, score: i32) -> &'static str {
+        match self {
+            SurveyKind::Nps if score >= 9 => "promoter",
+            SurveyKind::Nps if score >= 7 => "passive",
+            SurveyKind::Nps => "detractor",
+            SurveyKind::Csat if score >= 4 => "satisfied",
+            SurveyKind::Csat if score == 3 => "neutral",
+            SurveyKind::Csat => "dissatisfied",
+            SurveyKind::Ces if score >= 5 => "easy",
+            SurveyKind::Ces if score == 4 => "neutral",
+            SurveyKind::Ces => "hard",
+        }
+    }
 }
 
 /// A survey answer.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use rapport_journeys::{CompiledJourneys, Decision, Outcome as Judgement, Output};
 use rapport_model::emotion;
-use rapport_model::{Action, Touchpoint};
+use rapport_model::{Action, EventType, Touchpoint};
 
 use crate::ingest::route::KeyRule;
 use crate::ingest::{Decoder, Rejection, SchemaError};
@@ -212,6 +212,21 @@ impl Processor {
         })?;
         if outcome == Outcome::Applied {
             self.count_event(r.topic);
+            if let Some(s) = tp
+                .survey
+                .as_ref()
+                .filter(|_| tp.event_type == EventType::SurveyResponse)
+            {
+                self.metrics
+                    .survey_answers
+                    .with_label_values(&[
+                        s.kind.as_str(),
+                        s.kind.classify(s.score),
+                        tp.channel.as_str(),
+                        tp.store_id.as_deref().unwrap_or(""),
+                    ])
+                    .inc();
+            }
         }
         self.collect(out);
         let task = self.tasks.get_mut(&partition).expect("task checked above");
