@@ -104,26 +104,37 @@ fn post_delivery_survey_replays_to_its_recorded_actions() {
 fn closed_loop_alert_replays_to_its_recorded_actions() {
     let a = golden("closed_loop_alert", "expected.jsonl", &[]);
     // Tickets for the strong detractors and the repeated unresolved call; only
-    // the unresolved detractor is escalated: a resolved ticket ends the journey
+    // the unresolved detractor is escalated, after 48 hours and again, to the
+    // second level, 24 hours later: a resolved ticket ends the journey
     // (exit_when), and the caller's case has neither open issues nor a score.
-    let tickets: Vec<(&str, &str, Option<&str>)> = a
+    let tickets: Vec<(&str, &str, Option<&str>, Option<&str>)> = a
         .iter()
         .map(|a| {
             (
                 a.customer_id.as_str(),
                 a.trigger_event_id.as_str(),
                 a.payload.get("escalation").map(String::as_str),
+                a.payload.get("level").map(String::as_str),
             )
         })
         .collect();
     assert_eq!(
         tickets,
         [
-            ("c-upset", "u1", None),
-            ("c-resolved", "r1", None),
-            ("c-calls", "k4", None),
-            ("c-upset", "u1", Some("sla_breached")),
+            ("c-upset", "u1", None, None),
+            ("c-resolved", "r1", None, None),
+            ("c-calls", "k4", None, None),
+            ("c-upset", "u1", Some("sla_breached"), None),
+            ("c-upset", "u1", Some("sla_breached"), Some("2")),
         ]
+    );
+    let hour = 3_600_000;
+    assert_eq!(a[3].trigger_event_time - a[0].trigger_event_time, 48 * hour);
+    assert_eq!(a[4].trigger_event_time - a[3].trigger_event_time, 24 * hour);
+    // The ticket carries what the customer already told us, so no one asks again.
+    assert_eq!(
+        a[2].payload["recent_event_types"],
+        "call_started, call_ended, call_started, call_ended"
     );
 }
 

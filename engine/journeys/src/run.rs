@@ -542,6 +542,8 @@ fn display(v: &Value) -> String {
         Value::Timestamp(t) => t.timestamp_millis().to_string(),
         Value::Duration(d) => crate::duration::format_duration(d.num_milliseconds()),
         Value::Null => String::new(),
+        // A list reads as its items, comma-separated (e.g. recent touchpoints).
+        Value::List(items) => items.iter().map(display).collect::<Vec<_>>().join(", "),
         other => format!("{other:?}"),
     }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use rapport_journeys::{CompiledJourneys, Decision, Outcome as Judgement, Output};
 use rapport_model::emotion;
+use rapport_model::profile::Timer;
 use rapport_model::{Action, EventType, Touchpoint};
 
 use crate::ingest::route::KeyRule;
@@ -276,10 +277,21 @@ impl Processor {
             let (journeys, output) = (&self.journeys, &mut self.output);
             let mut fired = 0;
             task.update(&self.state, &id, |s| {
+                let was_due: Vec<Timer> = s
+                    .profile
+                    .timers
+                    .iter()
+                    .filter(|t| t.fire_at_ms <= now)
+                    .cloned()
+                    .collect();
                 fired = journeys.fire_due(&mut s.profile, now, output).timers_fired;
-                // A timer no journey claims any more (its journey was removed) is
-                // dropped, so it cannot come due again and again.
-                s.profile.timers.retain(|t| t.fire_at_ms > now);
+                // A due timer no journey claimed (its journey was removed) is
+                // dropped, so it cannot come due again and again. Waits the firing
+                // scheduled (a journey's next step) stay, also when already due: a
+                // flushed replay runs time on to the end, through every step.
+                s.profile
+                    .timers
+                    .retain(|t| t.fire_at_ms > now || !was_due.contains(t));
                 true
             })?;
             self.metrics.timers_fired.inc_by(fired as u64);
