@@ -146,6 +146,24 @@ impl Signal {
         self as usize
     }
 
+    /// True when a touchpoint of type `t` can change this signal's
+    /// observation (the others change only as time moves windows on).
+    pub fn moved_by(self, t: EventType) -> bool {
+        use EventType as E;
+        match self {
+            Signal::RepeatViews | Signal::ComparedProducts => {
+                matches!(t, E::ProductView | E::Purchase)
+            }
+            Signal::CartsWithoutPurchase => matches!(t, E::AddToCart | E::Purchase),
+            Signal::HelpSearches => t == E::HelpSearch,
+            Signal::RepeatContacts => matches!(t, E::CallStarted | E::ChatHandoff),
+            Signal::AbandonedCheckouts => t == E::CheckoutAbandoned,
+            Signal::OrderFrequency => t == E::Purchase,
+            // Observed on every touchpoint (cheap).
+            _ => true,
+        }
+    }
+
     /// The name used in configuration weights, journey conditions and the
     /// profile API.
     pub fn name(self) -> &'static str {
@@ -325,6 +343,10 @@ pub struct EmotionTrack {
     pub active_days: u128,
     /// The day of bit 0 of `active_days`.
     pub active_day: i64,
+    /// Event time every signal was last observed from the profile's history,
+    /// epoch ms; in between, a touchpoint re-observes only the signals its type
+    /// can move (see [`update_on_touchpoint`]).
+    pub refreshed_ms: i64,
 }
 
 impl Default for EmotionTrack {
@@ -336,6 +358,7 @@ impl Default for EmotionTrack {
             observed: Vec::new(),
             active_days: 0,
             active_day: 0,
+            refreshed_ms: 0,
         }
     }
 }
@@ -887,7 +910,7 @@ pub fn update_on_touchpoint(
     if tp.channel != Channel::System {
         p.emotion.note_active(tp.event_time);
     }
-    update(p, tp.event_time, cfg)
+    evaluate(p, tp.event_time, cfg, Some((tp.event_type, tp.sku())))
 }
 
 /// Re-evaluates the customer's signals at event time `now_ms` and moves the
@@ -900,12 +923,37 @@ pub fn update_on_touchpoint(
 /// transition when the state changed. Allocates only the first time a profile
 /// is evaluated.
 pub fn update(p: &mut Profile, now_ms: i64, cfg: &EmotionConfig) -> Option<Transition> {
+    evaluate(p, now_ms, cfg, None)
+}
+
+/// How long (event time) a touchpoint may re-observe only the signals its
+/// type moves before every signal is observed again, so windows that expire
+/// are seen within this much of their edge.
+pub const REFRESH_MS: i64 = 15 * 60_000;
+
+/// [`update`], observing every signal, or with `event` (the type and product
+/// of the touchpoint just applied) only the cheap ones and those `event` can
+/// move, until [`REFRESH_MS`] has passed since every signal was last observed.
+fn evaluate(
+    p: &mut Profile,
+    now_ms: i64,
+    cfg: &EmotionConfig,
+    event: Option<(EventType, Option<&str>)>,
+) -> Option<Transition> {
     let now = now_ms.max(p.emotion.evaluated_ms);
-    let observed = observe(p, now, cfg);
+    let track = &p.emotion;
+    let full = event.is_none()
+        || track.observed.len() != Signal::ALL.len()
+        || now - track.refreshed_ms >= REFRESH_MS;
+    let mut observed = Signal::ALL.map(|s| track.observed(s));
+    observe(&mut observed, p, now, cfg, if full { None } else { event });
     let track = &mut p.emotion;
     track.observed.clear();
     track.observed.extend(observed.iter().map(|&v| v as f32));
     track.evaluated_ms = now;
+    if full {
+        track.refreshed_ms = now;
+    }
     let from = track.state;
     let to = next_state(track, now, cfg);
     if to == from {
@@ -1007,44 +1055,77 @@ fn next_state(track: &EmotionTrack, now: i64, cfg: &EmotionConfig) -> EmotionalS
     }
 }
 
-/// Every signal's observation at event time `now`, indexed by [`Signal::index`].
-fn observe(p: &Profile, now: i64, cfg: &EmotionConfig) -> [f64; Signal::ALL.len()] {
-    let mut o = Signal::ALL.map(Signal::absent);
+/// Observes the signals at event time `now` into `o` (indexed by
+/// [`Signal::index`]): every signal, or with `only` the cheap ones and those a
+/// touchpoint of that type can move (the scans of products and windows are
+/// the costly part, and most touchpoints are page views).
+fn observe(
+    o: &mut [f64; Signal::ALL.len()],
+    p: &Profile,
+    now: i64,
+    cfg: &EmotionConfig,
+    only: Option<(EventType, Option<&str>)>,
+) {
+    use EventType as E;
+    let moves = |s: Signal| only.is_none_or(|(t, _)| s.moved_by(t));
+    let (most_before, compared_before) = (
+        o[Signal::RepeatViews.index()],
+        o[Signal::ComparedProducts.index()],
+    );
     let mut set = |s: Signal, v: f64| o[s.index()] = v;
     let count = |t: EventType, since: i64| p.windows.count(t, since, now) as f64;
 
     // Browsing: views of each product after its latest purchase, within the window.
     let browse = now - cfg.browse_window_ms;
-    let (mut most, mut products) = (0usize, 0usize);
-    for pi in &p.products {
+    let views_of = |pi: &crate::profile::ProductInterest| {
         let since = browse.max(pi.purchased_ms.saturating_add(1));
-        let views = pi.views_since(since).filter(|&t| t <= now).count();
-        most = most.max(views);
-        products += usize::from(views > 0);
+        pi.views_since(since).filter(|&t| t <= now).count()
+    };
+    if let Some((E::ProductView, Some(sku))) = only {
+        // One more view of one product: only its count moved.
+        if let Some(views) = p.products.iter().find(|pi| pi.sku == sku).map(views_of) {
+            set(Signal::RepeatViews, most_before.max(views as f64));
+            if views == 1 {
+                set(Signal::ComparedProducts, compared_before + 1.0);
+            }
+        }
+    } else if moves(Signal::RepeatViews) {
+        let (mut most, mut products) = (0usize, 0usize);
+        for pi in &p.products {
+            let views = views_of(pi);
+            most = most.max(views);
+            products += usize::from(views > 0);
+        }
+        set(Signal::RepeatViews, most as f64);
+        set(Signal::ComparedProducts, products as f64);
     }
-    set(Signal::RepeatViews, most as f64);
-    set(Signal::ComparedProducts, products as f64);
     let reviews = p
         .review_reads_ms
         .iter()
         .filter(|&&t| t >= browse && t <= now)
         .count();
     set(Signal::ReviewsRead, reviews as f64);
-    set(
-        Signal::CartsWithoutPurchase,
-        count(
-            EventType::AddToCart,
-            browse.max(p.last_purchase_ms.saturating_add(1)),
-        ),
-    );
+    if moves(Signal::CartsWithoutPurchase) {
+        set(
+            Signal::CartsWithoutPurchase,
+            count(
+                E::AddToCart,
+                browse.max(p.last_purchase_ms.saturating_add(1)),
+            ),
+        );
+    }
 
     // Contacts.
     let contact = now - cfg.contact_window_ms;
-    set(Signal::HelpSearches, count(EventType::HelpSearch, contact));
-    set(
-        Signal::RepeatContacts,
-        count(EventType::CallStarted, contact) + count(EventType::ChatHandoff, contact),
-    );
+    if moves(Signal::HelpSearches) {
+        set(Signal::HelpSearches, count(E::HelpSearch, contact));
+    }
+    if moves(Signal::RepeatContacts) {
+        set(
+            Signal::RepeatContacts,
+            count(E::CallStarted, contact) + count(E::ChatHandoff, contact),
+        );
+    }
     let wait = p
         .call_waits
         .iter()
@@ -1053,10 +1134,12 @@ fn observe(p: &Profile, now: i64, cfg: &EmotionConfig) -> [f64; Signal::ALL.len(
         .max()
         .unwrap_or(0);
     set(Signal::CallWait, f64::from(wait.max(0)));
-    set(
-        Signal::AbandonedCheckouts,
-        count(EventType::CheckoutAbandoned, contact),
-    );
+    if moves(Signal::AbandonedCheckouts) {
+        set(
+            Signal::AbandonedCheckouts,
+            count(E::CheckoutAbandoned, contact),
+        );
+    }
 
     // Feedback: survey answers and chat sentiment while recent enough.
     let feedback = now - cfg.feedback_window_ms;
@@ -1084,11 +1167,12 @@ fn observe(p: &Profile, now: i64, cfg: &EmotionConfig) -> [f64; Signal::ALL.len(
 
     // Value.
     set(Signal::LifetimeValue, p.lifetime_value);
-    set(
-        Signal::OrderFrequency,
-        count(EventType::Purchase, now - cfg.order_window_ms),
-    );
-    o
+    if moves(Signal::OrderFrequency) {
+        set(
+            Signal::OrderFrequency,
+            count(E::Purchase, now - cfg.order_window_ms),
+        );
+    }
 }
 
 /// Days (counted back from `now`'s day) with at least one touchpoint on a
@@ -1125,6 +1209,50 @@ mod tests {
         // Far ahead: the old days fall out of the bitmap.
         t.note_active(day(300));
         assert_eq!(t.days_active(day(0), day(300)), 1);
+    }
+
+    #[test]
+    fn touchpoints_observe_what_they_move_and_agree_with_a_full_observation() {
+        use crate::testing::tp;
+        let cfg = EmotionConfig::default();
+        let kinds = [
+            EventType::PageView,
+            EventType::ProductView,
+            EventType::AddToCart,
+            EventType::HelpSearch,
+            EventType::CallStarted,
+            EventType::CheckoutAbandoned,
+            EventType::Purchase,
+            EventType::PageView,
+            EventType::ChatHandoff,
+        ];
+        let (mut fast, mut full) = (Profile::new("c1"), Profile::new("c1"));
+        // A touchpoint every 40 s over five hours: many partial observations
+        // between refreshes, and windows that move meanwhile.
+        for i in 0..450i64 {
+            let kind = kinds[(i as usize * 7) % kinds.len()];
+            let t = tp(&format!("e{i}"), "c1", Channel::Web, kind, T0 + i * 40_000)
+                .with_sku(&format!("sku-{}", i % 3));
+            fast.apply(&t);
+            full.apply(&t);
+            update_on_touchpoint(&mut fast, &t, &cfg);
+            full.emotion.note_active(t.event_time);
+            update(&mut full, t.event_time, &cfg);
+            for s in Signal::ALL {
+                // Only window edges may lag, by less than a refresh period:
+                // counts of types this touchpoint moves are exact.
+                if s == Signal::Engagement || s.moved_by(kind) {
+                    assert_eq!(
+                        fast.emotion.observed(s),
+                        full.emotion.observed(s),
+                        "{} after {} at step {i}",
+                        s.name(),
+                        kind.as_str()
+                    );
+                }
+            }
+        }
+        assert_eq!(fast.emotion.state, full.emotion.state);
     }
 
     /// Applies `t` and evaluates, as the engine does.
