@@ -121,19 +121,25 @@ fn journeys_fire_for_the_right_customers_only() {
             ActionKind::AlertTicket,
             action_id("closed_loop_alert", "c-detractor", "d1", "#0"),
         ),
-        // Its 48 h escalation: other customers' events on the detractor's
-        // partition have already moved event time past it, so it is due at once.
+        // Its 48 h escalation and the second level 24 h later: other
+        // customers' events on the detractor's partition have already moved
+        // event time past both, so they are due at once.
         (
             "c-detractor",
             ActionKind::AlertTicket,
             action_id("closed_loop_alert", "c-detractor", "d1", "escalation"),
+        ),
+        (
+            "c-detractor",
+            ActionKind::AlertTicket,
+            action_id("closed_loop_alert", "c-detractor", "d1", "escalation_2"),
         ),
     ]
     .into_iter()
     .map(|(c, k, id)| (c.to_owned(), k, id))
     .collect();
     assert_eq!(got, want);
-    assert_eq!(actions.len(), 5, "no duplicates: {actions:?}");
+    assert_eq!(actions.len(), 6, "no duplicates: {actions:?}");
     for a in &actions {
         assert!(!a.reasons.is_empty(), "{a:?} says why");
     }

@@ -12,6 +12,7 @@ mod journeys;
 mod kcat;
 mod kubernetes;
 mod metrics;
+mod policy_replay;
 mod profiles;
 mod prometheus;
 mod replay;

@@ -467,7 +467,10 @@ impl DeliveryPolicy {
             let _ = write!(caps_note, "; {}: {count} used", cap.label);
         }
 
-        if self.compete[purpose.index()] {
+        // A deferred action already won its event's competition when it was
+        // decided; at the end of quiet hours it only passes consent and caps.
+        let competes = self.compete[purpose.index()] && !c.redo;
+        if competes {
             if let Some((winner, prio)) = round.slot[purpose.index()]
                 .as_ref()
                 .filter(|(w, _)| w != journey)
@@ -482,7 +485,7 @@ impl DeliveryPolicy {
         }
 
         if !c.redo && c.control_bp > 0 && held_out(&c.action.customer_id, journey, c.control_bp) {
-            round.take(&c, self.compete[purpose.index()]);
+            round.take(&c, competes);
             let reason = format!(
                 "customer is in the control group of {journey} ({}, bucket {} of 10000)",
                 share(c.control_bp),
@@ -509,7 +512,7 @@ impl DeliveryPolicy {
                     if mode == QuietMode::Drop {
                         return decide(out, &c, Outcome::DroppedQuietHours, window);
                     }
-                    round.take(&c, self.compete[purpose.index()]);
+                    round.take(&c, competes);
                     let reason = format!("{window}: deferred to {}", time(end));
                     let mut d = decision(&c, Outcome::DeferredQuietHours, reason);
                     d.deferred_until = Some(end);
@@ -531,7 +534,7 @@ impl DeliveryPolicy {
                 now.saturating_sub(self.longest_window_ms),
             );
         }
-        round.take(&c, self.compete[purpose.index()]);
+        round.take(&c, competes);
         let reason = format!("{consent}{caps_note}");
         out.decisions.push(decision(&c, Outcome::Sent, reason));
         out.actions.push(c.action);

@@ -197,6 +197,14 @@ impl Processor {
                 outcome = Outcome::AlreadyApplied;
                 return false;
             }
+            // The customer's own waits that came due before this event fire
+            // first, whatever other customers' events moved the watermark to:
+            // an SLA that ran out before the resolution arrived escalates.
+            if s.profile.timers.iter().any(|t| t.fire_at_ms < tp.event_time) {
+                let due = tp.event_time - 1;
+                let fired = journeys.fire_due(&mut s.profile, due, output).timers_fired;
+                metrics.timers_fired.inc_by(u64::from(fired));
+            }
             s.profile.apply(tp);
             if let Some(t) = emotion::update_on_touchpoint(&mut s.profile, tp, journeys.emotion()) {
                 metrics
