@@ -586,7 +586,7 @@ fn an_sla_that_runs_out_before_the_resolution_escalates_without_other_traffic() 
     let escalations: Vec<i64> = r
         .actions("c-late")
         .iter()
-        .filter(|a| a.payload.get("escalation").is_some())
+        .filter(|a| a.payload.contains_key("escalation"))
         .map(|a| a.trigger_event_time)
         .collect();
     assert_eq!(
