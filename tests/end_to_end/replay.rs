@@ -65,7 +65,10 @@ fn hesitation_guide_replays_to_its_recorded_actions() {
     // The third view fires; the fourth waits out the re-entry week; a week later
     // it fires again. Spread views, a recent buyer and a comparer stay silent.
     assert_eq!(fired(&a), [("c-hesitant", "h3"), ("c-hesitant", "h7")]);
-    assert_eq!(a[0].reasons[0].condition, "views of tv-55 within 72h >= 3");
+    assert_eq!(
+        a[0].reasons[0].condition,
+        "views of tv-55 within 72h without buying it >= 3"
+    );
     assert_eq!(a[0].reasons[0].value, "3");
 }
 

@@ -275,9 +275,9 @@ impl Query {
         match self {
             Query::Count(t, w) => n(p.windows.count(*t, now - w, now)),
             Query::CountOn(t, c, w) => n(p.windows.count_on(*t, *c, now - w, now)),
-            Query::ProductViews(sku, w) => n(p.product_interest(sku).map_or(0, |i| {
-                i.views_since(now - w).filter(|&v| v <= now).count() as u64
-            })),
+            Query::ProductViews(sku, w) => n(p
+                .product_interest(sku)
+                .map_or(0, |i| i.unbought_views(now - w, now) as u64)),
             Query::Contacts(w) => n(p
                 .contacts_ms
                 .iter()

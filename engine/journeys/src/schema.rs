@@ -448,7 +448,7 @@ pub const PROFILE_FUNCTIONS: &[Function] = &[
         name: "product_views",
         args: &[Decl2::String, Decl2::Window],
         ret: Decl2::Int,
-        doc: "views of one product within the window before now (counts up to 8)",
+        doc: "views of one product within the window before now, none when it was bought within the window (counts up to 8)",
     },
     Function {
         name: "contacts",

@@ -1077,10 +1077,7 @@ fn observe(
 
     // Browsing: views of each product after its latest purchase, within the window.
     let browse = now - cfg.browse_window_ms;
-    let views_of = |pi: &crate::profile::ProductInterest| {
-        let since = browse.max(pi.purchased_ms.saturating_add(1));
-        pi.views_since(since).filter(|&t| t <= now).count()
-    };
+    let views_of = |pi: &crate::profile::ProductInterest| pi.unbought_views(browse, now);
     if let Some((E::ProductView, Some(sku))) = only {
         // One more view of one product: only its count moved.
         if let Some(views) = p.products.iter().find(|pi| pi.sku == sku).map(views_of) {
@@ -1456,7 +1453,8 @@ mod tests {
         feed(&mut p, cable, &cfg);
         assert_eq!(p.emotion.observed(Signal::RepeatViews), 3.0);
         assert_eq!(score(&p, Uncertain, &cfg), 1.0);
-        // Views before buying a product do not count; views after do.
+        // A product bought within the window is no hesitation: none of its
+        // views count, before or after the purchase.
         let mut q = Profile::new("c2");
         feed(&mut q, view(T0, "tv"), &cfg);
         feed(&mut q, view(T0 + MIN_MS, "tv"), &cfg);
@@ -1470,7 +1468,7 @@ mod tests {
         .with_sku("tv");
         feed(&mut q, buy, &cfg);
         feed(&mut q, view(T0 + 3 * MIN_MS, "tv"), &cfg);
-        assert_eq!(q.emotion.observed(Signal::RepeatViews), 1.0);
+        assert_eq!(q.emotion.observed(Signal::RepeatViews), 0.0);
         assert_eq!(q.emotion.state, Neutral);
         // Three products viewed once each are a comparison, worth 0.5 alone.
         let mut r = Profile::new("c3");

@@ -71,6 +71,18 @@ pub struct ProductInterest {
 }
 
 impl ProductInterest {
+    /// Views of the product within `[since_ms, now_ms]`, none when it was
+    /// bought within that window: Rapport's one definition of looking at a
+    /// product again and again without buying it (the `uncertain` emotional
+    /// state and `profile.product_views` in journeys both read it). A customer
+    /// who just bought it and looks again is checking, not hesitating.
+    pub fn unbought_views(&self, since_ms: i64, now_ms: i64) -> usize {
+        if self.purchased_ms >= since_ms {
+            return 0;
+        }
+        self.views_since(since_ms).filter(|&t| t <= now_ms).count()
+    }
+
     /// Views at or after `since_ms`.
     pub fn views_since(&self, since_ms: i64) -> impl Iterator<Item = i64> + '_ {
         self.views_ms

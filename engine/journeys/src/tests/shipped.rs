@@ -62,11 +62,7 @@ fn hesitation_guide_fires_on_the_third_view_once_per_week() {
     assert_eq!(a[0].payload["guide_url"], "https://shop.example/guides/tv");
     assert_eq!(
         a[0].reasons[0],
-        Reason::new("views of tv within 72h >= 3", 3)
-    );
-    assert_eq!(
-        a[0].reasons[1],
-        Reason::new("no purchase within 72h", "never")
+        Reason::new("views of tv within 72h without buying it >= 3", 3)
     );
     assert_eq!(a[0].emotional_state, Some(EmotionalState::Uncertain));
     assert_eq!(
@@ -87,6 +83,19 @@ fn hesitation_guide_fires_on_the_third_view_once_per_week() {
         .collect();
     let a = same_as_builtin("hesitation_guide", "c1", events, T0 + 2 * week);
     assert_eq!(a.len(), 2, "{a:?}");
+
+    // Buying something else is no answer to hesitating about the tv: one
+    // definition, the same as the `uncertain` state's (views of a product
+    // not bought within the window).
+    let events = vec![
+        tp("b", "c1", Channel::Store, EventType::Purchase, T0).with_sku("lamp"),
+        view("v1", T0 + HOUR_MS, "tv"),
+        view("v2", T0 + 2 * HOUR_MS, "tv"),
+        view("v3", T0 + 3 * HOUR_MS, "tv"),
+    ];
+    let a = same_as_builtin("hesitation_guide", "c1", events, T0 + 4 * HOUR_MS);
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(a[0].emotional_state, Some(EmotionalState::Uncertain));
 }
 
 #[test]
