@@ -229,8 +229,8 @@ fn post_delivery_survey_waits_two_hours_and_fires_once() {
     assert_eq!(
         a[0].reasons,
         vec![Reason::new(
-            "7200s since delivery without a reported problem",
-            "o-1"
+            "time since the delivery of order o-1, no problem reported",
+            "2h"
         )]
     );
 }
