@@ -55,8 +55,26 @@ fn metrics_show_lag_latency_commits_and_restores_and_ready_agrees_with_readyz() 
     let topics = Topics::new("metrics", 2);
     let group = unique("metrics");
     let dir = tempfile::tempdir().unwrap();
-    let n = 150_000;
+    let mut n = 150_000;
     feed(&topics.input, n, 20_000, 71);
+    // High-value regulars, some of whom exclusive_treatment's control group
+    // holds out (the recorded case of tests/replay/policy_control_group).
+    let regulars = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/replay/policy_control_group/events.jsonl"),
+    )
+    .unwrap();
+    let records: Vec<Raw> = regulars
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let key = v["customer_id"].as_str().unwrap().to_owned();
+            (key, l.as_bytes().to_vec(), vec![])
+        })
+        .collect();
+    n += records.len() as i64;
+    produce_raw(&topics.input, &records);
     let mut cfg = topics.config(&dir.path().join("a"), &group);
     cfg.engine.instance_id = "metrics".into();
     cfg.kafka
@@ -143,6 +161,17 @@ fn metrics_show_lag_latency_commits_and_restores_and_ready_agrees_with_readyz() 
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert!(value(&m, "rapport_decisions_total") > withheld && withheld > 0.0);
+    // Held out vs acted, per journey: what uplift is measured from.
+    for outcome in ["held_out", "sent"] {
+        let label = format!(
+            "rapport_decisions_total{{journey=\"exclusive_treatment\",outcome=\"{outcome}\"}}"
+        );
+        assert!(
+            m.lines()
+                .any(|l| l.starts_with(&label) && !l.ends_with(" 0")),
+            "{label} counted"
+        );
+    }
     let decisions = drain(&topics.decisions);
     assert_eq!(
         decisions.len() as f64,

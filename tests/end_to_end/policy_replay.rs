@@ -645,3 +645,76 @@ fn actions_deferred_to_one_morning_do_not_compete_with_each_other() {
         r.withheld("c-night-shopper")
     );
 }
+
+/// `rapport validate` refuses a broken delivery policy and journey with every
+/// problem's file, line and column: an unknown time zone, a cap over a zero
+/// window, a suppression naming an unknown journey, a control share over 100%
+/// and a fallback that is no action of its journey.
+#[test]
+fn validate_refuses_a_broken_policy_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("journeys")).unwrap();
+    let config = dir.path().join("rapport.toml");
+    std::fs::write(&config, "journeys = [\"journeys/*.toml\"]\n").unwrap();
+    std::fs::write(
+        dir.path().join("journeys/policy.toml"),
+        r#"[policy]
+
+[[policy.cap]]
+purpose = "marketing"
+max = 3
+window = "0d"
+
+[policy.quiet_hours]
+start = "21:00"
+end = "08:00"
+default_timezone = "Europe/Lodnon"
+
+[[policy.suppress]]
+journey = "offer"
+suppresses = ["recovery_ofer"]
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("journeys/offer.toml"),
+        r#"[[journey]]
+id = "offer"
+version = 1
+when = "true"
+control_group = "150%"
+
+[journey.trigger]
+events = ["purchase"]
+
+[[journey.steps]]
+[journey.steps.action]
+kind = "exclusive_offer"
+channel = "email"
+fallback = "greeting"
+"#,
+    )
+    .unwrap();
+    let out = crate::support::validate(&config);
+    assert!(!out.status.success(), "a broken policy is refused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let policy = dir
+        .path()
+        .join("journeys/policy.toml")
+        .display()
+        .to_string();
+    let offer = dir.path().join("journeys/offer.toml").display().to_string();
+    for (file, line, what) in [
+        (&policy, 6, "cap window is zero"),
+        (&policy, 11, "unknown time zone \"Europe/Lodnon\""),
+        (&policy, 15, "unknown journey \"recovery_ofer\""),
+        (&offer, 5, "control group share \"150%\" is outside 0-100%"),
+        (&offer, 14, "fallback \"greeting\" is not an action"),
+    ] {
+        let at = format!("{file}:{line}:");
+        assert!(
+            err.lines().any(|l| l.starts_with(&at) && l.contains(what)),
+            "expected `{at}... {what}` in:\n{err}"
+        );
+    }
+}
