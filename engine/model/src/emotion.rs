@@ -335,8 +335,8 @@ pub struct EmotionTrack {
     /// Event time of the latest evaluation, epoch ms (0 when never evaluated).
     pub evaluated_ms: i64,
     /// Observation per signal at the latest evaluation, indexed by
-    /// [`Signal::index`]; missing entries read as [`Signal::absent`].
-    pub observed: Vec<f32>,
+    /// [`Signal::index`] (held inline: read and written on every touchpoint).
+    pub observed: [f32; Signal::ALL.len()],
     /// Days with customer touchpoints: bit `i` is day `active_day - i` (days
     /// since the epoch, UTC), so `engagement` is a bit count, not a scan of the
     /// profile's history on every event.
@@ -355,7 +355,7 @@ impl Default for EmotionTrack {
             state: EmotionalState::Neutral,
             since_ms: 0,
             evaluated_ms: 0,
-            observed: Vec::new(),
+            observed: Signal::ALL.map(|s| s.absent() as f32),
             active_days: 0,
             active_day: 0,
             refreshed_ms: 0,
@@ -402,9 +402,7 @@ impl EmotionTrack {
 
     /// The observation of `signal` at the latest evaluation.
     pub fn observed(&self, signal: Signal) -> f64 {
-        self.observed
-            .get(signal.index())
-            .map_or(signal.absent(), |&v| f64::from(v))
+        f64::from(self.observed[signal.index()])
     }
 }
 
@@ -920,8 +918,7 @@ pub fn update_on_touchpoint(
 ///
 /// A `now_ms` earlier than the latest evaluation (a late event) is treated as
 /// the latest evaluation's time: state time never runs backwards. Returns the
-/// transition when the state changed. Allocates only the first time a profile
-/// is evaluated.
+/// transition when the state changed. Allocates nothing.
 pub fn update(p: &mut Profile, now_ms: i64, cfg: &EmotionConfig) -> Option<Transition> {
     evaluate(p, now_ms, cfg, None)
 }
@@ -942,14 +939,11 @@ fn evaluate(
 ) -> Option<Transition> {
     let now = now_ms.max(p.emotion.evaluated_ms);
     let track = &p.emotion;
-    let full = event.is_none()
-        || track.observed.len() != Signal::ALL.len()
-        || now - track.refreshed_ms >= REFRESH_MS;
+    let full = event.is_none() || track.evaluated_ms == 0 || now - track.refreshed_ms >= REFRESH_MS;
     let mut observed = Signal::ALL.map(|s| track.observed(s));
     observe(&mut observed, p, now, cfg, if full { None } else { event });
     let track = &mut p.emotion;
-    track.observed.clear();
-    track.observed.extend(observed.iter().map(|&v| v as f32));
+    track.observed = observed.map(|v| v as f32);
     track.evaluated_ms = now;
     if full {
         track.refreshed_ms = now;
