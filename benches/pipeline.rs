@@ -389,19 +389,33 @@ fn guarantees(bootstrap: &str, events: u64) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(1));
         }
         let started = Instant::now();
+        let mut peak = 0;
         while engine.progress.committed.load(Ordering::SeqCst) < events {
             anyhow::ensure!(!engine.is_finished(), "engine stopped");
+            peak = peak.max(rss_mib());
             std::thread::sleep(Duration::from_millis(2));
         }
         let secs = started.elapsed().as_secs_f64();
         engine.shutdown()?;
         let rate = events as f64 / secs;
         println!(
-            "| engine, {name}, {events} touchpoints, 100k customers, 4 partitions | {rate:.0} events/s ({:.0}% of passthrough) |",
+            "| engine, {name}, {events} touchpoints, 100k customers, 4 partitions | {rate:.0} events/s ({:.0}% of passthrough), peak RSS {peak} MiB |",
             100.0 * rate / bare
         );
     }
     Ok(())
+}
+
+/// This process's resident memory, MiB (0 where /proc is not available).
+fn rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
 }
 
 fn passthrough(bootstrap: &str, input: &str, events: u64, s: &str) -> anyhow::Result<f64> {

@@ -77,6 +77,13 @@ pub struct KafkaConfig {
     pub consumer: BTreeMap<String, String>,
     /// Extra librdkafka producer properties.
     pub producer: BTreeMap<String, String>,
+    /// Bytes of fetched records the consumer may hold ahead of processing, MiB
+    /// (librdkafka's `queued.max.messages.kbytes`): the prefetch is bounded in
+    /// bytes, whatever the record sizes and the number of partitions.
+    pub prefetch_mb: usize,
+    /// Bytes each of the engine's two producers may hold unacknowledged, MiB
+    /// (`queue.buffering.max.kbytes`; librdkafka's default is 1 GiB).
+    pub producer_buffer_mb: usize,
 }
 
 impl KafkaConfig {
@@ -116,6 +123,8 @@ impl Default for KafkaConfig {
             partitioner: Partitioner::Murmur2,
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
+            prefetch_mb: 64,
+            producer_buffer_mb: 32,
         }
     }
 }
@@ -364,6 +373,21 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if k.prefetch_mb == 0 || k.producer_buffer_mb == 0 {
+            return Err((
+                "kafka.prefetch_mb",
+                "kafka.prefetch_mb and kafka.producer_buffer_mb must be at least 1 (MiB)".into(),
+            ));
+        }
+        if k.producer_buffer_mb * 1024 * 1024 < 2 * self.engine.max_record_bytes {
+            return Err((
+                "kafka.producer_buffer_mb",
+                format!(
+                    "{} MiB cannot hold two records of engine.max_record_bytes = {}; raise it",
+                    k.producer_buffer_mb, self.engine.max_record_bytes
+                ),
+            ));
         }
         if self.engine.instance_id.trim().is_empty() {
             return Err((

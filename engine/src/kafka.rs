@@ -56,8 +56,19 @@ pub fn consumer_config(k: &KafkaConfig) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("partition.assignment.strategy", "cooperative-sticky")
-        // Keep a deep local queue so processing never waits for a fetch round trip.
+        // Keep a deep local queue so processing never waits for a fetch round
+        // trip, bounded in bytes (kafka.prefetch_mb), not in records.
         .set("queued.min.messages", "200000")
+        .set(
+            "queued.max.messages.kbytes",
+            (k.prefetch_mb.max(1) * 1024).to_string(),
+        )
+        .set(
+            "fetch.max.bytes",
+            (k.prefetch_mb.max(2) * 1024 * 1024 / 2)
+                .clamp(1 << 20, 50 << 20)
+                .to_string(),
+        )
         // Per-partition positions and end offsets for rapport_consumer_lag_records.
         .set("statistics.interval.ms", "5000")
         .set("max.partition.fetch.bytes", "4194304");
@@ -74,7 +85,11 @@ pub fn producer_config(k: &KafkaConfig) -> ClientConfig {
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "500000");
+        .set("queue.buffering.max.messages", "500000")
+        .set(
+            "queue.buffering.max.kbytes",
+            (k.producer_buffer_mb.max(1) * 1024).to_string(),
+        );
     for (key, v) in &k.producer {
         c.set(key, v);
     }
