@@ -361,6 +361,13 @@ fn guarantees(bootstrap: &str, events: u64) -> anyhow::Result<()> {
         cfg.http.listen = String::new();
         cfg.engine.guarantee = g;
         cfg.engine.wall_clock_timers = false;
+        if let Some(n) = std::env::var("RAPPORT_BENCH_WORKERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            cfg.engine.worker_threads = n;
+        }
+        let workers = cfg.engine.workers();
         if let Ok(extra) = std::env::var("RAPPORT_BENCH_PRODUCER") {
             for kv in extra.split(',').filter(|s| !s.is_empty()) {
                 if let Some((k, v)) = kv.split_once('=') {
@@ -389,6 +396,7 @@ fn guarantees(bootstrap: &str, events: u64) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(1));
         }
         let started = Instant::now();
+        let cpu_before = cpu_seconds();
         let mut peak = 0;
         while engine.progress.committed.load(Ordering::SeqCst) < events {
             anyhow::ensure!(!engine.is_finished(), "engine stopped");
@@ -396,14 +404,33 @@ fn guarantees(bootstrap: &str, events: u64) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(2));
         }
         let secs = started.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - cpu_before;
         engine.shutdown()?;
         let rate = events as f64 / secs;
         println!(
-            "| engine, {name}, {events} touchpoints, 100k customers, 4 partitions | {rate:.0} events/s ({:.0}% of passthrough), peak RSS {peak} MiB |",
-            100.0 * rate / bare
+            "| engine, {name}, {events} touchpoints, 100k customers, 4 partitions, {workers} worker threads | {rate:.0} events/s ({:.0}% of passthrough), {:.1} µs CPU per event, {:.2} cores busy, peak RSS {peak} MiB |",
+            100.0 * rate / bare,
+            cpu * 1e6 / events as f64,
+            cpu / secs
         );
     }
     Ok(())
+}
+
+/// CPU time this process has used (user and system), seconds (0 where /proc
+/// is not available).
+fn cpu_seconds() -> f64 {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name in parentheses; utime and stime
+            // are the 14th and 15th fields of the line.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    ticks as f64 / 100.0
 }
 
 /// This process's resident memory, MiB (0 where /proc is not available).

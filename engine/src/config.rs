@@ -201,6 +201,9 @@ pub struct EngineConfig {
     /// network partition) before it stops, ms. Commits that fail meanwhile are
     /// aborted and redone from the last commit.
     pub kafka_unavailable_timeout_ms: u64,
+    /// Threads that process a batch's partitions in parallel; 0 (the default)
+    /// uses every core. Commits stay one transaction per interval.
+    pub worker_threads: usize,
 }
 
 impl Default for EngineConfig {
@@ -217,6 +220,17 @@ impl Default for EngineConfig {
             transaction_timeout_ms: 10_000,
             wall_clock_timers: true,
             kafka_unavailable_timeout_ms: 300_000,
+            worker_threads: 0,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Threads for processing: `worker_threads`, or every core when 0.
+    pub fn workers(&self) -> usize {
+        match self.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
         }
     }
 }

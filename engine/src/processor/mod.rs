@@ -11,7 +11,7 @@ pub(crate) mod task;
 
 use std::sync::Arc;
 
-use rapport_journeys::{CompiledJourneys, Decision, Outcome as Judgement, Output};
+use rapport_journeys::{CompiledJourneys, Decision, Outcome as Judgement};
 use rapport_model::emotion;
 use rapport_model::profile::Timer;
 use rapport_model::{Action, EventType, Touchpoint};
@@ -54,22 +54,30 @@ pub enum Outcome {
 
 /// Decodes, applies and evaluates records for the partitions it owns.
 pub struct Processor {
+    shared: Shared,
+    profile_cache: usize,
+    tasks: hashbrown::HashMap<i32, Task>,
+    /// Threads a batch's partitions are processed on.
+    workers: usize,
+}
+
+/// What every partition's work reads, from any worker thread.
+struct Shared {
     decoder: Decoder,
     rule: KeyRule,
     journeys: Arc<CompiledJourneys>,
     state: Arc<StateStore>,
     metrics: Metrics,
-    profile_cache: usize,
-    tasks: hashbrown::HashMap<i32, Task>,
-    /// What the journeys and the delivery policy decided for the current record.
-    output: Output,
-    /// Decisions not to act (capped, deferred, no consent, suppressed, held out)
-    /// since the last [`Processor::take_decisions`].
-    not_sent: Vec<Decision>,
-    /// Decision counters by journey and outcome, resolved once.
-    decision_counters: Vec<((String, Judgement), prometheus::IntCounter)>,
-    /// Per-topic event counters, resolved once.
-    event_counters: Vec<(String, prometheus::IntCounter)>,
+}
+
+/// One record's result in a batch: what became of it, and the actions it
+/// triggered (its own and those of timers its event time made due).
+#[derive(Debug)]
+pub struct Processed {
+    /// What became of the record.
+    pub outcome: Outcome,
+    /// Its actions, in decision order.
+    pub actions: Vec<Action>,
 }
 
 /// A profile or watermark record to write to the changelog: partition, key, value.
@@ -88,28 +96,34 @@ impl Processor {
         profile_cache: usize,
     ) -> Result<Self, SchemaError> {
         Ok(Processor {
-            decoder: Decoder::new(max_record_bytes)?,
-            rule,
-            journeys,
-            state,
-            metrics,
+            shared: Shared {
+                decoder: Decoder::new(max_record_bytes)?,
+                rule,
+                journeys,
+                state,
+                metrics,
+            },
             profile_cache,
             tasks: hashbrown::HashMap::new(),
-            output: Output::new(),
-            not_sent: Vec::new(),
-            decision_counters: Vec::new(),
-            event_counters: Vec::new(),
+            workers: 1,
         })
+    }
+
+    /// Processes the partitions of a batch ([`Processor::process_batch`]) on up
+    /// to `workers` threads.
+    pub fn with_workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
+        self
     }
 
     /// The state store.
     pub fn state(&self) -> &Arc<StateStore> {
-        &self.state
+        &self.shared.state
     }
 
     /// Starts the task of partition `p` from its committed state (restore first).
     pub fn start_partition(&mut self, p: i32) -> Result<usize, StateError> {
-        let task = Task::load(&self.state, p)?;
+        let task = Task::load(&self.shared.state, p)?;
         let timers = task.timers.len();
         self.tasks.insert(p, task);
         Ok(timers)
@@ -144,123 +158,80 @@ impl Processor {
         r: &Record<'_>,
         out: &mut Vec<Action>,
     ) -> Result<Outcome, StateError> {
-        let Some(task) = self.tasks.get_mut(&r.partition) else {
-            return Ok(Outcome::NotOwned);
-        };
-        task.active = true;
-        if !task.started {
-            task.started = true;
-            tracing::info!(
-                partition = r.partition,
-                topic = r.topic,
-                offset = r.offset,
-                "first record of the assignment"
-            );
-        }
-        if task
-            .next_to_apply(r.topic)
-            .is_some_and(|next| r.offset < next)
-        {
-            self.metrics.skipped.inc();
-            return Ok(Outcome::AlreadyApplied);
-        }
-        task.applied_to(r.topic, r.offset);
-        let rule = self.rule;
-        let checked = self.decoder.decode(r.value).and_then(|tp| {
-            let id = tp.identity().unwrap_or_default();
-            rule.check(r.key, id, r.partition).map(|()| tp)
-        });
-        match checked {
-            Ok(tp) => self.apply(r, &tp, out),
-            Err(rejection) => Ok(Outcome::Rejected(rejection)),
+        match self.tasks.get_mut(&r.partition) {
+            Some(task) => Lane::new(&self.shared, task).process(r, out),
+            None => Ok(Outcome::NotOwned),
         }
     }
 
-    /// Updates the customer's profile with `tp`, evaluates the journeys, and fires
-    /// the timers the new watermark makes due.
-    fn apply(
-        &mut self,
-        r: &Record<'_>,
-        tp: &Touchpoint,
-        out: &mut Vec<Action>,
-    ) -> Result<Outcome, StateError> {
-        let id = tp.identity().unwrap_or_default();
-        let (hash, partition, offset) = (topic_hash(r.topic), r.partition, r.offset);
-        let Some(task) = self.tasks.get_mut(&partition) else {
-            return Ok(Outcome::NotOwned);
+    /// Processes a batch of records, each partition's in order and the
+    /// partitions in parallel on up to `workers` threads (a customer belongs to
+    /// one partition, so each customer's records and actions keep their order).
+    /// Returns one result per record, in the batch's order.
+    pub fn process_batch(&mut self, records: &[Record<'_>]) -> Result<Vec<Processed>, StateError> {
+        let mut groups: hashbrown::HashMap<i32, Vec<usize>> = hashbrown::HashMap::new();
+        for (i, r) in records.iter().enumerate() {
+            groups.entry(r.partition).or_default().push(i);
+        }
+        let shared = &self.shared;
+        let mut work: Vec<(&mut Task, Vec<usize>)> = self
+            .tasks
+            .iter_mut()
+            .filter_map(|(p, t)| groups.remove(p).map(|idx| (t, idx)))
+            .collect();
+        let mut results: Vec<Option<Processed>> = (0..records.len()).map(|_| None).collect();
+        let run = |chunk: Vec<(&mut Task, Vec<usize>)>| {
+            let mut done = Vec::new();
+            for (task, idx) in chunk {
+                let mut lane = Lane::new(shared, task);
+                for i in idx {
+                    let mut actions = Vec::new();
+                    let outcome = lane.process(&records[i], &mut actions)?;
+                    done.push((i, Processed { outcome, actions }));
+                }
+            }
+            Ok::<_, StateError>(done)
         };
-        let (journeys, output, metrics) = (&self.journeys, &mut self.output, &self.metrics);
-        let mut outcome = Outcome::Applied;
-        task.update(&self.state, id, |s| {
-            if s.reflects(hash, partition, offset) {
-                metrics.skipped.inc();
-                outcome = Outcome::AlreadyApplied;
-                return false;
+        let threads = self.workers.min(work.len());
+        let finished: Vec<Result<Vec<(usize, Processed)>, StateError>> = if threads <= 1 {
+            vec![run(work)]
+        } else {
+            let mut chunks: Vec<Vec<(&mut Task, Vec<usize>)>> =
+                (0..threads).map(|_| Vec::new()).collect();
+            // Largest partitions first, each to the least loaded thread.
+            work.sort_by_key(|(_, idx)| std::cmp::Reverse(idx.len()));
+            let mut load = vec![0usize; threads];
+            for w in work {
+                let t = (0..threads).min_by_key(|&t| load[t]).unwrap_or(0);
+                load[t] += w.1.len();
+                chunks[t].push(w);
             }
-            // The customer's own waits that came due before this event fire
-            // first, whatever other customers' events moved the watermark to:
-            // an SLA that ran out before the resolution arrived escalates.
-            if s.profile.timers.iter().any(|t| t.fire_at_ms < tp.event_time) {
-                let due = tp.event_time - 1;
-                let fired = journeys.fire_due(&mut s.profile, due, output).timers_fired;
-                metrics.timers_fired.inc_by(u64::from(fired));
-            }
-            s.profile.apply(tp);
-            if let Some(t) = emotion::update_on_touchpoint(&mut s.profile, tp, journeys.emotion()) {
-                metrics
-                    .emotion_transitions
-                    .with_label_values(&[t.from.as_str(), t.to.as_str()])
-                    .inc();
-            }
-            let report = journeys.on_event(&mut s.profile, tp, output);
-            for e in report.errors {
-                tracing::warn!(journey = %e.journey, expression = %e.expression, error = %e.message, "journey expression failed; treated as false");
-            }
-            s.advance(hash, partition, offset);
-            true
-        })?;
-        if outcome == Outcome::Applied {
-            self.count_event(r.topic);
-            if let Some(s) = tp
-                .survey
-                .as_ref()
-                .filter(|_| tp.event_type == EventType::SurveyResponse)
-            {
-                self.metrics
-                    .survey_answers
-                    .with_label_values(&[
-                        s.kind.as_str(),
-                        s.kind.classify(s.score),
-                        tp.channel.as_str(),
-                        tp.store_id.as_deref().unwrap_or(""),
-                    ])
-                    .inc();
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = chunks
+                    .into_iter()
+                    .map(|chunk| scope.spawn(move || run(chunk)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect()
+            })
+        };
+        for done in finished {
+            for (i, p) in done? {
+                results[i] = Some(p);
             }
         }
-        self.collect(out);
-        let task = self.tasks.get_mut(&partition).expect("task checked above");
-        if tp.event_time > task.watermark {
-            task.watermark = tp.event_time;
-            task.watermark_dirty = true;
-        }
-        // Also a wait that a late event scheduled already in the past fires now,
-        // so live processing and a replay's end-of-input agree.
-        let wm = task.watermark;
-        if task.timers.first().is_some_and(|(at, _)| *at <= wm) {
-            self.fire_timers(partition, wm, out)?;
-        }
-        Ok(outcome)
-    }
-
-    fn count_event(&mut self, topic: &str) {
-        match self.event_counters.iter().find(|(t, _)| t == topic) {
-            Some((_, c)) => c.inc(),
-            None => {
-                let c = self.metrics.events.with_label_values(&[topic]);
-                c.inc();
-                self.event_counters.push((topic.to_owned(), c));
-            }
-        }
+        // Records of partitions not owned here (fetched just before a revocation).
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or(Processed {
+                    outcome: Outcome::NotOwned,
+                    actions: Vec::new(),
+                })
+            })
+            .collect())
     }
 
     /// Fires every timer of `partition` due at `now` (event time, or wall-clock time
@@ -271,74 +242,18 @@ impl Processor {
         now: i64,
         out: &mut Vec<Action>,
     ) -> Result<(), StateError> {
-        loop {
-            let Some(task) = self.tasks.get_mut(&partition) else {
-                return Ok(());
-            };
-            let Some((at, id)) = task.timers.pop_first() else {
-                return Ok(());
-            };
-            if at > now {
-                task.timers.insert((at, id));
-                return Ok(());
-            }
-            let (journeys, output) = (&self.journeys, &mut self.output);
-            let mut fired = 0;
-            task.update(&self.state, &id, |s| {
-                let was_due: Vec<Timer> = s
-                    .profile
-                    .timers
-                    .iter()
-                    .filter(|t| t.fire_at_ms <= now)
-                    .cloned()
-                    .collect();
-                fired = journeys.fire_due(&mut s.profile, now, output).timers_fired;
-                // A due timer no journey claimed (its journey was removed) is
-                // dropped, so it cannot come due again and again. Waits the firing
-                // scheduled (a journey's next step) stay, also when already due: a
-                // flushed replay runs time on to the end, through every step.
-                s.profile
-                    .timers
-                    .retain(|t| t.fire_at_ms > now || !was_due.contains(t));
-                true
-            })?;
-            self.metrics.timers_fired.inc_by(fired as u64);
-            self.collect(out);
-        }
-    }
-
-    /// Moves the record's actions to `out` and keeps its decisions not to act;
-    /// counts every decision by journey and outcome.
-    fn collect(&mut self, out: &mut Vec<Action>) {
-        out.append(&mut self.output.actions);
-        for d in self.output.decisions.drain(..) {
-            let counter = match self
-                .decision_counters
-                .iter()
-                .find(|((j, o), _)| *o == d.outcome && *j == d.journey)
-            {
-                Some((_, c)) => c.clone(),
-                None => {
-                    let c = self
-                        .metrics
-                        .decisions
-                        .with_label_values(&[d.journey.as_str(), d.outcome.as_str()]);
-                    self.decision_counters
-                        .push(((d.journey.to_string(), d.outcome), c.clone()));
-                    c
-                }
-            };
-            counter.inc();
-            if d.outcome != Judgement::Sent {
-                self.not_sent.push(d);
-            }
+        match self.tasks.get_mut(&partition) {
+            Some(task) => Lane::new(&self.shared, task).fire_timers(now, out),
+            None => Ok(()),
         }
     }
 
     /// The decisions not to act since the last call (for the decisions topic and
-    /// `rapport replay --decisions`), in decision order.
-    pub fn take_decisions(&mut self) -> std::vec::Drain<'_, Decision> {
-        self.not_sent.drain(..)
+    /// `rapport replay --decisions`), each partition's in decision order.
+    pub fn take_decisions(&mut self) -> impl Iterator<Item = Decision> + '_ {
+        self.tasks
+            .values_mut()
+            .flat_map(|t| t.scratch.not_sent.drain(..))
     }
 
     /// Fires the due timers of every partition that received nothing since the
@@ -417,5 +332,214 @@ impl Processor {
             t.profiles.retain(|_, s| s.dirty);
         }
         self.tasks.values().map(|t| t.profiles.len()).sum()
+    }
+}
+
+/// One partition's task at work on its records, with what every partition reads.
+struct Lane<'a> {
+    sh: &'a Shared,
+    task: &'a mut Task,
+}
+
+impl<'a> Lane<'a> {
+    fn new(sh: &'a Shared, task: &'a mut Task) -> Self {
+        Lane { sh, task }
+    }
+
+    /// Processes one record of this partition; its actions go to `out`.
+    fn process(&mut self, r: &Record<'_>, out: &mut Vec<Action>) -> Result<Outcome, StateError> {
+        let task = &mut *self.task;
+        task.active = true;
+        if !task.started {
+            task.started = true;
+            tracing::info!(
+                partition = r.partition,
+                topic = r.topic,
+                offset = r.offset,
+                "first record of the assignment"
+            );
+        }
+        if task
+            .next_to_apply(r.topic)
+            .is_some_and(|next| r.offset < next)
+        {
+            self.sh.metrics.skipped.inc();
+            return Ok(Outcome::AlreadyApplied);
+        }
+        task.applied_to(r.topic, r.offset);
+        let rule = self.sh.rule;
+        let checked = self.sh.decoder.decode(r.value).and_then(|tp| {
+            let id = tp.identity().unwrap_or_default();
+            rule.check(r.key, id, r.partition).map(|()| tp)
+        });
+        match checked {
+            Ok(tp) => self.apply(r, &tp, out),
+            Err(rejection) => Ok(Outcome::Rejected(rejection)),
+        }
+    }
+
+    /// Updates the customer's profile with `tp`, evaluates the journeys, and fires
+    /// the timers the new watermark makes due.
+    fn apply(
+        &mut self,
+        r: &Record<'_>,
+        tp: &Touchpoint,
+        out: &mut Vec<Action>,
+    ) -> Result<Outcome, StateError> {
+        let id = tp.identity().unwrap_or_default();
+        let (hash, partition, offset) = (topic_hash(r.topic), r.partition, r.offset);
+        let sh = self.sh;
+        let (journeys, metrics) = (&sh.journeys, &sh.metrics);
+        let task = &mut *self.task;
+        let mut output = std::mem::take(&mut task.scratch.output);
+        let output = &mut output;
+        let mut outcome = Outcome::Applied;
+        let updated = task.update(&sh.state, id, |s| {
+            if s.reflects(hash, partition, offset) {
+                metrics.skipped.inc();
+                outcome = Outcome::AlreadyApplied;
+                return false;
+            }
+            // The customer's own waits that came due before this event fire
+            // first, whatever other customers' events moved the watermark to:
+            // an SLA that ran out before the resolution arrived escalates.
+            if s.profile.timers.iter().any(|t| t.fire_at_ms < tp.event_time) {
+                let due = tp.event_time - 1;
+                let fired = journeys.fire_due(&mut s.profile, due, output).timers_fired;
+                metrics.timers_fired.inc_by(u64::from(fired));
+            }
+            s.profile.apply(tp);
+            if let Some(t) = emotion::update_on_touchpoint(&mut s.profile, tp, journeys.emotion()) {
+                metrics
+                    .emotion_transitions
+                    .with_label_values(&[t.from.as_str(), t.to.as_str()])
+                    .inc();
+            }
+            let report = journeys.on_event(&mut s.profile, tp, output);
+            for e in report.errors {
+                tracing::warn!(journey = %e.journey, expression = %e.expression, error = %e.message, "journey expression failed; treated as false");
+            }
+            s.advance(hash, partition, offset);
+            true
+        });
+        task.scratch.output = std::mem::take(output);
+        updated?;
+        if outcome == Outcome::Applied {
+            self.count_event(r.topic);
+            if let Some(s) = tp
+                .survey
+                .as_ref()
+                .filter(|_| tp.event_type == EventType::SurveyResponse)
+            {
+                metrics
+                    .survey_answers
+                    .with_label_values(&[
+                        s.kind.as_str(),
+                        s.kind.classify(s.score),
+                        tp.channel.as_str(),
+                        tp.store_id.as_deref().unwrap_or(""),
+                    ])
+                    .inc();
+            }
+        }
+        self.collect(out);
+        let task = &mut *self.task;
+        if tp.event_time > task.watermark {
+            task.watermark = tp.event_time;
+            task.watermark_dirty = true;
+        }
+        // Also a wait that a late event scheduled already in the past fires now,
+        // so live processing and a replay's end-of-input agree.
+        let wm = task.watermark;
+        if task.timers.first().is_some_and(|(at, _)| *at <= wm) {
+            self.fire_timers(wm, out)?;
+        }
+        Ok(outcome)
+    }
+
+    fn count_event(&mut self, topic: &str) {
+        let counters = &mut self.task.scratch.event_counters;
+        match counters.iter().find(|(t, _)| t == topic) {
+            Some((_, c)) => c.inc(),
+            None => {
+                let c = self.sh.metrics.events.with_label_values(&[topic]);
+                c.inc();
+                counters.push((topic.to_owned(), c));
+            }
+        }
+    }
+
+    /// Fires every timer of this partition due at `now`, pushing their actions
+    /// to `out`.
+    fn fire_timers(&mut self, now: i64, out: &mut Vec<Action>) -> Result<(), StateError> {
+        loop {
+            let sh = self.sh;
+            let task = &mut *self.task;
+            let Some((at, id)) = task.timers.pop_first() else {
+                return Ok(());
+            };
+            if at > now {
+                task.timers.insert((at, id));
+                return Ok(());
+            }
+            let journeys = &sh.journeys;
+            let mut output = std::mem::take(&mut task.scratch.output);
+            let mut fired = 0;
+            let updated = task.update(&sh.state, &id, |s| {
+                let was_due: Vec<Timer> = s
+                    .profile
+                    .timers
+                    .iter()
+                    .filter(|t| t.fire_at_ms <= now)
+                    .cloned()
+                    .collect();
+                fired = journeys
+                    .fire_due(&mut s.profile, now, &mut output)
+                    .timers_fired;
+                // A due timer no journey claimed (its journey was removed) is
+                // dropped, so it cannot come due again and again. Waits the firing
+                // scheduled (a journey's next step) stay, also when already due: a
+                // flushed replay runs time on to the end, through every step.
+                s.profile
+                    .timers
+                    .retain(|t| t.fire_at_ms > now || !was_due.contains(t));
+                true
+            });
+            task.scratch.output = output;
+            updated?;
+            sh.metrics.timers_fired.inc_by(u64::from(fired));
+            self.collect(out);
+        }
+    }
+
+    /// Moves the record's actions to `out` and keeps its decisions not to act;
+    /// counts every decision by journey and outcome.
+    fn collect(&mut self, out: &mut Vec<Action>) {
+        let scratch = &mut self.task.scratch;
+        out.append(&mut scratch.output.actions);
+        for d in scratch.output.decisions.drain(..) {
+            let counter = match scratch
+                .decision_counters
+                .iter()
+                .find(|((j, o), _)| *o == d.outcome && *j == d.journey)
+            {
+                Some((_, c)) => c.clone(),
+                None => {
+                    let c = self
+                        .sh
+                        .metrics
+                        .decisions
+                        .with_label_values(&[d.journey.as_str(), d.outcome.as_str()]);
+                    scratch
+                        .decision_counters
+                        .push(((d.journey.to_string(), d.outcome), c.clone()));
+                    c
+                }
+            };
+            counter.inc();
+            if d.outcome != Judgement::Sent {
+                scratch.not_sent.push(d);
+            }
+        }
     }
 }

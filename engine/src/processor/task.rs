@@ -40,6 +40,23 @@ pub(crate) struct Task {
     pub active: bool,
     /// Whether a record arrived since the assignment.
     pub started: bool,
+    /// Buffers and metric handles for this partition's records.
+    pub scratch: Scratch,
+}
+
+/// What a partition's records are processed with, kept per partition so that
+/// partitions can be processed on different threads.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    /// What the journeys and the delivery policy decided for the current record.
+    pub output: rapport_journeys::Output,
+    /// Decisions not to act (capped, deferred, no consent, suppressed, held out)
+    /// since they were last taken.
+    pub not_sent: Vec<rapport_journeys::Decision>,
+    /// Decision counters by journey and outcome, resolved once.
+    pub decision_counters: Vec<((String, rapport_journeys::Outcome), prometheus::IntCounter)>,
+    /// Per-topic event counters, resolved once.
+    pub event_counters: Vec<(String, prometheus::IntCounter)>,
 }
 
 impl Task {
@@ -55,6 +72,7 @@ impl Task {
             applied: state.offsets(p)?.into_iter().collect(),
             active: false,
             started: false,
+            scratch: Scratch::default(),
         })
     }
 

@@ -17,42 +17,52 @@ use super::core::Core;
 use super::LoopError;
 
 impl Core {
-    /// Handles one consumed record: applies it, dead-letters it, or skips it when
-    /// state already reflects it.
-    pub(super) fn handle(&mut self, m: &BorrowedMessage<'_>) -> Result<(), LoopError> {
-        self.progress.handled.fetch_add(1, Ordering::Relaxed);
-        let record = Record {
-            topic: m.topic(),
-            partition: m.partition(),
-            offset: m.offset(),
-            key: m.key(),
-            value: m.payload().unwrap_or_default(),
-        };
-        let outcome = self
+    /// Handles a batch of consumed records: the processor applies them (each
+    /// partition's in order, the partitions in parallel); then, in the batch's
+    /// order, each record's actions are sent, a refused record is
+    /// dead-lettered, and its offset joins the interval.
+    pub(super) fn handle_batch(&mut self, batch: &[BorrowedMessage<'_>]) -> Result<(), LoopError> {
+        let records: Vec<Record<'_>> = batch
+            .iter()
+            .map(|m| Record {
+                topic: m.topic(),
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key(),
+                value: m.payload().unwrap_or_default(),
+            })
+            .collect();
+        let processed = self
             .processor
-            .process(&record, &mut self.actions)
+            .process_batch(&records)
             .map_err(|e| LoopError::Fatal(e.into()))?;
-        match outcome {
-            Outcome::NotOwned => {
-                // Fetched before a revocation took effect; its new owner handles it.
-                tracing::debug!(
-                    topic = record.topic,
-                    partition = record.partition,
-                    offset = record.offset,
-                    "record of a partition no longer owned"
-                );
-                return Ok(());
+        self.progress
+            .handled
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        for ((m, record), p) in batch.iter().zip(&records).zip(processed) {
+            match p.outcome {
+                Outcome::NotOwned => {
+                    // Fetched before a revocation took effect; its new owner handles it.
+                    tracing::debug!(
+                        topic = record.topic,
+                        partition = record.partition,
+                        offset = record.offset,
+                        "record of a partition no longer owned"
+                    );
+                    continue;
+                }
+                Outcome::Rejected(r) => self.dead_letter(m, &r)?,
+                Outcome::Applied | Outcome::AlreadyApplied => {}
             }
-            Outcome::Rejected(r) => self.dead_letter(m, &r)?,
-            Outcome::Applied | Outcome::AlreadyApplied => {}
+            self.actions.extend(p.actions);
+            self.emit_actions()?;
+            if let Some(ts) = m.timestamp().to_millis() {
+                self.oldest_ms = Some(self.oldest_ms.map_or(ts, |o| o.min(ts)));
+            }
+            self.pending
+                .record(record.partition, record.topic, record.offset + 1);
+            self.pending_records += 1;
         }
-        self.emit_actions()?;
-        if let Some(ts) = m.timestamp().to_millis() {
-            self.oldest_ms = Some(self.oldest_ms.map_or(ts, |o| o.min(ts)));
-        }
-        self.pending
-            .record(record.partition, record.topic, record.offset + 1);
-        self.pending_records += 1;
         Ok(())
     }
 

@@ -2,6 +2,10 @@
 //! timers, produce actions, and commit actions, state and offsets together at each
 //! commit interval.
 //!
+//! Records are handled in batches: the processor works on a batch's partitions
+//! in parallel (`engine.worker_threads`), each partition's records in order on
+//! one thread, then the records' effects go out in the batch's order.
+//!
 //! One task per assigned input partition ([`task`]): its profiles, timers and
 //! offsets are scoped to the partition in RocksDB and in the compacted changelog
 //! topic, which has the input's partition count. A partition that arrives (at start
@@ -59,6 +63,9 @@ use self::commit::{AtLeastOnce, CommitProtocol, Committer, ExactlyOnce};
 use self::core::{Core, PendingOffsets};
 use self::rebalance::{lock, EngineContext};
 pub use self::restore::{restore_partition, RestoreStatus, Restorer};
+
+/// Records handled together: their partitions are processed in parallel.
+const BATCH_RECORDS: usize = 2048;
 
 /// Changelog key that carries a partition's event-time watermark.
 pub const WATERMARK_KEY: &[u8] = b"\0rapport.watermark";
@@ -233,7 +240,8 @@ impl Worker {
             state.clone(),
             metrics.clone(),
             cfg.state.profile_cache,
-        )?;
+        )?
+        .with_workers(cfg.engine.workers());
         let core = Arc::new(Mutex::new(Core {
             processor,
             dead_letter_room: layout.dead_letter_max_bytes.min(producer_max) - 8 * 1024,
@@ -316,16 +324,26 @@ impl Worker {
             true => Duration::ZERO,
             false => Duration::from_millis(20),
         };
-        // Drain what is already fetched, up to the commit deadline.
+        // Drain what is already fetched, up to the commit deadline, in batches
+        // whose partitions are processed in parallel.
+        let mut batch = Vec::with_capacity(BATCH_RECORDS);
         while Instant::now() < deadline {
             let polled = self.consumer.poll(wait);
             self.settle_rebalance()?;
             match polled {
-                Some(Ok(m)) => lock(&self.core).handle(&m)?,
+                Some(Ok(m)) => batch.push(m),
                 Some(Err(e)) => consumer_error(e)?,
                 None => break,
             }
+            if batch.len() >= BATCH_RECORDS {
+                lock(&self.core).handle_batch(&batch)?;
+                batch.clear();
+            }
             wait = Duration::ZERO;
+        }
+        if !batch.is_empty() {
+            lock(&self.core).handle_batch(&batch)?;
+            batch.clear();
         }
         let mut core = lock(&self.core);
         core.restore_slice(&self.consumer)?;
