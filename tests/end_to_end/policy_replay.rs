@@ -8,7 +8,6 @@
 //! by an exit condition, resolved before an SLA). No broker is needed.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use rapport_journeys::policy::{control_bucket, held_out};
 use rapport_journeys::{Decision, Outcome};
@@ -78,23 +77,12 @@ impl Replayed {
     }
 }
 
-/// Runs `rapport replay --decisions` and returns its stdout, asserting it succeeded.
+/// Runs `rapport replay --decisions` over case directory `dir` and returns its
+/// stdout, asserting it succeeded.
 fn replay(dir: &Path, extra: &[&str]) -> Vec<u8> {
-    let out = Command::new(env!("CARGO_BIN_EXE_rapport"))
-        .args(["replay", "--config"])
-        .arg(dir.join("rapport.toml"))
-        .arg("--events")
-        .arg(dir.join("events.jsonl"))
-        .arg("--decisions")
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    let mut args = vec!["--decisions"];
+    args.extend_from_slice(extra);
+    crate::replay::replay(&dir.join("rapport.toml"), &dir.join("events.jsonl"), &args)
 }
 
 /// Splits replay output into actions and decisions (a decision has a `decision_id`).

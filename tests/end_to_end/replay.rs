@@ -15,7 +15,7 @@ fn cases() -> PathBuf {
 }
 
 /// Runs `rapport replay` and returns its stdout, asserting it succeeded.
-fn replay(config: &Path, events: &Path, extra: &[&str]) -> Vec<u8> {
+pub(crate) fn replay(config: &Path, events: &Path, extra: &[&str]) -> Vec<u8> {
     let out = Command::new(env!("CARGO_BIN_EXE_rapport"))
         .args(["replay", "--config"])
         .arg(config)

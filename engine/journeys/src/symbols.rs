@@ -41,16 +41,7 @@ pub const ACTION_KINDS: [ActionKind; 8] = [
 ];
 
 /// Every delivery channel.
-pub const DELIVERY_CHANNELS: [DeliveryChannel; 8] = [
-    DeliveryChannel::Email,
-    DeliveryChannel::Sms,
-    DeliveryChannel::Push,
-    DeliveryChannel::Web,
-    DeliveryChannel::App,
-    DeliveryChannel::CallCenter,
-    DeliveryChannel::Chat,
-    DeliveryChannel::Store,
-];
+pub const DELIVERY_CHANNELS: [DeliveryChannel; 8] = DeliveryChannel::ALL;
 
 /// Every emotional state.
 pub const EMOTIONAL_STATES: [EmotionalState; 6] = [
