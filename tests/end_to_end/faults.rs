@@ -401,3 +401,77 @@ fn records_off_their_customers_partition_are_accounted_for() {
         3
     );
 }
+
+/// Sets `topic`'s `max.message.bytes` on the cluster at `bootstrap`.
+fn set_max_message_bytes(bootstrap: &str, topic: &str, bytes: usize) {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let value = bytes.to_string();
+    let alter = AlterConfig::new(ResourceSpecifier::Topic(topic)).set("max.message.bytes", &value);
+    let results = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(admin.alter_configs(&[alter], &AdminOptions::new()))
+        .unwrap();
+    for r in results {
+        r.unwrap_or_else(|e| panic!("altering {topic}: {e:?}"));
+    }
+}
+
+/// Under `at_least_once`, an action topic that refuses every record for a while
+/// (here: a record-size limit below any action's size) makes intervals fail
+/// after their changelog records were acknowledged; the engine redoes them, and
+/// no action of a clean run is missing once the topic takes records again.
+#[test]
+fn at_least_once_loses_no_action_when_the_action_topic_refuses_records_for_a_while() {
+    let _serial = heavy();
+    let topics = Topics::new("refused", 2);
+    let (dir, group) = (tempfile::tempdir().unwrap(), unique("refused"));
+    let mut sim = simulator(2_000, 53);
+    feed_from(&topics.bootstrap, &topics.input, &mut sim, 0..40_000);
+    let n = end_total_on(&topics.bootstrap, &topics.input) as u64;
+    let (clean, _) = clean_run_on(&topics.bootstrap, &topics.input, n);
+    assert!(clean.len() > 500, "{} actions", clean.len());
+
+    set_max_message_bytes(&topics.bootstrap, &topics.actions, 64);
+    let mut cfg = group_member(&topics, dir.path(), &group, "a");
+    cfg.engine.guarantee = rapport::config::Guarantee::AtLeastOnce;
+    let addr = format!("127.0.0.1:{}", free_port());
+    cfg.http.listen = addr.clone();
+    let mut a = Instance::spawn(&cfg, dir.path(), "a");
+    // Intervals fail while the topic refuses actions, and are redone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        a.assert_running();
+        let (_, m) = crate::metrics::get(&addr, "/metrics");
+        if crate::metrics::value(&m, "rapport_rewinds_total") >= 3.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no interval failed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    set_max_message_bytes(&topics.bootstrap, &topics.actions, 1_048_588);
+    wait_caught_up_on(&topics.bootstrap, &group, &topics.input, &mut [&mut a]);
+    a.terminate();
+
+    let got: std::collections::BTreeSet<String> = actions_on(&topics.bootstrap, &topics.actions)
+        .into_iter()
+        .map(|a| a.action_id)
+        .collect();
+    let missing: Vec<&rapport_model::Action> = clean
+        .iter()
+        .filter(|c| !got.contains(&c.action_id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} actions lost, e.g. {:?}",
+        missing.len(),
+        clean.len(),
+        missing.first()
+    );
+}

@@ -129,6 +129,11 @@ impl Processor {
         Ok(timers)
     }
 
+    /// The partitions whose tasks are running.
+    pub fn partitions(&self) -> impl Iterator<Item = i32> + '_ {
+        self.tasks.keys().copied()
+    }
+
     /// The event-time watermark of partition `p` (the latest event time applied).
     pub fn watermark(&self, p: i32) -> Option<i64> {
         self.tasks.get(&p).map(|t| t.watermark)

@@ -108,6 +108,10 @@ pub(super) trait CommitProtocol: Send + Sync {
     fn begin(&self, p: &Producer) -> KafkaResult<()>;
     /// Whether [`CommitProtocol::seal`] needs the consumer group's metadata.
     fn wants_group_metadata(&self) -> bool;
+    /// Whether a rewind goes back to this instance's own RocksDB state of its
+    /// last commit for the partitions it kept, instead of restoring from the
+    /// changelog (which may hold records of the failed interval).
+    fn rewinds_from_local_state(&self) -> bool;
     /// Once every record of the interval is acknowledged: makes it durable with
     /// the consumed `offsets`. Runs on the commit thread.
     fn seal(
@@ -151,6 +155,12 @@ impl CommitProtocol for ExactlyOnce {
         true
     }
 
+    /// Aborted intervals are invisible to the read_committed restore: the
+    /// changelog is exactly what was committed.
+    fn rewinds_from_local_state(&self) -> bool {
+        false
+    }
+
     fn seal(
         &self,
         p: &Producer,
@@ -192,6 +202,13 @@ impl CommitProtocol for AtLeastOnce {
 
     fn wants_group_metadata(&self) -> bool {
         false
+    }
+
+    /// A failed interval may have its changelog records acknowledged while an
+    /// action was not: restoring them would count the interval's records as
+    /// applied and never send that action. RocksDB holds the last commit.
+    fn rewinds_from_local_state(&self) -> bool {
+        true
     }
 
     fn seal(

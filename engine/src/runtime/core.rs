@@ -58,6 +58,9 @@ pub(crate) struct Core {
     pub(super) progress: Arc<Progress>,
     /// Partitions assigned and not restored yet.
     pub(super) to_restore: BTreeSet<i32>,
+    /// Of those, the ones a rewind takes back from this instance's own RocksDB
+    /// state instead of the changelog (see `CommitProtocol::rewinds_from_local_state`).
+    pub(super) from_local: BTreeSet<i32>,
     /// Set by a rebalance callback whose commit failed: the main loop answers it.
     pub(super) failure: Option<LoopError>,
     pub(super) pending: PendingOffsets,
@@ -225,6 +228,7 @@ impl Core {
             lock_owned(&self.progress).remove(p);
             self.processor.release(*p);
             self.to_restore.remove(p);
+            self.from_local.remove(p);
             if let Err(e) = self.restorer.cancel(&self.state, *p) {
                 self.failure = Some(LoopError::Fatal(e));
             }
@@ -251,6 +255,10 @@ impl Core {
         consumer: &BaseConsumer<EngineContext>,
     ) -> Result<(), LoopError> {
         while let Some(p) = self.to_restore.pop_first() {
+            if self.from_local.remove(&p) {
+                self.start_task(consumer, p, 0).map_err(rewind)?;
+                continue;
+            }
             match self.restorer.begin(&self.changelog, &self.state, p) {
                 Ok(true) => tracing::info!(partition = p, "restoring partition from the changelog"),
                 Ok(false) => self.start_task(consumer, p, 0).map_err(rewind)?,
@@ -342,6 +350,10 @@ impl Core {
             self.write_committed(consumer, done)?;
         }
         self.failure = None;
+        let kept: BTreeSet<i32> = match self.committer.protocol().rewinds_from_local_state() {
+            true => self.processor.partitions().collect(),
+            false => BTreeSet::new(),
+        };
         self.processor.clear();
         lock_owned(&self.progress).clear();
         self.restorer.cancel_all(&self.state)?;
@@ -355,6 +367,7 @@ impl Core {
             .pause(&assignment)
             .context("pausing the partitions")?;
         self.to_restore = partitions_of(&assignment).into_iter().collect();
+        self.from_local = kept.intersection(&self.to_restore).copied().collect();
         Ok(())
     }
 }

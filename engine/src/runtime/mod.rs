@@ -252,6 +252,7 @@ impl Worker {
             metrics,
             progress,
             to_restore: Default::default(),
+            from_local: Default::default(),
             failure: None,
             pending: PendingOffsets::default(),
             pending_records: 0,
