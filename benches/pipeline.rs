@@ -61,6 +61,10 @@ fn main() -> anyhow::Result<()> {
             journey_cost(n, 200_000)?;
         }
     }
+    if which == "peers" {
+        let bootstrap = rapport::broker::ensure()?.bootstrap;
+        peers(&bootstrap, 200_000)?;
+    }
     if which == "all" || which == "restore" || which == "guarantees" {
         let bootstrap = rapport::broker::ensure()?.bootstrap;
         if which != "guarantees" {
@@ -322,7 +326,9 @@ fn restore(bootstrap: &str, profiles: u64) -> anyhow::Result<()> {
 }
 
 /// Kafka to Kafka: a bare consume-produce loop, then the engine under each guarantee.
-fn guarantees(bootstrap: &str, events: u64) -> anyhow::Result<()> {
+/// A fresh 4-partition input topic holding `events` simulated touchpoints of
+/// 100k customers (no malformed records); returns its name and a run suffix.
+fn bench_input(bootstrap: &str, events: u64) -> anyhow::Result<(String, String)> {
     let s = suffix();
     let input = format!("bench.touchpoints.{s}");
     rt().block_on(ensure_topics(bootstrap, &[TopicSpec::new(&input, 4)]))?;
@@ -342,78 +348,246 @@ fn guarantees(bootstrap: &str, events: u64) -> anyhow::Result<()> {
         &stop,
         &sent,
     )?;
+    Ok((input, s))
+}
 
-    let secs = passthrough(bootstrap, &input, events, &s)?;
+fn guarantees(bootstrap: &str, events: u64) -> anyhow::Result<()> {
+    let (input, s) = bench_input(bootstrap, events)?;
+    let secs = passthrough(bootstrap, &input, events, &s, &[])?;
     let bare = events as f64 / secs;
     println!("| bare rdkafka consume-produce passthrough, {events} records, 4 partitions | {bare:.0} records/s |");
     for (name, g) in [
         ("at_least_once", Guarantee::AtLeastOnce),
         ("exactly_once", Guarantee::ExactlyOnce),
     ] {
-        let dir = tempfile::tempdir()?;
-        let mut cfg = Config::default();
-        cfg.kafka.bootstrap_servers = bootstrap.to_owned();
-        cfg.kafka.group_id = format!("bench-{name}-{s}");
-        cfg.kafka.touchpoint_topics = vec![input.clone()];
-        cfg.kafka.action_topic = format!("bench.actions.{name}.{s}");
-        cfg.kafka.dead_letter_topic = format!("bench.dlq.{name}.{s}");
-        cfg.state.path = dir.path().to_owned();
-        cfg.http.listen = String::new();
-        cfg.engine.guarantee = g;
-        cfg.engine.wall_clock_timers = false;
-        if let Some(n) = std::env::var("RAPPORT_BENCH_WORKERS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            cfg.engine.worker_threads = n;
-        }
-        let workers = cfg.engine.workers();
-        if let Ok(extra) = std::env::var("RAPPORT_BENCH_PRODUCER") {
-            for kv in extra.split(',').filter(|s| !s.is_empty()) {
-                if let Some((k, v)) = kv.split_once('=') {
-                    cfg.kafka.producer.insert(k.into(), v.into());
-                }
-            }
-        }
-        if let Ok(extra) = std::env::var("RAPPORT_BENCH_CONSUMER") {
-            for kv in extra.split(',').filter(|s| !s.is_empty()) {
-                if let Some((k, v)) = kv.split_once('=') {
-                    cfg.kafka.consumer.insert(k.into(), v.into());
-                }
-            }
-        }
-        if let Some(ms) = std::env::var("RAPPORT_BENCH_COMMIT_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            cfg.engine.commit_interval_ms = ms;
-        }
-        let state = Arc::new(StateStore::open(&cfg.state)?);
-        let engine = runtime::start(cfg, state, Metrics::new())?;
-        // Timed from the first record, like the passthrough loop.
-        while engine.progress.handled.load(Ordering::SeqCst) == 0 {
-            anyhow::ensure!(!engine.is_finished(), "engine stopped");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let started = Instant::now();
-        let cpu_before = cpu_seconds();
-        let mut peak = 0;
-        while engine.progress.committed.load(Ordering::SeqCst) < events {
-            anyhow::ensure!(!engine.is_finished(), "engine stopped");
-            peak = peak.max(rss_mib());
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let secs = started.elapsed().as_secs_f64();
-        let cpu = cpu_seconds() - cpu_before;
-        engine.shutdown()?;
-        let rate = events as f64 / secs;
+        let run = engine_run(bootstrap, &input, events, g, &format!("{name}.{s}"), None)?;
         println!(
-            "| engine, {name}, {events} touchpoints, 100k customers, 4 partitions, {workers} worker threads | {rate:.0} events/s ({:.0}% of passthrough), {:.1} µs CPU per event, {:.2} cores busy, peak RSS {peak} MiB |",
-            100.0 * rate / bare,
-            cpu * 1e6 / events as f64,
-            cpu / secs
+            "| engine, {name}, {events} touchpoints, 100k customers, 4 partitions, {} worker threads | {:.0} events/s ({:.0}% of passthrough), {:.1} µs CPU per event, {:.2} cores busy, peak RSS {} MiB |",
+            run.workers,
+            run.rate,
+            100.0 * run.rate / bare,
+            run.cpu_us_per_event,
+            run.cores,
+            run.peak_mib
         );
     }
+    Ok(())
+}
+
+/// One timed engine run.
+struct EngineRun {
+    workers: usize,
+    rate: f64,
+    cpu_us_per_event: f64,
+    cores: f64,
+    peak_mib: u64,
+    /// Actions on the run's action topic, read with read_committed.
+    actions: u64,
+}
+
+/// Runs the engine in this process over `input` under `g` until all of it is
+/// committed, timed from its first record; with `journeys`, only those shipped
+/// journey files (and no delivery policy).
+fn engine_run(
+    bootstrap: &str,
+    input: &str,
+    events: u64,
+    g: Guarantee,
+    tag: &str,
+    journeys: Option<&[&str]>,
+) -> anyhow::Result<EngineRun> {
+    let dir = tempfile::tempdir()?;
+    let mut cfg = Config::default();
+    cfg.kafka.bootstrap_servers = bootstrap.to_owned();
+    cfg.kafka.group_id = format!("bench-{tag}");
+    cfg.kafka.touchpoint_topics = vec![input.to_owned()];
+    cfg.kafka.action_topic = format!("bench.actions.{tag}");
+    cfg.kafka.dead_letter_topic = format!("bench.dlq.{tag}");
+    cfg.kafka.decisions_topic = format!("bench.decisions.{tag}");
+    cfg.state.path = dir.path().join("state");
+    cfg.http.listen = String::new();
+    cfg.engine.guarantee = g;
+    cfg.engine.wall_clock_timers = false;
+    if let Some(files) = journeys {
+        let jdir = dir.path().join("journeys");
+        std::fs::create_dir_all(&jdir)?;
+        for (file, text) in SHIPPED.iter().filter(|(f, _)| files.contains(f)) {
+            std::fs::write(jdir.join(file), text)?;
+        }
+        cfg.journeys = vec![format!("{}/*.toml", jdir.display())];
+        cfg.compile_journeys(&jdir)?;
+    }
+    if let Some(n) = std::env::var("RAPPORT_BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.engine.worker_threads = n;
+    }
+    let workers = cfg.engine.workers();
+    for (var, map) in [
+        ("RAPPORT_BENCH_PRODUCER", &mut cfg.kafka.producer),
+        ("RAPPORT_BENCH_CONSUMER", &mut cfg.kafka.consumer),
+    ] {
+        if let Ok(extra) = std::env::var(var) {
+            for kv in extra.split(',').filter(|s| !s.is_empty()) {
+                if let Some((k, v)) = kv.split_once('=') {
+                    map.insert(k.into(), v.into());
+                }
+            }
+        }
+    }
+    if let Some(ms) = std::env::var("RAPPORT_BENCH_COMMIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.engine.commit_interval_ms = ms;
+    }
+    let action_topic = cfg.kafka.action_topic.clone();
+    let state = Arc::new(StateStore::open(&cfg.state)?);
+    let engine = runtime::start(cfg, state, Metrics::new())?;
+    // Timed from the first record, like the passthrough loop.
+    while engine.progress.handled.load(Ordering::SeqCst) == 0 {
+        anyhow::ensure!(!engine.is_finished(), "engine stopped");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let started = Instant::now();
+    let cpu_before = cpu_seconds();
+    let mut peak = 0;
+    while engine.progress.committed.load(Ordering::SeqCst) < events {
+        anyhow::ensure!(!engine.is_finished(), "engine stopped");
+        peak = peak.max(rss_mib());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
+    engine.shutdown()?;
+    Ok(EngineRun {
+        workers,
+        rate: events as f64 / secs,
+        cpu_us_per_event: cpu * 1e6 / events as f64,
+        cores: cpu / secs,
+        peak_mib: peak,
+        actions: count_committed(bootstrap, &action_topic)?,
+    })
+}
+
+/// Records in `topic` visible to read_committed readers.
+fn count_committed(bootstrap: &str, topic: &str) -> anyhow::Result<u64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("bench-count-{}", suffix()))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let ends: u64 = md.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| {
+            c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .map_or(0, |(_, hi)| hi.max(0) as u64)
+        })
+        .sum();
+    c.subscribe(&[topic])?;
+    let (mut n, mut idle) = (0u64, Instant::now());
+    // Transaction markers take offsets too: read until nothing arrives for a while.
+    while idle.elapsed() < Duration::from_secs(3) && n < ends {
+        if let Some(m) = c.poll(Duration::from_millis(200)) {
+            m?;
+            n += 1;
+            idle = Instant::now();
+        }
+    }
+    Ok(n)
+}
+
+/// The peers side by side on one broker and one input topic, one after the
+/// other: the bare rdkafka passthrough with librdkafka's defaults and tuned,
+/// the Kafka Streams peer (`benches/peer.sh`) under exactly_once_v2 and
+/// at_least_once, and Rapport under exactly_once and at_least_once running the
+/// same three journeys as the peer (no delivery policy), with the actions each
+/// produced.
+fn peers(bootstrap: &str, events: u64) -> anyhow::Result<()> {
+    let (input, s) = bench_input(bootstrap, events)?;
+    for (label, extra) in [
+        ("librdkafka defaults", &[][..]),
+        (
+            "tuned (fetch.queue.backoff.ms=5, queued.min.messages=1000000)",
+            &[
+                ("fetch.queue.backoff.ms", "5"),
+                ("queued.min.messages", "1000000"),
+            ][..],
+        ),
+    ] {
+        let secs = passthrough(
+            bootstrap,
+            &input,
+            events,
+            &format!("{s}.{}", extra.len()),
+            extra,
+        )?;
+        println!(
+            "| bare rdkafka passthrough, {label}, {events} records, 4 partitions | {:.0} records/s |",
+            events as f64 / secs
+        );
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/peer.sh");
+    // The peer's action counts (read_committed), from its report on stderr:
+    // `peer.actions.<guarantee>.<run>: N records {...}`.
+    let mut counts: Vec<u64> = Vec::new();
+    match std::process::Command::new("bash")
+        .arg(&script)
+        .args([bootstrap, &input, &events.to_string()])
+        .output()
+    {
+        Ok(out) if out.status.success() => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            eprint!("{err}");
+            counts = err
+                .lines()
+                .filter(|l| l.starts_with("peer.actions."))
+                .filter_map(|l| l.split(": ").nth(1)?.split(' ').next()?.parse().ok())
+                .collect();
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+        }
+        Ok(out) => {
+            eprint!("{}", String::from_utf8_lossy(&out.stderr));
+            println!(
+                "| Kafka Streams peer | not run: benches/peer.sh exited with {} |",
+                out.status
+            );
+        }
+        Err(e) => println!("| Kafka Streams peer | not run: {e} |"),
+    }
+    let three = [
+        "hesitation_guide.toml",
+        "recovery_offer.toml",
+        "post_delivery_survey.toml",
+    ];
+    for (name, g) in [
+        ("exactly_once", Guarantee::ExactlyOnce),
+        ("at_least_once", Guarantee::AtLeastOnce),
+    ] {
+        let run = engine_run(
+            bootstrap,
+            &input,
+            events,
+            g,
+            &format!("peers.{name}.{s}"),
+            Some(&three),
+        )?;
+        println!(
+            "| Rapport, {name}, {events} touchpoints, 4 partitions, the peer's three journeys, {} worker threads | {:.0} events/s, {:.1} µs CPU per event, {:.2} cores busy, peak RSS {} MiB, {} actions |",
+            run.workers, run.rate, run.cpu_us_per_event, run.cores, run.peak_mib, run.actions
+        );
+        counts.push(run.actions);
+    }
+    let agree = counts.len() == 4 && counts.iter().all(|&n| n == counts[0]);
+    println!(
+        "| actions produced, read_committed (peer exactly_once_v2, at_least_once; Rapport exactly_once, at_least_once) | {counts:?}: {} |",
+        if agree { "they agree" } else { "they DIFFER" }
+    );
     Ok(())
 }
 
@@ -445,15 +619,24 @@ fn rss_mib() -> u64 {
         .map_or(0, |kb| kb / 1024)
 }
 
-fn passthrough(bootstrap: &str, input: &str, events: u64, s: &str) -> anyhow::Result<f64> {
+fn passthrough(
+    bootstrap: &str,
+    input: &str,
+    events: u64,
+    s: &str,
+    consumer_settings: &[(&str, &str)],
+) -> anyhow::Result<f64> {
     let out = format!("bench.passthrough.{s}");
     rt().block_on(ensure_topics(bootstrap, &[TopicSpec::new(&out, 4)]))?;
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", bootstrap)
         .set("group.id", format!("bench-passthrough-{s}"))
         .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "true")
-        .create()?;
+        .set("enable.auto.commit", "true");
+    for (k, v) in consumer_settings {
+        cc.set(*k, *v);
+    }
+    let consumer: BaseConsumer = cc.create()?;
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "5")
