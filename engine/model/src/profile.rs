@@ -307,31 +307,13 @@ impl From<ProfileV1> for Profile {
     }
 }
 
-/// The profile as encoding version 2 wrote it: the fields of [`Profile`] up to
-/// `journey_entries`. Only ever decoded.
+/// The profile as encoding version 2 wrote it: the version-1 fields, then
+/// `windows`, `journey_runs` and `journey_entries`. Postcard writes a struct as
+/// its fields one after the other, without framing, so the nested version-1
+/// fields read exactly as they were written. Only ever decoded.
 #[derive(Deserialize)]
 struct ProfileV2 {
-    id: String,
-    anonymous_ids: Vec<String>,
-    first_seen_ms: i64,
-    last_seen_ms: i64,
-    events: u64,
-    channels: [ChannelActivity; 7],
-    orders: u32,
-    lifetime_value: f64,
-    returns: u32,
-    last_purchase_ms: i64,
-    nps: Option<Score>,
-    csat: Option<Score>,
-    ces: Option<Score>,
-    open_issues: u32,
-    sentiment: f64,
-    contacts_ms: Vec<i64>,
-    max_wait_seconds: i32,
-    products: Vec<ProductInterest>,
-    recent: VecDeque<RecentTouch>,
-    journeys: Vec<JourneyMark>,
-    timers: Vec<Timer>,
+    v1: ProfileV1,
     windows: Windows,
     journey_runs: Vec<JourneyRun>,
     journey_entries: Vec<JourneyEntries>,
@@ -339,33 +321,12 @@ struct ProfileV2 {
 
 impl From<ProfileV2> for Profile {
     fn from(v: ProfileV2) -> Self {
-        upgraded(Profile {
-            id: v.id,
-            anonymous_ids: v.anonymous_ids,
-            first_seen_ms: v.first_seen_ms,
-            last_seen_ms: v.last_seen_ms,
-            events: v.events,
-            channels: v.channels,
-            orders: v.orders,
-            lifetime_value: v.lifetime_value,
-            returns: v.returns,
-            last_purchase_ms: v.last_purchase_ms,
-            nps: v.nps,
-            csat: v.csat,
-            ces: v.ces,
-            open_issues: v.open_issues,
-            sentiment: v.sentiment,
-            contacts_ms: v.contacts_ms,
-            max_wait_seconds: v.max_wait_seconds,
-            products: v.products,
-            recent: v.recent,
-            journeys: v.journeys,
-            timers: v.timers,
+        Profile {
             windows: v.windows,
             journey_runs: v.journey_runs,
             journey_entries: v.journey_entries,
-            ..Default::default()
-        })
+            ..Profile::from(v.v1)
+        }
     }
 }
 
