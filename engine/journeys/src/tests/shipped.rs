@@ -229,8 +229,8 @@ fn post_delivery_survey_waits_two_hours_and_fires_once() {
     assert_eq!(
         a[0].reasons,
         vec![Reason::new(
-            "time since the delivery of order o-1, no problem reported",
-            "2h"
+            "no problem reported since the delivery of order",
+            "o-1"
         )]
     );
 }
