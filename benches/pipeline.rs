@@ -52,8 +52,13 @@ fn main() -> anyhow::Result<()> {
             Ok(n) => vec![n.parse()?],
             Err(_) => vec![10_000, 1_000_000],
         };
+        // RAPPORT_BENCH_EVENTS shortens a run, e.g. under callgrind.
+        let events = match std::env::var("RAPPORT_BENCH_EVENTS") {
+            Ok(n) => n.parse()?,
+            Err(_) => 1_000_000,
+        };
         for customers in counts {
-            replay(1_000_000, customers)?;
+            replay(events, customers)?;
         }
     }
     if which == "all" || which == "journeys" {

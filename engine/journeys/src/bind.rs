@@ -141,7 +141,7 @@ pub(crate) fn event_str<'b>(t: &'b Touchpoint, path: &str) -> Option<&'b str> {
     })
 }
 
-fn outcome(o: rapport_model::touchpoint::CallOutcome) -> &'static str {
+pub(crate) fn outcome(o: rapport_model::touchpoint::CallOutcome) -> &'static str {
     use rapport_model::touchpoint::CallOutcome::*;
     match o {
         Resolved => "resolved",

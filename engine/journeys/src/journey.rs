@@ -15,6 +15,8 @@ pub struct Expr {
     pub(crate) guard: Option<crate::guard::EventTypes>,
     /// The event field it reads, when it only reads one (read without CEL).
     pub(crate) path: Option<String>,
+    /// Its native form, when it has one (see [`crate::native`]).
+    pub(crate) native: Option<crate::native::Native>,
 }
 
 impl Expr {
@@ -22,11 +24,13 @@ impl Expr {
     pub(crate) fn new(program: Program, source: String) -> Expr {
         let guard = crate::guard::event_types(program.expression());
         let path = crate::guard::event_path(program.expression());
+        let native = crate::native::Native::compile(program.expression());
         Expr {
             program,
             source,
             guard,
             path,
+            native,
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod guard;
 pub mod journey;
 mod load;
 mod load_policy;
+mod native;
 pub mod policy;
 pub mod run;
 pub mod schema;

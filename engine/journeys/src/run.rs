@@ -15,6 +15,7 @@ use rapport_model::{Action, Channel, DeliveryChannel, Profile, Reason, Touchpoin
 
 use crate::bind::Bindings;
 use crate::journey::*;
+use crate::native::NVal;
 use crate::policy::{Candidate, Output};
 use crate::symbols;
 use crate::CompiledJourneys;
@@ -180,15 +181,17 @@ impl CompiledJourneys {
         {
             return;
         }
-        if !reentry_allows(j.reentry, entries(p, &j.id, &key), t.event_time) {
-            report.reentry_refused += 1;
-            return;
-        }
+        // `when` first: it is cheap and usually false, and a trigger it
+        // refuses is not one the re-entry rule refused.
         if let Some(w) = &j.when {
             let b = self.bindings(p, Some(t), t.event_time, &key);
             if !self.test(j, w, &b, report) {
                 return;
             }
+        }
+        if !reentry_allows(j.reentry, entries(p, &j.id, &key), t.event_time) {
+            report.reentry_refused += 1;
+            return;
         }
         report.entered += 1;
         record_entry(p, j, &key, t.event_time);
@@ -468,7 +471,7 @@ impl CompiledJourneys {
         }
     }
 
-    fn eval(&self, e: &Expr, b: &Bindings) -> Result<Value, String> {
+    pub(crate) fn eval(&self, e: &Expr, b: &Bindings) -> Result<Value, String> {
         let mut ctx = Context::with_env(Arc::clone(&self.env));
         ctx.set_variable_resolver(b);
         e.program.execute(&ctx).map_err(|err| err.to_string())
@@ -480,6 +483,9 @@ impl CompiledJourneys {
             if guard & crate::guard::bit(t.event_type) == 0 {
                 return false;
             }
+        }
+        if let Some(Ok(NVal::Bool(v))) = e.native.as_ref().map(|n| n.eval(b)) {
+            return v;
         }
         match self.eval(e, b) {
             Ok(Value::Bool(v)) => v,
@@ -493,6 +499,9 @@ impl CompiledJourneys {
             if let Some(s) = crate::bind::event_str(t, path) {
                 return s.to_owned();
             }
+        }
+        if let Some(Ok(v)) = e.native.as_ref().map(|n| n.eval(b)) {
+            return v.display();
         }
         match self.eval(e, b) {
             Ok(v) => display(&v),
@@ -531,7 +540,7 @@ impl CompiledJourneys {
 /// How a value reads in payloads and reasons. Timestamps are epoch ms like
 /// every time in Rapport's schemas, and the epoch itself (a profile's "never")
 /// reads `never`.
-fn display(v: &Value) -> String {
+pub(crate) fn display(v: &Value) -> String {
     match v {
         Value::String(s) => s.to_string(),
         Value::Int(i) => i.to_string(),

@@ -2,6 +2,7 @@
 
 mod errors;
 mod evaluate;
+mod native;
 mod policy;
 mod shipped;
 
