@@ -1,0 +1,235 @@
+//! Avro through a real Schema Registry: Apicurio Registry's Confluent-compatible
+//! API (started by deploy/registry.sh, or `RAPPORT_SCHEMA_REGISTRY_URL`), with
+//! confluent-kafka's Python Avro serde as the client we did not write.
+//!
+//! A producer whose writer schema has evolved (touchpoint.avsc plus one field
+//! with a default) writes touchpoints in the Confluent wire format; the engine
+//! resolves them against its reader schema, fires the journeys, dead-letters a
+//! record whose schema id the registry does not know, and writes its actions as
+//! Avro under the action schema it registered, which AvroDeserializer reads.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use rapport::config::OutputFormat;
+use rapport::ingest::TOUCHPOINT_AVSC;
+use rapport::kafka::{DLQ_REASON, DLQ_STAGE};
+use rapport_model::testing::tp;
+use rapport_model::{Channel, EventType, Touchpoint};
+use rdkafka::message::Headers;
+use rdkafka::Message;
+
+use crate::support::*;
+
+const T0: i64 = 1_764_000_000_000;
+const HOUR: i64 = 3_600_000;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Confluent-compatible URL of the registry, started once.
+fn registry_url() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(root().join("deploy/registry.sh"))
+            .arg("start")
+            .output()
+            .expect("running deploy/registry.sh");
+        assert!(
+            out.status.success(),
+            "deploy/registry.sh start failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    })
+    .clone()
+}
+
+/// Runs tests/end_to_end/schema_registry.py with `args`; its standard output.
+fn python(args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg(root().join("tests/end_to_end/schema_registry.py"))
+        .args(args)
+        .output()
+        .expect("running python3");
+    assert!(
+        out.status.success(),
+        "schema_registry.py {} failed (deploy/setup.sh installs confluent-kafka):\n{}",
+        args[0],
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// touchpoint.avsc as an evolved producer has it: one more field, with a default.
+fn evolved_writer(dir: &Path) -> PathBuf {
+    let mut avsc: serde_json::Value = serde_json::from_str(TOUCHPOINT_AVSC).unwrap();
+    avsc["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "name": "loyalty_tier", "type": "string", "default": "none",
+            "doc": "A field Rapport's reader schema does not have."
+        }));
+    let path = dir.join("touchpoint-evolved.avsc");
+    std::fs::write(&path, avsc.to_string()).unwrap();
+    path
+}
+
+/// The touchpoints as the producer's records: the reader's fields plus the new one.
+fn producer_records(dir: &Path, tps: &[Touchpoint]) -> PathBuf {
+    let records: Vec<serde_json::Value> = tps
+        .iter()
+        .map(|t| {
+            let mut v = serde_json::to_value(t).unwrap();
+            v["loyalty_tier"] = "gold".into();
+            v
+        })
+        .collect();
+    let path = dir.join("touchpoints.json");
+    std::fs::write(&path, serde_json::to_vec(&records).unwrap()).unwrap();
+    path
+}
+
+fn view(id: &str, customer: &str, hours: i64) -> Touchpoint {
+    tp(
+        id,
+        customer,
+        Channel::Web,
+        EventType::ProductView,
+        T0 + hours * HOUR,
+    )
+    .with_sku("tv-55")
+}
+
+#[test]
+fn evolved_avro_touchpoints_in_and_avro_actions_out_through_a_real_registry() {
+    let url = registry_url();
+    let topics = Topics::new("registry", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = topics.config(dir.path(), &unique("registry"));
+    cfg.schema_registry.url = url.clone();
+    cfg.schema_registry.output_format = OutputFormat::Avro;
+    cfg.validate().unwrap();
+
+    // c-1 views one product three times: hesitation_guide fires. c-2 views it
+    // once in Avro and once in JSON: no action. c-3's record names a schema id
+    // the registry does not have: dead-lettered.
+    let avro = [
+        view("v1", "c-1", 0),
+        view("v2", "c-2", 1),
+        view("v3", "c-1", 2),
+        view("v4", "c-1", 3),
+    ];
+    let inputs = tempfile::tempdir().unwrap();
+    let writer_id = python(&[
+        "produce",
+        &topics.bootstrap,
+        &url,
+        &topics.input,
+        evolved_writer(inputs.path()).to_str().unwrap(),
+        producer_records(inputs.path(), &avro).to_str().unwrap(),
+    ]);
+    let unknown_id = [0u8, 0x7f, 0xff, 0xff, 0x01, 0x04, b'e', b'x'];
+    produce_raw(
+        &topics.input,
+        &[
+            (
+                "c-2".into(),
+                serde_json::to_vec(&view("j1", "c-2", 4)).unwrap(),
+                vec![],
+            ),
+            ("c-3".into(), unknown_id.to_vec(), vec![]),
+        ],
+    );
+    let metrics = run_engine(&cfg, state(&cfg), 6);
+
+    // The writer schema the producer registered is the evolved one.
+    let writer = http_get(&format!("{url}/schemas/ids/{}", writer_id.trim()));
+    assert!(writer.contains("loyalty_tier"), "{writer}");
+
+    let profiles = all_profiles(&[dir.path()]);
+    assert_eq!(profiles["c-1"].events, 3, "all three Avro views applied");
+    assert_eq!(
+        profiles["c-2"].events, 2,
+        "one Avro and one JSON view applied"
+    );
+    assert!(!profiles.contains_key("c-3"));
+
+    let dead = drain(&topics.dead_letter);
+    assert_eq!(dead.len(), 1, "only the unknown schema id is dead-lettered");
+    assert_eq!(
+        dead[0].payload(),
+        Some(&unknown_id[..]),
+        "original bytes kept"
+    );
+    let header = |k: &str| {
+        let h = dead[0].headers().unwrap();
+        let v = h.iter().find(|h| h.key == k).and_then(|h| h.value).unwrap();
+        String::from_utf8_lossy(v).into_owned()
+    };
+    assert_eq!(header(DLQ_STAGE), "decode");
+    let reason = header(DLQ_REASON);
+    assert!(
+        reason.contains("2147483393") && reason.contains("not known"),
+        "{reason}"
+    );
+    assert_eq!(
+        metrics
+            .dead_letters
+            .with_label_values(&["decode", "unknown_schema_id"])
+            .get(),
+        1
+    );
+
+    // The actions are Avro in the Confluent wire format, under the id of the
+    // action schema registered for the action topic.
+    let raw = drain(&topics.actions);
+    assert_eq!(raw.len(), 1, "one hesitation_guide action");
+    let subject = http_get(&format!(
+        "{url}/subjects/{}-value/versions/latest",
+        topics.actions
+    ));
+    let subject: serde_json::Value = serde_json::from_str(&subject).unwrap();
+    let action_id = subject["id"].as_u64().unwrap() as u32;
+    let bytes = raw[0].payload().unwrap();
+    assert_eq!(bytes[0], 0, "magic byte");
+    assert_eq!(
+        u32::from_be_bytes(bytes[1..5].try_into().unwrap()),
+        action_id
+    );
+
+    // confluent-kafka's AvroDeserializer reads them with the registered schema.
+    let read = python(&["consume", &topics.bootstrap, &url, &topics.actions, "1"]);
+    let read: Vec<serde_json::Value> = serde_json::from_str(&read).unwrap();
+    assert_eq!(read.len(), 1, "{read:?}");
+    let a = &read[0];
+    assert_eq!(a["customer_id"], "c-1");
+    assert_eq!(a["journey"], "hesitation_guide");
+    assert_eq!(a["kind"], "guide_link");
+    assert_eq!(a["trigger_event_id"], "v4");
+    assert_eq!(a["trigger_event_time"], T0 + 3 * HOUR);
+    assert_eq!(a["payload"]["sku"], "tv-55");
+    assert_eq!(a["emotional_state"], "uncertain");
+    let reasons = a["reasons"].as_array().unwrap();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r["condition"].as_str().unwrap().contains("tv-55") && r["value"] == "3"),
+        "{reasons:?}"
+    );
+    assert_eq!(a["action_id"].as_str().unwrap().len(), 36, "{a}");
+}
+
+/// The body of a GET to the registry.
+fn http_get(url: &str) -> String {
+    ureq::get(url)
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+}
