@@ -11,10 +11,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use rapport::config::OutputFormat;
 use rapport::ingest::TOUCHPOINT_AVSC;
 use rapport::kafka::{DLQ_REASON, DLQ_STAGE};
+use rapport::metrics::Metrics;
+use rapport::runtime;
 use rapport_model::testing::tp;
 use rapport_model::{Channel, EventType, Touchpoint};
 use rdkafka::message::Headers;
@@ -222,6 +225,57 @@ fn evolved_avro_touchpoints_in_and_avro_actions_out_through_a_real_registry() {
         "{reasons:?}"
     );
     assert_eq!(a["action_id"].as_str().unwrap().len(), 36, "{a}");
+}
+
+#[test]
+fn an_unreachable_registry_stops_the_engine_and_loses_nothing() {
+    let url = registry_url();
+    let topics = Topics::new("registry-outage", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let group = unique("registry-outage");
+    let mut cfg = topics.config(dir.path(), &group);
+    cfg.schema_registry.url = format!("http://127.0.0.1:{}/apis/ccompat/v7", free_port());
+    cfg.schema_registry.unavailable_timeout_ms = 1_000;
+    cfg.validate().unwrap();
+    let inputs = tempfile::tempdir().unwrap();
+    python(&[
+        "produce",
+        &topics.bootstrap,
+        &url,
+        &topics.input,
+        evolved_writer(inputs.path()).to_str().unwrap(),
+        producer_records(inputs.path(), &[view("v1", "c-1", 0)])
+            .to_str()
+            .unwrap(),
+    ]);
+
+    // The engine cannot learn the record's writer schema: it waits, then stops.
+    let mut engine = runtime::start(cfg.clone(), state(&cfg), Metrics::new()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !engine.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the engine should give up on the registry"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let err = format!("{:#}", engine.join().unwrap_err());
+    assert!(err.contains("unreachable"), "{err}");
+    assert_eq!(
+        committed_total(&group, &topics.input),
+        0,
+        "nothing committed"
+    );
+    assert!(
+        drain(&topics.dead_letter).is_empty(),
+        "an outage is not bad input"
+    );
+
+    // With the registry back, the same group reads the record again and applies it.
+    cfg.schema_registry.url = url;
+    run_engine(&cfg, state(&cfg), 1);
+    assert_eq!(all_profiles(&[dir.path()])["c-1"].events, 1);
+    assert_eq!(committed_total(&group, &topics.input), 1);
 }
 
 /// The body of a GET to the registry.
