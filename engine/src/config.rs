@@ -238,15 +238,16 @@ impl EngineConfig {
     }
 }
 
-/// How actions are written to the action topic.
+/// How actions and decisions are written to their topics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputFormat {
     /// JSON (schemas/v1/action.schema.json).
     #[default]
     Json,
-    /// Avro in the Confluent wire format: magic byte 0, the 4-byte schema id of
-    /// schemas/v1/action.avsc registered under `<action_topic>-value`, Avro binary.
+    /// Avro in the Confluent wire format: magic byte 0, the 4-byte id of
+    /// schemas/v1/action.avsc (decision.avsc) registered under
+    /// `<action_topic>-value` (`<decisions_topic>-value`), Avro binary.
     Avro,
 }
 
@@ -263,7 +264,7 @@ pub struct SchemaRegistryConfig {
     pub username: String,
     /// Basic-auth password; default `$RAPPORT_SCHEMA_REGISTRY_PASSWORD`.
     pub password: String,
-    /// How actions are written: `json` (default) or `avro`.
+    /// How actions and decisions are written: `json` (default) or `avro`.
     pub output_format: OutputFormat,
     /// How long an unreachable registry is waited for (retrying with backoff)
     /// before the engine stops without committing the records it holds, ms.

@@ -5,8 +5,8 @@
 //! A producer whose writer schema has evolved (touchpoint.avsc plus one field
 //! with a default) writes touchpoints in the Confluent wire format; the engine
 //! resolves them against its reader schema, fires the journeys, dead-letters a
-//! record whose schema id the registry does not know, and writes its actions as
-//! Avro under the action schema it registered, which AvroDeserializer reads.
+//! record whose schema id the registry does not know, and writes its actions and
+//! decisions as Avro under the schemas it registered, which AvroDeserializer reads.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -97,6 +97,28 @@ fn producer_records(dir: &Path, tps: &[Touchpoint]) -> PathBuf {
     path
 }
 
+/// A customer outside exclusive_treatment's 10% control group who never gave
+/// marketing consent by email (as in tests/replay/policy_consent).
+const LOYAL: &str = "c-no-email-consent";
+
+/// A store purchase of 400 by [`LOYAL`]: the third makes exclusive_treatment
+/// fall back from an email offer to an in-store greeting, a decision on the
+/// decisions topic.
+fn purchase(n: i64) -> Touchpoint {
+    let mut t = tp(
+        &format!("p{n}"),
+        LOYAL,
+        Channel::Store,
+        EventType::Purchase,
+        T0 - (3 - n) * 24 * HOUR,
+    )
+    .with_sku("watch")
+    .with_amount(400.0)
+    .with_order(&format!("o-{n}"));
+    t.store_id = Some("s-lyon".into());
+    t
+}
+
 fn view(id: &str, customer: &str, hours: i64) -> Touchpoint {
     tp(
         id,
@@ -109,7 +131,7 @@ fn view(id: &str, customer: &str, hours: i64) -> Touchpoint {
 }
 
 #[test]
-fn evolved_avro_touchpoints_in_and_avro_actions_out_through_a_real_registry() {
+fn evolved_avro_touchpoints_in_and_avro_actions_and_decisions_out_through_a_real_registry() {
     let url = registry_url();
     let topics = Topics::new("registry", 1);
     let dir = tempfile::tempdir().unwrap();
@@ -122,6 +144,9 @@ fn evolved_avro_touchpoints_in_and_avro_actions_out_through_a_real_registry() {
     // once in Avro and once in JSON: no action. c-3's record names a schema id
     // the registry does not have: dead-lettered.
     let avro = [
+        purchase(0),
+        purchase(1),
+        purchase(2),
         view("v1", "c-1", 0),
         view("v2", "c-2", 1),
         view("v3", "c-1", 2),
@@ -148,7 +173,7 @@ fn evolved_avro_touchpoints_in_and_avro_actions_out_through_a_real_registry() {
             ("c-3".into(), unknown_id.to_vec(), vec![]),
         ],
     );
-    let metrics = run_engine(&cfg, state(&cfg), 6);
+    let metrics = run_engine(&cfg, state(&cfg), 9);
 
     // The writer schema the producer registered is the evolved one.
     let writer = http_get(&format!("{url}/schemas/ids/{}", writer_id.trim()));
@@ -191,25 +216,21 @@ fn evolved_avro_touchpoints_in_and_avro_actions_out_through_a_real_registry() {
     // The actions are Avro in the Confluent wire format, under the id of the
     // action schema registered for the action topic.
     let raw = drain(&topics.actions);
-    assert_eq!(raw.len(), 1, "one hesitation_guide action");
-    let subject = http_get(&format!(
-        "{url}/subjects/{}-value/versions/latest",
-        topics.actions
-    ));
-    let subject: serde_json::Value = serde_json::from_str(&subject).unwrap();
-    let action_id = subject["id"].as_u64().unwrap() as u32;
-    let bytes = raw[0].payload().unwrap();
-    assert_eq!(bytes[0], 0, "magic byte");
     assert_eq!(
-        u32::from_be_bytes(bytes[1..5].try_into().unwrap()),
-        action_id
+        raw.len(),
+        2,
+        "hesitation_guide for c-1, the in-store fallback for {LOYAL}"
     );
+    assert_framed_with_subject_id(&raw, &url, &topics.actions);
 
     // confluent-kafka's AvroDeserializer reads them with the registered schema.
-    let read = python(&["consume", &topics.bootstrap, &url, &topics.actions, "1"]);
+    let read = python(&["consume", &topics.bootstrap, &url, &topics.actions, "2"]);
     let read: Vec<serde_json::Value> = serde_json::from_str(&read).unwrap();
-    assert_eq!(read.len(), 1, "{read:?}");
-    let a = &read[0];
+    assert_eq!(read.len(), 2, "{read:?}");
+    let a = read
+        .iter()
+        .find(|a| a["customer_id"] == "c-1")
+        .unwrap_or_else(|| panic!("{read:#?}"));
     assert_eq!(a["customer_id"], "c-1");
     assert_eq!(a["journey"], "hesitation_guide");
     assert_eq!(a["kind"], "guide_link");
@@ -225,6 +246,52 @@ fn evolved_avro_touchpoints_in_and_avro_actions_out_through_a_real_registry() {
         "{reasons:?}"
     );
     assert_eq!(a["action_id"].as_str().unwrap().len(), 36, "{a}");
+    let greeting = read
+        .iter()
+        .find(|a| a["customer_id"] == LOYAL)
+        .unwrap_or_else(|| panic!("{read:#?}"));
+    assert_eq!(greeting["kind"], "alert_ticket");
+    assert_eq!(greeting["channel"], "store");
+
+    // Decisions too: the fallback, under the decision schema.
+    let raw = drain(&topics.decisions);
+    assert_eq!(raw.len(), 1, "one decision not to act as decided");
+    assert_framed_with_subject_id(&raw, &url, &topics.decisions);
+    let read = python(&["consume", &topics.bootstrap, &url, &topics.decisions, "1"]);
+    let read: Vec<serde_json::Value> = serde_json::from_str(&read).unwrap();
+    let d = &read[0];
+    assert_eq!(d["customer_id"], LOYAL);
+    assert_eq!(d["journey"], "exclusive_treatment");
+    assert_eq!(d["kind"], "exclusive_offer");
+    assert_eq!(d["channel"], "email");
+    assert_eq!(d["purpose"], "marketing");
+    assert_eq!(d["outcome"], "fallback");
+    assert_eq!(d["event_id"], "p2");
+    assert_eq!(d["event_time"], T0 - 24 * HOUR);
+    assert_eq!(d["deferred_until"], serde_json::Value::Null);
+    assert_eq!(d["fallback_action_id"], greeting["action_id"]);
+    assert!(d["reason"].as_str().unwrap().contains("consent"), "{d}");
+}
+
+/// Each record is Avro in the Confluent wire format under the id of the schema
+/// the engine registered for `topic`.
+fn assert_framed_with_subject_id(
+    records: &[rdkafka::message::OwnedMessage],
+    url: &str,
+    topic: &str,
+) {
+    let subject = http_get(&format!("{url}/subjects/{topic}-value/versions/latest"));
+    let subject: serde_json::Value = serde_json::from_str(&subject).unwrap();
+    let id = subject["id"].as_u64().unwrap() as u32;
+    for m in records {
+        let bytes = m.payload().unwrap();
+        assert_eq!(bytes[0], 0, "magic byte");
+        assert_eq!(
+            u32::from_be_bytes(bytes[1..5].try_into().unwrap()),
+            id,
+            "{topic}"
+        );
+    }
 }
 
 #[test]

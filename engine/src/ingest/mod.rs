@@ -19,6 +19,8 @@ use self::registry::WriterSchemas;
 pub const TOUCHPOINT_AVSC: &str = include_str!("../../../schemas/v1/touchpoint.avsc");
 /// The canonical action schema this build writes.
 pub const ACTION_AVSC: &str = include_str!("../../../schemas/v1/action.avsc");
+/// The delivery policy's decision schema, for decisions written as Avro.
+pub const DECISION_AVSC: &str = include_str!("../../../schemas/v1/decision.avsc");
 
 /// The two-byte marker of Avro single-object encoding.
 const AVRO_SINGLE_OBJECT: [u8; 2] = [0xC3, 0x01];

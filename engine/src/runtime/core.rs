@@ -78,7 +78,9 @@ pub(crate) struct Core {
     /// is processed; `None` without a schema registry.
     pub(super) writer_schemas: Option<Arc<crate::ingest::registry::WriterSchemas>>,
     /// How actions are written to the action topic.
-    pub(super) action_format: super::encode::ActionFormat,
+    pub(super) action_format: super::encode::Encoding,
+    /// How decisions are written to the decisions topic.
+    pub(super) decision_format: super::encode::Encoding,
 }
 
 impl Core {

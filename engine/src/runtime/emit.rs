@@ -92,7 +92,10 @@ impl Core {
             if topic.is_empty() {
                 continue;
             }
-            let body = serde_json::to_vec(&d).map_err(|e| LoopError::Fatal(e.into()))?;
+            let body = self
+                .decision_format
+                .encode(&d)
+                .map_err(|e| LoopError::Fatal(e.into()))?;
             self.committer.send(
                 BaseRecord::to(topic)
                     .key(d.customer_id.as_bytes())

@@ -268,6 +268,7 @@ impl Worker {
             assigned: false,
             writer_schemas: registry.writer_schemas,
             action_format: registry.actions,
+            decision_format: registry.decisions,
             cfg: cfg.clone(),
         }));
         let consumer = subscribe(&cfg, core.clone())?;
