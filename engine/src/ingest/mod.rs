@@ -171,7 +171,7 @@ impl Decoder {
         let (id, mut body) = registry::split(bytes)?;
         let writer = match self.registry.as_ref().and_then(|r| r.lookup(id)) {
             Some(Ok(writer)) => writer,
-            Some(Err(why)) => return Err(Rejection::decode("unknown_schema_id", why)),
+            Some(Err((class, why))) => return Err(Rejection::decode(class, why)),
             None => {
                 return Err(Rejection::decode(
                     "unknown_schema_id",

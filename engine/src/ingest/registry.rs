@@ -13,9 +13,14 @@
 //!   up to `schema_registry.unavailable_timeout_ms`, and then stops with
 //!   [`RegistryError::Unreachable`] without committing the records it holds;
 //!   the next start reads them again. Nothing is dead-lettered for an outage.
+//!   A registry that refuses our credentials (401, 403) is treated the same way:
+//!   the fault is the engine's configuration, not the record.
 //! - the registry answers that the id does not exist (404): the record is bad
 //!   input and is dead-lettered (`unknown_schema_id`) with its bytes, like any
-//!   record that cannot be decoded.
+//!   record that cannot be decoded. Such an answer is believed for a minute,
+//!   then asked again.
+//! - the schema is not Avro or does not parse: dead-lettered (`avro_schema`);
+//!   one that cannot be resolved to the touchpoint: dead-lettered (`avro`).
 //!
 //! Fetching happens on the engine thread before a batch is processed
 //! ([`WriterSchemas::prefetch`]), never in the per-record path, which only
@@ -87,7 +92,19 @@ pub enum RegistryError {
         /// The registry asked.
         url: String,
     },
-    /// Any other refusal (401, 403, 409 incompatible, 422 invalid schema, ...).
+    /// The registry refuses our credentials (401, 403): a configuration
+    /// problem on our side, waited out and then stopped on like an outage, so
+    /// that no record is dead-lettered for it.
+    #[error("schema registry {url} refused the engine's credentials ({status}); check schema_registry.username and password: {body}")]
+    Unauthorized {
+        /// The request's URL.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// The registry's explanation.
+        body: String,
+    },
+    /// Any other refusal (409 incompatible, 422 invalid schema, ...).
     #[error("schema registry {url} answered {status}: {body}")]
     Refused {
         /// The request's URL.
@@ -108,9 +125,21 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
-    /// True for an outage worth waiting out, false for a definite answer.
+    /// True for an outage (or our own misconfiguration) worth waiting out,
+    /// false for a definite answer about the schema.
     pub fn is_outage(&self) -> bool {
-        matches!(self, RegistryError::Unreachable { .. })
+        matches!(
+            self,
+            RegistryError::Unreachable { .. } | RegistryError::Unauthorized { .. }
+        )
+    }
+
+    /// The dead-letter class of a record whose schema got this answer.
+    fn class(&self) -> &'static str {
+        match self {
+            RegistryError::UnknownId { .. } => "unknown_schema_id",
+            _ => "avro_schema",
+        }
     }
 }
 
@@ -226,6 +255,13 @@ fn answer(
     if status >= 500 || status == 429 {
         return Err(unreachable(format!("HTTP {status}: {}", clip(&body))));
     }
+    if status == 401 || status == 403 {
+        return Err(RegistryError::Unauthorized {
+            url: url.to_owned(),
+            status,
+            body: clip(&body).to_owned(),
+        });
+    }
     Ok((status, body))
 }
 
@@ -258,8 +294,9 @@ fn clip(s: &str) -> &str {
 enum Known {
     /// The writer schema, parsed.
     Schema(Arc<Schema>),
-    /// A definite "no" (unknown id, not Avro, unparsable), with when it was heard.
-    Refused(String, Instant),
+    /// A definite "no" (unknown id, not Avro, unparsable): the dead-letter
+    /// class, the reason, and when it was heard.
+    Refused(&'static str, String, Instant),
 }
 
 /// Writer schemas by registry id: filled on the engine thread by
@@ -281,13 +318,13 @@ impl WriterSchemas {
         }
     }
 
-    /// The writer schema of `id`: `None` if never fetched, `Some(Err(reason))`
-    /// when the registry refused it.
-    pub fn lookup(&self, id: u32) -> Option<Result<Arc<Schema>, String>> {
+    /// The writer schema of `id`: `None` if never fetched, `Some(Err(_))` with
+    /// the dead-letter class and reason when the registry refused it.
+    pub fn lookup(&self, id: u32) -> Option<Result<Arc<Schema>, (&'static str, String)>> {
         let known = self.known.read().unwrap_or_else(|p| p.into_inner());
         match known.get(&id)? {
             Known::Schema(s) => Some(Ok(s.clone())),
-            Known::Refused(why, _) => Some(Err(why.clone())),
+            Known::Refused(class, why, _) => Some(Err((class, why.clone()))),
         }
     }
 
@@ -316,7 +353,7 @@ impl WriterSchemas {
         missing.dedup();
         for id in missing {
             let known = self.fetch_patiently(id)?;
-            if let Known::Refused(why, _) = &known {
+            if let Known::Refused(_, why, _) = &known {
                 tracing::warn!(schema_id = id, reason = %why, "writer schema refused; its records are dead-lettered");
             }
             self.known
@@ -332,7 +369,7 @@ impl WriterSchemas {
         match known.get(&id) {
             None => true,
             Some(Known::Schema(_)) => false,
-            Some(Known::Refused(_, at)) => at.elapsed() >= UNKNOWN_ID_TTL,
+            Some(Known::Refused(_, _, at)) => at.elapsed() >= UNKNOWN_ID_TTL,
         }
     }
 
@@ -341,7 +378,7 @@ impl WriterSchemas {
         match with_patience(self.patience, || self.fetch(id)) {
             Ok(s) => Ok(Known::Schema(Arc::new(s))),
             Err(e) if e.is_outage() => Err(e),
-            Err(e) => Ok(Known::Refused(e.to_string(), Instant::now())),
+            Err(e) => Ok(Known::Refused(e.class(), e.to_string(), Instant::now())),
         }
     }
 
@@ -505,5 +542,31 @@ mod tests {
         assert!(schemas.lookup(5).is_none());
         // Values that are not Confluent-framed ask nothing of the registry.
         schemas.prefetch([&b"{}"[..], &[0xC3, 1][..]]).unwrap();
+    }
+
+    #[test]
+    fn only_answers_about_the_schema_dead_letter_records() {
+        let url = String::from("http://registry");
+        let unauthorized = RegistryError::Unauthorized {
+            url: url.clone(),
+            status: 401,
+            body: String::new(),
+        };
+        assert!(
+            unauthorized.is_outage(),
+            "our credentials are not the record's fault"
+        );
+        let unknown = RegistryError::UnknownId {
+            id: 3,
+            url: url.clone(),
+        };
+        assert!(!unknown.is_outage());
+        assert_eq!(unknown.class(), "unknown_schema_id");
+        let not_avro = RegistryError::Unusable {
+            url,
+            reason: "schema id 3 is a PROTOBUF schema, not Avro".into(),
+        };
+        assert!(!not_avro.is_outage());
+        assert_eq!(not_avro.class(), "avro_schema");
     }
 }
