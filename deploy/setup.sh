@@ -9,10 +9,12 @@ set -euo pipefail
 
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in libclang-dev libcurl4-openssl-dev kcat cmake g++ make pkg-config zlib1g-dev curl unzip; do
+for pkg in libclang-dev libcurl4-openssl-dev kcat cmake g++ make pkg-config zlib1g-dev; do
   have_pkg "$pkg" || need+=("$pkg")
 done
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+# curl and unzip: deploy/registry.sh (the local Apicurio Registry).
+for pkg in curl unzip; do have_pkg "$pkg" || need+=("$pkg"); done
 # promtool and a Prometheus server, for the checks of deploy/prometheus.
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
