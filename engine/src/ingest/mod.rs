@@ -1,4 +1,6 @@
-//! Decoding and validating touchpoint records: JSON, or Avro in single-object encoding.
+//! Decoding and validating touchpoint records: JSON, Avro in single-object
+//! encoding, or (with a schema registry, see [`registry`]) Avro in the Confluent
+//! wire format.
 //!
 //! Anything that cannot become a valid [`Touchpoint`] yields a [`Rejection`] with a
 //! reason a person can act on; the runtime sends it to the dead-letter topic.
