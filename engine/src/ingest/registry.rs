@@ -24,7 +24,12 @@
 //!
 //! Fetching happens on the engine thread before a batch is processed
 //! ([`WriterSchemas::prefetch`]), never in the per-record path, which only
-//! reads the cache.
+//! reads the cache. The engine thread is a plain thread, not a tokio worker,
+//! so the blocking HTTP client (`ureq`) blocks no async runtime.
+//!
+//! The client is our own two calls rather than the `schema_registry_converter`
+//! crate: its current release (6.0) is built on apache-avro 0.22 and reqwest,
+//! and its `Schema` values would not be ours (apache-avro 0.21).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
