@@ -13,6 +13,8 @@ for pkg in libclang-dev libcurl4-openssl-dev kcat cmake g++ make pkg-config zlib
   have_pkg "$pkg" || need+=("$pkg")
 done
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+# curl and unzip: deploy/registry.sh (the local Apicurio Registry).
+for pkg in curl unzip; do have_pkg "$pkg" || need+=("$pkg"); done
 # promtool and a Prometheus server, for the checks of deploy/prometheus.
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
@@ -47,4 +49,11 @@ fi
 if ! command -v kubernetes-validate >/dev/null 2>&1 && ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
   echo "rapport setup: installing kubernetes-validate" >&2
   python3 -m pip install --quiet kubernetes-validate 2>/dev/null || python3 -m pip install --quiet --break-system-packages kubernetes-validate
+fi
+
+# confluent-kafka with its Schema Registry Avro serde: the client we did not
+# write in the Schema Registry test (tests/end_to_end/schema_registry.rs).
+if ! python3 -c 'from confluent_kafka.schema_registry import SchemaRegistryClient; from confluent_kafka.schema_registry.avro import AvroSerializer, AvroDeserializer' 2>/dev/null; then
+  echo "rapport setup: installing confluent-kafka[avro,schemaregistry]" >&2
+  python3 -m pip install --quiet 'confluent-kafka[avro,schemaregistry]==2.16.1' 2>/dev/null || python3 -m pip install --quiet --break-system-packages 'confluent-kafka[avro,schemaregistry]==2.16.1'
 fi

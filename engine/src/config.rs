@@ -38,6 +38,9 @@ pub struct Config {
     /// Emotional-state thresholds, for journey conditions and the state each
     /// action carries.
     pub emotion: EmotionConfig,
+    /// Confluent-compatible Schema Registry: Avro touchpoints in the Confluent
+    /// wire format, and the action output format.
+    pub schema_registry: SchemaRegistryConfig,
     /// The journeys, compiled once when the configuration is loaded.
     #[serde(skip)]
     pub compiled: Option<Arc<CompiledJourneys>>,
@@ -232,6 +235,107 @@ impl EngineConfig {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         }
+    }
+}
+
+/// How actions and decisions are written to their topics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputFormat {
+    /// JSON (schemas/v1/action.schema.json).
+    #[default]
+    Json,
+    /// Avro in the Confluent wire format: magic byte 0, the 4-byte id of
+    /// schemas/v1/action.avsc (decision.avsc) registered under
+    /// `<action_topic>-value` (`<decisions_topic>-value`), Avro binary.
+    Avro,
+}
+
+/// A Confluent-compatible Schema Registry (Confluent, Apicurio's `ccompat` API,
+/// Redpanda, Karapace). Off while `url` is empty.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchemaRegistryConfig {
+    /// Base URL of the Confluent-compatible API, e.g. `http://registry:8081` or
+    /// Apicurio's `http://registry:8080/apis/ccompat/v7`. Empty: no registry;
+    /// Confluent-framed touchpoints are then dead-lettered.
+    pub url: String,
+    /// Basic-auth user, if the registry asks for one.
+    pub username: String,
+    /// Basic-auth password; default `$RAPPORT_SCHEMA_REGISTRY_PASSWORD`.
+    pub password: String,
+    /// How actions and decisions are written: `json` (default) or `avro`.
+    pub output_format: OutputFormat,
+    /// How long an unreachable registry is waited for (retrying with backoff)
+    /// before the engine stops without committing the records it holds, ms.
+    pub unavailable_timeout_ms: u64,
+    /// Timeout of one HTTP request to the registry, ms.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for SchemaRegistryConfig {
+    fn default() -> Self {
+        SchemaRegistryConfig {
+            url: String::new(),
+            username: String::new(),
+            password: std::env::var("RAPPORT_SCHEMA_REGISTRY_PASSWORD").unwrap_or_default(),
+            output_format: OutputFormat::Json,
+            unavailable_timeout_ms: 60_000,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl SchemaRegistryConfig {
+    /// True when a registry is configured.
+    pub fn enabled(&self) -> bool {
+        !self.url.trim().is_empty()
+    }
+
+    /// Checks the section; returns the offending key and a message.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let url = self.url.trim();
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return Err((
+                "schema_registry.url",
+                format!(
+                    "{url:?} is not an http:// or https:// URL of a Confluent-compatible registry"
+                ),
+            ));
+        }
+        if url.is_empty() && self.output_format == OutputFormat::Avro {
+            return Err((
+                "schema_registry.output_format",
+                "\"avro\" needs schema_registry.url to register schemas/v1/action.avsc; set the url or use \"json\"".into(),
+            ));
+        }
+        if !self.username.is_empty() && self.password.is_empty() {
+            return Err((
+                "schema_registry.username",
+                "basic auth needs a password too: set schema_registry.password or $RAPPORT_SCHEMA_REGISTRY_PASSWORD".into(),
+            ));
+        }
+        // Waiting blocks the engine thread; past the consumer's default
+        // max.poll.interval.ms (300 s) the group would evict the instance.
+        if !(1_000..=240_000).contains(&self.unavailable_timeout_ms) {
+            return Err((
+                "schema_registry.unavailable_timeout_ms",
+                format!(
+                    "{} is outside 1000..=240000; 60000 is a good default",
+                    self.unavailable_timeout_ms
+                ),
+            ));
+        }
+        if !(100..=60_000).contains(&self.request_timeout_ms) {
+            return Err((
+                "schema_registry.request_timeout_ms",
+                format!(
+                    "{} is outside 100..=60000; 10000 is a good default",
+                    self.request_timeout_ms
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -487,7 +591,7 @@ impl Config {
                 ),
             ));
         }
-        Ok(())
+        self.schema_registry.validate()
     }
 }
 
@@ -590,5 +694,24 @@ mod tests {
 
         let e = parse("[kafka]\ntouchpoint_topics = [\"a\"]\naction_topic = \"a\"\n").unwrap_err();
         assert_eq!(e.line, Some(3), "{e}");
+    }
+
+    #[test]
+    fn schema_registry_settings_are_checked() {
+        let c = parse("[schema_registry]\nurl = \"http://127.0.0.1:8080/apis/ccompat/v7\"\noutput_format = \"avro\"\n").unwrap();
+        assert!(c.schema_registry.enabled());
+        assert_eq!(c.schema_registry.output_format, OutputFormat::Avro);
+        assert!(!parse("").unwrap().schema_registry.enabled());
+
+        let e = parse("[schema_registry]\n\noutput_format = \"avro\"\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("schema_registry.url"), "{e}");
+        let e = parse("[schema_registry]\nurl = \"registry:8081\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = parse("[schema_registry]\nurl = \"http://r\"\nusername = \"u\"\npassword = \"\"\n")
+            .unwrap_err();
+        assert!(e.message.contains("password"), "{e}");
+        let e = parse("[schema_registry]\noutput_format = \"xml\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
     }
 }

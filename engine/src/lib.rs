@@ -5,12 +5,14 @@
 //! [`rapport_model`]; this crate holds the edges around them:
 //!
 //! - [`config`]: load and validate `rapport.toml`
-//! - [`ingest`]: decode and validate records (JSON, Avro single-object), the key rule
+//! - [`ingest`]: decode and validate records (JSON, Avro single-object, Avro in the
+//!   Confluent wire format through a schema registry), the key rule
 //! - [`processor`]: records in, actions and state changes out; the one pipeline
 //!   that the live engine, `rapport replay`, the tests and the benchmarks drive
 //! - [`state`]: profiles and offsets in RocksDB
 //! - [`kafka`]: client settings, topic admin, header names
-//! - [`runtime`]: the consume / update / evaluate / produce / commit loop
+//! - [`runtime`]: the consume / update / evaluate / produce / commit loop, and the
+//!   output encodings (JSON, or Avro under schemas registered at start-up)
 //! - [`http`]: metrics, health, readiness, the profile API ([`profile_view`])
 //! - [`broker`]: the local development broker (`deploy/kafka.sh`)
 //! - [`demo`]: the guided demo

@@ -18,6 +18,7 @@ mod prometheus;
 mod replay;
 mod restart;
 mod restore;
+mod schema_registry;
 mod schemas;
 mod support;
 mod timers;

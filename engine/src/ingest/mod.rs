@@ -1,19 +1,28 @@
-//! Decoding and validating touchpoint records: JSON, or Avro in single-object encoding.
+//! Decoding and validating touchpoint records: JSON, Avro in single-object
+//! encoding, or (with a schema registry, see [`registry`]) Avro in the Confluent
+//! wire format.
 //!
 //! Anything that cannot become a valid [`Touchpoint`] yields a [`Rejection`] with a
 //! reason a person can act on; the runtime sends it to the dead-letter topic.
 //! [`route`] holds the key rule: which partition a customer's records belong on.
 
+pub mod registry;
 pub mod route;
+
+use std::sync::Arc;
 
 use apache_avro::rabin::Rabin;
 use apache_avro::Schema;
 use rapport_model::Touchpoint;
 
+use self::registry::WriterSchemas;
+
 /// The canonical touchpoint schema this build reads.
 pub const TOUCHPOINT_AVSC: &str = include_str!("../../../schemas/v1/touchpoint.avsc");
 /// The canonical action schema this build writes.
 pub const ACTION_AVSC: &str = include_str!("../../../schemas/v1/action.avsc");
+/// The delivery policy's decision schema, for decisions written as Avro.
+pub const DECISION_AVSC: &str = include_str!("../../../schemas/v1/decision.avsc");
 
 /// The two-byte marker of Avro single-object encoding.
 const AVRO_SINGLE_OBJECT: [u8; 2] = [0xC3, 0x01];
@@ -70,6 +79,8 @@ pub struct Decoder {
     /// Java and Python write it) and the one the Rust `apache-avro` crate computes.
     fingerprints: [[u8; 8]; 2],
     max_bytes: usize,
+    /// Writer schemas of Confluent-framed records; `None`: no registry configured.
+    registry: Option<Arc<WriterSchemas>>,
 }
 
 /// The Avro schema could not be loaded (a build defect, not an input problem).
@@ -86,7 +97,14 @@ impl Decoder {
             fingerprints: [spec_fingerprint(TOUCHPOINT_AVSC)?, crate_fp],
             schema,
             max_bytes,
+            registry: None,
         })
+    }
+
+    /// Also reads Avro in the Confluent wire format, with writer schemas from
+    /// `schemas` resolved against the touchpoint schema.
+    pub fn set_registry(&mut self, schemas: Arc<WriterSchemas>) {
+        self.registry = Some(schemas);
     }
 
     /// Decodes and validates one record value.
@@ -104,6 +122,7 @@ impl Decoder {
         let tp = match bytes {
             [] => return Err(Rejection::decode("empty", "empty record value")),
             [a, b, ..] if [*a, *b] == AVRO_SINGLE_OBJECT => self.decode_avro(bytes)?,
+            [registry::MAGIC, ..] if self.registry.is_some() => self.decode_confluent(bytes)?,
             [0, ..] => {
                 return Err(Rejection::decode(
                     "unknown_encoding",
@@ -145,13 +164,51 @@ impl Decoder {
                 format!("{} trailing bytes after the Avro touchpoint", body.len()),
             ));
         }
-        apache_avro::from_value::<Touchpoint>(&value).map_err(|e| {
-            Rejection::decode(
-                "avro",
-                format!("Avro record does not map to a touchpoint: {e}"),
-            )
-        })
+        to_touchpoint(&value)
     }
+
+    /// Reads a Confluent-framed record: the writer schema its id names, resolved
+    /// against the touchpoint schema.
+    fn decode_confluent(&self, bytes: &[u8]) -> Result<Touchpoint, Rejection> {
+        let (id, mut body) = registry::split(bytes)?;
+        let writer = match self.registry.as_ref().and_then(|r| r.lookup(id)) {
+            Some(Ok(writer)) => writer,
+            Some(Err((class, why))) => return Err(Rejection::decode(class, why)),
+            None => {
+                return Err(Rejection::decode(
+                    "unknown_schema_id",
+                    format!("writer schema id {id} was not fetched from the schema registry"),
+                ))
+            }
+        };
+        let value = apache_avro::from_avro_datum(&writer, &mut body, Some(&self.schema))
+            .map_err(|e| {
+                Rejection::decode(
+                    "avro",
+                    format!("Avro touchpoint with writer schema id {id} cannot be read as rapport.v1.Touchpoint: {e}"),
+                )
+            })?;
+        if !body.is_empty() {
+            return Err(Rejection::decode(
+                "avro",
+                format!(
+                    "{} trailing bytes after the Avro touchpoint (writer schema id {id})",
+                    body.len()
+                ),
+            ));
+        }
+        to_touchpoint(&value)
+    }
+}
+
+/// Maps a decoded Avro value (of the touchpoint schema) to a touchpoint.
+fn to_touchpoint(value: &apache_avro::types::Value) -> Result<Touchpoint, Rejection> {
+    apache_avro::from_value::<Touchpoint>(value).map_err(|e| {
+        Rejection::decode(
+            "avro",
+            format!("Avro record does not map to a touchpoint: {e}"),
+        )
+    })
 }
 
 /// Decodes a JSON touchpoint, which must be an object: serde would also accept a

@@ -116,6 +116,13 @@ impl Processor {
         self
     }
 
+    /// Also reads Avro touchpoints in the Confluent wire format, with writer
+    /// schemas from `schemas` (see [`crate::ingest::registry`]).
+    pub fn with_registry(mut self, schemas: Arc<crate::ingest::registry::WriterSchemas>) -> Self {
+        self.shared.decoder.set_registry(schemas);
+        self
+    }
+
     /// The state store.
     pub fn state(&self) -> &Arc<StateStore> {
         &self.shared.state

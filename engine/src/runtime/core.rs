@@ -74,6 +74,13 @@ pub(crate) struct Core {
     pub(super) oldest_ms: Option<i64>,
     /// Whether the group has given this instance an assignment (maybe empty).
     pub(super) assigned: bool,
+    /// Writer schemas of Confluent-framed touchpoints, fetched before a batch
+    /// is processed; `None` without a schema registry.
+    pub(super) writer_schemas: Option<Arc<crate::ingest::registry::WriterSchemas>>,
+    /// How actions are written to the action topic.
+    pub(super) action_format: super::encode::Encoding,
+    /// How decisions are written to the decisions topic.
+    pub(super) decision_format: super::encode::Encoding,
 }
 
 impl Core {

@@ -32,6 +32,13 @@ impl Core {
                 value: m.payload().unwrap_or_default(),
             })
             .collect();
+        if let Some(schemas) = &self.writer_schemas {
+            // An outage that outlasts schema_registry.unavailable_timeout_ms stops
+            // the engine before this batch is applied: nothing of it is committed.
+            schemas
+                .prefetch(records.iter().map(|r| r.value))
+                .map_err(|e| LoopError::Fatal(e.into()))?;
+        }
         let processed = self
             .processor
             .process_batch(&records)
@@ -85,7 +92,10 @@ impl Core {
             if topic.is_empty() {
                 continue;
             }
-            let body = serde_json::to_vec(&d).map_err(|e| LoopError::Fatal(e.into()))?;
+            let body = self
+                .decision_format
+                .encode(&d)
+                .map_err(|e| LoopError::Fatal(e.into()))?;
             self.committer.send(
                 BaseRecord::to(topic)
                     .key(d.customer_id.as_bytes())
@@ -97,7 +107,10 @@ impl Core {
 
     /// Produces one action in the current interval.
     pub(super) fn send_action(&mut self, a: &rapport_model::Action) -> Result<(), LoopError> {
-        let body = serde_json::to_vec(&a).map_err(|e| LoopError::Fatal(e.into()))?;
+        let body = self
+            .action_format
+            .encode(a)
+            .map_err(|e| LoopError::Fatal(e.into()))?;
         let headers = OwnedHeaders::new().insert(Header {
             key: kafka::ACTION_ID,
             value: Some(a.action_id.as_bytes()),

@@ -38,6 +38,7 @@
 mod commit;
 mod core;
 mod emit;
+pub mod encode;
 mod order;
 mod rebalance;
 mod restore;
@@ -233,7 +234,8 @@ impl Worker {
         let changelog = cfg.kafka.changelog();
         let committer = committer(&cfg, &changelog)?;
         let producer_max = (cfg.engine.max_record_bytes + RECORD_OVERHEAD).max(1_000_000);
-        let processor = Processor::new(
+        let registry = encode::RegistryIo::connect(&cfg)?;
+        let mut processor = Processor::new(
             cfg.engine.max_record_bytes,
             KeyRule::new(cfg.kafka.partitioner, layout.partitions),
             cfg.journeys()?,
@@ -242,6 +244,9 @@ impl Worker {
             cfg.state.profile_cache,
         )?
         .with_workers(cfg.engine.workers());
+        if let Some(schemas) = &registry.writer_schemas {
+            processor = processor.with_registry(schemas.clone());
+        }
         let core = Arc::new(Mutex::new(Core {
             processor,
             dead_letter_room: layout.dead_letter_max_bytes.min(producer_max) - 8 * 1024,
@@ -261,6 +266,9 @@ impl Worker {
             commits: 0,
             oldest_ms: None,
             assigned: false,
+            writer_schemas: registry.writer_schemas,
+            action_format: registry.actions,
+            decision_format: registry.decisions,
             cfg: cfg.clone(),
         }));
         let consumer = subscribe(&cfg, core.clone())?;
