@@ -241,7 +241,8 @@ impl Worker {
             metrics.clone(),
             cfg.state.profile_cache,
         )?
-        .with_workers(cfg.engine.workers());
+        .with_workers(cfg.engine.workers())
+        .with_seen_limits(cfg.engine.seen_limits());
         let core = Arc::new(Mutex::new(Core {
             processor,
             dead_letter_room: layout.dead_letter_max_bytes.min(producer_max) - 8 * 1024,
