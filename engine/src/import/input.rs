@@ -307,3 +307,58 @@ fn json_text(v: &Value) -> Option<Cow<'_, str>> {
         other => Some(Cow::Owned(other.to_string())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items<R: BufRead>(mut r: Reader<R>) -> Vec<(u64, Result<String, String>)> {
+        let mut out = Vec::new();
+        while let Some((line, item)) = r.next_item().unwrap() {
+            out.push((
+                line,
+                match item {
+                    Item::Row(row) => Ok(r.view(&row).get("id").unwrap_or_default().into_owned()),
+                    Item::Unreadable { reason, .. } => Err(reason),
+                },
+            ));
+        }
+        out
+    }
+
+    #[test]
+    fn json_lines_keep_their_line_numbers_and_bad_lines_are_items() {
+        let input = "{\"id\":1,\"a\":{\"b\":\"x\"}}\n\n[1,2]\n{\"id\":\"2\n{\"id\":\"3\"}\n";
+        let got = items(Reader::jsonl(input.as_bytes()));
+        assert_eq!(got[0], (1, Ok("1".into())));
+        assert!(
+            matches!(&got[1], (3, Err(r)) if r.contains("not a JSON object")),
+            "{got:?}"
+        );
+        assert!(
+            matches!(&got[2], (4, Err(r)) if r.contains("not JSON")),
+            "{got:?}"
+        );
+        assert_eq!(got[3], (5, Ok("3".into())));
+        let map: Map<String, Value> = serde_json::from_str("{\"a\":{\"b\":\"x\"}}").unwrap();
+        assert_eq!(RowView::Json(&map).get("a.b").as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn csv_rows_of_the_wrong_width_or_encoding_are_items_not_errors() {
+        let mut input = b"id;name\n1;a\n2;b;extra\n\"3\";\"multi\nline\"\n4;".to_vec();
+        input.extend_from_slice(&[0xff, b'\n', b'5', b';', b'e', b'\n']);
+        let got = items(Reader::csv(&input[..], b';').unwrap());
+        assert_eq!(got[0], (2, Ok("1".into())));
+        assert!(
+            matches!(&got[1], (3, Err(r)) if r.contains("3 fields")),
+            "{got:?}"
+        );
+        assert_eq!(got[2], (4, Ok("3".into())));
+        assert!(
+            matches!(&got[3], (6, Err(r)) if r.contains("UTF-8")),
+            "{got:?}"
+        );
+        assert_eq!(got[4], (7, Ok("5".into())));
+    }
+}

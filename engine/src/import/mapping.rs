@@ -700,3 +700,136 @@ fn put(obj: &mut Map<String, Value>, field: &str, value: Value) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row of named values.
+    struct R(Vec<(&'static str, &'static str)>);
+
+    impl Row for R {
+        fn get(&self, column: &str) -> Option<Cow<'_, str>> {
+            self.0
+                .iter()
+                .find(|(c, _)| *c == column)
+                .map(|(_, v)| Cow::Borrowed(*v))
+        }
+        fn canonical(&self) -> String {
+            let mut v: Vec<String> = self.0.iter().map(|(c, v)| format!("{c}={v}")).collect();
+            v.sort();
+            v.join("\u{1f}")
+        }
+    }
+
+    const POS: &str = r#"
+        source = "pos"
+        id_columns = ["store", "receipt"]
+        [constants]
+        channel = "store"
+        [columns]
+        customer_id = "card"
+        event_type = "kind"
+        event_time = "at"
+        "commerce.amount" = "total"
+        [values.event_type]
+        SALE = "purchase"
+        [time]
+        format = "%d.%m.%Y %H:%M"
+        timezone = "Europe/Berlin"
+        [amount]
+        decimal_separator = ","
+    "#;
+
+    fn row(at: &'static str, total: &'static str) -> R {
+        R(vec![
+            ("store", "B01"),
+            ("receipt", "7"),
+            ("card", "L-1"),
+            ("kind", "SALE"),
+            ("at", at),
+            ("total", total),
+        ])
+    }
+
+    #[test]
+    fn local_times_and_comma_amounts_are_read() {
+        let m = Mapping::parse(POS).unwrap();
+        let t = m.map(&row("20.11.2026 09:14", "1299,50")).unwrap();
+        // 09:14 in Berlin in November is 08:14 UTC.
+        let utc = DateTime::parse_from_rfc3339("2026-11-20T08:14:00Z").unwrap();
+        assert_eq!(t.event_time, utc.timestamp_millis());
+        assert_eq!(t.commerce.unwrap().amount, Some(1299.5));
+        assert_eq!(t.event_type, rapport_model::EventType::Purchase);
+        // The hour skipped when clocks go forward does not exist.
+        let e = m.map(&row("29.03.2026 02:30", "1,00")).unwrap_err();
+        assert!(e.contains("does not exist in Europe/Berlin"), "{e}");
+        let e = m.map(&row("20.11.2026 09:14", "12.50")).unwrap_err();
+        assert!(e.contains("\"12.50\" is not an amount"), "{e}");
+    }
+
+    #[test]
+    fn the_event_id_depends_on_the_id_columns_only() {
+        let m = Mapping::parse(POS).unwrap();
+        let a = m.map(&row("20.11.2026 09:14", "10,00")).unwrap();
+        // The same receipt with a corrected amount is the same event.
+        let b = m.map(&row("20.11.2026 09:14", "11,00")).unwrap();
+        assert_eq!(a.event_id, b.event_id);
+        let mut other = row("20.11.2026 09:14", "10,00");
+        other.0[1] = ("receipt", "8");
+        assert_ne!(m.map(&other).unwrap().event_id, a.event_id);
+        // Without id columns the whole row counts, whatever its column order.
+        let whole =
+            Mapping::parse(&POS.replace("id_columns = [\"store\", \"receipt\"]", "")).unwrap();
+        let mut reversed = row("20.11.2026 09:14", "10,00");
+        reversed.0.reverse();
+        let (c, d) = (
+            whole.map(&row("20.11.2026 09:14", "10,00")).unwrap(),
+            whole.map(&reversed).unwrap(),
+        );
+        assert_eq!(c.event_id, d.event_id);
+        assert_ne!(
+            c.event_id,
+            whole
+                .map(&row("20.11.2026 09:14", "11,00"))
+                .unwrap()
+                .event_id
+        );
+    }
+
+    #[test]
+    fn cents_epoch_seconds_and_unknown_values() {
+        let m = Mapping::parse(
+            &POS.replace("format = \"%d.%m.%Y %H:%M\"", "format = \"epoch_s\"")
+                .replace("decimal_separator = \",\"", "unit = \"cents\""),
+        )
+        .unwrap();
+        let t = m.map(&row("1795162443", "1250")).unwrap();
+        assert_eq!(t.event_time, 1_795_162_443_000);
+        assert_eq!(t.commerce.unwrap().amount, Some(12.5));
+        let mut void = row("1795162443", "0");
+        void.0[3] = ("kind", "VOID");
+        let e = m.map(&void).unwrap_err();
+        assert!(e.contains("\"VOID\"") && e.contains("known: SALE"), "{e}");
+    }
+
+    #[test]
+    fn a_mapping_that_cannot_work_is_refused_with_what_to_fix() {
+        let e = Mapping::parse(&POS.replace("\"commerce.amount\"", "\"commerce.total\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("commerce.total") && e.contains("commerce.amount"),
+            "{e}"
+        );
+        let e = Mapping::parse(&POS.replace("event_time = \"at\"", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no event_time"), "{e}");
+        let e = Mapping::parse(&POS.replace("Europe/Berlin", "Europe/Springfield"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("IANA"), "{e}");
+        assert!(Mapping::parse("source = \"x\"\n[columns]\nchannel = 3").is_err());
+    }
+}
