@@ -123,6 +123,49 @@ pub fn import(
     let mut sender = Sender::new(kafka, &topic)?;
     let mut progress = Progress::new(total);
     let mut counts = Counts::default();
+    let read = read_all(
+        &mut reader,
+        mapping,
+        &mut sender,
+        &mut rejects,
+        &mut progress,
+        &mut counts,
+    );
+    // Whatever stopped the reading, what was produced is delivered (or listed) first.
+    sender.finish()?;
+    progress.finish();
+    let failed = std::mem::take(
+        &mut *sender
+            .deliveries()
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+    );
+    for (line, error, payload) in &failed {
+        let raw = RawRow::Line(String::from_utf8_lossy(payload).into_owned());
+        rejects.write(*line, &format!("not delivered: {error}"), &raw)?;
+    }
+    rejects.finish()?;
+    read?;
+    Ok(Summary {
+        counts,
+        delivered: sender.deliveries().delivered.load(Ordering::Relaxed),
+        undelivered: failed.len() as u64,
+        rejects: rejects_path,
+        topic,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Maps and sends every row of `reader`, rejecting what cannot be mapped.
+fn read_all<R: std::io::BufRead>(
+    reader: &mut Reader<R>,
+    mapping: &Mapping,
+    sender: &mut Sender,
+    rejects: &mut Rejects,
+    progress: &mut Progress,
+    counts: &mut Counts,
+) -> anyhow::Result<()> {
     while let Some((line, item)) = reader.next_item()? {
         counts.read += 1;
         let rejected = match item {
@@ -143,30 +186,9 @@ pub fn import(
             rejects.write(line, &reason, &raw)?;
             counts.rejected += 1;
         }
-        progress.update(reader.position(), counts);
+        progress.update(reader.position(), *counts);
     }
-    sender.finish()?;
-    progress.finish();
-    let failed = std::mem::take(
-        &mut *sender
-            .deliveries()
-            .failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()),
-    );
-    for (line, error, payload) in &failed {
-        let raw = RawRow::Line(String::from_utf8_lossy(payload).into_owned());
-        rejects.write(*line, &format!("not delivered: {error}"), &raw)?;
-    }
-    rejects.finish()?;
-    Ok(Summary {
-        counts,
-        delivered: sender.deliveries().delivered.load(Ordering::Relaxed),
-        undelivered: failed.len() as u64,
-        rejects: rejects_path,
-        topic,
-        elapsed: started.elapsed(),
-    })
+    Ok(())
 }
 
 /// The input's format: the mapping's, else from the file name.
