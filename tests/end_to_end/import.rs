@@ -320,3 +320,74 @@ fn a_repeated_event_id_is_skipped_by_the_engine() {
         "without the check the repeat counts as a second call"
     );
 }
+
+/// A topic that refuses the records (they are over its `max.message.bytes`):
+/// the import exits non-zero and lists every undelivered row in the rejects
+/// file with the broker's reason, so none is lost.
+#[test]
+fn records_the_broker_refuses_fail_the_import_and_are_listed() {
+    let topic = unique("import.tiny");
+    let mut spec = rapport::kafka::TopicSpec::new(&topic, 1);
+    spec.configs
+        .push(("max.message.bytes".into(), "128".into()));
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(rapport::kafka::ensure_topics(&bootstrap(), &[spec]))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("rapport.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[kafka]\nbootstrap_servers = {:?}\ngroup_id = \"g\"\ntouchpoint_topics = [{topic:?}]\n",
+            bootstrap()
+        ),
+    )
+    .unwrap();
+    let rejects = dir.path().join("rejects.jsonl");
+    let out = Command::new(env!("CARGO_BIN_EXE_rapport"))
+        .args(["import", "--config"])
+        .arg(&conf)
+        .arg("--mapping")
+        .arg(shipped("callcenter-mapping.toml"))
+        .arg("--input")
+        .arg(shipped("callcenter-export.jsonl"))
+        .arg("--rejects")
+        .arg(&rejects)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("5 records could not be delivered"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("5 produced") && stdout.contains("0 delivered"),
+        "{stdout}"
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&rejects)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let undelivered: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|v| v["reason"].as_str().unwrap().starts_with("not delivered"))
+        .collect();
+    assert_eq!(undelivered.len(), 5, "{lines:?}");
+    assert_eq!(
+        lines.len(),
+        9,
+        "4 unmappable rows and 5 undelivered: {lines:?}"
+    );
+    // Each keeps the touchpoint it would have been.
+    assert!(undelivered
+        .iter()
+        .all(|v| v["row"]["channel"] == "call_center" && v["line"].as_u64().is_some()));
+}
