@@ -107,21 +107,25 @@ impl SeenEvents {
             // Too old to remember: it would be forgotten at once.
             return true;
         }
-        if self.entries.capacity() == 0 {
-            self.entries.reserve_exact(limits.max_ids);
+        // Once per profile (also one just decoded): room for the whole bound.
+        if self.entries.capacity() < limits.max_ids {
+            self.entries
+                .reserve_exact(limits.max_ids - self.entries.len());
         }
-        let pos = self.entries.partition_point(|e| e.at_ms <= at_ms);
+        let mut pos = self.entries.partition_point(|e| e.at_ms <= at_ms);
         if self.entries.len() >= limits.max_ids {
-            if pos == 0 {
-                // Older than every remembered id while the record is full.
+            // Make room by forgetting the oldest (also any surplus from a larger
+            // bound before), without growing the list.
+            let excess = self.entries.len() + 1 - limits.max_ids;
+            if pos < excess {
+                // Older than every id the bound keeps.
+                self.entries.drain(..excess - 1);
                 return true;
             }
-            // Make room by forgetting the oldest, without growing the list.
-            self.entries.remove(0);
-            self.entries.insert(pos - 1, SeenEvent { hash, at_ms });
-        } else {
-            self.entries.insert(pos, SeenEvent { hash, at_ms });
+            self.entries.drain(..excess);
+            pos -= excess;
         }
+        self.entries.insert(pos, SeenEvent { hash, at_ms });
         true
     }
 }
@@ -230,6 +234,26 @@ mod tests {
             p.seen_events.entries.capacity() <= 4,
             "never grows past the bound"
         );
+    }
+
+    #[test]
+    fn a_lowered_bound_trims_records_written_under_a_larger_one() {
+        let mut p = Profile::new("c1");
+        for i in 0..10 {
+            assert!(p.admit(&purchase(&format!("e{i}"), T0 + i), &SeenLimits::default()));
+        }
+        let small = SeenLimits {
+            max_ids: 3,
+            max_age_ms: DEFAULT_MAX_AGE_MS,
+        };
+        assert!(p.admit(&purchase("e10", T0 + 10), &small));
+        let times: Vec<i64> = p
+            .seen_events
+            .entries()
+            .iter()
+            .map(|e| e.at_ms - T0)
+            .collect();
+        assert_eq!(times, [8, 9, 10]);
     }
 
     #[test]
