@@ -207,6 +207,12 @@ pub struct EngineConfig {
     /// Threads that process a batch's partitions in parallel; 0 (the default)
     /// uses every core. Commits stay one transaction per interval.
     pub worker_threads: usize,
+    /// Event ids each profile remembers so that a repeated event (a file
+    /// imported twice, a retried delivery) is applied once; 0 turns the check off.
+    pub dedup_event_ids: usize,
+    /// How far back, before a customer's newest event, event ids are
+    /// remembered, ms (default: 92 days, the profile's longest window).
+    pub dedup_max_age_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -224,11 +230,21 @@ impl Default for EngineConfig {
             wall_clock_timers: true,
             kafka_unavailable_timeout_ms: 300_000,
             worker_threads: 0,
+            dedup_event_ids: rapport_model::seen::DEFAULT_MAX_IDS,
+            dedup_max_age_ms: rapport_model::seen::DEFAULT_MAX_AGE_MS as u64,
         }
     }
 }
 
 impl EngineConfig {
+    /// The bounds of each profile's record of seen event ids.
+    pub fn seen_limits(&self) -> rapport_model::seen::SeenLimits {
+        rapport_model::seen::SeenLimits {
+            max_ids: self.dedup_event_ids,
+            max_age_ms: i64::try_from(self.dedup_max_age_ms).unwrap_or(i64::MAX),
+        }
+    }
+
     /// Threads for processing: `worker_threads`, or every core when 0.
     pub fn workers(&self) -> usize {
         match self.worker_threads {

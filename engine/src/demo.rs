@@ -46,6 +46,53 @@ pub struct DemoOptions {
     pub journeys: std::path::PathBuf,
 }
 
+/// The small store (POS) export the demo imports through `rapport import`'s door.
+const DEMO_POS_EXPORT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/import/pos-export.csv");
+/// Its mapping.
+const DEMO_POS_MAPPING: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/import/pos-mapping.toml"
+);
+
+/// Imports the shipped POS export into the demo's touchpoint topic, as
+/// `rapport import` would, and shows what became of its rows. A missing file
+/// (an installed binary without the sources) only skips this step.
+fn import_store_export(cfg: &Config, scratch: &std::path::Path) {
+    let result = crate::import::mapping::Mapping::load(std::path::Path::new(DEMO_POS_MAPPING))
+        .map_err(anyhow::Error::from)
+        .and_then(|mapping| {
+            let opts = crate::import::ImportOptions {
+                // The demo's configuration is in memory; `import` reads only `cfg.kafka`.
+                config: std::path::PathBuf::new(),
+                mapping: DEMO_POS_MAPPING.into(),
+                input: DEMO_POS_EXPORT.into(),
+                rejects: Some(scratch.join("pos-rejects.jsonl")),
+                topic: None,
+            };
+            crate::import::import(&cfg.kafka, &mapping, &opts)
+        });
+    match result {
+        Ok(s) => {
+            println!(
+                "store export imported (rapport import --mapping deploy/import/pos-mapping.toml --input deploy/import/pos-export.csv): {} rows, {} touchpoints, {} rejected:",
+                s.counts.read, s.counts.produced, s.counts.rejected
+            );
+            for line in std::fs::read_to_string(&s.rejects)
+                .unwrap_or_default()
+                .lines()
+            {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+                println!(
+                    "  line {}: {}",
+                    v["line"],
+                    v["reason"].as_str().unwrap_or("")
+                );
+            }
+        }
+        Err(e) => println!("store export not imported: {e:#}"),
+    }
+}
+
 /// The demo's survey wait, instead of the shipped two hours.
 const DEMO_SURVEY_WAIT: &str = "5s";
 
@@ -140,6 +187,8 @@ fn run_on(bootstrap: &str, opts: &DemoOptions) -> anyhow::Result<()> {
         "topics: {} -> {} (+ {})",
         topics[0].name, topics[1].name, topics[2].name
     );
+
+    import_store_export(&cfg, state_dir.path());
 
     let state = Arc::new(StateStore::open(&cfg.state)?);
     let metrics = Metrics::new();

@@ -16,12 +16,14 @@
 //! - [`http`]: metrics, health, readiness, the profile API ([`profile_view`])
 //! - [`broker`]: the local development broker (`deploy/kafka.sh`)
 //! - [`demo`]: the guided demo
+//! - [`import`]: `rapport import`, store and call-center exports into the touchpoint topic
 #![warn(missing_docs)]
 
 pub mod broker;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod import;
 pub mod ingest;
 pub mod kafka;
 pub mod metrics;

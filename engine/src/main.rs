@@ -69,11 +69,18 @@ enum Cmd {
     /// Start a local broker, simulate customers on four channels, run the engine
     /// and show live actions; ends by itself and leaves nothing running.
     Demo(DemoOptions),
+    /// Import a store (POS) or call-center export (CSV or JSON lines) into the
+    /// touchpoint topic, mapped by a mapping file; rows that cannot be mapped go
+    /// to a rejects file with their line and the reason.
+    Import(rapport::import::ImportOptions),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Cmd::Demo(_) | Cmd::Replay { .. }) {
+    let default_level = if matches!(
+        cli.command,
+        Cmd::Demo(_) | Cmd::Replay { .. } | Cmd::Import(_)
+    ) {
         "warn"
     } else {
         "info"
@@ -106,6 +113,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Run { config } => run(Config::load(&config)?),
         Cmd::Demo(opts) => rapport::demo::run(opts),
+        Cmd::Import(opts) => rapport::import::run(opts),
     }
 }
 

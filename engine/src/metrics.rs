@@ -13,6 +13,8 @@ pub struct Metrics {
     pub events: IntCounterVec,
     /// Records skipped because their offset was already applied to state (replay after restart).
     pub skipped: IntCounter,
+    /// Touchpoints skipped because their profile had already seen their event id.
+    pub duplicates: IntCounter,
     /// Records sent to the dead-letter topic, by stage and class.
     pub dead_letters: IntCounterVec,
     /// Actions emitted, by journey and kind.
@@ -62,6 +64,11 @@ impl Metrics {
             skipped: IntCounter::new(
                 "rapport_events_skipped_total",
                 "Records skipped because state already reflects them",
+            )
+            .expect("valid metric"),
+            duplicates: IntCounter::new(
+                "rapport_duplicate_events_total",
+                "Touchpoints skipped because their customer's profile had already seen their event id",
             )
             .expect("valid metric"),
             dead_letters: IntCounterVec::new(
@@ -173,6 +180,7 @@ impl Metrics {
         for c in [
             Box::new(m.events.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.skipped.clone()),
+            Box::new(m.duplicates.clone()),
             Box::new(m.dead_letters.clone()),
             Box::new(m.actions.clone()),
             Box::new(m.commits.clone()),

@@ -40,6 +40,8 @@ pub struct Summary {
     pub records: u64,
     /// Records applied to profiles.
     pub applied: u64,
+    /// Records skipped because their event id was already applied.
+    pub duplicates: u64,
     /// Records that would be dead-lettered, with the first few reasons.
     pub rejected: u64,
     /// Reasons of the first rejected records, `line: reason`.
@@ -69,7 +71,8 @@ pub fn replay(
         state.clone(),
         Metrics::new(),
         cfg.state.profile_cache,
-    )?;
+    )?
+    .with_seen_limits(cfg.engine.seen_limits());
     processor.start_partition(0)?;
     let mut summary = Summary::default();
     let mut actions: Vec<Action> = Vec::new();
@@ -96,6 +99,7 @@ pub fn replay(
                         .push(format!("line {}: {}", n + 1, r.reason));
                 }
             }
+            Outcome::Duplicate => summary.duplicates += 1,
             Outcome::AlreadyApplied | Outcome::NotOwned => {}
         }
         write_actions(&mut actions, out, &mut summary)?;

@@ -546,6 +546,7 @@ mod tests {
         ];
         let mut out = rapport_journeys::Output::new();
         for e in &events {
+            assert!(p.admit(e, &Default::default()));
             p.apply(e);
             journeys.on_event(&mut p, e, &mut out);
         }
@@ -568,7 +569,7 @@ mod tests {
     #[test]
     fn the_stored_fixture_of_the_current_format_reads_back() {
         let path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stored-profile-v3.bin");
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stored-profile-v4.bin");
         let mut stored = fixture_profile();
         rapport_model::emotion::update(
             &mut stored.profile,
@@ -583,7 +584,26 @@ mod tests {
         assert_eq!(Stored::decode("c-fixture", 3, &bytes).unwrap(), stored);
     }
 
-    /// Profiles stored by the previous release (profile encoding 2) still read,
+    /// Profiles stored with profile encoding 3 still read, with everything but
+    /// the event ids added in version 4.
+    #[test]
+    fn the_stored_fixture_of_version_3_reads_back() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stored-profile-v3.bin");
+        let bytes = std::fs::read(&path).unwrap();
+        let old = Stored::decode("c-fixture", 3, &bytes).unwrap();
+        let mut now = fixture_profile();
+        rapport_model::emotion::update(
+            &mut now.profile,
+            1_764_000_100_000,
+            &rapport_model::emotion::EmotionConfig::default(),
+        );
+        assert_eq!(now.profile.seen_events.entries().len(), 6);
+        now.profile.seen_events = Default::default();
+        assert_eq!(old, now);
+    }
+
+    /// Profiles stored by an older release (profile encoding 2) still read,
     /// with the fields added since at their defaults.
     #[test]
     fn the_stored_fixture_of_the_previous_format_reads_back() {

@@ -8,6 +8,7 @@ mod cli;
 mod crash;
 mod dead_letter;
 mod faults;
+mod import;
 mod journeys;
 mod kcat;
 mod kubernetes;

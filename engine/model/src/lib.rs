@@ -10,6 +10,7 @@ pub mod duration;
 pub mod emotion;
 pub mod policy;
 pub mod profile;
+pub mod seen;
 pub mod testing;
 pub mod touchpoint;
 pub mod window;

@@ -12,6 +12,7 @@ use smallvec::SmallVec;
 
 use crate::emotion::EmotionTrack;
 use crate::policy::DeliveryState;
+use crate::seen::SeenEvents;
 use crate::touchpoint::{Channel, EventType, SurveyKind, Touchpoint};
 use crate::window::Windows;
 
@@ -208,6 +209,11 @@ pub struct Profile {
     /// [`SurveyKind::index`], for the trend ([`Profile::survey_trend`]).
     #[serde(default)]
     pub previous_surveys: [Option<Score>; 3],
+    // Added in encoding version 4; older records decode with it empty (see `ProfileV3`).
+    /// Ids of recent events, so a repeated event id is not applied twice
+    /// ([`crate::seen`]).
+    #[serde(default)]
+    pub seen_events: SeenEvents,
 }
 
 /// A customer inside a journey: where they are and since when. Kept in the
@@ -245,11 +251,11 @@ pub struct JourneyEntries {
 ///
 /// Version 2 appended `windows`, `journey_runs` and `journey_entries`; version 3
 /// appended `review_reads_ms`, `call_waits`, `sentiment_ms`, `emotion` and
-/// `delivery`.
+/// `delivery`; version 4 appended `seen_events`.
 /// Postcard is not self-describing: a struct with more fields cannot read a
 /// shorter record, so older bodies are read as [`ProfileV1`] or [`ProfileV2`]
 /// and converted.
-pub const PROFILE_ENCODING_VERSION: u8 = 3;
+pub const PROFILE_ENCODING_VERSION: u8 = 4;
 
 /// The profile as encoding version 1 wrote it: the fields of [`Profile`] before
 /// `windows`. Only ever decoded.
@@ -330,6 +336,33 @@ impl From<ProfileV2> for Profile {
     }
 }
 
+/// The profile as encoding version 3 wrote it: the version-2 fields, then the
+/// emotional signals, delivery state and survey trend. Only ever decoded.
+#[derive(Deserialize)]
+struct ProfileV3 {
+    v2: ProfileV2,
+    review_reads_ms: Vec<i64>,
+    call_waits: Vec<CallWait>,
+    sentiment_ms: i64,
+    emotion: EmotionTrack,
+    delivery: DeliveryState,
+    previous_surveys: [Option<Score>; 3],
+}
+
+impl From<ProfileV3> for Profile {
+    fn from(v: ProfileV3) -> Self {
+        Profile {
+            review_reads_ms: v.review_reads_ms,
+            call_waits: v.call_waits,
+            sentiment_ms: v.sentiment_ms,
+            emotion: v.emotion,
+            delivery: v.delivery,
+            previous_surveys: v.previous_surveys,
+            ..Profile::from(v.v2)
+        }
+    }
+}
+
 /// Fills in what a profile written before version 3 can tell about the fields
 /// it lacks: a non-zero sentiment trend dates from the latest chat touchpoint.
 /// The emotional state starts `neutral` and is set by the next evaluation.
@@ -388,6 +421,7 @@ impl Profile {
         match bytes.split_first() {
             None => Err(DecodeError::Empty),
             Some((&PROFILE_ENCODING_VERSION, body)) => Ok(postcard::from_bytes(body)?),
+            Some((&3, body)) => Ok(postcard::from_bytes::<ProfileV3>(body)?.into()),
             Some((&2, body)) => Ok(postcard::from_bytes::<ProfileV2>(body)?.into()),
             Some((&1, body)) => Ok(postcard::from_bytes::<ProfileV1>(body)?.into()),
             Some((&v, _)) => Err(DecodeError::UnknownVersion(v)),
@@ -911,7 +945,7 @@ mod tests {
         };
         assert_eq!(old, expected);
         let again = old.encode();
-        assert_eq!(again[0], 3);
+        assert_eq!(again[0], PROFILE_ENCODING_VERSION);
         assert_eq!(Profile::decode(&again).unwrap(), expected);
     }
 

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use rapport_journeys::{CompiledJourneys, Decision, Outcome as Judgement};
 use rapport_model::emotion;
 use rapport_model::profile::Timer;
+use rapport_model::seen::SeenLimits;
 use rapport_model::{Action, EventType, Touchpoint};
 
 use crate::ingest::route::KeyRule;
@@ -46,6 +47,8 @@ pub enum Outcome {
     Applied,
     /// Already reflected in state (a replay after a restart): nothing done.
     AlreadyApplied,
+    /// Its event id was already seen by its customer's profile: nothing done.
+    Duplicate,
     /// Refused: the caller dead-letters it with this reason.
     Rejected(Rejection),
     /// Its partition is not owned here (fetched just before a revocation).
@@ -68,6 +71,8 @@ struct Shared {
     journeys: Arc<CompiledJourneys>,
     state: Arc<StateStore>,
     metrics: Metrics,
+    /// How many event ids profiles remember, to skip repeats.
+    seen: SeenLimits,
 }
 
 /// One record's result in a batch: what became of it, and the actions it
@@ -102,6 +107,7 @@ impl Processor {
                 journeys,
                 state,
                 metrics,
+                seen: SeenLimits::default(),
             },
             profile_cache,
             tasks: hashbrown::HashMap::new(),
@@ -120,6 +126,13 @@ impl Processor {
     /// schemas from `schemas` (see [`crate::ingest::registry`]).
     pub fn with_registry(mut self, schemas: Arc<crate::ingest::registry::WriterSchemas>) -> Self {
         self.shared.decoder.set_registry(schemas);
+        self
+    }
+
+    /// Remembers event ids within `limits` to skip repeated events (default:
+    /// [`SeenLimits::default`]).
+    pub fn with_seen_limits(mut self, limits: SeenLimits) -> Self {
+        self.shared.seen = limits;
         self
     }
 
@@ -410,6 +423,11 @@ impl<'a> Lane<'a> {
             if s.reflects(hash, partition, offset) {
                 metrics.skipped.inc();
                 outcome = Outcome::AlreadyApplied;
+                return false;
+            }
+            if !s.profile.admit(tp, &sh.seen) {
+                metrics.duplicates.inc();
+                outcome = Outcome::Duplicate;
                 return false;
             }
             // The customer's own waits that came due before this event fire

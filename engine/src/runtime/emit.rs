@@ -59,7 +59,7 @@ impl Core {
                     continue;
                 }
                 Outcome::Rejected(r) => self.dead_letter(m, &r)?,
-                Outcome::Applied | Outcome::AlreadyApplied => {}
+                Outcome::Applied | Outcome::AlreadyApplied | Outcome::Duplicate => {}
             }
             self.actions.extend(p.actions);
             self.emit_actions()?;

@@ -243,7 +243,8 @@ impl Worker {
             metrics.clone(),
             cfg.state.profile_cache,
         )?
-        .with_workers(cfg.engine.workers());
+        .with_workers(cfg.engine.workers())
+        .with_seen_limits(cfg.engine.seen_limits());
         if let Some(schemas) = &registry.writer_schemas {
             processor = processor.with_registry(schemas.clone());
         }

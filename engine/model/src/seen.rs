@@ -1,0 +1,300 @@
+//! Repeated event ids: a touchpoint whose id the profile has already seen is
+//! not applied again.
+//!
+//! Sources deliver some events twice: a file exported and imported again, a
+//! collector that retried a request, a connector restarted from an older
+//! offset. Kafka's idempotent producer removes only the duplicates of one
+//! producer session; these come as new records. So each profile remembers the
+//! ids of its recent events, compactly: a 64-bit hash of the id with the
+//! event's time, at most [`SeenLimits::max_ids`] of them and none older than
+//! [`SeenLimits::max_age_ms`] before the customer's newest event. A repeat
+//! inside those bounds is skipped before it changes anything; an id that has
+//! been forgotten (pushed out by newer ids, or older than the age bound) is
+//! applied like a new event, which is the documented limit of the rule.
+//!
+//! Checking costs a hash of the id and a scan of at most `max_ids` integers;
+//! the list is allocated once per profile at its full size and then updated in
+//! place, so the hot path allocates nothing per event.
+
+use serde::{Deserialize, Serialize};
+use siphasher::sip::SipHasher13;
+
+use crate::profile::Profile;
+use crate::touchpoint::Touchpoint;
+use crate::window::RETENTION_MS;
+
+/// How many event ids a profile remembers by default: more than a customer
+/// usually produces between two re-deliveries of the same source.
+pub const DEFAULT_MAX_IDS: usize = 64;
+
+/// How far back ids are remembered by default: the profile's longest window
+/// ([`RETENTION_MS`], 92 days), so a repeat can never count twice in a window.
+pub const DEFAULT_MAX_AGE_MS: i64 = RETENTION_MS;
+
+/// The bounds of a profile's record of seen event ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeenLimits {
+    /// Ids remembered per profile, the newest by event time; 0 turns the check off.
+    pub max_ids: usize,
+    /// Ids of events older than this before the customer's newest event are
+    /// forgotten, ms.
+    pub max_age_ms: i64,
+}
+
+impl Default for SeenLimits {
+    fn default() -> Self {
+        SeenLimits {
+            max_ids: DEFAULT_MAX_IDS,
+            max_age_ms: DEFAULT_MAX_AGE_MS,
+        }
+    }
+}
+
+/// One remembered event: the hash of its id and its event time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenEvent {
+    /// [`event_hash`] of the event id.
+    pub hash: u64,
+    /// Event time, epoch ms.
+    pub at_ms: i64,
+}
+
+/// The ids of a profile's recent events, oldest event time first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenEvents {
+    entries: Vec<SeenEvent>,
+}
+
+/// The stable 64-bit hash an event id is remembered by (SipHash-1-3 with fixed
+/// keys: the same in every build, since the hashes are stored with profiles).
+pub fn event_hash(event_id: &str) -> u64 {
+    SipHasher13::new_with_keys(0x7261_7070_6f72_7421, 0x6576_656e_745f_6964)
+        .hash(event_id.as_bytes())
+}
+
+impl SeenEvents {
+    /// The remembered events, oldest event time first.
+    pub fn entries(&self) -> &[SeenEvent] {
+        &self.entries
+    }
+
+    /// Whether an event whose id hashes to `hash` is remembered.
+    pub fn contains(&self, hash: u64) -> bool {
+        self.entries.iter().any(|e| e.hash == hash)
+    }
+
+    /// Remembers the event `event_id` at `at_ms` unless it is a repeat; returns
+    /// whether it is new (to be applied). `newest_ms` is the customer's newest
+    /// event time so far, which the age bound counts back from.
+    pub fn admit(
+        &mut self,
+        event_id: &str,
+        at_ms: i64,
+        newest_ms: i64,
+        limits: &SeenLimits,
+    ) -> bool {
+        if limits.max_ids == 0 {
+            return true;
+        }
+        let hash = event_hash(event_id);
+        if self.contains(hash) {
+            return false;
+        }
+        let horizon = newest_ms.max(at_ms).saturating_sub(limits.max_age_ms);
+        let expired = self.entries.partition_point(|e| e.at_ms < horizon);
+        self.entries.drain(..expired);
+        if at_ms < horizon {
+            // Too old to remember: it would be forgotten at once.
+            return true;
+        }
+        // Once per profile (also one just decoded): room for the whole bound.
+        if self.entries.capacity() < limits.max_ids {
+            self.entries
+                .reserve_exact(limits.max_ids - self.entries.len());
+        }
+        let mut pos = self.entries.partition_point(|e| e.at_ms <= at_ms);
+        if self.entries.len() >= limits.max_ids {
+            // Make room by forgetting the oldest (also any surplus from a larger
+            // bound before), without growing the list.
+            let excess = self.entries.len() + 1 - limits.max_ids;
+            if pos < excess {
+                // Older than every id the bound keeps.
+                self.entries.drain(..excess - 1);
+                return true;
+            }
+            self.entries.drain(..excess);
+            pos -= excess;
+        }
+        self.entries.insert(pos, SeenEvent { hash, at_ms });
+        true
+    }
+}
+
+impl Profile {
+    /// Whether `t` is new to this profile (and so to be applied); a repeat of a
+    /// remembered event id is refused. Remembers `t`'s id when new. Called
+    /// before [`Profile::apply`].
+    pub fn admit(&mut self, t: &Touchpoint, limits: &SeenLimits) -> bool {
+        let newest = if self.events == 0 {
+            i64::MIN
+        } else {
+            self.last_seen_ms
+        };
+        self.seen_events
+            .admit(&t.event_id, t.event_time, newest, limits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::tp;
+    use crate::touchpoint::{Channel, EventType};
+
+    const T0: i64 = 1_764_000_000_000;
+    const DAY: i64 = 86_400_000;
+
+    fn purchase(id: &str, at: i64) -> Touchpoint {
+        tp(id, "c1", Channel::Store, EventType::Purchase, at).with_amount(10.0)
+    }
+
+    /// Applies `t` the way the engine does: only when admitted.
+    fn offer(p: &mut Profile, t: &Touchpoint, limits: &SeenLimits) -> bool {
+        let new = p.admit(t, limits);
+        if new {
+            p.apply(t);
+        }
+        new
+    }
+
+    #[test]
+    fn a_repeated_event_id_is_refused_and_changes_nothing() {
+        let limits = SeenLimits::default();
+        let mut p = Profile::new("c1");
+        assert!(offer(&mut p, &purchase("r-1", T0), &limits));
+        assert!(offer(&mut p, &purchase("r-2", T0 + 1_000), &limits));
+        let before = p.clone();
+        // The same id again, even with another time or content, is the same event.
+        assert!(!offer(&mut p, &purchase("r-1", T0), &limits));
+        assert!(!offer(&mut p, &purchase("r-1", T0 + 5_000), &limits));
+        assert_eq!(p, before, "a repeat changes nothing");
+        assert_eq!((p.orders, p.lifetime_value), (2, 20.0));
+    }
+
+    #[test]
+    fn an_id_older_than_the_age_bound_is_forgotten() {
+        let limits = SeenLimits {
+            max_ids: 64,
+            max_age_ms: 7 * DAY,
+        };
+        let mut p = Profile::new("c1");
+        assert!(offer(&mut p, &purchase("old", T0), &limits));
+        assert!(offer(&mut p, &purchase("mid", T0 + 3 * DAY), &limits));
+        // Within seven days of the newest event both are remembered.
+        assert!(!offer(&mut p, &purchase("old", T0), &limits));
+        // Eight days later the first is past the bound; the second is not.
+        assert!(offer(&mut p, &purchase("new", T0 + 8 * DAY), &limits));
+        assert!(!p.seen_events.contains(event_hash("old")));
+        assert!(!offer(&mut p, &purchase("mid", T0 + 3 * DAY), &limits));
+        assert!(
+            offer(&mut p, &purchase("old", T0), &limits),
+            "a forgotten id is applied again"
+        );
+        assert_eq!(p.orders, 4);
+        assert!(p.seen_events.entries().iter().all(|e| e.at_ms >= T0 + DAY));
+    }
+
+    #[test]
+    fn the_record_is_bounded_by_count_keeping_the_newest() {
+        let limits = SeenLimits {
+            max_ids: 4,
+            max_age_ms: DEFAULT_MAX_AGE_MS,
+        };
+        let mut p = Profile::new("c1");
+        // Arriving out of order: the newest four by event time are kept.
+        for (i, at) in [5, 1, 3, 6, 2, 4].into_iter().enumerate() {
+            assert!(
+                offer(&mut p, &purchase(&format!("e{at}"), T0 + at), &limits),
+                "{i}"
+            );
+        }
+        let times: Vec<i64> = p
+            .seen_events
+            .entries()
+            .iter()
+            .map(|e| e.at_ms - T0)
+            .collect();
+        assert_eq!(times, [3, 4, 5, 6]);
+        assert!(!offer(&mut p, &purchase("e6", T0 + 6), &limits));
+        assert!(!offer(&mut p, &purchase("e3", T0 + 3), &limits));
+        // e1 and e2 were pushed out: they count again.
+        assert!(offer(&mut p, &purchase("e1", T0 + 1), &limits));
+        assert_eq!(p.seen_events.entries().len(), 4);
+        assert!(
+            p.seen_events.entries.capacity() <= 4,
+            "never grows past the bound"
+        );
+    }
+
+    #[test]
+    fn a_lowered_bound_trims_records_written_under_a_larger_one() {
+        let mut p = Profile::new("c1");
+        for i in 0..10 {
+            assert!(p.admit(&purchase(&format!("e{i}"), T0 + i), &SeenLimits::default()));
+        }
+        let small = SeenLimits {
+            max_ids: 3,
+            max_age_ms: DEFAULT_MAX_AGE_MS,
+        };
+        assert!(p.admit(&purchase("e10", T0 + 10), &small));
+        let times: Vec<i64> = p
+            .seen_events
+            .entries()
+            .iter()
+            .map(|e| e.at_ms - T0)
+            .collect();
+        assert_eq!(times, [8, 9, 10]);
+    }
+
+    #[test]
+    fn zero_ids_turns_the_check_off() {
+        let limits = SeenLimits {
+            max_ids: 0,
+            max_age_ms: DEFAULT_MAX_AGE_MS,
+        };
+        let mut p = Profile::new("c1");
+        assert!(offer(&mut p, &purchase("r-1", T0), &limits));
+        assert!(offer(&mut p, &purchase("r-1", T0), &limits));
+        assert_eq!(p.orders, 2);
+        assert!(p.seen_events.entries().is_empty());
+    }
+
+    #[test]
+    fn the_hash_is_stable_across_builds() {
+        // Stored with profiles: a changed hash would let every repeat through.
+        assert_eq!(event_hash("r-1"), event_hash("r-1"));
+        assert_ne!(event_hash("r-1"), event_hash("r-2"));
+        assert_eq!(event_hash("r-1"), 16_333_585_594_920_926_313);
+    }
+
+    #[test]
+    fn a_version_3_profile_decodes_with_no_ids_and_keeps_them_from_version_4() {
+        let limits = SeenLimits::default();
+        let mut p = Profile::new("c1");
+        assert!(offer(&mut p, &purchase("r-1", T0), &limits));
+        let seen = std::mem::take(&mut p.seen_events);
+        // Version 3 wrote the same fields without `seen_events` (an empty list is
+        // one byte, its length, at the end of the body).
+        let mut v3 = p.encode();
+        assert_eq!(v3.pop(), Some(0));
+        v3[0] = 3;
+        let old = Profile::decode(&v3).unwrap();
+        assert_eq!(old, p);
+        p.seen_events = seen;
+        let v4 = p.encode();
+        assert_eq!(v4[0], crate::profile::PROFILE_ENCODING_VERSION);
+        let back = Profile::decode(&v4).unwrap();
+        assert!(back.seen_events.contains(event_hash("r-1")));
+        assert!(!back.clone().admit(&purchase("r-1", T0), &limits));
+    }
+}
