@@ -14,9 +14,11 @@
 //! - [`http`]: metrics, health, readiness, the profile API ([`profile_view`])
 //! - [`broker`]: the local development broker (`deploy/kafka.sh`)
 //! - [`demo`]: the guided demo
+//! - [`collect`]: `rapport collect`, the Segment-compatible collector and chat webhooks
 #![warn(missing_docs)]
 
 pub mod broker;
+pub mod collect;
 pub mod config;
 pub mod demo;
 pub mod http;

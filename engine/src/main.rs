@@ -69,6 +69,14 @@ enum Cmd {
     /// Start a local broker, simulate customers on four channels, run the engine
     /// and show live actions; ends by itself and leaves nothing running.
     Demo(DemoOptions),
+    /// Collect web and app events (the Segment HTTP tracking API, RudderStack
+    /// SDKs too) and chat webhooks into the touchpoint topic; see
+    /// connectors/README.md and the [collector] section of rapport.toml.
+    Collect {
+        /// Configuration file (TOML) with [kafka] and [collector] sections.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -106,6 +114,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Run { config } => run(Config::load(&config)?),
         Cmd::Demo(opts) => rapport::demo::run(opts),
+        Cmd::Collect { config } => rapport::collect::run(Config::load(&config)?, &config),
     }
 }
 
