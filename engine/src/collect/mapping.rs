@@ -119,14 +119,14 @@ pub struct ChannelRule {
     /// The channel when nothing says app.
     pub default: Channel,
     /// Pointers whose presence makes a call an app call.
-    pub app_when: Vec<String>,
+    pub app_when: Vec<Pointer>,
 }
 
 impl Default for ChannelRule {
     fn default() -> Self {
         ChannelRule {
             default: Channel::Web,
-            app_when: vec!["/context/app".into()],
+            app_when: vec![Pointer::parse("/context/app").expect("a pointer")],
         }
     }
 }
@@ -136,32 +136,53 @@ impl Default for ChannelRule {
 #[serde(default, deny_unknown_fields)]
 #[allow(missing_docs)]
 pub struct Fields {
-    pub sku: Vec<String>,
-    pub order_id: Vec<String>,
-    pub amount: Vec<String>,
-    pub currency: Vec<String>,
-    pub quantity: Vec<String>,
-    pub url: Vec<String>,
-    pub query: Vec<String>,
-    pub referrer: Vec<String>,
-    pub store_id: Vec<String>,
+    pub sku: Vec<Pointer>,
+    pub order_id: Vec<Pointer>,
+    pub amount: Vec<Pointer>,
+    pub currency: Vec<Pointer>,
+    pub quantity: Vec<Pointer>,
+    pub url: Vec<Pointer>,
+    pub query: Vec<Pointer>,
+    pub referrer: Vec<Pointer>,
+    pub store_id: Vec<Pointer>,
 }
 
-impl Fields {
-    fn all(&self) -> impl Iterator<Item = &String> {
-        [
-            &self.sku,
-            &self.order_id,
-            &self.amount,
-            &self.currency,
-            &self.quantity,
-            &self.url,
-            &self.query,
-            &self.referrer,
-            &self.store_id,
-        ]
-        .into_iter()
-        .flatten()
+/// A JSON pointer (RFC 6901), split into its tokens once when the mapping is
+/// loaded rather than on every call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pointer {
+    tokens: Vec<String>,
+}
+
+impl Pointer {
+    /// Parses `/a/b~1c`; anything not starting with `/` is refused.
+    pub fn parse(text: &str) -> Result<Pointer, String> {
+        if !text.starts_with('/') {
+            return Err(format!(
+                "{text:?} is not a JSON pointer; write it like \"/properties/sku\""
+            ));
+        }
+        let tokens = text[1..]
+            .split('/')
+            .map(|t| t.replace("~1", "/").replace("~0", "~"))
+            .collect();
+        Ok(Pointer { tokens })
+    }
+
+    /// The value it points to in `v`.
+    pub fn get<'a>(&self, v: &'a Value) -> Option<&'a Value> {
+        self.tokens.iter().try_fold(v, |v, t| match v {
+            Value::Object(m) => m.get(t),
+            Value::Array(a) => t.parse::<usize>().ok().and_then(|i| a.get(i)),
+            _ => None,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Pointer {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Pointer::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -177,7 +198,7 @@ pub struct EventRule {
     pub channel: Option<Channel>,
     /// Touchpoint attributes: name = JSON pointer into the call.
     #[serde(default)]
-    pub attributes: BTreeMap<String, String>,
+    pub attributes: BTreeMap<String, Pointer>,
 }
 
 /// A mapping file that cannot be used, with the line to fix.
@@ -234,24 +255,6 @@ impl Mapping {
             let line = e.span().map(|s| crate::config::line_of(src, s.start));
             err(line, e.message().trim().to_owned())
         })?;
-        let pointers = m
-            .channel
-            .app_when
-            .iter()
-            .chain(m.fields.all())
-            .chain(m.events.values().flat_map(|e| e.attributes.values()));
-        for p in pointers {
-            if !p.starts_with('/') {
-                let line = src
-                    .lines()
-                    .position(|l| l.contains(&format!("\"{p}\"")))
-                    .map(|i| i + 1);
-                return Err(err(
-                    line,
-                    format!("{p:?} is not a JSON pointer; write it like \"/properties/sku\""),
-                ));
-            }
-        }
         for (name, rule) in &m.events {
             if m.by_name.insert(normalise(name), rule.clone()).is_some() {
                 let line = src
@@ -282,7 +285,7 @@ impl Mapping {
     ) -> Result<Touchpoint, String> {
         let (event_type, rule) = match kind {
             CallKind::Track => {
-                let name = str_at(call, "/event").unwrap_or_default();
+                let name = field(call, "event").unwrap_or_default();
                 match self.event(&name) {
                     Some(r) => (r.event_type, Some(r)),
                     None => match self.unknown_event {
@@ -309,7 +312,7 @@ impl Mapping {
                     .channel
                     .app_when
                     .iter()
-                    .any(|p| call.pointer(p).is_some_and(|v| !v.is_null()));
+                    .any(|p| p.get(call).is_some_and(|v| !v.is_null()));
             if app {
                 Channel::App
             } else {
@@ -318,21 +321,21 @@ impl Mapping {
         });
         let mut attributes = BTreeMap::new();
         let label = match kind {
-            CallKind::Track => str_at(call, "/event"),
-            _ => str_at(call, "/name"),
+            CallKind::Track => field(call, "event"),
+            _ => field(call, "name"),
         };
         if let Some(l) = label {
             attributes.insert("segment_event".to_owned(), l);
         }
         for (name, pointer) in rule.map(|r| &r.attributes).into_iter().flatten() {
-            if let Some(v) = str_at(call, pointer) {
+            if let Some(v) = pointer.get(call).and_then(text) {
                 attributes.insert(name.clone(), v);
             }
         }
         let tp = Touchpoint {
             event_id: event_id(call),
-            customer_id: str_at(call, "/userId").filter(|s| !s.is_empty()),
-            anonymous_id: str_at(call, "/anonymousId").filter(|s| !s.is_empty()),
+            customer_id: field(call, "userId").filter(|s| !s.is_empty()),
+            anonymous_id: field(call, "anonymousId").filter(|s| !s.is_empty()),
             channel,
             event_type,
             event_time: event_time(call)?.unwrap_or(received_ms),
@@ -410,8 +413,8 @@ pub fn check_call(call: &Value, implied: Option<CallKind>) -> Result<CallKind, S
             Some(v) => return Err(format!("{id} must be a string, not {}", kind_of(v))),
         }
     }
-    if str_at(call, "/userId").filter(|s| !s.is_empty()).is_none()
-        && str_at(call, "/anonymousId")
+    if field(call, "userId").filter(|s| !s.is_empty()).is_none()
+        && field(call, "anonymousId")
             .filter(|s| !s.is_empty())
             .is_none()
     {
@@ -466,7 +469,7 @@ fn event_time(call: &Value) -> Result<Option<i64>, String> {
 /// The touchpoint's id: the call's `messageId`, else a hash of the call (the
 /// same call sent again gets the same id).
 fn event_id(call: &Value) -> String {
-    match str_at(call, "/messageId").filter(|s| !s.trim().is_empty()) {
+    match field(call, "messageId").filter(|s| !s.trim().is_empty()) {
         Some(id) => id,
         None => {
             let bytes = serde_json::to_vec(call).unwrap_or_default();
@@ -478,15 +481,20 @@ fn event_id(call: &Value) -> String {
 }
 
 /// The first pointer of `pointers` present (and not null) in `call`.
-fn first<'a>(call: &'a Value, pointers: &[String]) -> Option<&'a Value> {
+fn first<'a>(call: &'a Value, pointers: &[Pointer]) -> Option<&'a Value> {
     pointers
         .iter()
-        .filter_map(|p| call.pointer(p))
+        .filter_map(|p| p.get(call))
         .find(|v| !v.is_null())
 }
 
-fn first_str(call: &Value, pointers: &[String]) -> Option<String> {
+fn first_str(call: &Value, pointers: &[Pointer]) -> Option<String> {
     first(call, pointers).and_then(text)
+}
+
+/// A top-level string, number or boolean field of the call, as text.
+fn field(call: &Value, name: &str) -> Option<String> {
+    call.get(name).and_then(text)
 }
 
 /// A string, number or boolean at `pointer`, as text.

@@ -219,3 +219,19 @@ fn bad_mapping_files_name_the_line() {
     .unwrap_err();
     assert!(e.message.contains("twice"), "{e}");
 }
+
+#[test]
+fn pointers_follow_rfc_6901() {
+    let v = json!({"a/b": {"m~n": [10, {"x": "y"}]}});
+    assert_eq!(
+        Pointer::parse("/a~1b/m~0n/1/x").unwrap().get(&v),
+        Some(&json!("y"))
+    );
+    assert_eq!(
+        Pointer::parse("/a~1b/m~0n/0").unwrap().get(&v),
+        Some(&json!(10))
+    );
+    assert_eq!(Pointer::parse("/a~1b/m~0n/7").unwrap().get(&v), None);
+    assert_eq!(Pointer::parse("/missing").unwrap().get(&v), None);
+    assert!(Pointer::parse("a/b").is_err());
+}
