@@ -122,6 +122,10 @@ fn main() -> anyhow::Result<()> {
 fn validate(path: &Path) -> anyhow::Result<()> {
     match Config::load(path) {
         Ok(cfg) => {
+            if let Err(e) = rapport::collect::check_mapping(&cfg, path) {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
             let n = cfg.compiled.as_ref().map_or(0, |c| c.journeys().len());
             println!("{}: ok ({n} journeys)", path.display());
             Ok(())

@@ -330,6 +330,8 @@ fn bad_requests_are_answered_with_what_is_wrong_and_unmapped_calls_dead_lettered
     let topics = Topics::new("collector-bad", 1);
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = collector_config(&topics, dir.path());
+    // A dead-letter topic that does not exist yet: the collector creates it.
+    cfg.kafka.dead_letter_topic = unique("collector-bad.new-dlq");
     cfg.collector.max_batch_len = 5;
     cfg.collector.max_body_bytes = 4096;
     let c = InProcess::start(&cfg, dir.path());
@@ -418,7 +420,7 @@ fn bad_requests_are_answered_with_what_is_wrong_and_unmapped_calls_dead_lettered
         ["m-ok"],
         "nothing of the refused requests was produced"
     );
-    let dead = drain(&topics.dead_letter);
+    let dead = drain(&cfg.kafka.dead_letter_topic);
     assert_eq!(dead.len(), 1);
     let reason = header(&dead[0], rapport::kafka::DLQ_REASON).unwrap();
     assert!(reason.contains("\"Wishlist Shared\""), "{reason}");
@@ -676,5 +678,16 @@ fn a_bad_collector_config_is_refused_at_start_with_file_and_line() {
     assert!(
         err.contains("mine.toml") && err.contains("cannot read"),
         "{err}"
+    );
+    std::fs::write(
+        dir.path().join("mine.toml"),
+        "[events.\"Product Viewed\"]\ntype = \"product_seen\"\n",
+    )
+    .unwrap();
+    let out = validate(&dir.path().join("rapport.toml"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("mine.toml:2:") && err.contains("product_seen"),
+        "rapport validate checks the mapping: {err}"
     );
 }

@@ -66,6 +66,9 @@ pub enum StartError {
     /// Kafka or the topic cannot be reached.
     #[error(transparent)]
     Kafka(#[from] sink::ConnectError),
+    /// The dead-letter topic is missing and cannot be created.
+    #[error("creating the dead-letter topic: {0}")]
+    DeadLetterTopic(String),
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -144,6 +147,13 @@ pub async fn start(cfg: &Config, config_file: &Path) -> Result<Running, StartErr
     let sink = tokio::task::spawn_blocking(move || Sink::connect(&kafka, &topic, timeout))
         .await
         .expect("connecting does not panic")?;
+    // Like the engine, create the dead-letter topic when it is missing, so the
+    // first unmapped call does not wait for a topic that never comes.
+    let mut dlq = crate::kafka::TopicSpec::new(&cfg.kafka.dead_letter_topic, sink.partitions());
+    dlq.replication = cfg.kafka.replication_factor;
+    crate::kafka::create_topics(crate::kafka::client_config(&cfg.kafka), &[dlq])
+        .await
+        .map_err(|e| StartError::DeadLetterTopic(format!("{e:#}")))?;
     let listener = tokio::net::TcpListener::bind(&c.listen)
         .await
         .map_err(|source| StartError::Listen {
@@ -195,6 +205,15 @@ fn router(shared: Arc<Collector>) -> Router {
         .route("/metrics", get(metrics::render))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(shared)
+}
+
+/// Checks the mapping file `cfg` names, if any (`rapport validate`).
+pub fn check_mapping(cfg: &Config, config_file: &Path) -> Result<(), MappingError> {
+    if !cfg.collector.mapping.is_empty() {
+        let base = config_file.parent().unwrap_or(Path::new("."));
+        Mapping::load(&base.join(&cfg.collector.mapping))?;
+    }
+    Ok(())
 }
 
 /// `rapport collect`: runs until SIGTERM or SIGINT.

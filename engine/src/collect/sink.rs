@@ -78,6 +78,7 @@ pub struct Sink {
     topic: String,
     dead_letter_topic: String,
     rule: KeyRule,
+    partitions: i32,
     timeout: Duration,
 }
 
@@ -111,8 +112,14 @@ impl Sink {
             topic: topic.to_owned(),
             dead_letter_topic: k.dead_letter_topic.clone(),
             rule: KeyRule::new(k.partitioner, partitions),
+            partitions,
             timeout,
         })
+    }
+
+    /// Partitions of the touchpoint topic.
+    pub fn partitions(&self) -> i32 {
+        self.partitions
     }
 
     /// Produces `records` and waits until Kafka acknowledged every one of them.
