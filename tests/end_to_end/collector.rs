@@ -570,7 +570,7 @@ fn a_signed_chat_event_becomes_a_touchpoint_and_a_wrongly_signed_one_is_refused(
     cfg.collector.chat.insert(
         "support".into(),
         ChatSource {
-            secret: "env:RAPPORT_TEST_CHAT_SECRET".into(),
+            secret: "whsec-1".into(),
             signature_header: "x-hub-signature-256".into(),
             events: "/events".into(),
             customer: "/customer/id".into(),
@@ -584,7 +584,6 @@ fn a_signed_chat_event_becomes_a_touchpoint_and_a_wrongly_signed_one_is_refused(
             ..Default::default()
         },
     );
-    std::env::set_var("RAPPORT_TEST_CHAT_SECRET", "whsec-1");
     let c = InProcess::start(&cfg, dir.path());
     let body = serde_json::to_vec(&json!({"events": [
         {"id": "e1", "customer": {"id": "c-chat"}, "conversation": "conv-1", "author": "customer",

@@ -388,4 +388,22 @@ mod tests {
             .unwrap_err()
             .contains("no x-signature"));
     }
+
+    #[test]
+    fn base64_signatures_without_a_prefix_are_read_too() {
+        let src = ChatSource {
+            signature_header: "x-platform-signature".into(),
+            signature_prefix: String::new(),
+            signature_encoding: SignatureEncoding::Base64,
+            ..source()
+        };
+        let body = br#"{"id":"m1"}"#;
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"s3cret").unwrap();
+        mac.update(body);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let mut h = HeaderMap::new();
+        h.insert("x-platform-signature", b64.parse().unwrap());
+        assert_eq!(verify(&src, b"s3cret", &h, body), Ok(()));
+        assert!(verify(&src, b"s3cret!", &h, body).is_err());
+    }
 }
