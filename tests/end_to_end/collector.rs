@@ -539,6 +539,11 @@ fn with_its_broker_stopped_the_collector_refuses_and_loses_nothing_it_acknowledg
         metrics.contains(r#"endpoint="/v1/batch",status="503""#),
         "{metrics}"
     );
+    assert_eq!(
+        c.http.get(&c.url("/healthz")).map(|r| r.0),
+        Some(200),
+        "the producer came through the outage without a fatal error"
+    );
     c.stop();
 
     let stored: BTreeSet<String> = touchpoints(&topics.input, &bootstrap)

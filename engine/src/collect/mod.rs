@@ -203,7 +203,7 @@ fn router(shared: Arc<Collector>) -> Router {
     }
     r.route("/v1/webhooks/chat/{source}", post(chat::handle))
         .route("/metrics", get(metrics::render))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(health))
         .with_state(shared)
 }
 
@@ -214,6 +214,19 @@ pub fn check_mapping(cfg: &Config, config_file: &Path) -> Result<(), MappingErro
         Mapping::load(&base.join(&cfg.collector.mapping))?;
     }
     Ok(())
+}
+
+/// 200 while the producer can produce; 503 once it has a fatal error, so
+/// that a supervisor restarts the collector.
+async fn health(axum::extract::State(c): axum::extract::State<Arc<Collector>>) -> Response {
+    match c.sink.fatal_error() {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the Kafka producer has a fatal error and produces nothing more; restart the collector: {e}\n"),
+        )
+            .into_response(),
+    }
 }
 
 /// `rapport collect`: runs until SIGTERM or SIGINT.

@@ -166,6 +166,15 @@ impl Sink {
         }
     }
 
+    /// The producer's fatal error, if it has one: it can produce nothing more,
+    /// and the collector needs a restart (its `/healthz` says so).
+    pub fn fatal_error(&self) -> Option<String> {
+        self.producer
+            .client()
+            .fatal_error()
+            .map(|(code, m)| format!("{code:?}: {m}"))
+    }
+
     /// Waits up to `timeout` for records still in flight (at shutdown).
     pub fn flush(&self, timeout: Duration) {
         if let Err(e) = self.producer.flush(timeout) {
