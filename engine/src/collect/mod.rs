@@ -66,9 +66,10 @@ pub enum StartError {
     /// Kafka or the topic cannot be reached.
     #[error(transparent)]
     Kafka(#[from] sink::ConnectError),
-    /// The dead-letter topic is missing and cannot be created.
-    #[error("creating the dead-letter topic: {0}")]
-    DeadLetterTopic(String),
+    /// Connecting failed in a way the Kafka client does not describe, or the
+    /// dead-letter topic is missing and cannot be created.
+    #[error("preparing Kafka: {0}")]
+    Setup(String),
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -107,63 +108,22 @@ impl Running {
 /// background of the current Tokio runtime.
 pub async fn start(cfg: &Config, config_file: &Path) -> Result<Running, StartError> {
     let c = &cfg.collector;
-    let refuse = |key: &str, message: String| {
-        let src = std::fs::read_to_string(config_file).unwrap_or_default();
-        ConfigError {
-            file: config_file.to_owned(),
-            line: crate::config::locate(&src, key),
-            message: format!("{key}: {message}"),
-        }
-    };
-    let mut write_keys = Vec::new();
-    for k in &c.write_keys {
-        let key = config::resolve_secret(k).map_err(|m| refuse("collector.write_keys", m))?;
-        write_keys.push(key.into_bytes());
-    }
-    if write_keys.is_empty() {
-        return Err(refuse(
-            "collector.write_keys",
-            "no write key; list the keys your SDKs send, e.g. write_keys = [\"env:RAPPORT_WRITE_KEY\"]".into(),
-        )
-        .into());
-    }
-    let chat = ChatSecrets::resolve(&c.chat)
-        .map_err(|(name, m)| refuse(&format!("collector.chat.{name}.secret"), m))?;
+    let (write_keys, chat) = credentials(cfg, config_file)?;
     let mapping = if c.mapping.is_empty() {
         Mapping::builtin()
     } else {
         let base = config_file.parent().unwrap_or(Path::new("."));
         Mapping::load(&base.join(&c.mapping))?
     };
-    let topic = if c.topic.is_empty() {
-        cfg.kafka.touchpoint_topics[0].clone()
-    } else {
-        c.topic.clone()
-    };
-    let (kafka, timeout) = (
-        cfg.kafka.clone(),
-        Duration::from_millis(c.produce_timeout_ms),
-    );
-    let sink = tokio::task::spawn_blocking(move || Sink::connect(&kafka, &topic, timeout))
-        .await
-        .expect("connecting does not panic")?;
-    // Like the engine, create the dead-letter topic when it is missing, so the
-    // first unmapped call does not wait for a topic that never comes.
-    let mut dlq = crate::kafka::TopicSpec::new(&cfg.kafka.dead_letter_topic, sink.partitions());
-    dlq.replication = cfg.kafka.replication_factor;
-    crate::kafka::create_topics(crate::kafka::client_config(&cfg.kafka), &[dlq])
-        .await
-        .map_err(|e| StartError::DeadLetterTopic(format!("{e:#}")))?;
-    let listener = tokio::net::TcpListener::bind(&c.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: c.listen.clone(),
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+    let sink = connect(cfg).await?;
+    let listen_err = |source| StartError::Listen {
         addr: c.listen.clone(),
         source,
-    })?;
+    };
+    let listener = tokio::net::TcpListener::bind(&c.listen)
+        .await
+        .map_err(listen_err)?;
+    let addr = listener.local_addr().map_err(listen_err)?;
     let metrics = CollectorMetrics::new();
     let shared = Arc::new(Collector {
         write_keys,
@@ -190,6 +150,60 @@ pub async fn start(cfg: &Config, config_file: &Path) -> Result<Running, StartErr
         task,
         shared,
     })
+}
+
+/// The write keys and chat secrets, `env:NAME` values read from the
+/// environment; a missing one is refused with the line of `config_file` that
+/// names it.
+fn credentials(
+    cfg: &Config,
+    config_file: &Path,
+) -> Result<(Vec<Vec<u8>>, ChatSecrets), StartError> {
+    let refuse = |key: &str, message: String| {
+        let src = std::fs::read_to_string(config_file).unwrap_or_default();
+        ConfigError {
+            file: config_file.to_owned(),
+            line: crate::config::locate(&src, key),
+            message: format!("{key}: {message}"),
+        }
+    };
+    let mut write_keys = Vec::new();
+    for k in &cfg.collector.write_keys {
+        let key = config::resolve_secret(k).map_err(|m| refuse("collector.write_keys", m))?;
+        write_keys.push(key.into_bytes());
+    }
+    if write_keys.is_empty() {
+        return Err(refuse(
+            "collector.write_keys",
+            "no write key; list the keys your SDKs send, e.g. write_keys = [\"env:RAPPORT_WRITE_KEY\"]".into(),
+        )
+        .into());
+    }
+    let chat = ChatSecrets::resolve(&cfg.collector.chat)
+        .map_err(|(name, m)| refuse(&format!("collector.chat.{name}.secret"), m))?;
+    Ok((write_keys, chat))
+}
+
+/// The producer for the touchpoint topic (`collector.topic`, else the first of
+/// `kafka.touchpoint_topics`); like the engine, it creates the dead-letter
+/// topic when missing, so the first unmapped call does not wait for a topic
+/// that never comes.
+async fn connect(cfg: &Config) -> Result<Sink, StartError> {
+    let topic = match cfg.collector.topic.as_str() {
+        "" => cfg.kafka.touchpoint_topics[0].clone(),
+        t => t.to_owned(),
+    };
+    let kafka = cfg.kafka.clone();
+    let timeout = Duration::from_millis(cfg.collector.produce_timeout_ms);
+    let sink = tokio::task::spawn_blocking(move || Sink::connect(&kafka, &topic, timeout))
+        .await
+        .map_err(|e| StartError::Setup(format!("the connecting task failed: {e}")))??;
+    let mut dlq = crate::kafka::TopicSpec::new(&cfg.kafka.dead_letter_topic, sink.partitions());
+    dlq.replication = cfg.kafka.replication_factor;
+    crate::kafka::create_topics(crate::kafka::client_config(&cfg.kafka), &[dlq])
+        .await
+        .map_err(|e| StartError::Setup(format!("creating the dead-letter topic: {e:#}")))?;
+    Ok(sink)
 }
 
 /// The collector's routes.
