@@ -283,17 +283,42 @@ impl Mapping {
         call: &Value,
         received_ms: i64,
     ) -> Result<Touchpoint, String> {
-        let (event_type, rule) = match kind {
+        let (event_type, rule) = self.event_type(kind, call)?;
+        let tp = Touchpoint {
+            event_id: event_id(call),
+            customer_id: field(call, "userId").filter(|s| !s.is_empty()),
+            anonymous_id: field(call, "anonymousId").filter(|s| !s.is_empty()),
+            channel: self.channel_of(kind, call, rule),
+            event_type,
+            event_time: event_time(call)?.unwrap_or(received_ms),
+            store_id: first_str(call, &self.fields.store_id),
+            commerce: self.commerce(call)?,
+            survey: None,
+            call: None,
+            chat: None,
+            web: self.web(call),
+            attributes: attributes(kind, call, rule),
+        };
+        tp.validate()
+            .map_err(|e| format!("the mapped touchpoint is invalid: {e}"))?;
+        Ok(tp)
+    }
+
+    /// The touchpoint type of a call, and the event's rule for a listed track event.
+    fn event_type(
+        &self,
+        kind: CallKind,
+        call: &Value,
+    ) -> Result<(EventType, Option<&EventRule>), String> {
+        Ok(match kind {
             CallKind::Track => {
                 let name = field(call, "event").unwrap_or_default();
-                match self.event(&name) {
-                    Some(r) => (r.event_type, Some(r)),
-                    None => match self.unknown_event {
-                        Some(t) => (t, None),
-                        None => return Err(format!(
-                            "track event {name:?} is not in the collector's mapping and the mapping has no unknown_event; add it under [events] in the mapping file"
-                        )),
-                    },
+                match (self.event(&name), self.unknown_event) {
+                    (Some(r), _) => (r.event_type, Some(r)),
+                    (None, Some(t)) => (t, None),
+                    (None, None) => return Err(format!(
+                        "track event {name:?} is not in the collector's mapping and the mapping has no unknown_event; add it under [events] in the mapping file"
+                    )),
                 }
             }
             CallKind::Identify => (self.calls.identify, None),
@@ -305,51 +330,26 @@ impl Mapping {
                     kind.as_str()
                 ))
             }
-        };
-        let channel = rule.and_then(|r| r.channel).unwrap_or_else(|| {
-            let app = kind == CallKind::Screen
-                || self
-                    .channel
-                    .app_when
-                    .iter()
-                    .any(|p| p.get(call).is_some_and(|v| !v.is_null()));
-            if app {
-                Channel::App
-            } else {
-                self.channel.default
-            }
-        });
-        let mut attributes = BTreeMap::new();
-        let label = match kind {
-            CallKind::Track => field(call, "event"),
-            _ => field(call, "name"),
-        };
-        if let Some(l) = label {
-            attributes.insert("segment_event".to_owned(), l);
+        })
+    }
+
+    /// The event's own channel, else `app` for screens and calls with any
+    /// `app_when` pointer present, else the default.
+    fn channel_of(&self, kind: CallKind, call: &Value, rule: Option<&EventRule>) -> Channel {
+        if let Some(c) = rule.and_then(|r| r.channel) {
+            return c;
         }
-        for (name, pointer) in rule.map(|r| &r.attributes).into_iter().flatten() {
-            if let Some(v) = pointer.get(call).and_then(text) {
-                attributes.insert(name.clone(), v);
-            }
+        let app = kind == CallKind::Screen
+            || self
+                .channel
+                .app_when
+                .iter()
+                .any(|p| p.get(call).is_some_and(|v| !v.is_null()));
+        if app {
+            Channel::App
+        } else {
+            self.channel.default
         }
-        let tp = Touchpoint {
-            event_id: event_id(call),
-            customer_id: field(call, "userId").filter(|s| !s.is_empty()),
-            anonymous_id: field(call, "anonymousId").filter(|s| !s.is_empty()),
-            channel,
-            event_type,
-            event_time: event_time(call)?.unwrap_or(received_ms),
-            store_id: first_str(call, &self.fields.store_id),
-            commerce: self.commerce(call)?,
-            survey: None,
-            call: None,
-            chat: None,
-            web: self.web(call),
-            attributes,
-        };
-        tp.validate()
-            .map_err(|e| format!("the mapped touchpoint is invalid: {e}"))?;
-        Ok(tp)
     }
 
     fn commerce(&self, call: &Value) -> Result<Option<Commerce>, String> {
@@ -386,6 +386,24 @@ impl Mapping {
         };
         (w != Web::default()).then_some(w)
     }
+}
+
+/// `segment_event` (the track event's or page's name) and the rule's attributes.
+fn attributes(kind: CallKind, call: &Value, rule: Option<&EventRule>) -> BTreeMap<String, String> {
+    let mut attributes = BTreeMap::new();
+    let label = match kind {
+        CallKind::Track => field(call, "event"),
+        _ => field(call, "name"),
+    };
+    if let Some(l) = label {
+        attributes.insert("segment_event".to_owned(), l);
+    }
+    for (name, pointer) in rule.map(|r| &r.attributes).into_iter().flatten() {
+        if let Some(v) = pointer.get(call).and_then(text) {
+            attributes.insert(name.clone(), v);
+        }
+    }
+    attributes
 }
 
 /// Checks a call against the Segment spec; `implied` is the type given by the
