@@ -4,7 +4,7 @@
 //! ```sh
 //! CARGO_TARGET_DIR=~/.cache/rapport/target cargo bench --profile dev --bench pipeline -- all
 //! ```
-//! (`journeys`, `replay`, `restore` or `guarantees` run one part.) The broker is
+//! (`journeys`, `replay`, `restore`, `guarantees` or `collector` run one part.) The broker is
 //! `RAPPORT_KAFKA_BOOTSTRAP`, or the local one from `deploy/kafka.sh`. Numbers are
 //! printed as a Markdown table for the README.
 
@@ -30,6 +30,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::Message;
 use std::path::PathBuf;
+
+#[path = "collector/mod.rs"]
+mod collector;
 
 /// The allocator the `rapport` binary uses, so the numbers are the binary's.
 #[global_allocator]
@@ -69,6 +72,12 @@ fn main() -> anyhow::Result<()> {
     if which == "peers" {
         let bootstrap = rapport::broker::ensure()?.bootstrap;
         peers(&bootstrap, 200_000)?;
+    }
+    if which == "all" || which == "collector" {
+        let bootstrap = rapport::broker::ensure()?.bootstrap;
+        for clients in [8, 32] {
+            collector::collector(&bootstrap, 200_000, clients)?;
+        }
     }
     if which == "all" || which == "restore" || which == "guarantees" {
         let bootstrap = rapport::broker::ensure()?.bootstrap;

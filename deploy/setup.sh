@@ -2,7 +2,8 @@
 # Installs what a fresh Debian/Ubuntu machine lacks to build, test and demo Rapport:
 # the C/C++ headers the bundled RocksDB and librdkafka builds need, kcat (the
 # interop tests' Kafka client), a JRE and Maven (the local broker comes from Maven
-# Central), Python's fastavro (the schema checks), kubernetes-validate (the
+# Central), Python's fastavro (the schema checks), Segment's and RudderStack's
+# Python SDKs (the collector's tests), kubernetes-validate (the
 # Kubernetes manifest checks) and Prometheus with promtool (the checks of the
 # alert rules and dashboard). Safe to run repeatedly.
 set -euo pipefail
@@ -44,6 +45,12 @@ fi
 if ! python3 -c 'import fastavro' 2>/dev/null; then
   echo "rapport setup: installing fastavro" >&2
   python3 -m pip install --quiet fastavro 2>/dev/null || python3 -m pip install --quiet --break-system-packages fastavro
+fi
+
+# Segment's and RudderStack's Python SDKs, the collector's tests' clients.
+if ! python3 -c 'import segment.analytics, rudderstack.analytics' 2>/dev/null; then
+  echo "rapport setup: installing segment-analytics-python and rudder-sdk-python" >&2
+  python3 -m pip install --quiet segment-analytics-python rudder-sdk-python 2>/dev/null || python3 -m pip install --quiet --break-system-packages segment-analytics-python rudder-sdk-python
 fi
 
 if ! command -v kubernetes-validate >/dev/null 2>&1 && ! python3 -c 'import kubernetes_validate' 2>/dev/null; then

@@ -41,6 +41,9 @@ pub struct Config {
     /// Confluent-compatible Schema Registry: Avro touchpoints in the Confluent
     /// wire format, and the action output format.
     pub schema_registry: SchemaRegistryConfig,
+    /// The collector (`rapport collect`): Segment-compatible HTTP API and chat
+    /// webhooks; the engine itself ignores it.
+    pub collector: crate::collect::config::CollectorConfig,
     /// The journeys, compiled once when the configuration is loaded.
     #[serde(skip)]
     pub compiled: Option<Arc<CompiledJourneys>>,
@@ -467,6 +470,13 @@ impl Config {
             line: locate(src, key),
             message: format!("{key}: {message}"),
         })?;
+        cfg.collector
+            .validate()
+            .map_err(|(key, message)| ConfigError {
+                file: file.to_owned(),
+                line: locate(src, &key),
+                message: format!("{key}: {message}"),
+            })?;
         Ok(cfg)
     }
 
@@ -612,7 +622,7 @@ impl Config {
 }
 
 /// 1-based line of byte offset `at`.
-fn line_of(src: &str, at: usize) -> usize {
+pub(crate) fn line_of(src: &str, at: usize) -> usize {
     src[..at.min(src.len())]
         .bytes()
         .filter(|&b| b == b'\n')
@@ -621,7 +631,7 @@ fn line_of(src: &str, at: usize) -> usize {
 }
 
 /// Finds the line that sets dotted `key` (`table.sub.key`), if the file sets it.
-fn locate(src: &str, key: &str) -> Option<usize> {
+pub(crate) fn locate(src: &str, key: &str) -> Option<usize> {
     let (table, leaf) = key.rsplit_once('.').unwrap_or(("", key));
     let mut current = String::new();
     for (i, raw) in src.lines().enumerate() {

@@ -17,9 +17,11 @@
 //! - [`broker`]: the local development broker (`deploy/kafka.sh`)
 //! - [`demo`]: the guided demo
 //! - [`import`]: `rapport import`, store and call-center exports into the touchpoint topic
+//! - [`collect`]: `rapport collect`, the Segment-compatible collector and chat webhooks
 #![warn(missing_docs)]
 
 pub mod broker;
+pub mod collect;
 pub mod config;
 pub mod demo;
 pub mod http;

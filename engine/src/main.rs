@@ -73,6 +73,14 @@ enum Cmd {
     /// touchpoint topic, mapped by a mapping file; rows that cannot be mapped go
     /// to a rejects file with their line and the reason.
     Import(rapport::import::ImportOptions),
+    /// Collect web and app events (the Segment HTTP tracking API, RudderStack
+    /// SDKs too) and chat webhooks into the touchpoint topic; see
+    /// connectors/README.md and the [collector] section of rapport.toml.
+    Collect {
+        /// Configuration file (TOML) with [kafka] and [collector] sections.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -114,6 +122,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Run { config } => run(Config::load(&config)?),
         Cmd::Demo(opts) => rapport::demo::run(opts),
         Cmd::Import(opts) => rapport::import::run(opts),
+        Cmd::Collect { config } => rapport::collect::run(Config::load(&config)?, &config),
     }
 }
 
@@ -121,6 +130,10 @@ fn main() -> anyhow::Result<()> {
 fn validate(path: &Path) -> anyhow::Result<()> {
     match Config::load(path) {
         Ok(cfg) => {
+            if let Err(e) = rapport::collect::check_mapping(&cfg, path) {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
             let n = cfg.compiled.as_ref().map_or(0, |c| c.journeys().len());
             println!("{}: ok ({n} journeys)", path.display());
             Ok(())

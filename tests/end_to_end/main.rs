@@ -5,6 +5,7 @@
 //! consumer group, so they run in parallel.
 
 mod cli;
+mod collector;
 mod crash;
 mod dead_letter;
 mod faults;
