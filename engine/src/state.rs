@@ -598,7 +598,7 @@ mod tests {
             1_764_000_100_000,
             &rapport_model::emotion::EmotionConfig::default(),
         );
-        assert_eq!(now.profile.seen_events.entries().len(), 6);
+        assert_eq!(now.profile.seen_events.len(), 6);
         now.profile.seen_events = Default::default();
         assert_eq!(old, now);
     }

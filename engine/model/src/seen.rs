@@ -12,9 +12,12 @@
 //! been forgotten (pushed out by newer ids, or older than the age bound) is
 //! applied like a new event, which is the documented limit of the rule.
 //!
-//! Checking costs a hash of the id and a scan of at most `max_ids` integers;
-//! the list is allocated once per profile at its full size and then updated in
-//! place, so the hot path allocates nothing per event.
+//! Checking costs a hash of the id and one cache line of a filter for most
+//! events, and a scan of at most `max_ids` entries for the rest; the list is a
+//! ring allocated once per profile at its full size, so forgetting the oldest
+//! moves nothing and the hot path allocates nothing per event.
+
+use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 use siphasher::sip::SipHasher13;
@@ -60,9 +63,57 @@ pub struct SeenEvent {
 }
 
 /// The ids of a profile's recent events, oldest event time first.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Stored as the list of entries; beside it, a one-cache-line filter of the
+/// remembered hashes answers "certainly new" for most events without reading
+/// the list (rebuilt after a decode and whenever as many ids were forgotten as
+/// the bound holds, so forgotten ids do not crowd it).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SeenEvents {
-    entries: Vec<SeenEvent>,
+    entries: VecDeque<SeenEvent>,
+    #[serde(skip)]
+    filter: Filter,
+}
+
+impl PartialEq for SeenEvents {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries == other.entries
+    }
+}
+
+impl Eq for SeenEvents {}
+
+/// A 512-bit filter over hashes (no false negatives once built), and the
+/// bounds of the entries' event times, so that the usual event reads none of
+/// the entries themselves.
+#[derive(Debug, Clone, Default)]
+struct Filter {
+    bits: [u64; 8],
+    /// Whether the filter covers every entry (false after a decode).
+    built: bool,
+    /// Entries forgotten since the last rebuild (their bits are still set).
+    forgotten: usize,
+    /// At most the oldest entry's event time.
+    oldest_ms: i64,
+    /// The newest entry's event time.
+    newest_ms: i64,
+}
+
+impl Filter {
+    fn slot(hash: u64) -> (usize, u64) {
+        let i = (hash >> 55) as usize;
+        (i / 64, 1 << (i % 64))
+    }
+
+    fn add(&mut self, hash: u64) {
+        let (word, bit) = Self::slot(hash);
+        self.bits[word] |= bit;
+    }
+
+    fn may_contain(&self, hash: u64) -> bool {
+        let (word, bit) = Self::slot(hash);
+        self.bits[word] & bit != 0
+    }
 }
 
 /// The stable 64-bit hash an event id is remembered by (SipHash-1-3 with fixed
@@ -74,8 +125,18 @@ pub fn event_hash(event_id: &str) -> u64 {
 
 impl SeenEvents {
     /// The remembered events, oldest event time first.
-    pub fn entries(&self) -> &[SeenEvent] {
-        &self.entries
+    pub fn iter(&self) -> impl Iterator<Item = &SeenEvent> {
+        self.entries.iter()
+    }
+
+    /// How many events are remembered.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no event is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 
     /// Whether an event whose id hashes to `hash` is remembered.
@@ -97,12 +158,22 @@ impl SeenEvents {
             return true;
         }
         let hash = event_hash(event_id);
-        if self.contains(hash) {
+        if !self.filter.built || self.filter.forgotten >= limits.max_ids {
+            self.rebuild_filter();
+        }
+        if self.filter.may_contain(hash) && self.contains(hash) {
             return false;
         }
         let horizon = newest_ms.max(at_ms).saturating_sub(limits.max_age_ms);
-        let expired = self.entries.partition_point(|e| e.at_ms < horizon);
-        self.entries.drain(..expired);
+        if self.filter.oldest_ms < horizon {
+            let expired = self
+                .entries
+                .iter()
+                .take_while(|e| e.at_ms < horizon)
+                .count();
+            self.forget(expired);
+            self.filter.oldest_ms = self.entries.front().map_or(i64::MAX, |e| e.at_ms);
+        }
         if at_ms < horizon {
             // Too old to remember: it would be forgotten at once.
             return true;
@@ -112,21 +183,54 @@ impl SeenEvents {
             self.entries
                 .reserve_exact(limits.max_ids - self.entries.len());
         }
-        let mut pos = self.entries.partition_point(|e| e.at_ms <= at_ms);
+        // Events mostly arrive in time order: then the new one goes last.
+        let mut pos = if self.entries.is_empty() || at_ms >= self.filter.newest_ms {
+            self.entries.len()
+        } else {
+            self.entries.partition_point(|e| e.at_ms <= at_ms)
+        };
         if self.entries.len() >= limits.max_ids {
             // Make room by forgetting the oldest (also any surplus from a larger
             // bound before), without growing the list.
             let excess = self.entries.len() + 1 - limits.max_ids;
             if pos < excess {
                 // Older than every id the bound keeps.
-                self.entries.drain(..excess - 1);
+                self.forget(excess - 1);
                 return true;
             }
-            self.entries.drain(..excess);
+            self.forget(excess);
             pos -= excess;
         }
+        if self.entries.is_empty() {
+            self.filter.newest_ms = at_ms;
+        }
         self.entries.insert(pos, SeenEvent { hash, at_ms });
+        let f = &mut self.filter;
+        f.add(hash);
+        f.oldest_ms = f.oldest_ms.min(at_ms);
+        f.newest_ms = f.newest_ms.max(at_ms);
         true
+    }
+
+    /// Forgets the `n` oldest events.
+    fn forget(&mut self, n: usize) {
+        self.entries.drain(..n);
+        self.filter.forgotten += n;
+    }
+
+    fn rebuild_filter(&mut self) {
+        self.filter = Filter {
+            built: true,
+            oldest_ms: i64::MAX,
+            newest_ms: i64::MIN,
+            ..Filter::default()
+        };
+        for e in &self.entries {
+            let f = &mut self.filter;
+            f.add(e.hash);
+            f.oldest_ms = f.oldest_ms.min(e.at_ms);
+            f.newest_ms = f.newest_ms.max(e.at_ms);
+        }
     }
 }
 
@@ -201,7 +305,7 @@ mod tests {
             "a forgotten id is applied again"
         );
         assert_eq!(p.orders, 4);
-        assert!(p.seen_events.entries().iter().all(|e| e.at_ms >= T0 + DAY));
+        assert!(p.seen_events.iter().all(|e| e.at_ms >= T0 + DAY));
     }
 
     #[test]
@@ -218,22 +322,35 @@ mod tests {
                 "{i}"
             );
         }
-        let times: Vec<i64> = p
-            .seen_events
-            .entries()
-            .iter()
-            .map(|e| e.at_ms - T0)
-            .collect();
+        let times: Vec<i64> = p.seen_events.iter().map(|e| e.at_ms - T0).collect();
         assert_eq!(times, [3, 4, 5, 6]);
         assert!(!offer(&mut p, &purchase("e6", T0 + 6), &limits));
         assert!(!offer(&mut p, &purchase("e3", T0 + 3), &limits));
         // e1 and e2 were pushed out: they count again.
         assert!(offer(&mut p, &purchase("e1", T0 + 1), &limits));
-        assert_eq!(p.seen_events.entries().len(), 4);
+        assert_eq!(p.seen_events.len(), 4);
         assert!(
             p.seen_events.entries.capacity() <= 4,
             "never grows past the bound"
         );
+    }
+
+    #[test]
+    fn the_filter_never_hides_a_remembered_id_through_long_churn() {
+        let limits = SeenLimits::default();
+        let mut p = Profile::new("c1");
+        for i in 0..1_000 {
+            assert!(p.admit(&purchase(&format!("e{i}"), T0 + i), &limits));
+        }
+        // The newest 64 are refused, through a fresh decode too; older ones count again.
+        let mut decoded = Profile::decode(&p.encode()).unwrap();
+        for i in 936..1_000 {
+            let t = purchase(&format!("e{i}"), T0 + i);
+            assert!(!p.admit(&t, &limits), "e{i}");
+            assert!(!decoded.admit(&t, &limits), "decoded e{i}");
+        }
+        assert!(p.admit(&purchase("e935", T0 + 935), &limits));
+        assert_eq!(p.seen_events.len(), 64);
     }
 
     #[test]
@@ -247,12 +364,7 @@ mod tests {
             max_age_ms: DEFAULT_MAX_AGE_MS,
         };
         assert!(p.admit(&purchase("e10", T0 + 10), &small));
-        let times: Vec<i64> = p
-            .seen_events
-            .entries()
-            .iter()
-            .map(|e| e.at_ms - T0)
-            .collect();
+        let times: Vec<i64> = p.seen_events.iter().map(|e| e.at_ms - T0).collect();
         assert_eq!(times, [8, 9, 10]);
     }
 
@@ -266,7 +378,7 @@ mod tests {
         assert!(offer(&mut p, &purchase("r-1", T0), &limits));
         assert!(offer(&mut p, &purchase("r-1", T0), &limits));
         assert_eq!(p.orders, 2);
-        assert!(p.seen_events.entries().is_empty());
+        assert!(p.seen_events.is_empty());
     }
 
     #[test]
