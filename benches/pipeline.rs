@@ -4,7 +4,10 @@
 //! ```sh
 //! CARGO_TARGET_DIR=~/.cache/rapport/target cargo bench --profile dev --bench pipeline -- all
 //! ```
-//! (`journeys`, `replay`, `restore`, `guarantees` or `collector` run one part.) The broker is
+//! (`journeys`, `replay`, `restore`, `guarantees` or `collector` run one part;
+//! `peers` runs the side-by-side comparison with the Kafka Streams peer and the
+//! latency at half of Rapport's rate, `latency` the latency alone, `scale` memory
+//! and state size at 10k, 1M and 10M customers.) The broker is
 //! `RAPPORT_KAFKA_BOOTSTRAP`, or the local one from `deploy/kafka.sh`. Numbers are
 //! printed as a Markdown table for the README.
 
@@ -33,6 +36,10 @@ use std::path::PathBuf;
 
 #[path = "collector/mod.rs"]
 mod collector;
+#[path = "latency/mod.rs"]
+mod latency;
+#[path = "scale/mod.rs"]
+mod scale;
 
 /// The allocator the `rapport` binary uses, so the numbers are the binary's.
 #[global_allocator]
@@ -71,7 +78,38 @@ fn main() -> anyhow::Result<()> {
     }
     if which == "peers" {
         let bootstrap = rapport::broker::ensure()?.bootstrap;
-        peers(&bootstrap, 200_000)?;
+        let max = peers(&bootstrap, 200_000)?;
+        // Latency at half of Rapport's exactly_once rate just measured.
+        latency::latency(&bootstrap, (max / 2.0) as u64, 20)?;
+    }
+    if which == "latency" {
+        let bootstrap = rapport::broker::ensure()?.bootstrap;
+        let rate = match std::env::var("RAPPORT_BENCH_RATE") {
+            Ok(r) => r.parse()?,
+            Err(_) => {
+                engine_run(
+                    &bootstrap,
+                    &bench_input(&bootstrap, 200_000)?.0,
+                    200_000,
+                    Guarantee::ExactlyOnce,
+                    &format!("latency-max.{}", suffix()),
+                    None,
+                )?
+                .rate as u64
+                    / 2
+            }
+        };
+        latency::latency(&bootstrap, rate, 20)?;
+    }
+    if which == "scale" {
+        let bootstrap = rapport::broker::ensure()?.bootstrap;
+        let counts = match std::env::var("RAPPORT_BENCH_CUSTOMERS") {
+            Ok(n) => vec![n.parse()?],
+            Err(_) => vec![10_000, 1_000_000, 10_000_000],
+        };
+        for customers in counts {
+            scale::scale(&bootstrap, customers)?;
+        }
     }
     if which == "all" || which == "collector" {
         let bootstrap = rapport::broker::ensure()?.bootstrap;
@@ -522,7 +560,8 @@ fn count_committed(bootstrap: &str, topic: &str) -> anyhow::Result<u64> {
 /// at_least_once, and Rapport under exactly_once and at_least_once running the
 /// same three journeys as the peer (no delivery policy), with the actions each
 /// produced.
-fn peers(bootstrap: &str, events: u64) -> anyhow::Result<()> {
+/// Returns Rapport's exactly_once rate, events/s.
+fn peers(bootstrap: &str, events: u64) -> anyhow::Result<f64> {
     let (input, s) = bench_input(bootstrap, events)?;
     for (label, extra) in [
         ("librdkafka defaults", &[][..]),
@@ -574,6 +613,7 @@ fn peers(bootstrap: &str, events: u64) -> anyhow::Result<()> {
         }
         Err(e) => println!("| Kafka Streams peer | not run: {e} |"),
     }
+    let mut eos_rate = f64::NAN;
     let three = [
         "hesitation_guide.toml",
         "recovery_offer.toml",
@@ -596,13 +636,16 @@ fn peers(bootstrap: &str, events: u64) -> anyhow::Result<()> {
             run.workers, run.rate, run.cpu_us_per_event, run.cores, run.peak_mib, run.actions
         );
         counts.push(run.actions);
+        if g == Guarantee::ExactlyOnce {
+            eos_rate = run.rate;
+        }
     }
     let agree = counts.len() == 4 && counts.iter().all(|&n| n == counts[0]);
     println!(
         "| actions produced, read_committed (peer exactly_once_v2, at_least_once; Rapport exactly_once, at_least_once) | {counts:?}: {} |",
         if agree { "they agree" } else { "they DIFFER" }
     );
-    Ok(())
+    Ok(eos_rate)
 }
 
 /// CPU time this process has used (user and system), seconds (0 where /proc
