@@ -3,7 +3,7 @@
 //! customer on average, the shipped journeys and policy, the default memory
 //! settings; timed from outside, from its start until its group's committed
 //! offsets reach the end of the input. Reports peak and final RSS and the
-//! RocksDB directory's size after a clean stop. The input topic is deleted afterwards.
+//! RocksDB directory's size after a clean stop. The run's topics are deleted afterwards.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -42,7 +42,12 @@ pub fn scale(bootstrap: &str, customers: u64) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let config = write_config(dir.path(), bootstrap, &input, &s)?;
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rapport"))
+    // RAPPORT_BENCH_WRAPPER runs the engine under a profiler, e.g. "heaptrack -o /tmp/ht".
+    let wrapper = std::env::var("RAPPORT_BENCH_WRAPPER").unwrap_or_default();
+    let mut argv: Vec<String> = wrapper.split_whitespace().map(str::to_owned).collect();
+    argv.push(env!("CARGO_BIN_EXE_rapport").to_owned());
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
         .args(["run", "--config"])
         .arg(&config)
         .env("RUST_LOG", "warn")
@@ -59,7 +64,16 @@ pub fn scale(bootstrap: &str, customers: u64) -> anyhow::Result<()> {
         .status();
     let _ = child.wait();
     let state_mib = dir_bytes(&dir.path().join("state")) as f64 / (1 << 20) as f64;
-    delete_topic(bootstrap, &input);
+    delete_topics(
+        bootstrap,
+        &[
+            input.clone(),
+            format!("bench.scale.actions.{s}"),
+            format!("bench.scale.dlq.{s}"),
+            format!("bench.scale.decisions.{s}"),
+            format!("bench-scale-{s}-profiles-changelog"),
+        ],
+    );
     outcome?;
     println!(
         "| `rapport run` in its own process, {customers} customers, {events} events, the shipped journeys and policy, default memory settings | peak RSS {} MiB, RSS at the end {} MiB, RocksDB on disk after a clean stop {state_mib:.0} MiB, {:.0} events/s from start (incl. start-up) |",
@@ -88,6 +102,7 @@ dead_letter_topic = "bench.scale.dlq.{s}"
 decisions_topic = "bench.scale.decisions.{s}"
 [state]
 path = "{state}"
+{cache}
 [engine]
 instance_id = "bench-scale-{s}"
 wall_clock_timers = false
@@ -96,6 +111,10 @@ listen = ""
 "#,
         journeys = journeys.display(),
         state = dir.join("state").display(),
+        // RAPPORT_BENCH_PROFILE_CACHE overrides state.profile_cache.
+        cache = std::env::var("RAPPORT_BENCH_PROFILE_CACHE")
+            .map(|n| format!("profile_cache = {n}"))
+            .unwrap_or_default(),
     );
     let path = dir.join("rapport.toml");
     std::fs::write(&path, text)?;
@@ -171,11 +190,13 @@ fn dir_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn delete_topic(bootstrap: &str, topic: &str) {
+/// Deletes the run's topics (the inputs of the larger runs take gigabytes).
+fn delete_topics(bootstrap: &str, topics: &[String]) {
     let admin: Result<AdminClient<DefaultClientContext>, _> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create();
     if let Ok(admin) = admin {
-        let _ = super::rt().block_on(admin.delete_topics(&[topic], &AdminOptions::new()));
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let _ = super::rt().block_on(admin.delete_topics(&names, &AdminOptions::new()));
     }
 }

@@ -83,9 +83,11 @@ pub struct KafkaConfig {
     pub consumer: BTreeMap<String, String>,
     /// Extra librdkafka producer properties.
     pub producer: BTreeMap<String, String>,
-    /// Bytes of fetched records the consumer may hold ahead of processing, MiB
-    /// (librdkafka's `queued.max.messages.kbytes`): the prefetch is bounded in
-    /// bytes, whatever the record sizes and the number of partitions.
+    /// Bytes of fetched records the consumer may hold ahead of processing, MiB,
+    /// with librdkafka's bookkeeping for them: shared over the input
+    /// partitions an instance may be given (see [`crate::kafka::consumer_config`]),
+    /// so the prefetch is bounded in bytes whatever the record sizes and the
+    /// number of partitions.
     pub prefetch_mb: usize,
     /// Bytes each of the engine's two producers may hold unacknowledged, MiB
     /// (`queue.buffering.max.kbytes`; librdkafka's default is 1 GiB).

@@ -45,10 +45,21 @@ pub fn client_config(k: &KafkaConfig) -> ClientConfig {
     c
 }
 
+/// librdkafka's own bookkeeping per prefetched record (its fetch op and
+/// message header), which comes on top of the record's bytes.
+pub const PREFETCH_RECORD_OVERHEAD: usize = 256;
+
 /// Consumer settings: manual commits, read_committed, cooperative rebalancing, and
 /// deep prefetching (the engine processes faster than one fetch per partition
 /// round trip delivers with librdkafka's smaller defaults).
-pub fn consumer_config(k: &KafkaConfig) -> ClientConfig {
+///
+/// The prefetch is bounded by `kafka.prefetch_mb` over all of the `partitions`
+/// an instance may be given: librdkafka bounds each partition's queue on its
+/// own, by the records' decompressed bytes (`queued.max.messages.kbytes`) and
+/// by their count (`queued.min.messages`), so each partition gets its share,
+/// half for the records' bytes and half for librdkafka's per-record overhead.
+pub fn consumer_config(k: &KafkaConfig, partitions: usize) -> ClientConfig {
+    let share = k.prefetch_mb.max(1) * (1 << 20) / partitions.max(1) / 2;
     let mut c = client_config(k);
     c.set("group.id", &k.group_id)
         .set("enable.auto.commit", "false")
@@ -57,11 +68,14 @@ pub fn consumer_config(k: &KafkaConfig) -> ClientConfig {
         .set("isolation.level", "read_committed")
         .set("partition.assignment.strategy", "cooperative-sticky")
         // Keep a deep local queue so processing never waits for a fetch round
-        // trip, bounded in bytes (kafka.prefetch_mb), not in records.
-        .set("queued.min.messages", "200000")
+        // trip, bounded in bytes (kafka.prefetch_mb), split over the partitions.
+        .set(
+            "queued.min.messages",
+            (share / PREFETCH_RECORD_OVERHEAD).max(1000).to_string(),
+        )
         .set(
             "queued.max.messages.kbytes",
-            (k.prefetch_mb.max(1) * 1024).to_string(),
+            (share / 1024).max(1024).to_string(),
         )
         .set(
             "fetch.max.bytes",

@@ -14,8 +14,9 @@
 //!
 //! Checking costs a hash of the id and one cache line of a filter for most
 //! events, and a scan of at most `max_ids` entries for the rest; the list is a
-//! ring allocated once per profile at its full size, so forgetting the oldest
-//! moves nothing and the hot path allocates nothing per event.
+//! ring that grows by doubling up to the bound (a customer with a few events
+//! holds a few entries, not the bound's worth), so forgetting the oldest moves
+//! nothing and a full ring allocates nothing per event.
 
 use std::collections::VecDeque;
 
@@ -177,11 +178,6 @@ impl SeenEvents {
         if at_ms < horizon {
             // Too old to remember: it would be forgotten at once.
             return true;
-        }
-        // Once per profile (also one just decoded): room for the whole bound.
-        if self.entries.capacity() < limits.max_ids {
-            self.entries
-                .reserve_exact(limits.max_ids - self.entries.len());
         }
         // Events mostly arrive in time order: then the new one goes last.
         let mut pos = if self.entries.is_empty() || at_ms >= self.filter.newest_ms {

@@ -353,8 +353,10 @@ impl Processor {
             return cached;
         }
         // Only clean profiles may leave: their latest version is in RocksDB.
+        // The table shrinks with them, so its peak size does not stay resident.
         for t in self.tasks.values_mut() {
             t.profiles.retain(|_, s| s.dirty);
+            t.profiles.shrink_to_fit();
         }
         self.tasks.values().map(|t| t.profiles.len()).sum()
     }

@@ -11,9 +11,12 @@ use rapport_model::Profile;
 
 use crate::state::{StateError, StateStore, Stored};
 
-/// A profile held in memory, and what is needed to write it back.
+/// A profile held in memory, and what is needed to write it back. The profile
+/// is boxed so that the cache's table holds small entries: a table sized for
+/// its peak (tables grow by doubling) then costs a pointer per empty bucket,
+/// not a whole profile.
 pub(crate) struct Slot {
-    pub stored: Stored,
+    pub stored: Box<Stored>,
     pub dirty: bool,
     /// Timer times currently in the persisted index.
     pub persisted_timers: TimerTimes,
@@ -94,7 +97,7 @@ impl Task {
                 });
                 let persisted_timers = timer_times(&stored.profile);
                 e.insert(Slot {
-                    stored,
+                    stored: Box::new(stored),
                     dirty: false,
                     persisted_timers,
                 })

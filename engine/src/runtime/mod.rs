@@ -272,7 +272,8 @@ impl Worker {
             decision_format: registry.decisions,
             cfg: cfg.clone(),
         }));
-        let consumer = subscribe(&cfg, core.clone())?;
+        let partitions = layout.partitions as usize * cfg.kafka.touchpoint_topics.len();
+        let consumer = subscribe(&cfg, partitions, core.clone())?;
         Ok(Worker {
             consumer,
             core,
@@ -434,8 +435,14 @@ fn consumer_error(e: KafkaError) -> Result<(), LoopError> {
 }
 
 /// Creates the consumer and subscribes to the touchpoint topics.
-fn subscribe(cfg: &Config, core: Arc<Mutex<Core>>) -> anyhow::Result<BaseConsumer<EngineContext>> {
-    let mut cc = consumer_config(&cfg.kafka);
+/// `partitions` is how many input partitions one instance may be given, which
+/// the prefetch budget is shared over.
+fn subscribe(
+    cfg: &Config,
+    partitions: usize,
+    core: Arc<Mutex<Core>>,
+) -> anyhow::Result<BaseConsumer<EngineContext>> {
+    let mut cc = consumer_config(&cfg.kafka, partitions);
     // Static membership: a restarted instance takes its partitions back at once
     // instead of waiting for its old session to time out.
     if !cfg.kafka.consumer.contains_key("group.instance.id") {
