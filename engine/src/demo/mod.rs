@@ -4,6 +4,13 @@
 //! across web, app, call center, store and chat, runs the engine, and prints what
 //! it does: events per second, actions by kind, dead letters, and the latest action
 //! with its reasons. It ends by itself and stops what it started.
+//!
+//! The touchpoints come in through each of Rapport's doors: web page and
+//! product views through the collector (`rapport collect`) as Segment calls
+//! over HTTP, a small store export through the importer (`rapport import`), and
+//! the rest straight to the touchpoint topic.
+
+mod web;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -12,7 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rapport_connectors::publish::publish;
 use rapport_connectors::simulator::{SimConfig, Simulator};
 use rapport_model::Action;
 use rdkafka::config::ClientConfig;
@@ -228,18 +234,26 @@ fn run_on(bootstrap: &str, opts: &DemoOptions) -> anyhow::Result<()> {
         std::thread::spawn(move || read_outputs(&bootstrap, &topic, is_actions, &seen, &stop))
     });
 
+    let (collector_rt, collector) = start_collector(&cfg)?;
+    println!(
+        "web page and product views go through the collector: http://{}/v1/batch (Segment calls, write key {})",
+        collector.addr,
+        web::WRITE_KEY
+    );
     let stop_sim = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let sim = {
         let (stop, sent, bootstrap) = (stop_sim.clone(), sent.clone(), bootstrap.to_owned());
         let topic = cfg.kafka.touchpoint_topics[0].clone();
         let (customers, rate) = (opts.customers, opts.rate);
+        let mut door = web::WebDoor::new(collector.addr);
         std::thread::spawn(move || {
             let mut sim = Simulator::new(SimConfig {
                 customers,
                 ..SimConfig::default()
             });
-            publish(&bootstrap, &topic, &mut sim, rate, None, &stop, &sent)
+            let n = web::feed(&bootstrap, &topic, &mut sim, rate, &stop, &sent, &mut door)?;
+            Ok::<_, anyhow::Error>((n, door.sent, door.refused))
         })
     };
 
@@ -253,9 +267,10 @@ fn run_on(bootstrap: &str, opts: &DemoOptions) -> anyhow::Result<()> {
         print_summary(started.elapsed().as_secs(), rate, handled, &seen);
     }
     stop_sim.store(true, Ordering::SeqCst);
-    let published = sim
+    let (published, through_collector, refused) = sim
         .join()
         .map_err(|_| anyhow::anyhow!("simulator panicked"))??;
+    let _ = collector_rt.block_on(collector.stop());
     // Let the engine catch up with everything published, then stop it cleanly.
     let deadline = Instant::now() + Duration::from_secs(30);
     while engine.progress.committed.load(Ordering::SeqCst) < published
@@ -274,7 +289,12 @@ fn run_on(bootstrap: &str, opts: &DemoOptions) -> anyhow::Result<()> {
         .lock()
         .map_err(|_| anyhow::anyhow!("reader panicked"))?;
     println!(
-        "\ndone: {published} touchpoints published, {} actions, {} dead letters",
+        "\ndone: {published} touchpoints published ({through_collector} of them through the collector{}), {} actions, {} dead letters",
+        if refused > 0 {
+            format!(", {refused} it refused sent to Kafka directly")
+        } else {
+            String::new()
+        },
         s.by_kind.values().sum::<u64>(),
         s.dead_letters
     );
@@ -285,6 +305,27 @@ fn run_on(bootstrap: &str, opts: &DemoOptions) -> anyhow::Result<()> {
         println!("  latest dead-letter reason: {r}");
     }
     Ok(())
+}
+
+/// Starts the collector for the demo's touchpoint topic on a free local port,
+/// on a runtime of its own that lives as long as the returned handle.
+fn start_collector(
+    cfg: &Config,
+) -> anyhow::Result<(tokio::runtime::Runtime, crate::collect::Running)> {
+    let mut cfg = cfg.clone();
+    cfg.collector.listen = "127.0.0.1:0".into();
+    cfg.collector.write_keys = vec![web::WRITE_KEY.into()];
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let running = rt
+        .block_on(crate::collect::start(
+            &cfg,
+            std::path::Path::new("rapport.toml"),
+        ))
+        .context("starting the demo's collector")?;
+    Ok((rt, running))
 }
 
 fn print_summary(secs: u64, rate: f64, handled: u64, seen: &Mutex<Seen>) {
