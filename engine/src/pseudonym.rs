@@ -355,3 +355,87 @@ mod tests {
         assert_eq!(p.pseudonym("ada@example.com"), "h1:4-MLTVAiSkuhQIRgcIXQck");
     }
 }
+
+/// The processor's use of the pseudonymizer: the key rule reads the clear id
+/// (producers key by it), the profile and everything after it the pseudonym.
+#[cfg(test)]
+mod processor_tests {
+    use std::sync::Arc;
+
+    use rapport_model::testing::tp;
+    use rapport_model::{Channel, EventType};
+
+    use super::*;
+    use crate::config::{Partitioner, StateConfig};
+    use crate::ingest::route::KeyRule;
+    use crate::processor::{Outcome, Processor, Record};
+    use crate::state::{StateBatch, StateStore};
+
+    #[test]
+    fn the_key_rule_reads_the_clear_id_and_the_profile_is_keyed_by_the_pseudonym() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(StateStore::open_path(dir.path(), &StateConfig::default()).unwrap());
+        let rule = KeyRule::new(Partitioner::Murmur2, 4);
+        let p = Arc::new(Pseudonymizer::with_secret(
+            b"0123456789abcdef",
+            &["customer_id"],
+        ));
+        let journeys = Arc::new(rapport_journeys::CompiledJourneys::shipped().unwrap());
+        let mut processor = Processor::new(
+            1 << 20,
+            rule,
+            journeys,
+            state,
+            crate::metrics::Metrics::new(),
+            100,
+        )
+        .unwrap()
+        .with_pseudonymizer(Some(p.clone()));
+        let email = "ada@example.com";
+        let hashed = p.pseudonym(email);
+        let home = rule.partition_of(email.as_bytes());
+        processor.start_partition(home).unwrap();
+        let value = serde_json::to_vec(&tp(
+            "e1",
+            email,
+            Channel::Web,
+            EventType::PageView,
+            1_764_000_000_000,
+        ))
+        .unwrap();
+        fn record<'a>(partition: i32, offset: i64, key: &'a str, value: &'a [u8]) -> Record<'a> {
+            Record {
+                topic: "t",
+                partition,
+                offset,
+                key: Some(key.as_bytes()),
+                value,
+            }
+        }
+        let mut out = Vec::new();
+        assert_eq!(
+            processor
+                .process(&record(home, 0, email, &value), &mut out)
+                .unwrap(),
+            Outcome::Applied
+        );
+        // Keyed by the pseudonym, the record is not its touchpoint's: refused.
+        match processor
+            .process(&record(home, 1, &hashed, &value), &mut out)
+            .unwrap()
+        {
+            Outcome::Rejected(r) => assert_eq!(r.class, "key_mismatch"),
+            other => panic!("{other:?}"),
+        }
+        let mut keys = Vec::new();
+        processor
+            .changes(&mut StateBatch::default(), |(_, key, value)| {
+                keys.push(String::from_utf8_lossy(key).into_owned());
+                assert!(!value.windows(email.len()).any(|w| w == email.as_bytes()));
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        assert!(keys.contains(&hashed), "{keys:?}");
+        assert!(!keys.iter().any(|k| k == email), "{keys:?}");
+    }
+}
