@@ -22,6 +22,13 @@
 //! only then pseudonymizes the touchpoint; the profile is keyed by the pseudonym.
 //! With no fields listed nothing is hashed and nothing is allocated.
 //!
+//! Actions and decisions carry the customer id, which is then the pseudonym,
+//! and journey payloads render the touchpoint as stored, so a listed attribute
+//! reaches them hashed too: a downstream service that must contact the customer
+//! looks the pseudonym up in its own records (keyed the same way), never reads
+//! contact details from Rapport. Changing the secret or the identity fields gives
+//! every customer a new profile.
+//!
 //! What it does not cover: free text (chat messages, agent notes, survey comments,
 //! URLs) is kept as sent; the dead-letter topic keeps a refused record's original
 //! bytes, as it must to lose nothing, so restrict who reads it.
