@@ -44,9 +44,14 @@ pub struct Config {
     /// The collector (`rapport collect`): Segment-compatible HTTP API and chat
     /// webhooks; the engine itself ignores it.
     pub collector: crate::collect::config::CollectorConfig,
+    /// Identifiers replaced by keyed hashes at ingest ([`crate::pseudonym`]).
+    pub pseudonymize: crate::pseudonym::PseudonymizeConfig,
     /// The journeys, compiled once when the configuration is loaded.
     #[serde(skip)]
     pub compiled: Option<Arc<CompiledJourneys>>,
+    /// The pseudonymizer, once its secret is read ([`Config::resolve_pseudonymizer`]).
+    #[serde(skip)]
+    pub pseudonymizer: Option<Arc<crate::pseudonym::Pseudonymizer>>,
 }
 
 /// Kafka connection and topics.
@@ -371,6 +376,16 @@ pub struct HttpConfig {
     /// profile request for a customer another instance owns is redirected there;
     /// without it the answer names the owner.
     pub advertised_url: Option<String>,
+    /// A file holding the profile API's bearer token ([`crate::http_auth`]);
+    /// required, or `token_env`, when `listen` is beyond loopback.
+    pub token_file: Option<String>,
+    /// An environment variable holding the profile API's bearer token.
+    pub token_env: Option<String>,
+    /// Refused: only here to say why (a token does not belong in the file).
+    pub(crate) token: Option<toml::Value>,
+    /// The token, once read ([`Config::resolve_http_token`]).
+    #[serde(skip)]
+    pub bearer: Option<Arc<crate::http_auth::BearerToken>>,
 }
 
 impl Default for HttpConfig {
@@ -378,6 +393,10 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: "127.0.0.1:9464".into(),
             advertised_url: None,
+            token_file: None,
+            token_env: None,
+            token: None,
+            bearer: None,
         }
     }
 }
@@ -479,7 +498,38 @@ impl Config {
                 line: locate(src, &key),
                 message: format!("{key}: {message}"),
             })?;
+        cfg.pseudonymize
+            .validate()
+            .and_then(|()| crate::http_auth::validate(&cfg.http))
+            .map_err(|(key, message)| ConfigError {
+                file: file.to_owned(),
+                line: locate(src, key),
+                message: format!("{key}: {message}"),
+            })?;
         Ok(cfg)
+    }
+
+    /// Reads the pseudonymization secret named by `[pseudonymize]` (at start-up,
+    /// not in `rapport validate`, which may run where the secret is not mounted);
+    /// errors name `file` and the line of the key.
+    pub fn resolve_pseudonymizer(&mut self, file: &Path) -> Result<(), ConfigError> {
+        let mut section = self.pseudonymize.clone();
+        section.secret_file = section.secret_file.map(|f| beside(file, &f));
+        let p = section
+            .pseudonymizer()
+            .map_err(|e| crate::pseudonym::at_line(file, e))?;
+        self.pseudonymizer = p.map(Arc::new);
+        Ok(())
+    }
+
+    /// Reads the profile API's bearer token named by `[http]`; errors name
+    /// `file` and the line of the key.
+    pub fn resolve_http_token(&mut self, file: &Path) -> Result<(), ConfigError> {
+        let mut http = self.http.clone();
+        http.token_file = http.token_file.map(|f| beside(file, &f));
+        let t = crate::http_auth::load(&http).map_err(|e| crate::pseudonym::at_line(file, e))?;
+        self.http.bearer = t.map(Arc::new);
+        Ok(())
     }
 
     /// Checks the rules types cannot express; returns the offending key and a message.
@@ -621,6 +671,12 @@ impl Config {
         }
         self.schema_registry.validate()
     }
+}
+
+/// `path` relative to the directory of the configuration `file` (absolute paths unchanged).
+fn beside(file: &Path, path: &str) -> String {
+    let base = file.parent().unwrap_or(Path::new("."));
+    base.join(path).display().to_string()
 }
 
 /// 1-based line of byte offset `at`.

@@ -1,13 +1,20 @@
 //! The HTTP surface for ops and agents: `/metrics`, `/healthz`, `/readyz` and
 //! `GET /v1/profiles/{id}` (the committed 360-degree profile, as
 //! [`ProfileView`](crate::profile_view::ProfileView)).
+//!
+//! The profile API returns personal data: with a token configured it answers
+//! only requests that carry it ([`crate::http_auth`]); the other endpoints stay
+//! open for Prometheus and probes. With pseudonymization on
+//! ([`crate::pseudonym`]), callers still ask by the clear customer id: the API
+//! hashes it the way ingest does before looking the profile up, and finds the
+//! owning partition from the clear id, as producers key records by it.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -32,6 +39,10 @@ pub struct AppState {
     pub owners: Option<Arc<Owners>>,
     /// This instance's id.
     pub instance_id: String,
+    /// The token the profile API requires; `None`: open (loopback only).
+    pub bearer: Option<Arc<crate::http_auth::BearerToken>>,
+    /// Hashes the requested customer id as ingest does; `None`: off.
+    pub pseudonymizer: Option<Arc<crate::pseudonym::Pseudonymizer>>,
 }
 
 /// The router, separate from serving so tests can call it directly.
@@ -46,6 +57,9 @@ pub fn router(app: AppState) -> Router {
 
 /// Serves the router on `addr` until the process ends.
 pub async fn serve(addr: SocketAddr, app: AppState) -> anyhow::Result<()> {
+    if app.bearer.is_none() && !crate::http_auth::is_loopback(&addr) {
+        anyhow::bail!("http.listen {addr} is beyond loopback and no profile API token is configured (http.token_file or http.token_env)");
+    }
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "http listening");
     axum::serve(listener, router(app)).await?;
@@ -90,14 +104,26 @@ async fn ready(State(app): State<AppState>) -> Response {
 /// customer another instance owns: a redirect to that instance (with
 /// `http.advertised_url`) or `421 Misdirected Request` naming it; `503` while
 /// the customer's partition is restored here or has no owner (a rebalance).
-async fn profile(State(app): State<AppState>, Path(id): Path<String>) -> Response {
+async fn profile(
+    State(app): State<AppState>,
+    Path(clear_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = crate::http_auth::refusal(app.bearer.as_deref(), &headers) {
+        return refused;
+    }
+    // The id the profile is stored under; the clear id only places it.
+    let id = match &app.pseudonymizer {
+        Some(p) => p.profile_id(&clear_id),
+        None => clear_id.clone(),
+    };
     let Some(owners) = app.owners.clone() else {
         return match app.state.find_profile(&id) {
             Ok(p) => local_profile(&app, &id, p),
             Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
         };
     };
-    let p = owners.partition(&id);
+    let p = owners.partition(&clear_id);
     if app.progress.owns(p) {
         return match app.state.get(p, &id) {
             Ok(s) => local_profile(&app, &id, s.map(|s| s.profile)),
@@ -116,7 +142,7 @@ async fn profile(State(app): State<AppState>, Path(id): Path<String>) -> Respons
     .await;
     match lookup {
         Ok(Ok(Some(owner))) if owner != app.instance_id => {
-            let url = owners.url(&owner, &id);
+            let url = owners.url(&owner, &clear_id);
             let body = Json(serde_json::json!({
                 "error": "owned by another instance",
                 "customer_id": id,

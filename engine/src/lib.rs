@@ -13,7 +13,9 @@
 //! - [`kafka`]: client settings, topic admin, header names
 //! - [`runtime`]: the consume / update / evaluate / produce / commit loop, and the
 //!   output encodings (JSON, or Avro under schemas registered at start-up)
-//! - [`http`]: metrics, health, readiness, the profile API ([`profile_view`])
+//! - [`http`]: metrics, health, readiness, the profile API ([`profile_view`]),
+//!   behind a bearer token beyond loopback ([`http_auth`])
+//! - [`pseudonym`]: personal identifiers replaced by keyed hashes at ingest
 //! - [`broker`]: the local development broker (`deploy/kafka.sh`)
 //! - [`demo`]: the guided demo
 //! - [`import`]: `rapport import`, store and call-center exports into the touchpoint topic
@@ -25,6 +27,7 @@ pub mod collect;
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod http_auth;
 pub mod import;
 pub mod ingest;
 pub mod kafka;
@@ -32,6 +35,7 @@ pub mod metrics;
 pub mod owners;
 pub mod processor;
 pub mod profile_view;
+pub mod pseudonym;
 pub mod replay;
 pub mod runtime;
 pub mod state;

@@ -119,7 +119,7 @@ fn main() -> anyhow::Result<()> {
             };
             replay(&config, &events, until, decisions)
         }
-        Cmd::Run { config } => run(Config::load(&config)?),
+        Cmd::Run { config } => run(load_for_run(&config)?),
         Cmd::Demo(opts) => rapport::demo::run(opts),
         Cmd::Import(opts) => rapport::import::run(opts),
         Cmd::Collect { config } => rapport::collect::run(Config::load(&config)?, &config),
@@ -145,9 +145,19 @@ fn validate(path: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// The configuration for `rapport run`, with the secrets it names read: a
+/// missing pseudonymization secret or profile API token stops the start.
+fn load_for_run(path: &Path) -> anyhow::Result<Config> {
+    let mut cfg = Config::load(path)?;
+    cfg.resolve_pseudonymizer(path)?;
+    cfg.resolve_http_token(path)?;
+    Ok(cfg)
+}
+
 /// `rapport replay`.
 fn replay(config: &Path, events: &Path, until: Until, decisions: bool) -> anyhow::Result<()> {
-    let cfg = Config::load(config)?;
+    let mut cfg = Config::load(config)?;
+    cfg.resolve_pseudonymizer(config)?;
     let started = std::time::Instant::now();
     let input: Box<dyn std::io::BufRead> = if events == Path::new("-") {
         Box::new(std::io::stdin().lock())
@@ -195,6 +205,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     let http_addr = cfg.http.addr();
     let emotion = cfg.emotion.clone();
     let (owner_cfg, instance_id) = (cfg.clone(), cfg.engine.instance_id.clone());
+    let (bearer, pseudonymizer) = (cfg.http.bearer.clone(), cfg.pseudonymizer.clone());
     let mut engine = runtime::start(cfg, state.clone(), metrics.clone())?;
     let owners = Arc::new(Owners::new(&owner_cfg, engine.key_rule)?);
     let stop = engine.stop_flag();
@@ -206,6 +217,8 @@ fn run(cfg: Config) -> anyhow::Result<()> {
             emotion,
             owners: Some(owners),
             instance_id,
+            bearer,
+            pseudonymizer,
         };
         rt.spawn(async move {
             if let Err(e) = http::serve(addr, app).await {

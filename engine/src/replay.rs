@@ -72,7 +72,8 @@ pub fn replay(
         Metrics::new(),
         cfg.state.profile_cache,
     )?
-    .with_seen_limits(cfg.engine.seen_limits());
+    .with_seen_limits(cfg.engine.seen_limits())
+    .with_pseudonymizer(cfg.pseudonymizer.clone());
     processor.start_partition(0)?;
     let mut summary = Summary::default();
     let mut actions: Vec<Action> = Vec::new();

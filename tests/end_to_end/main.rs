@@ -15,6 +15,7 @@ mod kcat;
 mod kubernetes;
 mod metrics;
 mod policy_replay;
+mod privacy;
 mod profiles;
 mod prometheus;
 mod replay;

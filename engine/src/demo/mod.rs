@@ -209,6 +209,8 @@ fn run_on(bootstrap: &str, opts: &DemoOptions) -> anyhow::Result<()> {
                 .ok()
                 .map(Arc::new),
             instance_id: cfg.engine.instance_id.clone(),
+            bearer: cfg.http.bearer.clone(),
+            pseudonymizer: cfg.pseudonymizer.clone(),
         };
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()

@@ -73,6 +73,8 @@ struct Shared {
     metrics: Metrics,
     /// How many event ids profiles remember, to skip repeats.
     seen: SeenLimits,
+    /// Replaces personal identifiers by keyed hashes after the key rule; `None`: off.
+    pseudonymizer: Option<Arc<crate::pseudonym::Pseudonymizer>>,
 }
 
 /// One record's result in a batch: what became of it, and the actions it
@@ -108,6 +110,7 @@ impl Processor {
                 state,
                 metrics,
                 seen: SeenLimits::default(),
+                pseudonymizer: None,
             },
             profile_cache,
             tasks: hashbrown::HashMap::new(),
@@ -133,6 +136,13 @@ impl Processor {
     /// [`SeenLimits::default`]).
     pub fn with_seen_limits(mut self, limits: SeenLimits) -> Self {
         self.shared.seen = limits;
+        self
+    }
+
+    /// Replaces the identifiers `p` names by keyed hashes once a record has passed
+    /// the key rule (see [`crate::pseudonym`]); `None` leaves them as sent.
+    pub fn with_pseudonymizer(mut self, p: Option<Arc<crate::pseudonym::Pseudonymizer>>) -> Self {
+        self.shared.pseudonymizer = p;
         self
     }
 
@@ -395,9 +405,16 @@ impl<'a> Lane<'a> {
         }
         task.applied_to(r.topic, r.offset);
         let rule = self.sh.rule;
-        let checked = self.sh.decoder.decode(r.value).and_then(|tp| {
+        let pseudonymizer = self.sh.pseudonymizer.as_deref();
+        let checked = self.sh.decoder.decode(r.value).and_then(|mut tp| {
             let id = tp.identity().unwrap_or_default();
-            rule.check(r.key, id, r.partition).map(|()| tp)
+            rule.check(r.key, id, r.partition)?;
+            // Producers key records by the clear id, so the key rule reads it;
+            // from here on the customer is known by the pseudonym only.
+            if let Some(p) = pseudonymizer {
+                p.apply(&mut tp);
+            }
+            Ok(tp)
         });
         match checked {
             Ok(tp) => self.apply(r, &tp, out),

@@ -244,7 +244,8 @@ impl Worker {
             cfg.state.profile_cache,
         )?
         .with_workers(cfg.engine.workers())
-        .with_seen_limits(cfg.engine.seen_limits());
+        .with_seen_limits(cfg.engine.seen_limits())
+        .with_pseudonymizer(cfg.pseudonymizer.clone());
         if let Some(schemas) = &registry.writer_schemas {
             processor = processor.with_registry(schemas.clone());
         }
