@@ -226,8 +226,10 @@ fn a_broker_restarted_twice_under_load_does_not_stop_the_engine() {
     wait_caught_up_on(&bootstrap, &group, &topics.input, &mut [&mut engine]);
     let log = engine.log_text();
     engine.terminate();
+    // A commit ran into an outage: it failed and was redone, or it waited
+    // for the broker to come back.
     assert!(
-        log.contains("commit failed"),
+        log.contains("commit failed") || log.contains("commit took long"),
         "the restarts did hit a commit; log:\n{log}"
     );
     assert_like_a_clean_run(&topics, &group, 4);

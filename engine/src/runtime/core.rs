@@ -25,6 +25,9 @@ use super::rebalance::{partitions_of, EngineContext};
 use super::restore::Restorer;
 use super::{LoopError, Progress};
 
+/// A commit slower than this is logged: Kafka was slow or away while it ran.
+const SLOW_COMMIT: Duration = Duration::from_secs(2);
+
 /// Offsets consumed in the current interval, `(partition, topic) -> next`, looked
 /// up without allocating a topic name per record.
 #[derive(Default)]
@@ -201,9 +204,14 @@ impl Core {
         }
         self.metrics.cached_profiles.set(cached as i64);
         self.metrics.commits.inc();
-        self.metrics
-            .commit_seconds
-            .observe(done.started.elapsed().as_secs_f64());
+        let took = done.started.elapsed();
+        self.metrics.commit_seconds.observe(took.as_secs_f64());
+        if took >= SLOW_COMMIT {
+            tracing::warn!(
+                seconds = took.as_secs_f64(),
+                "commit took long: Kafka was slow or away, and the commit waited for it"
+            );
+        }
         if let Some(oldest) = done.oldest_ms {
             let now = chrono::Utc::now().timestamp_millis();
             self.metrics
