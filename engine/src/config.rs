@@ -44,6 +44,8 @@ pub struct Config {
     /// The collector (`rapport collect`): Segment-compatible HTTP API and chat
     /// webhooks; the engine itself ignores it.
     pub collector: crate::collect::config::CollectorConfig,
+    /// Erasure requests, the suppression list and receipts (see [`crate::privacy`]).
+    pub privacy: crate::privacy::PrivacyConfig,
     /// The journeys, compiled once when the configuration is loaded.
     #[serde(skip)]
     pub compiled: Option<Arc<CompiledJourneys>>,
@@ -617,6 +619,7 @@ impl Config {
                 ),
             ));
         }
+        self.privacy.validate(&self.kafka.touchpoint_topics)?;
         self.schema_registry.validate()
     }
 }

@@ -46,9 +46,15 @@ pub fn router(app: AppState) -> Router {
 
 /// Serves the router on `addr` until the process ends.
 pub async fn serve(addr: SocketAddr, app: AppState) -> anyhow::Result<()> {
+    serve_router(addr, router(app)).await
+}
+
+/// Serves `router` (the engine's, with optional routes merged in, such as
+/// `POST /privacy/erasure`) on `addr` until the process ends.
+pub async fn serve_router(addr: SocketAddr, router: Router) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "http listening");
-    axum::serve(listener, router(app)).await?;
+    axum::serve(listener, router).await?;
     Ok(())
 }
 

@@ -7,7 +7,10 @@
 //! ([`task`]): profiles, timers, watermark and applied offsets keyed by
 //! (partition, customer), never by customer alone.
 
+mod erase;
 pub(crate) mod task;
+
+pub use self::erase::PrivacyRules;
 
 use std::sync::Arc;
 
@@ -73,6 +76,8 @@ struct Shared {
     metrics: Metrics,
     /// How many event ids profiles remember, to skip repeats.
     seen: SeenLimits,
+    /// Erasure commands and the suppression list; `None` when off.
+    privacy: Option<PrivacyRules>,
 }
 
 /// One record's result in a batch: what became of it, and the actions it
@@ -108,6 +113,7 @@ impl Processor {
                 state,
                 metrics,
                 seen: SeenLimits::default(),
+                privacy: None,
             },
             profile_cache,
             tasks: hashbrown::HashMap::new(),
@@ -392,13 +398,19 @@ impl<'a> Lane<'a> {
             return Ok(Outcome::AlreadyApplied);
         }
         task.applied_to(r.topic, r.offset);
+        if let Some(outcome) = self.erasure_record(r)? {
+            return Ok(outcome);
+        }
         let rule = self.sh.rule;
         let checked = self.sh.decoder.decode(r.value).and_then(|tp| {
             let id = tp.identity().unwrap_or_default();
             rule.check(r.key, id, r.partition).map(|()| tp)
         });
         match checked {
-            Ok(tp) => self.apply(r, &tp, out),
+            Ok(tp) => match self.suppressed(&tp) {
+                Some(rejection) => Ok(Outcome::Rejected(rejection)),
+                None => self.apply(r, &tp, out),
+            },
             Err(rejection) => Ok(Outcome::Rejected(rejection)),
         }
     }
@@ -523,6 +535,11 @@ impl<'a> Lane<'a> {
                     .filter(|t| t.fire_at_ms <= now)
                     .cloned()
                     .collect();
+                if was_due.is_empty() {
+                    // Nothing of this profile is due (an index entry left by an
+                    // erasure or a restore): nothing to change, nothing to write.
+                    return false;
+                }
                 fired = journeys
                     .fire_due(&mut s.profile, now, &mut output)
                     .timers_fired;
