@@ -2,15 +2,16 @@
 //! in the partition's task; every touchpoint is checked against the partition's
 //! suppression list (see [`crate::privacy`]).
 
-use rapport_model::{EventType, Touchpoint};
+use compact_str::CompactString;
+use rapport_model::{EventType, Profile, Touchpoint};
 
 use crate::ingest::{Rejection, Stage};
 use crate::privacy::erasure::{ChangelogWrite, Completed, TaskPrivacy};
 use crate::privacy::suppression::hex;
 use crate::privacy::{AfterErasure, ErasureCommand, IdHasher, Receipt};
-use crate::state::{StateBatch, StateError};
+use crate::state::{StateBatch, StateError, Stored};
 
-use super::task::timer_times;
+use super::task::{timer_times, Slot};
 use super::{Lane, Outcome, Processor, Record};
 
 /// How the processor treats erasure: the privacy topic, the hasher of the
@@ -165,6 +166,7 @@ impl Lane<'_> {
             privacy.lift(&hit);
             if let Some(id) = tp.identity() {
                 privacy.lift(&rules.hasher.hash(id));
+                self.start_fresh(id);
             }
             return None;
         }
@@ -173,8 +175,152 @@ impl Lane<'_> {
     }
 }
 
+impl Lane<'_> {
+    /// Caches an empty profile for `id`, so that a re-consent in the interval of
+    /// the erasure (not yet committed to RocksDB) does not read the old profile back.
+    fn start_fresh(&mut self, id: &str) {
+        let slot = Slot {
+            stored: Stored {
+                sources: Default::default(),
+                profile: Profile::new(id),
+            },
+            dirty: false,
+            persisted_timers: Default::default(),
+        };
+        self.task.profiles.insert(CompactString::from(id), slot);
+    }
+}
+
 /// A `consent_changed` touchpoint that grants consent.
 fn grants_consent(tp: &Touchpoint) -> bool {
     tp.event_type == EventType::ConsentChanged
         && rapport_model::policy::consent_change(tp).is_ok_and(|c| c.is_some_and(|c| c.granted))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rapport_model::testing::tp;
+    use rapport_model::Channel;
+
+    use super::*;
+    use crate::config::{Partitioner, StateConfig};
+    use crate::ingest::route::KeyRule;
+    use crate::metrics::Metrics;
+    use crate::state::StateStore;
+
+    const PRIVACY: &str = "privacy";
+
+    fn processor(dir: &std::path::Path, after: AfterErasure) -> Processor {
+        let cfg = StateConfig {
+            path: dir.to_owned(),
+            block_cache_mb: 8,
+            write_buffer_mb: 8,
+            ..Default::default()
+        };
+        let journeys = Arc::new(rapport_journeys::CompiledJourneys::shipped().unwrap());
+        let state = Arc::new(StateStore::open(&cfg).unwrap());
+        let rule = KeyRule::new(Partitioner::Murmur2, 1);
+        let mut p = Processor::new(1 << 20, rule, journeys, state, Metrics::new(), 100)
+            .unwrap()
+            .with_privacy(PrivacyRules {
+                topic: PRIVACY.into(),
+                hasher: IdHasher::new(b"k"),
+                after,
+            });
+        p.start_partition(0).unwrap();
+        p
+    }
+
+    /// Processes `value` keyed `key` at `offset` of `topic`.
+    fn feed(p: &mut Processor, topic: &str, offset: i64, key: &str, value: &[u8]) -> Outcome {
+        let r = Record {
+            topic,
+            partition: 0,
+            offset,
+            key: Some(key.as_bytes()),
+            value,
+        };
+        p.process(&r, &mut Vec::new()).unwrap()
+    }
+
+    fn touch(p: &mut Processor, offset: i64, t: &Touchpoint) -> Outcome {
+        let bytes = serde_json::to_vec(t).unwrap();
+        feed(p, "touch", offset, t.identity().unwrap(), &bytes)
+    }
+
+    fn erase(p: &mut Processor, offset: i64, id: &str) -> Outcome {
+        let cmd = format!(r#"{{"request_id":"r{offset}","customer_id":"{id}"}}"#);
+        feed(p, PRIVACY, offset, id, cmd.as_bytes())
+    }
+
+    fn consent(id: &str, at: i64) -> Touchpoint {
+        let mut t = tp("g1", id, Channel::Web, EventType::ConsentChanged, at);
+        t.attributes.insert("purpose".into(), "all".into());
+        t.attributes.insert("granted".into(), "true".into());
+        t
+    }
+
+    /// The changelog records of the next commit, in order: (key, has value).
+    fn changelog(p: &mut Processor) -> Vec<(Vec<u8>, bool)> {
+        let mut out = Vec::new();
+        let mut batch = StateBatch::default();
+        p.erasures(&mut batch, |(_, k, v)| {
+            out.push((k.to_vec(), v.is_some()));
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        p.changes(&mut batch, |(_, k, _)| {
+            out.push((k.to_vec(), true));
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        out.retain(|(k, _)| !k.starts_with(b"\0rapport.w"));
+        out
+    }
+
+    #[test]
+    fn an_erased_customer_is_refused_until_a_consent_starts_them_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = processor(dir.path(), AfterErasure::FreshAfterConsent);
+        let t0 = 1_764_000_000_000;
+        let view = tp("v1", "c1", Channel::Web, EventType::PageView, t0);
+        assert_eq!(touch(&mut p, 0, &view), Outcome::Applied);
+        // Committed, so the old profile is in RocksDB until the erasure commits.
+        let mut committed = StateBatch::default();
+        p.changes(&mut committed, |_| Ok::<_, ()>(())).unwrap();
+        p.state().write(committed).unwrap();
+        assert_eq!(erase(&mut p, 0, "c1"), Outcome::Applied);
+        let again = tp("v2", "c1", Channel::Web, EventType::PageView, t0 + 1);
+        match touch(&mut p, 1, &again) {
+            Outcome::Rejected(r) => {
+                assert_eq!((r.stage, r.reason.as_str()), (Stage::Privacy, "erased"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(touch(&mut p, 2, &consent("c1", t0 + 2)), Outcome::Applied);
+        let log = changelog(&mut p);
+        let keys: Vec<(&[u8], bool)> = log.iter().map(|(k, v)| (k.as_slice(), *v)).collect();
+        // The tombstone, the suppression added then lifted, then the fresh profile.
+        assert_eq!(keys[0], (b"c1".as_slice(), false));
+        assert!(keys[1].1 && !keys[2].1, "{keys:?}");
+        assert_eq!(keys[3], (b"c1".as_slice(), true));
+        let task = &p.tasks[&0];
+        assert_eq!(
+            task.profiles["c1"].stored.profile.events, 1,
+            "a fresh profile"
+        );
+    }
+
+    #[test]
+    fn by_default_a_consent_does_not_bring_an_erased_customer_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = processor(dir.path(), AfterErasure::DeadLetter);
+        assert_eq!(erase(&mut p, 0, "c1"), Outcome::Applied);
+        let outcome = touch(&mut p, 0, &consent("c1", 1_764_000_000_000));
+        assert!(matches!(outcome, Outcome::Rejected(_)), "{outcome:?}");
+        let bad = feed(&mut p, PRIVACY, 1, "c1", b"{}");
+        assert!(matches!(bad, Outcome::Rejected(r) if r.stage == Stage::Privacy));
+    }
 }
