@@ -10,6 +10,29 @@
 //! the touchpoint topics and keyed by customer id like them, so a request is
 //! handled by the task that owns the profile, in order with that customer's
 //! touchpoints ([`command`]). `POST /privacy/erasure` writes one ([`http`]).
+//!
+//! Decisions and limits:
+//! - The consumer subscribes to the privacy topic beside the touchpoint topics
+//!   (with the range assignor, which gives partition n of every topic to one
+//!   member); start-up refuses a privacy topic of another partition count, and
+//!   creates it (and the results topic) when missing.
+//! - Suppression hashes are HMAC-SHA-256 keyed by `$hash_key_env`, else by
+//!   `hash_salt`, else by the consumer group id: the hash must be stable for the
+//!   deployment's state, and a key kept out of the configuration file keeps the
+//!   list from being reversed by hashing guessed ids. The in-memory set is
+//!   checked only when the partition has erased anyone; the hash is computed on
+//!   the stack.
+//! - An anonymous id whose key belongs to another partition cannot be erased by
+//!   the customer's request (that partition's task owns it): the receipt lists
+//!   its hash under `not_covered`, and a request keyed by the anonymous id
+//!   (`customer_id` set to it) erases it there.
+//! - The receipt is written after the erasure's transaction committed and
+//!   RocksDB was compacted over the erased keys, in the next transaction; should
+//!   the instance die between the two, the erasure stands but its receipt is
+//!   lost, and repeating the request (harmless: nothing is left to delete)
+//!   yields one.
+//! - Compaction runs right after the commit over the exact erased keys, so it
+//!   touches only the files that hold them.
 
 pub mod command;
 pub mod erasure;
