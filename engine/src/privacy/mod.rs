@@ -162,3 +162,55 @@ impl PrivacyConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn parse(src: &str) -> Result<Config, String> {
+        Config::parse(src, Path::new("rapport.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_section_parses_with_defaults_and_off_by_default() {
+        assert!(!parse("").unwrap().privacy.enabled());
+        let c =
+            parse("[privacy]\ntopic = \"p\"\nafter_erasure = \"fresh_after_consent\"\n").unwrap();
+        assert_eq!(c.privacy.results(), "p.results");
+        assert_eq!(c.privacy.after_erasure, AfterErasure::FreshAfterConsent);
+        assert_eq!(
+            c.privacy.changelog_max_compaction_lag_ms,
+            DEFAULT_MAX_COMPACTION_LAG_MS
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_the_line() {
+        let e = parse("[privacy]\ntopic = \"rapport.touchpoints\"\n").unwrap_err();
+        assert!(e.contains("rapport.toml:2: privacy.topic"), "{e}");
+        let e =
+            parse("[privacy]\ntopic = \"p\"\nchangelog_max_compaction_lag_ms = 5\n").unwrap_err();
+        assert!(e.contains("privacy.changelog_max_compaction_lag_ms"), "{e}");
+        let e = parse("[privacy]\nafter_erasure = \"maybe\"\n").unwrap_err();
+        assert!(e.contains("rapport.toml:2"), "{e}");
+    }
+
+    #[test]
+    fn a_named_hash_key_must_be_set() {
+        let p = PrivacyConfig {
+            hash_key_env: "RAPPORT_TEST_UNSET_PRIVACY_KEY".into(),
+            ..Default::default()
+        };
+        assert!(p.hasher("g").is_err());
+        let salted = PrivacyConfig {
+            hash_salt: "s".into(),
+            ..Default::default()
+        };
+        let by_group = PrivacyConfig::default();
+        let (a, b) = (salted.hasher("g").unwrap(), by_group.hasher("g").unwrap());
+        assert_ne!(a.hash("c1"), b.hash("c1"));
+    }
+}
