@@ -326,3 +326,56 @@ fn restart_from_changelog(cfg: &Config, topics: &Topics, rt: &tokio::runtime::Ru
     assert_eq!(get(&addr, "/v1/profiles/c-keep").0, 200, "others restored");
     engine.shutdown().unwrap();
 }
+
+/// The effective value of `name` on `topic`.
+fn topic_setting(topic: &str, name: &str) -> Option<String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let described = rt
+        .block_on(admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &AdminOptions::new()))
+        .unwrap();
+    described
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r.entries)
+        .find(|e| e.name == name)
+        .and_then(|e| e.value)
+}
+
+#[test]
+fn a_privacy_topic_must_be_co_partitioned_and_the_changelog_bounds_compaction_lag() {
+    let topics = Topics::new("erasure-layout", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = privacy_config(&topics, dir.path(), &unique("erasure-layout"));
+    cfg.privacy.changelog_max_compaction_lag_ms = 3_600_000;
+    let mut spec = rapport::kafka::TopicSpec::new(&cfg.privacy.topic, 3);
+    spec.replication = -1;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(rapport::kafka::ensure_topics(&bootstrap(), &[spec]))
+        .unwrap();
+    let e = match runtime::start(cfg.clone(), state(&cfg), Metrics::new()) {
+        Ok(_) => panic!("the engine started with a privacy topic of 3 partitions"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        e.contains("has 3 partitions") && e.contains("give it 2 partitions"),
+        "{e}"
+    );
+    assert_eq!(
+        topic_setting(&cfg.kafka.changelog(), "max.compaction.lag.ms").as_deref(),
+        Some("3600000"),
+        "the changelog Rapport created bounds how long erased values survive"
+    );
+}
