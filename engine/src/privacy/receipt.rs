@@ -64,6 +64,9 @@ pub struct Retention {
     pub changelog: (String, Option<i64>),
     /// Input topics (touchpoints and privacy) and their `retention.ms`.
     pub inputs: Vec<(String, Option<i64>)>,
+    /// Output topics that may name the customer (actions, decisions, dead
+    /// letters) and their `retention.ms`.
+    pub outputs: Vec<(String, Option<i64>)>,
 }
 
 impl Receipt {
@@ -89,7 +92,8 @@ impl Receipt {
 
     /// Marks every component done at `now` and lists the residual copies: the
     /// changelog's old values until compaction must have run, the input records
-    /// (read at `received_at` or before) until retention deletes them.
+    /// (read at `received_at` or before) and what the engine wrote about the
+    /// customer before (actions, decisions, dead letters) until retention deletes them.
     pub fn complete(&mut self, now: i64, retention: &Retention) {
         self.completed_at = Some(now);
         for c in &mut self.components {
@@ -103,6 +107,10 @@ impl Receipt {
         .chain(retention.inputs.iter().map(|(t, r)| Residual {
             location: format!("input topic {t}"),
             until: r.map(|r| self.received_at + r),
+        }))
+        .chain(retention.outputs.iter().map(|(t, r)| Residual {
+            location: format!("output topic {t}"),
+            until: r.map(|r| now + r),
         }))
         .collect();
     }
@@ -119,6 +127,7 @@ mod tests {
         let retention = Retention {
             changelog: ("cl".into(), Some(50)),
             inputs: vec![("in".into(), Some(7)), ("forever".into(), None)],
+            outputs: vec![("actions".into(), Some(9))],
         };
         r.complete(2_000, &retention);
         assert_eq!(r.completed_at, Some(2_000));
@@ -129,6 +138,8 @@ mod tests {
         assert_eq!(json["residual_copies"][0]["until"], 2_050);
         assert_eq!(json["residual_copies"][1]["until"], 1_007);
         assert!(json["residual_copies"][2]["until"].is_null());
+        assert_eq!(json["residual_copies"][3]["where"], "output topic actions");
+        assert_eq!(json["residual_copies"][3]["until"], 2_009);
         assert!(json.get("not_covered").is_none());
     }
 }

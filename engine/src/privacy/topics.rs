@@ -49,7 +49,8 @@ pub async fn prepare(
     retention(&admin, k, privacy).await
 }
 
-/// The changelog's compaction lag and each input topic's retention.
+/// The changelog's compaction lag and the retention of each input topic and of
+/// each output topic that may name the customer.
 async fn retention(
     admin: &AdminClient<DefaultClientContext>,
     k: &KafkaConfig,
@@ -62,9 +63,16 @@ async fn retention(
         let r = topic_config(admin, t, "retention.ms").await?;
         inputs.push((t.clone(), bounded(r)));
     }
+    let mut outputs = Vec::new();
+    let outs = [&k.action_topic, &k.decisions_topic, &k.dead_letter_topic];
+    for t in outs.into_iter().filter(|t| !t.is_empty()) {
+        let r = topic_config(admin, t, "retention.ms").await?;
+        outputs.push((t.clone(), bounded(r)));
+    }
     Ok(Retention {
         changelog: (changelog, bounded(lag)),
         inputs,
+        outputs,
     })
 }
 
