@@ -48,7 +48,11 @@ impl ErasureEndpoint {
     /// empty or missing is an error: the endpoint is never open without one.
     pub fn from_config(cfg: &Config, rule: KeyRule) -> anyhow::Result<Option<Arc<Self>>> {
         let p = &cfg.privacy;
-        if !p.enabled() || p.token_env.is_empty() {
+        if !p.enabled() {
+            return Ok(None);
+        }
+        if p.token_env.is_empty() {
+            tracing::info!("POST /privacy/erasure is off: set privacy.token_env to enable it");
             return Ok(None);
         }
         let token = std::env::var(&p.token_env)
