@@ -383,3 +383,63 @@ fn a_privacy_topic_must_be_co_partitioned_and_the_changelog_bounds_compaction_la
         "the changelog Rapport created bounds how long erased values survive"
     );
 }
+
+#[test]
+fn a_command_on_the_privacy_topic_reaches_the_customers_partition_among_several() {
+    let topics = Topics::new("erasure-parts", 3);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = privacy_config(&topics, dir.path(), &unique("erasure-parts"));
+    let store = state(&cfg);
+    let engine = runtime::start(cfg.clone(), store.clone(), Metrics::new()).unwrap();
+    // An anonymous id whose own key belongs on another partition than c-3's.
+    let rule = engine.key_rule;
+    let home = rule.partition_of(b"c-3");
+    let anon = (0..)
+        .map(|n| format!("a-{n}"))
+        .find(|a| rule.partition_of(a.as_bytes()) != home)
+        .unwrap();
+    let mut events: Vec<Touchpoint> = (0..10)
+        .map(|n| {
+            tp(
+                &format!("v{n}"),
+                &format!("c-{n}"),
+                Channel::Web,
+                EventType::PageView,
+                T0,
+            )
+        })
+        .collect();
+    let mut identify = tp("i3", "c-3", Channel::Web, EventType::Identify, T0 + 1);
+    identify.anonymous_id = Some(anon.clone());
+    events.push(identify);
+    produce(&topics.input, &events);
+    wait_committed(&engine, events.len() as u64);
+    assert!(store.get(home, "c-3").unwrap().is_some());
+
+    let cmd = r#"{"request_id":"req-p","customer_id":"c-3","requested_at":1764000000000}"#;
+    produce_raw(
+        &cfg.privacy.topic,
+        &[("c-3".into(), cmd.as_bytes().to_vec(), vec![])],
+    );
+    let receipt = wait_receipt(&cfg.privacy.results(), "req-p", &engine);
+    let hasher = cfg.privacy.hasher(&cfg.kafka.group_id).unwrap();
+    assert_eq!(receipt.ids, [hex(&hasher.hash("c-3"))]);
+    assert_eq!(
+        receipt.not_covered,
+        [hex(&hasher.hash(&anon))],
+        "{receipt:?}"
+    );
+    assert_eq!(store.get(home, "c-3").unwrap(), None);
+    for n in [0, 1, 2, 4, 5, 6, 7, 8, 9] {
+        assert!(
+            store.find_profile(&format!("c-{n}")).unwrap().is_some(),
+            "c-{n} kept"
+        );
+    }
+    let replay = tp("v3b", "c-3", Channel::Web, EventType::PageView, T0 + 2);
+    produce(&topics.input, &[replay]);
+    wait_committed(&engine, events.len() as u64 + 2);
+    assert_eq!(erased_dead_letters(&topics.dead_letter), 1);
+    assert_eq!(store.get(home, "c-3").unwrap(), None);
+    engine.shutdown().unwrap();
+}
