@@ -524,6 +524,34 @@ mod tests {
     }
 
     #[test]
+    fn suppression_entries_are_per_partition_and_erased_profiles_compact_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let stored = Stored {
+            sources: Sources::new(),
+            profile: Profile::new("c-1"),
+        };
+        let mut b = StateBatch::default();
+        b.put_profile(1, "c-1", &stored.encode());
+        b.put_timer(1, 50, "c-1");
+        b.put_suppressed(1, &[7; 32], 5);
+        b.put_suppressed(2, &[8; 32], 5);
+        s.write(b).unwrap();
+        assert_eq!(s.suppressed(1).unwrap(), vec![[7; 32]]);
+        let mut b = StateBatch::default();
+        b.delete_profile(1, "c-1");
+        b.delete_timer(1, 50, "c-1");
+        b.delete_suppressed(2, &[8; 32]);
+        s.write(b).unwrap();
+        s.compact_erased(1, &[("c-1".to_owned(), vec![50])]);
+        assert_eq!(s.get(1, "c-1").unwrap(), None);
+        assert!(s.timers(1).unwrap().is_empty());
+        assert!(s.suppressed(2).unwrap().is_empty());
+        s.drop_partition(1).unwrap();
+        assert!(s.suppressed(1).unwrap().is_empty());
+    }
+
+    #[test]
     fn corrupt_envelopes_are_errors_not_panics() {
         assert!(Stored::decode("x", 0, &[]).is_err());
         assert!(Stored::decode("x", 0, &[9, 0]).is_err());
