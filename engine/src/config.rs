@@ -46,6 +46,8 @@ pub struct Config {
     pub collector: crate::collect::config::CollectorConfig,
     /// Identifiers replaced by keyed hashes at ingest ([`crate::pseudonym`]).
     pub pseudonymize: crate::pseudonym::PseudonymizeConfig,
+    /// Erasure requests, the suppression list and receipts (see [`crate::privacy`]).
+    pub privacy: crate::privacy::PrivacyConfig,
     /// The journeys, compiled once when the configuration is loaded.
     #[serde(skip)]
     pub compiled: Option<Arc<CompiledJourneys>>,
@@ -669,6 +671,7 @@ impl Config {
                 ),
             ));
         }
+        self.privacy.validate(&self.kafka.touchpoint_topics)?;
         self.schema_registry.validate()
     }
 }

@@ -60,9 +60,15 @@ pub async fn serve(addr: SocketAddr, app: AppState) -> anyhow::Result<()> {
     if app.bearer.is_none() && !crate::http_auth::is_loopback(&addr) {
         anyhow::bail!("http.listen {addr} is beyond loopback and no profile API token is configured (http.token_file or http.token_env)");
     }
+    serve_router(addr, router(app)).await
+}
+
+/// Serves `router` (the engine's, with optional routes merged in, such as
+/// `POST /privacy/erasure`) on `addr` until the process ends.
+pub async fn serve_router(addr: SocketAddr, router: Router) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "http listening");
-    axum::serve(listener, router(app)).await?;
+    axum::serve(listener, router).await?;
     Ok(())
 }
 

@@ -157,6 +157,7 @@ const BROKER_DEFAULT_MAX_MESSAGE_BYTES: usize = 1_048_588;
 pub async fn prepare_topics(
     k: &KafkaConfig,
     max_record_bytes: usize,
+    max_compaction_lag_ms: u64,
 ) -> anyhow::Result<TopicLayout> {
     let admin: AdminClient<DefaultClientContext> = client_config(k).create()?;
     let timeout = Duration::from_secs(30);
@@ -222,6 +223,11 @@ pub async fn prepare_topics(
         spec.replication = k.replication_factor;
         spec.configs
             .push(("cleanup.policy".into(), "compact".into()));
+        // Bounds how long an erased profile's old values survive compaction.
+        spec.configs.push((
+            "max.compaction.lag.ms".into(),
+            max_compaction_lag_ms.to_string(),
+        ));
         create.push(spec);
     }
     let decisions = Some(&k.decisions_topic).filter(|t| !t.is_empty());
@@ -253,7 +259,7 @@ pub async fn prepare_topics(
 }
 
 /// The effective value of one config of `topic` (its own setting or the broker's default).
-async fn topic_config(
+pub(crate) async fn topic_config(
     admin: &AdminClient<DefaultClientContext>,
     topic: &str,
     name: &str,

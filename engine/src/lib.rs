@@ -19,6 +19,7 @@
 //! - [`broker`]: the local development broker (`deploy/kafka.sh`)
 //! - [`demo`]: the guided demo
 //! - [`import`]: `rapport import`, store and call-center exports into the touchpoint topic
+//! - [`privacy`]: erasure requests, the suppression list, receipts
 //! - [`collect`]: `rapport collect`, the Segment-compatible collector and chat webhooks
 #![warn(missing_docs)]
 
@@ -33,6 +34,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod metrics;
 pub mod owners;
+pub mod privacy;
 pub mod processor;
 pub mod profile_view;
 pub mod pseudonym;

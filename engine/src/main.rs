@@ -208,6 +208,8 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     let (bearer, pseudonymizer) = (cfg.http.bearer.clone(), cfg.pseudonymizer.clone());
     let mut engine = runtime::start(cfg, state.clone(), metrics.clone())?;
     let owners = Arc::new(Owners::new(&owner_cfg, engine.key_rule)?);
+    let erasure =
+        rapport::privacy::http::ErasureEndpoint::from_config(&owner_cfg, engine.key_rule)?;
     let stop = engine.stop_flag();
     if let Some(addr) = http_addr {
         let app = AppState {
@@ -220,8 +222,12 @@ fn run(cfg: Config) -> anyhow::Result<()> {
             bearer,
             pseudonymizer,
         };
+        let router = match erasure {
+            Some(e) => http::router(app).merge(e.routes()),
+            None => http::router(app),
+        };
         rt.spawn(async move {
-            if let Err(e) = http::serve(addr, app).await {
+            if let Err(e) = http::serve_router(addr, router).await {
                 tracing::error!(error = %e, "http server stopped");
             }
         });

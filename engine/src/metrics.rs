@@ -47,6 +47,10 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     /// Profiles held decoded in memory.
     pub cached_profiles: IntGauge,
+    /// Erasure requests applied.
+    pub erasures: IntCounter,
+    /// Touchpoints of erased customers, dead-lettered with reason `erased`.
+    pub erased_touchpoints: IntCounter,
     /// 1 when the engine is consuming, 0 otherwise.
     pub ready: IntGauge,
 }
@@ -175,6 +179,13 @@ impl Metrics {
             .expect("valid metric"),
             ready: IntGauge::new("rapport_ready", "1 when the engine is consuming")
                 .expect("valid metric"),
+            erasures: IntCounter::new("rapport_erasures_total", "Erasure requests applied")
+                .expect("valid metric"),
+            erased_touchpoints: IntCounter::new(
+                "rapport_erased_touchpoints_total",
+                "Touchpoints of erased customers, dead-lettered with reason erased",
+            )
+            .expect("valid metric"),
             registry,
         };
         for c in [
@@ -197,6 +208,8 @@ impl Metrics {
             Box::new(m.commit_seconds.clone()),
             Box::new(m.cached_profiles.clone()),
             Box::new(m.ready.clone()),
+            Box::new(m.erasures.clone()),
+            Box::new(m.erased_touchpoints.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }

@@ -23,6 +23,8 @@ const TIMER: u8 = b't';
 const OFFSET: u8 = b'o';
 const CHECKPOINT: u8 = b'c';
 const WATERMARK: u8 = b'w';
+/// Suppression-list entries: keyed hashes of erased ids (see `crate::privacy`).
+const SUPPRESSED: u8 = b's';
 /// Version 2 keeps source offsets per topic and partition; version 1 (per topic) is still read.
 const ENVELOPE_VERSION: u8 = 2;
 
@@ -203,6 +205,17 @@ impl StateBatch {
             .put(key(WATERMARK, partition, &[]), at.to_be_bytes());
     }
 
+    /// Adds the keyed hash of an erased id to `partition`'s suppression list.
+    pub fn put_suppressed(&mut self, partition: i32, hash: &[u8; 32], erased_at: i64) {
+        self.batch
+            .put(key(SUPPRESSED, partition, hash), erased_at.to_be_bytes());
+    }
+
+    /// Lifts a suppression (re-consent after erasure).
+    pub fn delete_suppressed(&mut self, partition: i32, hash: &[u8; 32]) {
+        self.batch.delete(key(SUPPRESSED, partition, hash));
+    }
+
     /// Number of changes.
     pub fn len(&self) -> usize {
         self.batch.len()
@@ -356,6 +369,31 @@ impl StateStore {
             .transpose()
     }
 
+    /// The suppression list of `partition`: keyed hashes of erased ids.
+    pub fn suppressed(&self, partition: i32) -> Result<Vec<[u8; 32]>, StateError> {
+        self.scan(SUPPRESSED, partition)?
+            .into_iter()
+            .map(|(k, _)| {
+                k.as_slice()
+                    .try_into()
+                    .map_err(|_| StateError::Malformed("suppression key"))
+            })
+            .collect()
+    }
+
+    /// Compacts the ranges that held erased profiles and their timer index
+    /// entries, so the deleted values do not linger in RocksDB's files.
+    pub fn compact_erased(&self, partition: i32, erased: &[(String, Vec<i64>)]) {
+        for (id, timers) in erased {
+            let k = key(PROFILE, partition, id.as_bytes());
+            self.db.compact_range(Some(&k), Some(&k));
+            for t in timers {
+                let k = timer_key(partition, *t, id);
+                self.db.compact_range(Some(&k), Some(&k));
+            }
+        }
+    }
+
     /// Writes a batch atomically.
     pub fn write(&self, batch: StateBatch) -> Result<(), StateError> {
         self.db.write_opt(batch.batch, &self.write)?;
@@ -365,7 +403,7 @@ impl StateStore {
     /// Deletes everything stored for `partition`.
     pub fn drop_partition(&self, partition: i32) -> Result<(), StateError> {
         let mut b = WriteBatch::default();
-        for kind in [PROFILE, TIMER, OFFSET, CHECKPOINT, WATERMARK] {
+        for kind in [PROFILE, TIMER, OFFSET, CHECKPOINT, WATERMARK, SUPPRESSED] {
             b.delete_range(
                 key(kind, partition, &[]),
                 key(kind, partition.wrapping_add(1), &[]),
@@ -483,6 +521,34 @@ mod tests {
         assert!(s.timers(3).unwrap().is_empty());
         assert_eq!(s.checkpoint(3).unwrap(), None);
         assert_eq!(s.find_profile("c-2").unwrap(), Some(stored.profile));
+    }
+
+    #[test]
+    fn suppression_entries_are_per_partition_and_erased_profiles_compact_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let stored = Stored {
+            sources: Sources::new(),
+            profile: Profile::new("c-1"),
+        };
+        let mut b = StateBatch::default();
+        b.put_profile(1, "c-1", &stored.encode());
+        b.put_timer(1, 50, "c-1");
+        b.put_suppressed(1, &[7; 32], 5);
+        b.put_suppressed(2, &[8; 32], 5);
+        s.write(b).unwrap();
+        assert_eq!(s.suppressed(1).unwrap(), vec![[7; 32]]);
+        let mut b = StateBatch::default();
+        b.delete_profile(1, "c-1");
+        b.delete_timer(1, 50, "c-1");
+        b.delete_suppressed(2, &[8; 32]);
+        s.write(b).unwrap();
+        s.compact_erased(1, &[("c-1".to_owned(), vec![50])]);
+        assert_eq!(s.get(1, "c-1").unwrap(), None);
+        assert!(s.timers(1).unwrap().is_empty());
+        assert!(s.suppressed(2).unwrap().is_empty());
+        s.drop_partition(1).unwrap();
+        assert!(s.suppressed(1).unwrap().is_empty());
     }
 
     #[test]

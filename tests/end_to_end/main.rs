@@ -8,6 +8,7 @@ mod cli;
 mod collector;
 mod crash;
 mod dead_letter;
+mod erasure;
 mod faults;
 mod import;
 mod journeys;

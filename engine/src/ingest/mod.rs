@@ -36,6 +36,9 @@ pub enum Stage {
     Validate,
     /// The record's key or partition is not its customer's (see [`route`]).
     Route,
+    /// An erasure command that cannot be read, or a touchpoint of an erased
+    /// customer (see [`crate::privacy`]).
+    Privacy,
 }
 
 impl Stage {
@@ -45,6 +48,7 @@ impl Stage {
             Stage::Decode => "decode",
             Stage::Validate => "validate",
             Stage::Route => "route",
+            Stage::Privacy => "privacy",
         }
     }
 }

@@ -54,6 +54,11 @@ impl KeyRule {
         (hash % self.partitions as u32) as i32
     }
 
+    /// True when `key` belongs on `partition` (always, with the rule off).
+    pub fn owns(&self, key: &[u8], partition: i32) -> bool {
+        !self.enforced || self.partition_of(key) == partition
+    }
+
     /// Accepts a record with `key` on `partition` whose touchpoint identity is `identity`.
     pub fn check(
         &self,

@@ -7,7 +7,10 @@
 //! ([`task`]): profiles, timers, watermark and applied offsets keyed by
 //! (partition, customer), never by customer alone.
 
+mod erase;
 pub(crate) mod task;
+
+pub use self::erase::PrivacyRules;
 
 use std::sync::Arc;
 
@@ -75,6 +78,8 @@ struct Shared {
     seen: SeenLimits,
     /// Replaces personal identifiers by keyed hashes after the key rule; `None`: off.
     pseudonymizer: Option<Arc<crate::pseudonym::Pseudonymizer>>,
+    /// Erasure commands and the suppression list; `None` when off.
+    privacy: Option<PrivacyRules>,
 }
 
 /// One record's result in a batch: what became of it, and the actions it
@@ -111,6 +116,7 @@ impl Processor {
                 metrics,
                 seen: SeenLimits::default(),
                 pseudonymizer: None,
+                privacy: None,
             },
             profile_cache,
             tasks: hashbrown::HashMap::new(),
@@ -404,6 +410,9 @@ impl<'a> Lane<'a> {
             return Ok(Outcome::AlreadyApplied);
         }
         task.applied_to(r.topic, r.offset);
+        if let Some(outcome) = self.erasure_record(r)? {
+            return Ok(outcome);
+        }
         let rule = self.sh.rule;
         let pseudonymizer = self.sh.pseudonymizer.as_deref();
         let checked = self.sh.decoder.decode(r.value).and_then(|mut tp| {
@@ -417,7 +426,10 @@ impl<'a> Lane<'a> {
             Ok(tp)
         });
         match checked {
-            Ok(tp) => self.apply(r, &tp, out),
+            Ok(tp) => match self.suppressed(&tp) {
+                Some(rejection) => Ok(Outcome::Rejected(rejection)),
+                None => self.apply(r, &tp, out),
+            },
             Err(rejection) => Ok(Outcome::Rejected(rejection)),
         }
     }
@@ -542,6 +554,11 @@ impl<'a> Lane<'a> {
                     .filter(|t| t.fire_at_ms <= now)
                     .cloned()
                     .collect();
+                if was_due.is_empty() {
+                    // Nothing of this profile is due (an index entry left by an
+                    // erasure or a restore): nothing to change, nothing to write.
+                    return false;
+                }
                 fired = journeys
                     .fire_due(&mut s.profile, now, &mut output)
                     .timers_fired;

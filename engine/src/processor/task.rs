@@ -45,6 +45,8 @@ pub(crate) struct Task {
     pub started: bool,
     /// Buffers and metric handles for this partition's records.
     pub scratch: Scratch,
+    /// The suppression list and the erasures waiting for the commit.
+    pub privacy: crate::privacy::erasure::TaskPrivacy,
 }
 
 /// What a partition's records are processed with, kept per partition so that
@@ -76,6 +78,7 @@ impl Task {
             active: false,
             started: false,
             scratch: Scratch::default(),
+            privacy: crate::privacy::erasure::TaskPrivacy::load(state, p)?,
         })
     }
 

@@ -293,6 +293,8 @@ pub(super) struct Interval {
     pub started: Instant,
     /// Timestamp of the interval's oldest record, epoch ms (for the latency).
     pub oldest_ms: Option<i64>,
+    /// Erasures to finish once committed (compaction, receipts).
+    pub erasures: Vec<crate::privacy::erasure::Completed>,
 }
 
 struct InFlight {

@@ -84,6 +84,8 @@ pub(crate) struct Core {
     pub(super) action_format: super::encode::Encoding,
     /// How decisions are written to the decisions topic.
     pub(super) decision_format: super::encode::Encoding,
+    /// Erasure receipts; `None` with erasure off.
+    pub(super) receipts: Option<super::erasure::Receipts>,
 }
 
 impl Core {
@@ -105,6 +107,8 @@ impl Core {
         }
         let started = Instant::now();
         let mut batch = StateBatch::default();
+        // Tombstones first: a profile started afresh after an erasure follows them.
+        let erasures = self.write_erasures(&mut batch)?;
         self.write_changelog(&mut batch)?;
         let mut offsets = TopicPartitionList::new();
         for ((partition, topic), next) in self.pending.0.drain(..) {
@@ -126,6 +130,7 @@ impl Core {
             records,
             started,
             oldest_ms: self.oldest_ms.take(),
+            erasures,
         };
         self.committer.start(interval, meta)?;
         self.order.interval_committing();
@@ -174,15 +179,17 @@ impl Core {
                 self.send_action(&a)?;
             }
         }
-        Ok(())
+        self.send_receipts()
     }
 
     fn write_committed(
         &mut self,
         consumer: &BaseConsumer<EngineContext>,
-        done: Interval,
+        mut done: Interval,
     ) -> anyhow::Result<()> {
+        let erasures = std::mem::take(&mut done.erasures);
         self.state.write(done.batch).context("writing state")?;
+        self.finish_erasures(erasures);
         self.committer
             .protocol()
             .after_state(consumer, &done.offsets);
@@ -343,7 +350,7 @@ impl Core {
             .set(0);
         let timers = self.processor.start_partition(p)?;
         let mut tpl = TopicPartitionList::new();
-        for topic in &self.cfg.kafka.touchpoint_topics {
+        for topic in &super::erasure::input_topics(&self.cfg) {
             tpl.add_partition(topic, p);
         }
         seek_to_committed(consumer, tpl.clone(), self.cfg.kafka.starts_at_end())?;

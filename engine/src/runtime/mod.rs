@@ -39,6 +39,7 @@ mod commit;
 mod core;
 mod emit;
 pub mod encode;
+mod erasure;
 mod order;
 mod rebalance;
 mod restore;
@@ -166,17 +167,29 @@ pub fn start(
     state: Arc<StateStore>,
     metrics: Metrics,
 ) -> anyhow::Result<EngineHandle> {
-    let layout = tokio::runtime::Builder::new_current_thread()
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?
-        .block_on(kafka::prepare_topics(
-            &cfg.kafka,
-            cfg.engine.max_record_bytes,
-        ))?;
+        .build()?;
+    let layout = rt.block_on(kafka::prepare_topics(
+        &cfg.kafka,
+        cfg.engine.max_record_bytes,
+        cfg.privacy.changelog_max_compaction_lag_ms,
+    ))?;
+    let receipts = match cfg.privacy.enabled() {
+        true => Some(erasure::Receipts::new(
+            cfg.privacy.results(),
+            rt.block_on(crate::privacy::topics::prepare(
+                &cfg.kafka,
+                &cfg.privacy,
+                layout.partitions,
+            ))?,
+        )),
+        false => None,
+    };
     let progress = Arc::new(Progress::default());
     let stop = Arc::new(AtomicBool::new(false));
     let key_rule = KeyRule::new(cfg.kafka.partitioner, layout.partitions);
-    let worker = Worker::new(cfg, layout, state, metrics, progress.clone())?;
+    let worker = Worker::new(cfg, layout, state, metrics, progress.clone(), receipts)?;
     let flag = stop.clone();
     let thread = std::thread::Builder::new()
         .name("rapport-engine".into())
@@ -230,6 +243,7 @@ impl Worker {
         state: Arc<StateStore>,
         metrics: Metrics,
         progress: Arc<Progress>,
+        receipts: Option<erasure::Receipts>,
     ) -> anyhow::Result<Self> {
         let changelog = cfg.kafka.changelog();
         let committer = committer(&cfg, &changelog)?;
@@ -248,6 +262,16 @@ impl Worker {
         .with_pseudonymizer(cfg.pseudonymizer.clone());
         if let Some(schemas) = &registry.writer_schemas {
             processor = processor.with_registry(schemas.clone());
+        }
+        if cfg.privacy.enabled() {
+            processor = processor.with_privacy(crate::processor::PrivacyRules {
+                topic: cfg.privacy.topic.clone(),
+                hasher: cfg
+                    .privacy
+                    .hasher(&cfg.kafka.group_id)
+                    .map_err(anyhow::Error::msg)?,
+                after: cfg.privacy.after_erasure,
+            });
         }
         let core = Arc::new(Mutex::new(Core {
             processor,
@@ -271,6 +295,7 @@ impl Worker {
             writer_schemas: registry.writer_schemas,
             action_format: registry.actions,
             decision_format: registry.decisions,
+            receipts,
             cfg: cfg.clone(),
         }));
         let partitions = layout.partitions as usize * cfg.kafka.touchpoint_topics.len();
@@ -449,7 +474,8 @@ fn subscribe(
     if !cfg.kafka.consumer.contains_key("group.instance.id") {
         cc.set("group.instance.id", &cfg.engine.instance_id);
     }
-    if cfg.kafka.touchpoint_topics.len() > 1 {
+    let topics = erasure::input_topics(cfg);
+    if topics.len() > 1 {
         // Co-partitioned topics must be assigned partition-aligned: the range
         // assignor gives partition n of every topic to the same member.
         cc.set("partition.assignment.strategy", "range");
@@ -457,12 +483,7 @@ fn subscribe(
     let consumer: BaseConsumer<EngineContext> = cc
         .create_with_context(EngineContext { core })
         .context("creating the Kafka consumer")?;
-    let topics: Vec<&str> = cfg
-        .kafka
-        .touchpoint_topics
-        .iter()
-        .map(String::as_str)
-        .collect();
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)
         .context("subscribing to the touchpoint topics")?;

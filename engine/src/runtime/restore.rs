@@ -332,7 +332,8 @@ pub fn restore_partition(
     }
 }
 
-/// Adds one changelog record (a profile, its deletion, or the watermark) to `batch`.
+/// Adds one changelog record (a profile, its deletion (an erasure's tombstone
+/// too), a suppression-list entry, or the watermark) to `batch`.
 fn apply(
     batch: &mut StateBatch,
     state: &StateStore,
@@ -344,6 +345,14 @@ fn apply(
     if key == WATERMARK_KEY {
         if let Some(v) = value.and_then(|v| <[u8; 8]>::try_from(v).ok()) {
             batch.set_watermark(p, i64::from_be_bytes(v));
+        }
+        return Ok(());
+    }
+    if let Some(hash) = crate::privacy::suppression::from_changelog_key(key) {
+        // A suppression-list entry, or (a tombstone) its lifting.
+        match value.and_then(|v| <[u8; 8]>::try_from(v).ok()) {
+            Some(at) => batch.put_suppressed(p, &hash, i64::from_be_bytes(at)),
+            None => batch.delete_suppressed(p, &hash),
         }
         return Ok(());
     }
