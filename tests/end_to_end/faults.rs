@@ -208,6 +208,9 @@ fn a_broker_restarted_twice_under_load_does_not_stop_the_engine() {
     feed_from(&bootstrap, &topics.input, &mut sim, 0..500_000);
     let mut cfg = topics.config(&dir.path().join("state"), &group);
     cfg.engine.instance_id = "restart".into();
+    // A second of work in hand at any moment: whenever the broker goes, the
+    // next commit (at most a second later) runs into the outage.
+    cfg.engine.commit_interval_ms = 1000;
     let mut engine = Instance::spawn(&cfg, dir.path(), "engine");
     let end = end_total_on(&bootstrap, &topics.input);
     for fraction in [0.15, 0.55] {
