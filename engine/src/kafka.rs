@@ -77,6 +77,10 @@ pub fn consumer_config(k: &KafkaConfig, partitions: usize) -> ClientConfig {
             "queued.max.messages.kbytes",
             (share / 1024).max(1024).to_string(),
         )
+        // When a partition's queue is full, look again soon: librdkafka's
+        // default waits a second, which stalls a bounded queue the engine
+        // drains faster than that (and adds up to a second of latency).
+        .set("fetch.queue.backoff.ms", "10")
         .set(
             "fetch.max.bytes",
             (k.prefetch_mb.max(2) * 1024 * 1024 / 2)
