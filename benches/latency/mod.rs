@@ -20,7 +20,7 @@ use rapport_connectors::publish::send_when_room;
 use rapport_connectors::simulator::{SimConfig, Simulator};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::Message;
 
 /// When each touchpoint was handed to the producer, and its event time.
@@ -75,7 +75,7 @@ pub fn latency(bootstrap: &str, rate: u64, seconds: u64) -> anyhow::Result<()> {
             .map_or(f64::NAN, |&us| us as f64 / 1000.0)
     };
     println!(
-        "| event to action latency, exactly_once, {rate} events/s for {seconds} s ({produced} touchpoints, 4 partitions, commit_interval_ms {commit_ms}, producer linger.ms 5), the shipped journeys and policy | p50 {:.1} ms, p99 {:.1} ms, p999 {:.1} ms over {} actions |",
+        "| event to action latency, exactly_once, {rate} events/s for {seconds} s ({produced} touchpoints, 4 partitions, commit_interval_ms {commit_ms}, producer linger.ms 10, lz4), the shipped journeys and policy | p50 {:.1} ms, p99 {:.1} ms, p999 {:.1} ms over {} actions |",
         pct(0.50),
         pct(0.99),
         pct(0.999),
@@ -93,12 +93,7 @@ fn produce(
     seconds: u64,
     sent: &Sent,
 ) -> anyhow::Result<u64> {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "5")
-        .set("enable.idempotence", "true")
-        .set("partitioner", "murmur2_random")
-        .create()?;
+    let producer = rapport_connectors::publish::producer(bootstrap)?;
     let mut sim = Simulator::new(SimConfig {
         customers: 10_000,
         seed: 7,

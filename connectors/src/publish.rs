@@ -32,6 +32,19 @@ where
     }
 }
 
+/// The producer simulated touchpoints are sent with: idempotent, lz4, and
+/// Kafka's Java default partitioner (murmur2), which the engine expects by
+/// default.
+pub fn producer(bootstrap: &str) -> rdkafka::error::KafkaResult<BaseProducer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "10")
+        .set("compression.type", "lz4")
+        .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random")
+        .create()
+}
+
 /// Publishes `sim`'s records to `topic` at about `rate` records/s (0 = as fast as
 /// possible) until `stop` is set or `limit` records are written. Event times are
 /// wall-clock. Returns the number of records acknowledged.
@@ -44,14 +57,7 @@ pub fn publish(
     stop: &AtomicBool,
     sent: &AtomicU64,
 ) -> anyhow::Result<u64> {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "10")
-        .set("compression.type", "lz4")
-        .set("enable.idempotence", "true")
-        // Kafka's Java default partitioner (murmur2), which the engine expects by default.
-        .set("partitioner", "murmur2_random")
-        .create()?;
+    let producer = producer(bootstrap)?;
     let started = Instant::now();
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) && limit.is_none_or(|l| n < l) {

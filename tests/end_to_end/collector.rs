@@ -444,34 +444,6 @@ fn bad_requests_are_answered_with_what_is_wrong_and_unmapped_calls_dead_lettered
     c.stop();
 }
 
-/// A broker of its own, on ports no other test uses, to stop and start.
-struct OwnBroker;
-
-impl OwnBroker {
-    fn kafka_sh(cmd: &str) -> String {
-        let out = std::process::Command::new("bash")
-            .arg(rapport::broker::script())
-            .arg(cmd)
-            .env("RAPPORT_KAFKA_PORT", "19392")
-            .env("RAPPORT_KAFKA_CONTROLLER_PORT", "19393")
-            .env_remove("RAPPORT_KAFKA_BOOTSTRAP")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kafka.sh {cmd}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        OwnBroker::kafka_sh("stop");
-    }
-}
-
 #[test]
 fn with_its_broker_stopped_the_collector_refuses_and_loses_nothing_it_acknowledged() {
     if std::env::var("RAPPORT_KAFKA_BOOTSTRAP").is_ok_and(|b| !b.is_empty()) {
@@ -479,8 +451,7 @@ fn with_its_broker_stopped_the_collector_refuses_and_loses_nothing_it_acknowledg
         return;
     }
     let _serial = heavy();
-    let _broker = OwnBroker;
-    let bootstrap = OwnBroker::kafka_sh("start");
+    let (broker, bootstrap) = OwnBroker::start(19392);
     let topics = Topics::on(&bootstrap, "collector-outage", 2);
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = collector_config(&topics, dir.path());
@@ -507,14 +478,14 @@ fn with_its_broker_stopped_the_collector_refuses_and_loses_nothing_it_acknowledg
             .map(|v| v["messageId"].as_str().unwrap().to_owned()),
     );
 
-    OwnBroker::kafka_sh("stop");
+    broker.kafka_sh("stop");
     let (status, body) = c.batch(&calls("during"));
     assert_eq!(status, 503, "no 200 while Kafka cannot acknowledge: {body}");
     assert!(
         body["message"].as_str().unwrap().contains("retry"),
         "{body}"
     );
-    OwnBroker::kafka_sh("start");
+    broker.kafka_sh("start");
 
     // As an SDK does: retry the refused batch until it is acknowledged.
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -163,35 +163,6 @@ fn a_member_killed_during_a_rebalance_loses_and_duplicates_nothing() {
     assert_like_a_clean_run(&topics, &group, 4);
 }
 
-/// A broker of its own (another port of deploy/kafka.sh), so restarting it does
-/// not disturb the tests on the suite's broker.
-struct OwnBroker;
-
-impl OwnBroker {
-    fn kafka_sh(cmd: &str) -> String {
-        let out = std::process::Command::new("bash")
-            .arg(rapport::broker::script())
-            .arg(cmd)
-            .env("RAPPORT_KAFKA_PORT", "19192")
-            .env("RAPPORT_KAFKA_CONTROLLER_PORT", "19193")
-            .env_remove("RAPPORT_KAFKA_BOOTSTRAP")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kafka.sh {cmd}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        OwnBroker::kafka_sh("stop");
-    }
-}
-
 #[test]
 fn a_broker_restarted_twice_under_load_does_not_stop_the_engine() {
     if std::env::var("RAPPORT_KAFKA_BOOTSTRAP").is_ok_and(|b| !b.is_empty()) {
@@ -199,8 +170,7 @@ fn a_broker_restarted_twice_under_load_does_not_stop_the_engine() {
         return;
     }
     let _serial = heavy();
-    let _broker = OwnBroker;
-    let bootstrap = OwnBroker::kafka_sh("start");
+    let (broker, bootstrap) = OwnBroker::start(19192);
     let topics = Topics::on(&bootstrap, "broker-restart", 4);
     let group = unique("broker-restart");
     let dir = tempfile::tempdir().unwrap();
@@ -221,10 +191,10 @@ fn a_broker_restarted_twice_under_load_does_not_stop_the_engine() {
         }
         let done = committed_total_on(&bootstrap, &group, &topics.input);
         assert!(done < end, "the broker stops mid-stream ({done} of {end})");
-        OwnBroker::kafka_sh("stop");
+        broker.kafka_sh("stop");
         std::thread::sleep(Duration::from_secs(5));
         engine.assert_running();
-        OwnBroker::kafka_sh("start");
+        broker.kafka_sh("start");
     }
     wait_caught_up_on(&bootstrap, &group, &topics.input, &mut [&mut engine]);
     let log = engine.log_text();

@@ -703,3 +703,44 @@ pub fn validate(path: &Path) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// A broker of its own (deploy/kafka.sh on other ports), so stopping and
+/// restarting it does not disturb the tests on the suite's broker; stopped
+/// when dropped. Each test that uses one picks ports no other test uses.
+pub struct OwnBroker {
+    port: u16,
+}
+
+impl OwnBroker {
+    /// Starts (or reuses) the broker on `port` (controller on `port + 1`);
+    /// returns it with its bootstrap address.
+    pub fn start(port: u16) -> (OwnBroker, String) {
+        let b = OwnBroker { port };
+        let bootstrap = b.kafka_sh("start");
+        (b, bootstrap)
+    }
+
+    /// Runs `deploy/kafka.sh cmd` for this broker; its stdout.
+    pub fn kafka_sh(&self, cmd: &str) -> String {
+        let out = std::process::Command::new("bash")
+            .arg(rapport::broker::script())
+            .arg(cmd)
+            .env("RAPPORT_KAFKA_PORT", self.port.to_string())
+            .env("RAPPORT_KAFKA_CONTROLLER_PORT", (self.port + 1).to_string())
+            .env_remove("RAPPORT_KAFKA_BOOTSTRAP")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kafka.sh {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.kafka_sh("stop");
+    }
+}

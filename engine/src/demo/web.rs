@@ -9,7 +9,6 @@ use base64::Engine as _;
 use rapport_connectors::publish::send_when_room;
 use rapport_connectors::simulator::Simulator;
 use rapport_model::{Channel, EventType, Touchpoint};
-use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{json, Value};
 
@@ -136,14 +135,7 @@ pub(super) fn feed(
     sent: &AtomicU64,
     web: &mut WebDoor,
 ) -> anyhow::Result<u64> {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "10")
-        .set("compression.type", "lz4")
-        .set("enable.idempotence", "true")
-        // Kafka's Java default partitioner (murmur2), which the engine expects by default.
-        .set("partitioner", "murmur2_random")
-        .create()?;
+    let producer = rapport_connectors::publish::producer(bootstrap)?;
     let started = Instant::now();
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
