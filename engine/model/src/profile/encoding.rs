@@ -1,0 +1,170 @@
+//! How a profile is stored: a version byte, then its postcard body, and the
+//! older versions' layouts, read and converted so that state written by one
+//! Rapport stays readable by the next.
+
+use serde::Deserialize;
+
+use super::*;
+
+/// The state-encoding version written by this build. Readers accept every version up
+/// to this one, so state written by version N stays readable by N+1.
+///
+/// Version 2 appended `windows`, `journey_runs` and `journey_entries`; version 3
+/// appended `review_reads_ms`, `call_waits`, `sentiment_ms`, `emotion` and
+/// `delivery`; version 4 appended `seen_events`.
+/// Postcard is not self-describing: a struct with more fields cannot read a
+/// shorter record, so older bodies are read as [`ProfileV1`] or [`ProfileV2`]
+/// and converted.
+pub const PROFILE_ENCODING_VERSION: u8 = 4;
+
+/// The profile as encoding version 1 wrote it: the fields of [`Profile`] before
+/// `windows`. Only ever decoded.
+#[derive(Deserialize)]
+struct ProfileV1 {
+    id: String,
+    anonymous_ids: Vec<String>,
+    first_seen_ms: i64,
+    last_seen_ms: i64,
+    events: u64,
+    channels: [ChannelActivity; 7],
+    orders: u32,
+    lifetime_value: f64,
+    returns: u32,
+    last_purchase_ms: i64,
+    nps: Option<Score>,
+    csat: Option<Score>,
+    ces: Option<Score>,
+    open_issues: u32,
+    sentiment: f64,
+    contacts_ms: Vec<i64>,
+    max_wait_seconds: i32,
+    products: Vec<ProductInterest>,
+    recent: VecDeque<RecentTouch>,
+    journeys: Vec<JourneyMark>,
+    timers: Vec<Timer>,
+}
+
+impl From<ProfileV1> for Profile {
+    fn from(v: ProfileV1) -> Self {
+        upgraded(Profile {
+            id: v.id,
+            anonymous_ids: v.anonymous_ids,
+            first_seen_ms: v.first_seen_ms,
+            last_seen_ms: v.last_seen_ms,
+            events: v.events,
+            channels: v.channels,
+            orders: v.orders,
+            lifetime_value: v.lifetime_value,
+            returns: v.returns,
+            last_purchase_ms: v.last_purchase_ms,
+            nps: v.nps,
+            csat: v.csat,
+            ces: v.ces,
+            open_issues: v.open_issues,
+            sentiment: v.sentiment,
+            contacts_ms: v.contacts_ms,
+            max_wait_seconds: v.max_wait_seconds,
+            products: v.products,
+            recent: v.recent,
+            journeys: v.journeys,
+            timers: v.timers,
+            ..Default::default()
+        })
+    }
+}
+
+/// The profile as encoding version 2 wrote it: the version-1 fields, then
+/// `windows`, `journey_runs` and `journey_entries`. Postcard writes a struct as
+/// its fields one after the other, without framing, so the nested version-1
+/// fields read exactly as they were written. Only ever decoded.
+#[derive(Deserialize)]
+struct ProfileV2 {
+    v1: ProfileV1,
+    windows: Windows,
+    journey_runs: Vec<JourneyRun>,
+    journey_entries: Vec<JourneyEntries>,
+}
+
+impl From<ProfileV2> for Profile {
+    fn from(v: ProfileV2) -> Self {
+        Profile {
+            windows: v.windows,
+            journey_runs: v.journey_runs,
+            journey_entries: v.journey_entries,
+            ..Profile::from(v.v1)
+        }
+    }
+}
+
+/// The profile as encoding version 3 wrote it: the version-2 fields, then the
+/// emotional signals, delivery state and survey trend. Only ever decoded.
+#[derive(Deserialize)]
+struct ProfileV3 {
+    v2: ProfileV2,
+    review_reads_ms: Vec<i64>,
+    call_waits: Vec<CallWait>,
+    sentiment_ms: i64,
+    emotion: EmotionTrack,
+    delivery: DeliveryState,
+    previous_surveys: [Option<Score>; 3],
+}
+
+impl From<ProfileV3> for Profile {
+    fn from(v: ProfileV3) -> Self {
+        Profile {
+            review_reads_ms: v.review_reads_ms,
+            call_waits: v.call_waits,
+            sentiment_ms: v.sentiment_ms,
+            emotion: v.emotion,
+            delivery: v.delivery,
+            previous_surveys: v.previous_surveys,
+            ..Profile::from(v.v2)
+        }
+    }
+}
+
+/// Fills in what a profile written before version 3 can tell about the fields
+/// it lacks: a non-zero sentiment trend dates from the latest chat touchpoint.
+/// The emotional state starts `neutral` and is set by the next evaluation.
+fn upgraded(mut p: Profile) -> Profile {
+    if p.sentiment != 0.0 {
+        p.sentiment_ms = p.channels[Channel::Chat.index()].last_ms;
+    }
+    p
+}
+
+/// A stored profile could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes are empty.
+    #[error("empty profile record")]
+    Empty,
+    /// Written by a newer Rapport than this one.
+    #[error("profile encoding version {0} is newer than this build understands ({PROFILE_ENCODING_VERSION})")]
+    UnknownVersion(u8),
+    /// Corrupt body.
+    #[error("corrupt profile record: {0}")]
+    Corrupt(#[from] postcard::Error),
+}
+
+impl Profile {
+    /// Encodes the profile for storage: a version byte, then the postcard body.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![PROFILE_ENCODING_VERSION];
+        // Serialising plain owned data to a Vec cannot fail.
+        out.extend(postcard::to_allocvec(self).unwrap_or_default());
+        out
+    }
+
+    /// Decodes a stored profile.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        match bytes.split_first() {
+            None => Err(DecodeError::Empty),
+            Some((&PROFILE_ENCODING_VERSION, body)) => Ok(postcard::from_bytes(body)?),
+            Some((&3, body)) => Ok(postcard::from_bytes::<ProfileV3>(body)?.into()),
+            Some((&2, body)) => Ok(postcard::from_bytes::<ProfileV2>(body)?.into()),
+            Some((&1, body)) => Ok(postcard::from_bytes::<ProfileV1>(body)?.into()),
+            Some((&v, _)) => Err(DecodeError::UnknownVersion(v)),
+        }
+    }
+}
