@@ -318,3 +318,26 @@ pub async fn create_topics(client: ClientConfig, topics: &[TopicSpec]) -> anyhow
     }
     Ok(())
 }
+
+/// The partition count of `topic` as `client` sees it, 0 when it does not
+/// exist. A topic created a moment ago may not be in the cluster's metadata
+/// yet, or have no leader yet: it is asked about again for up to five seconds
+/// before it counts as missing.
+pub fn topic_partitions<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+) -> rdkafka::error::KafkaResult<i32> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let md = client.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+        let partitions = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map_or(0, |t| t.partitions().len() as i32);
+        if partitions > 0 || std::time::Instant::now() >= deadline {
+            return Ok(partitions);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

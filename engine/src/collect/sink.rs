@@ -95,15 +95,7 @@ impl Sink {
         c.set("message.timeout.ms", timeout.as_millis().to_string())
             .set("linger.ms", "2");
         let producer: FutureProducer = c.create().map_err(kafka_err)?;
-        let md = producer
-            .client()
-            .fetch_metadata(Some(topic), Duration::from_secs(30))
-            .map_err(kafka_err)?;
-        let partitions = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map_or(0, |t| t.partitions().len() as i32);
+        let partitions = kafka::topic_partitions(producer.client(), topic).map_err(kafka_err)?;
         if partitions == 0 {
             return Err(ConnectError::NoTopic(topic.to_owned()));
         }

@@ -63,7 +63,8 @@ impl Sender {
         let producer: BaseProducer<Deliveries> = producer_config(kafka)
             .create_with_context(Deliveries::default())
             .context("creating the Kafka producer")?;
-        let partitions = partitions_of(&producer, topic)?;
+        let partitions = crate::kafka::topic_partitions(producer.client(), topic)
+            .with_context(|| format!("reading the metadata of topic {topic}"))?;
         if partitions == 0 {
             anyhow::bail!("touchpoint topic {topic:?} does not exist on {}; create it (or start the engine once) before importing", kafka.bootstrap_servers);
         }
@@ -122,27 +123,5 @@ impl Sender {
                 }
             }
         }
-    }
-}
-
-/// The partition count of `topic`, 0 when it does not exist. A topic created
-/// a moment ago may not be in the cluster's metadata yet (or have no leader
-/// yet): asked again for a few seconds before it counts as missing.
-fn partitions_of(producer: &BaseProducer<Deliveries>, topic: &str) -> anyhow::Result<i32> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let md = producer
-            .client()
-            .fetch_metadata(Some(topic), Duration::from_secs(30))
-            .with_context(|| format!("reading the metadata of topic {topic}"))?;
-        let partitions = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map_or(0, |t| t.partitions().len() as i32);
-        if partitions > 0 || std::time::Instant::now() >= deadline {
-            return Ok(partitions);
-        }
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
