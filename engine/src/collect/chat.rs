@@ -87,13 +87,7 @@ async fn process(
     let bytes = read_body(headers, body, c.cfg.max_body_bytes).await?;
     verify(src, secret, headers, &bytes)
         .map_err(|m| refuse(StatusCode::UNAUTHORIZED, "bad_signature", m))?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        refuse(
-            StatusCode::BAD_REQUEST,
-            "bad_json",
-            format!("the body is not JSON: {e}"),
-        )
-    })?;
+    let value: Value = super::json_body(&bytes)?;
     let events =
         events_of(src, &value).map_err(|m| refuse(StatusCode::BAD_REQUEST, "bad_request", m))?;
     let received = now_ms();

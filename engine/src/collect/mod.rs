@@ -270,6 +270,19 @@ pub(crate) fn refuse(status: StatusCode, code: &str, message: impl Into<String>)
     (status, body).into_response()
 }
 
+/// The request body as JSON, or a 400 saying why it is not (an answer, as
+/// the handlers' other refusals are).
+#[allow(clippy::result_large_err)]
+pub(crate) fn json_body(bytes: &[u8]) -> Result<serde_json::Value, Response> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            format!("the body is not JSON: {e}"),
+        )
+    })
+}
+
 /// Reads a request body of at most `limit` bytes, gunzipping it when its
 /// Content-Encoding says gzip (the decompressed size is limited too).
 pub(crate) async fn read_body(

@@ -93,13 +93,7 @@ async fn process(
 ) -> Result<Response, Response> {
     authenticate(headers, &c.write_keys)?;
     let bytes = read_body(headers, body, c.cfg.max_body_bytes).await?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        refuse(
-            StatusCode::BAD_REQUEST,
-            "bad_json",
-            format!("the body is not JSON: {e}"),
-        )
-    })?;
+    let value: Value = super::json_body(&bytes)?;
     let (calls, implied) = calls_of(&value, endpoint, c.cfg.max_batch_len)?;
     let kinds = check_all(&calls, implied)?;
     let received = now_ms();
