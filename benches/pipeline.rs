@@ -341,6 +341,7 @@ fn restore(bootstrap: &str, profiles: u64) -> anyhow::Result<()> {
         let bytes = Stored {
             sources: [(1, (i % 4) as i32, i as i64)].into_iter().collect(),
             profile: p,
+            ..Default::default()
         }
         .encode();
         if i < 1000 {

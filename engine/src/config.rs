@@ -48,6 +48,8 @@ pub struct Config {
     pub pseudonymize: crate::pseudonym::PseudonymizeConfig,
     /// Erasure requests, the suppression list and receipts (see [`crate::privacy`]).
     pub privacy: crate::privacy::PrivacyConfig,
+    /// Identity stitching (see [`crate::identity`]).
+    pub identity: crate::identity::IdentityConfig,
     /// The journeys, compiled once when the configuration is loaded.
     #[serde(skip)]
     pub compiled: Option<Arc<CompiledJourneys>>,
@@ -672,6 +674,7 @@ impl Config {
             ));
         }
         self.privacy.validate(&self.kafka.touchpoint_topics)?;
+        self.identity.validate(&self.kafka.touchpoint_topics)?;
         self.schema_registry.validate()
     }
 }

@@ -124,7 +124,7 @@ async fn profile(
         None => clear_id.clone(),
     };
     let Some(owners) = app.owners.clone() else {
-        return match app.state.find_profile(&id) {
+        return match app.state.find(&id) {
             Ok(p) => local_profile(&app, &id, p),
             Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
         };
@@ -132,7 +132,7 @@ async fn profile(
     let p = owners.partition(&clear_id);
     if app.progress.owns(p) {
         return match app.state.get(p, &id) {
-            Ok(s) => local_profile(&app, &id, s.map(|s| s.profile)),
+            Ok(s) => local_profile(&app, &id, s),
             Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
         };
     }
@@ -174,9 +174,27 @@ async fn profile(
     }
 }
 
-fn local_profile(app: &AppState, id: &str, p: Option<rapport_model::Profile>) -> Response {
-    match p {
-        Some(p) => Json(crate::profile_view::ProfileView::of(&p, &app.emotion)).into_response(),
+/// The profile stored under `id` here; an anonymous id whose history moved to
+/// a customer answers `404` naming the customer.
+fn local_profile(app: &AppState, id: &str, s: Option<crate::state::Stored>) -> Response {
+    match s {
+        Some(s) if s.link().is_some() => {
+            let to = s.link().map(|l| l.customer_id.clone());
+            let body = Json(serde_json::json!({
+                "error": "no profile: this anonymous id's history was merged into a customer's profile",
+                "anonymous_id": id,
+                "merged_into": to,
+            }));
+            (StatusCode::NOT_FOUND, body).into_response()
+        }
+        Some(s) => {
+            let mut view = crate::profile_view::ProfileView::of(&s.profile, &app.emotion);
+            view.identity = s
+                .identity
+                .as_deref()
+                .map(crate::profile_view::IdentityView::of);
+            Json(view).into_response()
+        }
         None => (StatusCode::NOT_FOUND, format!("no profile for {id:?}\n")).into_response(),
     }
 }

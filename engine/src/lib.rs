@@ -20,6 +20,7 @@
 //! - [`demo`]: the guided demo
 //! - [`import`]: `rapport import`, store and call-center exports into the touchpoint topic
 //! - [`privacy`]: erasure requests, the suppression list, receipts
+//! - [`identity`]: identity stitching across partitions (the merge protocol)
 //! - [`collect`]: `rapport collect`, the Segment-compatible collector and chat webhooks
 #![warn(missing_docs)]
 
@@ -29,6 +30,7 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod http_auth;
+pub mod identity;
 pub mod import;
 pub mod ingest;
 pub mod kafka;

@@ -51,6 +51,11 @@ pub struct Metrics {
     pub erasures: IntCounter,
     /// Touchpoints of erased customers, dead-lettered with reason `erased`.
     pub erased_touchpoints: IntCounter,
+    /// Identity merges, conflicts and refused links, by kind.
+    pub identity_events: IntCounterVec,
+    /// Touchpoints routed by the identity stage: held while a merge is awaited,
+    /// forwarded along a link, released after a merge.
+    pub identity_routed: IntCounterVec,
     /// 1 when the engine is consuming, 0 otherwise.
     pub ready: IntGauge,
 }
@@ -186,6 +191,22 @@ impl Metrics {
                 "Touchpoints of erased customers, dead-lettered with reason erased",
             )
             .expect("valid metric"),
+            identity_events: IntCounterVec::new(
+                Opts::new(
+                    "rapport_identity_events_total",
+                    "Identity merges, conflicts and refused links, by kind",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            identity_routed: IntCounterVec::new(
+                Opts::new(
+                    "rapport_identity_routed_total",
+                    "Touchpoints held while a merge is awaited, forwarded along a link, or released after a merge",
+                ),
+                &["route"],
+            )
+            .expect("valid metric"),
             registry,
         };
         for c in [
@@ -210,6 +231,8 @@ impl Metrics {
             Box::new(m.ready.clone()),
             Box::new(m.erasures.clone()),
             Box::new(m.erased_touchpoints.clone()),
+            Box::new(m.identity_events.clone()),
+            Box::new(m.identity_routed.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }

@@ -46,6 +46,52 @@ pub struct ProfileView {
     pub journeys: Vec<JourneyView>,
     /// Pending waits, earliest first.
     pub waits: Vec<WaitView>,
+    /// Identity stitching: the anonymous ids the customer's touchpoints named
+    /// and what became of each, merges awaited (absent when there are none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityView>,
+}
+
+/// What identity stitching recorded on a customer's profile.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct IdentityView {
+    /// Each anonymous id named, when, and what became of it (`merged`,
+    /// `requested`, `conflict`, `known_customer`, `limit_exceeded`).
+    pub links: Vec<LinkView>,
+    /// Merges requested and not received yet.
+    pub merges_awaited: usize,
+    /// Touchpoints held until they arrive.
+    pub held: usize,
+}
+
+/// One anonymous id a customer's touchpoint named.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct LinkView {
+    /// The anonymous id.
+    pub anonymous_id: String,
+    /// What became of it.
+    pub state: crate::identity::LinkState,
+    /// When a touchpoint first named it, RFC 3339.
+    pub at: String,
+}
+
+impl IdentityView {
+    /// The view of a profile's identity state.
+    pub fn of(s: &crate::identity::IdentityState) -> IdentityView {
+        IdentityView {
+            links: s
+                .links
+                .iter()
+                .map(|l| LinkView {
+                    anonymous_id: l.anonymous_id.clone(),
+                    state: l.state,
+                    at: rfc3339(l.at_ms),
+                })
+                .collect(),
+            merges_awaited: s.awaiting.len(),
+            held: s.held.len(),
+        }
+    }
 }
 
 /// Activity on one channel.
@@ -235,6 +281,7 @@ impl ProfileView {
                 })
                 .collect(),
             waits,
+            identity: None,
         }
     }
 }

@@ -74,7 +74,17 @@ pub fn replay(
     )?
     .with_seen_limits(cfg.engine.seen_limits())
     .with_pseudonymizer(cfg.pseudonymizer.clone());
+    if cfg.identity.stitching {
+        processor = processor.with_stitching(crate::processor::StitchRules {
+            topic: REPARTITION.into(),
+            rules: cfg
+                .identity
+                .rules()
+                .map_err(|(k, e)| anyhow::anyhow!("{k}: {e}"))?,
+        });
+    }
     processor.start_partition(0)?;
+    let mut internal = 0i64;
     let mut summary = Summary::default();
     let mut actions: Vec<Action> = Vec::new();
     for (n, line) in input.lines().enumerate() {
@@ -103,6 +113,7 @@ pub fn replay(
             Outcome::Duplicate => summary.duplicates += 1,
             Outcome::AlreadyApplied | Outcome::NotOwned => {}
         }
+        stitch(&mut processor, &mut internal, &mut actions)?;
         write_actions(&mut actions, out, &mut summary)?;
         write_decisions(&mut processor, decisions, out, &mut summary)?;
         if summary.records % CHECKPOINT_EVERY == 0 {
@@ -119,6 +130,41 @@ pub fn replay(
     write_decisions(&mut processor, decisions, out, &mut summary)?;
     out.flush()?;
     Ok(summary)
+}
+
+/// The repartition topic of a replay: identity messages go round within the
+/// one processor, in the order they are made.
+const REPARTITION: &str = "replay-identity-repartition";
+
+/// Feeds the identity messages the processor made back into it (link requests,
+/// transfers, forwarded touchpoints) until none are left: a replay has one
+/// partition, so the repartition topic is a queue.
+fn stitch(
+    processor: &mut Processor,
+    offset: &mut i64,
+    actions: &mut Vec<Action>,
+) -> anyhow::Result<()> {
+    loop {
+        let messages: Vec<Vec<u8>> = processor
+            .take_outbox()
+            .map(|o| o.message.encode())
+            .collect();
+        processor.take_identity_events().for_each(drop);
+        if messages.is_empty() {
+            return Ok(());
+        }
+        for m in &messages {
+            let record = Record {
+                topic: REPARTITION,
+                partition: 0,
+                offset: *offset,
+                key: None,
+                value: m,
+            };
+            *offset += 1;
+            processor.process(&record, actions)?;
+        }
+    }
 }
 
 fn write_actions(

@@ -17,6 +17,7 @@ use rocksdb::{
 };
 
 use crate::config::StateConfig;
+use crate::identity::IdentityState;
 
 const PROFILE: u8 = b'p';
 const TIMER: u8 = b't';
@@ -25,8 +26,13 @@ const CHECKPOINT: u8 = b'c';
 const WATERMARK: u8 = b'w';
 /// Suppression-list entries: keyed hashes of erased ids (see `crate::privacy`).
 const SUPPRESSED: u8 = b's';
-/// Version 2 keeps source offsets per topic and partition; version 1 (per topic) is still read.
-const ENVELOPE_VERSION: u8 = 2;
+/// Version 3 adds flags and the identity state; version 2 keeps source offsets
+/// per topic and partition; version 1 (per topic) is still read.
+const ENVELOPE_VERSION: u8 = 3;
+/// Envelope flag: the id has been a touchpoint's customer id.
+const FLAG_KNOWN: u8 = 1;
+/// Envelope flag: identity state follows the source offsets.
+const FLAG_IDENTITY: u8 = 2;
 
 /// A state operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -54,13 +60,19 @@ pub type Sources = smallvec::SmallVec<[(u32, i32, i64); 2]>;
 /// [`topic_hash`]) and partition, the next offset not yet applied. Replayed
 /// records below it are skipped, so an event is never counted twice, even when
 /// state restored from the changelog is ahead of the committed offsets.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Stored {
     /// `(topic hash, partition, next offset)` triples; one per touchpoint topic,
     /// held inline (read on every event).
     pub sources: Sources,
     /// The profile.
     pub profile: Profile,
+    /// The id has been a touchpoint's customer id: a known customer, never
+    /// merged into another ([`crate::identity`]).
+    pub known: bool,
+    /// Links, awaited merges and held records ([`crate::identity`]); none for
+    /// most profiles.
+    pub identity: Option<Box<IdentityState>>,
 }
 
 impl Stored {
@@ -83,16 +95,49 @@ impl Stored {
         }
     }
 
-    /// Encodes for RocksDB and the changelog: version, sources, then the profile.
+    /// An empty profile for `id`.
+    pub fn fresh(id: &str) -> Self {
+        Stored {
+            profile: Profile::new(id),
+            ..Default::default()
+        }
+    }
+
+    /// The identity state, created empty if there is none.
+    pub fn identity_mut(&mut self) -> &mut IdentityState {
+        self.identity.get_or_insert_with(Default::default)
+    }
+
+    /// The anonymous id's link, if its history moved to a customer.
+    pub fn link(&self) -> Option<&crate::identity::Link> {
+        self.identity.as_ref().and_then(|i| i.linked_to.as_ref())
+    }
+
+    /// Encodes for RocksDB and the changelog: version, flags, sources, the
+    /// identity state when there is one, then the profile.
     pub fn encode(&self) -> Vec<u8> {
         let body = self.profile.encode();
-        let mut out = Vec::with_capacity(2 + self.sources.len() * 16 + body.len());
+        let identity = self
+            .identity
+            .as_deref()
+            .filter(|i| !i.is_empty())
+            .map(|i| postcard::to_allocvec(i).unwrap_or_default());
+        let mut out = Vec::with_capacity(
+            3 + self.sources.len() * 16 + body.len() + identity.as_ref().map_or(0, |i| 4 + i.len()),
+        );
         out.push(ENVELOPE_VERSION);
+        let flags = if self.known { FLAG_KNOWN } else { 0 }
+            | if identity.is_some() { FLAG_IDENTITY } else { 0 };
+        out.push(flags);
         out.push(self.sources.len() as u8);
         for (h, p, o) in &self.sources {
             out.extend_from_slice(&h.to_le_bytes());
             out.extend_from_slice(&p.to_le_bytes());
             out.extend_from_slice(&o.to_le_bytes());
+        }
+        if let Some(i) = identity {
+            out.extend_from_slice(&(i.len() as u32).to_le_bytes());
+            out.extend_from_slice(&i);
         }
         out.extend_from_slice(&body);
         out
@@ -102,9 +147,10 @@ impl Stored {
     /// version; `partition` is the partition the record is stored under (version 1
     /// kept source offsets per topic only, all of that partition).
     pub fn decode(id: &str, partition: i32, bytes: &[u8]) -> Result<Stored, StateError> {
-        let (width, n, rest) = match bytes {
-            [1, n, rest @ ..] => (12, *n as usize, rest),
-            [ENVELOPE_VERSION, n, rest @ ..] => (16, *n as usize, rest),
+        let (width, flags, n, rest) = match bytes {
+            [1, n, rest @ ..] => (12, 0, *n as usize, rest),
+            [2, n, rest @ ..] => (16, 0, *n as usize, rest),
+            [ENVELOPE_VERSION, flags, n, rest @ ..] => (16, *flags, *n as usize, rest),
             _ => return Err(StateError::Malformed("unknown envelope version")),
         };
         if rest.len() < n * width {
@@ -127,11 +173,32 @@ impl Stored {
                 }
             })
             .collect();
+        let (identity, body) = match flags & FLAG_IDENTITY {
+            0 => (None, body),
+            _ => {
+                let (len, rest) = body
+                    .split_first_chunk::<4>()
+                    .ok_or(StateError::Malformed("truncated identity state"))?;
+                let len = u32::from_le_bytes(*len) as usize;
+                if rest.len() < len {
+                    return Err(StateError::Malformed("truncated identity state"));
+                }
+                let (state, rest) = rest.split_at(len);
+                let state: IdentityState = postcard::from_bytes(state)
+                    .map_err(|_| StateError::Malformed("unreadable identity state"))?;
+                (Some(Box::new(state)), rest)
+            }
+        };
         let profile = Profile::decode(body).map_err(|source| StateError::Profile {
             id: id.to_owned(),
             source,
         })?;
-        Ok(Stored { sources, profile })
+        Ok(Stored {
+            sources,
+            profile,
+            known: flags & FLAG_KNOWN != 0,
+            identity,
+        })
     }
 }
 
@@ -287,9 +354,18 @@ impl StateStore {
 
     /// The committed profile `id`, whichever partition holds it (for the profile API).
     pub fn find_profile(&self, id: &str) -> Result<Option<Profile>, StateError> {
+        Ok(self
+            .find(id)?
+            .filter(|s| s.link().is_none())
+            .map(|s| s.profile))
+    }
+
+    /// The stored record of `id` on whichever partition holds it: a profile, or
+    /// the link left by an anonymous id whose history moved to a customer.
+    pub fn find(&self, id: &str) -> Result<Option<Stored>, StateError> {
         for p in self.partitions()? {
             if let Some(s) = self.get(p, id)? {
-                return Ok(Some(s.profile));
+                return Ok(Some(s));
             }
         }
         Ok(None)
@@ -484,6 +560,7 @@ mod tests {
         let mut stored = Stored {
             sources: Sources::new(),
             profile: p,
+            ..Default::default()
         };
         stored.advance(topic_hash("touch"), 3, 41);
         {
@@ -530,6 +607,7 @@ mod tests {
         let stored = Stored {
             sources: Sources::new(),
             profile: Profile::new("c-1"),
+            ..Default::default()
         };
         let mut b = StateBatch::default();
         b.put_profile(1, "c-1", &stored.encode());
@@ -623,6 +701,7 @@ mod tests {
         let mut stored = Stored {
             sources: Sources::new(),
             profile: p,
+            ..Default::default()
         };
         stored.advance(topic_hash("touch"), 3, 41);
         stored
@@ -634,6 +713,41 @@ mod tests {
     /// RAPPORT_WRITE_FIXTURES=1, keeping the old file for the old version.)
     #[test]
     fn the_stored_fixture_of_the_current_format_reads_back() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/stored-profile-v4-envelope-v3.bin");
+        let mut stored = fixture_profile();
+        rapport_model::emotion::update(
+            &mut stored.profile,
+            1_764_000_100_000,
+            &rapport_model::emotion::EmotionConfig::default(),
+        );
+        stored.known = true;
+        let ident = stored.identity_mut();
+        ident.links.push(crate::identity::LinkEntry {
+            anonymous_id: "anon-7".into(),
+            at_ms: 1_764_000_000_000,
+            state: crate::identity::LinkState::Requested,
+        });
+        ident.awaiting.push(crate::identity::Awaiting {
+            merge_id: "m-1".into(),
+            anonymous_id: "anon-7".into(),
+        });
+        ident.held.push(crate::identity::Held {
+            touchpoint: b"{}".to_vec(),
+            home: Some(2),
+        });
+        if std::env::var_os("RAPPORT_WRITE_FIXTURES").is_some() {
+            std::fs::write(&path, stored.encode()).unwrap();
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes[0], ENVELOPE_VERSION);
+        assert_eq!(Stored::decode("c-fixture", 3, &bytes).unwrap(), stored);
+    }
+
+    /// Profiles stored in envelope version 2 (before identity stitching) still
+    /// read: not known, no identity state.
+    #[test]
+    fn the_stored_fixture_of_envelope_version_2_reads_back() {
         let path =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stored-profile-v4.bin");
         let mut stored = fixture_profile();
@@ -642,11 +756,8 @@ mod tests {
             1_764_000_100_000,
             &rapport_model::emotion::EmotionConfig::default(),
         );
-        if std::env::var_os("RAPPORT_WRITE_FIXTURES").is_some() {
-            std::fs::write(&path, stored.encode()).unwrap();
-        }
         let bytes = std::fs::read(&path).unwrap();
-        assert_eq!(bytes[0], ENVELOPE_VERSION);
+        assert_eq!(bytes[0], 2);
         assert_eq!(Stored::decode("c-fixture", 3, &bytes).unwrap(), stored);
     }
 

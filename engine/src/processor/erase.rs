@@ -3,7 +3,7 @@
 //! suppression list (see [`crate::privacy`]).
 
 use compact_str::CompactString;
-use rapport_model::{EventType, Profile, Touchpoint};
+use rapport_model::{EventType, Touchpoint};
 
 use crate::ingest::{Rejection, Stage};
 use crate::privacy::erasure::{ChangelogWrite, Completed, TaskPrivacy};
@@ -193,10 +193,7 @@ impl Lane<'_> {
     /// the erasure (not yet committed to RocksDB) does not read the old profile back.
     fn start_fresh(&mut self, id: &str) {
         let slot = Slot {
-            stored: Box::new(Stored {
-                sources: Default::default(),
-                profile: Profile::new(id),
-            }),
+            stored: Box::new(Stored::fresh(id)),
             dirty: false,
             persisted_timers: Default::default(),
         };

@@ -8,9 +8,11 @@
 //! (partition, customer), never by customer alone.
 
 mod erase;
+mod stitch;
 pub(crate) mod task;
 
 pub use self::erase::PrivacyRules;
+pub use self::stitch::StitchRules;
 
 use std::sync::Arc;
 
@@ -24,8 +26,9 @@ use crate::ingest::route::KeyRule;
 use crate::ingest::{Decoder, Rejection, SchemaError};
 use crate::metrics::Metrics;
 use crate::runtime::WATERMARK_KEY;
-use crate::state::{topic_hash, StateBatch, StateError, StateStore};
+use crate::state::{StateBatch, StateError, StateStore};
 
+use self::stitch::{Routed, Seed};
 use self::task::{timer_times, Task};
 
 /// One input record, wherever it came from.
@@ -80,6 +83,8 @@ struct Shared {
     pseudonymizer: Option<Arc<crate::pseudonym::Pseudonymizer>>,
     /// Erasure commands and the suppression list; `None` when off.
     privacy: Option<PrivacyRules>,
+    /// Identity stitching; `None` when off.
+    stitch: Option<StitchRules>,
 }
 
 /// One record's result in a batch: what became of it, and the actions it
@@ -117,6 +122,7 @@ impl Processor {
                 seen: SeenLimits::default(),
                 pseudonymizer: None,
                 privacy: None,
+                stitch: None,
             },
             profile_cache,
             tasks: hashbrown::HashMap::new(),
@@ -413,48 +419,78 @@ impl<'a> Lane<'a> {
         if let Some(outcome) = self.erasure_record(r)? {
             return Ok(outcome);
         }
+        if let Some(outcome) = self.identity_record(r, out)? {
+            return Ok(outcome);
+        }
         let rule = self.sh.rule;
         let pseudonymizer = self.sh.pseudonymizer.as_deref();
+        let stitch = self.sh.stitch.as_ref();
         let checked = self.sh.decoder.decode(r.value).and_then(|mut tp| {
             let id = tp.identity().unwrap_or_default();
             rule.check(r.key, id, r.partition)?;
+            // Where a linked anonymous id lives is computed from its clear id.
+            let home = stitch.and_then(|s| stitch::anonymous_home(&tp, &rule, &s.rules));
             // Producers key records by the clear id, so the key rule reads it;
             // from here on the customer is known by the pseudonym only.
             if let Some(p) = pseudonymizer {
                 p.apply(&mut tp);
             }
-            Ok(tp)
+            Ok((tp, home))
         });
         match checked {
-            Ok(tp) => match self.suppressed(&tp) {
+            Ok((tp, home)) => match self.suppressed(&tp) {
                 Some(rejection) => Ok(Outcome::Rejected(rejection)),
-                None => self.apply(r, &tp, out),
+                None => {
+                    let id = tp.identity().unwrap_or_default();
+                    self.route_and_apply(Some(r), Seed::of(r), id, &tp, home, true, out)
+                }
             },
             Err(rejection) => Ok(Outcome::Rejected(rejection)),
         }
     }
 
-    /// Updates the customer's profile with `tp`, evaluates the journeys, and fires
-    /// the timers the new watermark makes due.
-    fn apply(
+    /// Updates profile `id` with `tp`, evaluates the journeys, and fires the
+    /// timers the new watermark makes due; with stitching on, the record may
+    /// instead be held, or follow a link ([`stitch`]). `src` is the record read
+    /// from Kafka (none for a held record released after a merge); `home` the
+    /// partition of an anonymous id `tp` may link; `follow` false for a record
+    /// that already followed a link.
+    #[allow(clippy::too_many_arguments)]
+    fn route_and_apply(
         &mut self,
-        r: &Record<'_>,
+        src: Option<&Record<'_>>,
+        seed: Seed,
+        id: &str,
         tp: &Touchpoint,
+        home: Option<i32>,
+        follow: bool,
         out: &mut Vec<Action>,
     ) -> Result<Outcome, StateError> {
-        let id = tp.identity().unwrap_or_default();
-        let (hash, partition, offset) = (topic_hash(r.topic), r.partition, r.offset);
         let sh = self.sh;
         let (journeys, metrics) = (&sh.journeys, &sh.metrics);
         let task = &mut *self.task;
         let mut output = std::mem::take(&mut task.scratch.output);
         let output = &mut output;
         let mut outcome = Outcome::Applied;
+        let mut routed = Routed::Apply;
         let updated = task.update(&sh.state, id, |s| {
-            if s.reflects(hash, partition, offset) {
+            if src.is_some() && s.reflects(seed.hash, seed.partition, seed.offset) {
                 metrics.skipped.inc();
                 outcome = Outcome::AlreadyApplied;
                 return false;
+            }
+            if let Some(st) = sh.stitch.as_ref() {
+                routed = st.route(s, tp, home, follow, seed);
+                match routed {
+                    Routed::Apply | Routed::Unlinked(_) | Routed::Refused(_) => {}
+                    Routed::Forward(_) => return false,
+                    Routed::Hold | Routed::Link { .. } => {
+                        if src.is_some() {
+                            s.advance(seed.hash, seed.partition, seed.offset);
+                        }
+                        return true;
+                    }
+                }
             }
             if !s.profile.admit(tp, &sh.seen) {
                 metrics.duplicates.inc();
@@ -470,6 +506,12 @@ impl<'a> Lane<'a> {
                 metrics.timers_fired.inc_by(u64::from(fired));
             }
             s.profile.apply(tp);
+            if let Routed::Unlinked(a) | Routed::Refused(a) = &routed {
+                s.profile.anonymous_ids.retain(|x| x != a);
+            }
+            if tp.customer_id.as_deref() == Some(id) {
+                s.known = true;
+            }
             if let Some(t) = emotion::update_on_touchpoint(&mut s.profile, tp, journeys.emotion()) {
                 metrics
                     .emotion_transitions
@@ -480,13 +522,24 @@ impl<'a> Lane<'a> {
             for e in report.errors {
                 tracing::warn!(journey = %e.journey, expression = %e.expression, error = %e.message, "journey expression failed; treated as false");
             }
-            s.advance(hash, partition, offset);
+            if src.is_some() {
+                s.advance(seed.hash, seed.partition, seed.offset);
+            }
             true
         });
         task.scratch.output = std::mem::take(output);
         updated?;
-        if outcome == Outcome::Applied {
+        if let Some(r) = src.filter(|_| outcome == Outcome::Applied) {
             self.count_event(r.topic);
+        }
+        if !matches!(routed, Routed::Apply | Routed::Unlinked(_)) {
+            let applied = matches!(routed, Routed::Refused(_));
+            self.routed(id, tp, routed);
+            if !applied {
+                return Ok(outcome);
+            }
+        }
+        if outcome == Outcome::Applied {
             if let Some(s) = tp
                 .survey
                 .as_ref()

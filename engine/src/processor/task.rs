@@ -62,6 +62,10 @@ pub(crate) struct Scratch {
     pub decision_counters: Vec<((String, rapport_journeys::Outcome), prometheus::IntCounter)>,
     /// Per-topic event counters, resolved once.
     pub event_counters: Vec<(String, prometheus::IntCounter)>,
+    /// Identity messages to send to the repartition topic.
+    pub outbox: Vec<crate::identity::Outgoing>,
+    /// Identity merges, conflicts and refused links, for the identity-events topic.
+    pub identity_events: Vec<crate::identity::IdentityEvent>,
 }
 
 impl Task {
@@ -94,10 +98,9 @@ impl Task {
         let slot = match self.profiles.entry(CompactString::from(id)) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
-                let stored = state.get(self.partition, id)?.unwrap_or_else(|| Stored {
-                    sources: Default::default(),
-                    profile: Profile::new(id),
-                });
+                let stored = state
+                    .get(self.partition, id)?
+                    .unwrap_or_else(|| Stored::fresh(id));
                 let persisted_timers = timer_times(&stored.profile);
                 e.insert(Slot {
                     stored: Box::new(stored),

@@ -86,6 +86,8 @@ pub(crate) struct Core {
     pub(super) decision_format: super::encode::Encoding,
     /// Erasure receipts; `None` with erasure off.
     pub(super) receipts: Option<super::erasure::Receipts>,
+    /// The identity stitching topics; `None` with stitching off.
+    pub(super) identity: Option<super::identity::IdentityTopics>,
 }
 
 impl Core {

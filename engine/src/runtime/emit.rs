@@ -70,7 +70,7 @@ impl Core {
                 .record(record.partition, record.topic, record.offset + 1);
             self.pending_records += 1;
         }
-        Ok(())
+        self.emit_identity()
     }
 
     /// Sends the actions decided so far to the action topic, holding back those

@@ -40,6 +40,9 @@ pub(super) fn input_topics(cfg: &Config) -> Vec<String> {
     if cfg.privacy.enabled() {
         topics.push(cfg.privacy.topic.clone());
     }
+    if cfg.identity.stitching {
+        topics.push(cfg.identity.repartition(&cfg.kafka.group_id));
+    }
     topics
 }
 

@@ -40,6 +40,7 @@ mod core;
 mod emit;
 pub mod encode;
 mod erasure;
+mod identity;
 mod order;
 mod rebalance;
 mod restore;
@@ -186,6 +187,13 @@ pub fn start(
         )),
         false => None,
     };
+    if cfg.identity.stitching {
+        rt.block_on(crate::identity::topics::prepare(
+            &cfg.kafka,
+            &cfg.identity,
+            layout.partitions,
+        ))?;
+    }
     let progress = Arc::new(Progress::default());
     let stop = Arc::new(AtomicBool::new(false));
     let key_rule = KeyRule::new(cfg.kafka.partitioner, layout.partitions);
@@ -273,6 +281,15 @@ impl Worker {
                 after: cfg.privacy.after_erasure,
             });
         }
+        if cfg.identity.stitching {
+            processor = processor.with_stitching(crate::processor::StitchRules {
+                topic: cfg.identity.repartition(&cfg.kafka.group_id),
+                rules: cfg
+                    .identity
+                    .rules()
+                    .map_err(|(k, e)| anyhow::anyhow!("{k}: {e}"))?,
+            });
+        }
         let core = Arc::new(Mutex::new(Core {
             processor,
             dead_letter_room: layout.dead_letter_max_bytes.min(producer_max) - 8 * 1024,
@@ -296,9 +313,10 @@ impl Worker {
             action_format: registry.actions,
             decision_format: registry.decisions,
             receipts,
+            identity: identity::IdentityTopics::of(&cfg),
             cfg: cfg.clone(),
         }));
-        let partitions = layout.partitions as usize * cfg.kafka.touchpoint_topics.len();
+        let partitions = layout.partitions as usize * erasure::input_topics(&cfg).len();
         let consumer = subscribe(&cfg, partitions, core.clone())?;
         Ok(Worker {
             consumer,
