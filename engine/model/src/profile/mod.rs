@@ -17,6 +17,7 @@ use crate::touchpoint::{Channel, EventType, SurveyKind, Touchpoint};
 use crate::window::Windows;
 
 mod encoding;
+mod merge;
 pub use encoding::{DecodeError, PROFILE_ENCODING_VERSION};
 
 /// How many recent touchpoints a profile keeps, so no agent makes the customer repeat themselves.

@@ -1,0 +1,351 @@
+//! Merging an anonymous visitor's profile into the customer's (identity
+//! stitching, issue 15).
+//!
+//! When an anonymous visitor logs in, the history of the anonymous profile
+//! moves to the customer's partition and is merged into the customer's profile
+//! by [`Profile::absorb`]. Histories may arrive in any order (two devices, a
+//! merge redone after a restart elsewhere), so every rule is commutative and
+//! associative: counters add, sets union, the latest by event time wins, and
+//! bounded lists keep the newest N by event time. Lists whose order carries no
+//! meaning come out in one canonical order, so that two merges of the same
+//! histories are equal field by field.
+//!
+//! Where a rule cannot reproduce what one profile that saw every touchpoint
+//! would hold, the difference is documented on [`Profile::absorb`].
+
+use std::cmp::Reverse;
+use std::collections::VecDeque;
+
+use super::{
+    CallWait, ChannelActivity, JourneyEntries, JourneyMark, JourneyRun, ProductInterest, Profile,
+    RecentTouch, Score, Timer, RECENT_CONTACTS, RECENT_SIGNALS, RECENT_TOUCHPOINTS,
+    TRACKED_PRODUCTS, VIEWS_PER_PRODUCT,
+};
+use crate::seen::SeenLimits;
+
+impl Profile {
+    /// Merges `other`'s history (an anonymous profile that turned out to be
+    /// this customer) into self, with the default bounds of the seen event ids
+    /// (see [`Profile::absorb_with`] for every rule).
+    pub fn absorb(&mut self, other: &Profile) {
+        self.absorb_with(other, &SeenLimits::default());
+    }
+
+    /// Merges `other`'s history into self; `limits` bound the merged record of
+    /// seen event ids as the engine's configuration bounds it. The rules:
+    ///
+    /// - `id` stays; `other.id` (unless it is ours) and `other.anonymous_ids`
+    ///   join `anonymous_ids` (a sorted set without our own id).
+    /// - Counters add: `events`, channel counts, `orders`, `returns`,
+    ///   `open_issues`, `lifetime_value`, journey mark counts. A return or a
+    ///   resolved ticket in one history does not cancel a purchase or an open
+    ///   ticket in the other (each history clamped at zero on its own).
+    /// - Times take their extreme: `first_seen_ms` the earliest of histories
+    ///   with events, `last_seen_ms`, channel `last_ms`, `last_purchase_ms`,
+    ///   `max_wait_seconds`, journey `fired_ms`, product `purchased_ms` the latest.
+    /// - Latest by event time wins: each survey keeps the newest two distinct
+    ///   answers of both (latest, and the one before for the trend); the chat
+    ///   `sentiment` of the history with the later `sentiment_ms` (the weighted
+    ///   average cannot be recomputed from its parts).
+    /// - Bounded lists keep the newest by time of the union: `contacts_ms`,
+    ///   `review_reads_ms`, `call_waits`, each product's views, `recent` (one
+    ///   entry per event id). Products are joined by sku and, beyond
+    ///   [`TRACKED_PRODUCTS`], the stalest go by `product()`'s rule (latest view
+    ///   or purchase).
+    /// - Journey runs: one per (journey, key), the one entered first (ties: the
+    ///   smaller trigger event id), as that instance started first. Timers keep
+    ///   their due times; for a (journey, key) waiting in both, the timer of the
+    ///   chosen run (same trigger event), else the earliest due.
+    /// - Journey entries: the union of entry times, in order; the journey's
+    ///   re-entry rule prunes them at the next entry, as for any entry.
+    /// - `windows`, `emotion`, `delivery` and `seen_events` merge by their own
+    ///   rules ([`crate::window::Windows::merge`],
+    ///   [`crate::emotion::EmotionTrack::merge`],
+    ///   [`crate::policy::DeliveryState::merge`], [`crate::seen::SeenEvents::merge`]).
+    ///   The time zone is that of the history seen latest among those that
+    ///   name one: the zone carries no time of its own, so after a merge the
+    ///   profile's `last_seen_ms` stands for it.
+    pub fn absorb_with(&mut self, other: &Profile, limits: &SeenLimits) {
+        // No `..`: a field added to Profile does not compile until it is merged here.
+        let Profile {
+            id,
+            anonymous_ids,
+            first_seen_ms,
+            last_seen_ms,
+            events,
+            channels,
+            orders,
+            lifetime_value,
+            returns,
+            last_purchase_ms,
+            nps,
+            csat,
+            ces,
+            open_issues,
+            sentiment,
+            contacts_ms,
+            max_wait_seconds,
+            products,
+            recent,
+            journeys,
+            timers,
+            windows,
+            journey_runs,
+            journey_entries,
+            review_reads_ms,
+            call_waits,
+            sentiment_ms,
+            emotion,
+            delivery,
+            previous_surveys,
+            seen_events,
+        } = other;
+        let prefer_other_timezone = timezone_precedence(other) > timezone_precedence(self);
+        self.merge_ids(id, anonymous_ids);
+        if *events > 0 {
+            if self.events == 0 || *first_seen_ms < self.first_seen_ms {
+                self.first_seen_ms = *first_seen_ms;
+            }
+            self.last_seen_ms = self.last_seen_ms.max(*last_seen_ms);
+        }
+        self.events += events;
+        merge_channels(&mut self.channels, channels);
+        self.orders = self.orders.saturating_add(*orders);
+        self.returns = self.returns.saturating_add(*returns);
+        self.open_issues = self.open_issues.saturating_add(*open_issues);
+        self.lifetime_value += lifetime_value;
+        self.last_purchase_ms = self.last_purchase_ms.max(*last_purchase_ms);
+        for (i, theirs) in [nps, csat, ces].into_iter().enumerate() {
+            let ours = match i {
+                0 => &mut self.nps,
+                1 => &mut self.csat,
+                _ => &mut self.ces,
+            };
+            merge_survey(
+                ours,
+                &mut self.previous_surveys[i],
+                theirs,
+                &previous_surveys[i],
+            );
+        }
+        if (*sentiment_ms, sentiment.to_bits()) > (self.sentiment_ms, self.sentiment.to_bits()) {
+            self.sentiment = *sentiment;
+            self.sentiment_ms = *sentiment_ms;
+        }
+        merge_newest(&mut self.contacts_ms, contacts_ms, RECENT_CONTACTS, |&t| t);
+        merge_newest(
+            &mut self.review_reads_ms,
+            review_reads_ms,
+            RECENT_SIGNALS,
+            |&t| t,
+        );
+        merge_newest(
+            &mut self.call_waits,
+            call_waits,
+            RECENT_SIGNALS,
+            |w: &CallWait| (w.at_ms, w.seconds),
+        );
+        self.max_wait_seconds = self.max_wait_seconds.max(*max_wait_seconds);
+        merge_products(&mut self.products, products);
+        merge_recent(&mut self.recent, recent);
+        merge_marks(&mut self.journeys, journeys);
+        merge_runs(&mut self.journey_runs, journey_runs);
+        merge_timers(&mut self.timers, timers, &self.journey_runs);
+        merge_entries(&mut self.journey_entries, journey_entries);
+        self.windows.merge(windows);
+        self.emotion.merge(emotion);
+        self.delivery.merge(delivery, prefer_other_timezone);
+        self.seen_events.merge(seen_events, limits);
+    }
+
+    /// Adds `id` (unless ours) and `anonymous_ids` to ours, as a sorted set.
+    fn merge_ids(&mut self, id: &str, anonymous_ids: &[String]) {
+        let theirs = std::iter::once(id).chain(anonymous_ids.iter().map(String::as_str));
+        for a in theirs {
+            if a != self.id && !self.anonymous_ids.iter().any(|x| x == a) {
+                self.anonymous_ids.push(a.to_owned());
+            }
+        }
+        self.anonymous_ids.retain(|a| *a != self.id);
+        self.anonymous_ids.sort();
+        self.anonymous_ids.dedup();
+    }
+}
+
+/// Which profile's time zone a merge keeps: one that names a zone, then the
+/// one seen latest, then the greater name (a total order, so the choice does
+/// not depend on which side absorbs which).
+fn timezone_precedence(p: &Profile) -> (bool, i64, Option<&str>) {
+    let tz = p.delivery.timezone.as_deref();
+    (tz.is_some(), p.last_seen_ms, tz)
+}
+
+fn merge_channels(ours: &mut [ChannelActivity; 7], theirs: &[ChannelActivity; 7]) {
+    for (o, t) in ours.iter_mut().zip(theirs) {
+        o.count += t.count;
+        o.last_ms = o.last_ms.max(t.last_ms);
+    }
+}
+
+/// The newest two distinct answers of both histories: the latest and the one before.
+fn merge_survey(
+    latest: &mut Option<Score>,
+    previous: &mut Option<Score>,
+    their_latest: &Option<Score>,
+    their_previous: &Option<Score>,
+) {
+    let mut all: Vec<Score> = [*latest, *previous, *their_latest, *their_previous]
+        .into_iter()
+        .flatten()
+        .collect();
+    all.sort_by_key(|s| Reverse((s.at_ms, s.score)));
+    all.dedup();
+    *latest = all.first().copied();
+    *previous = all.get(1).copied();
+}
+
+/// Keeps the newest `cap` of both lists by `key`, oldest first (a multiset:
+/// two histories' events at the same time both count).
+fn merge_newest<T: Clone, K: Ord>(ours: &mut Vec<T>, theirs: &[T], cap: usize, key: fn(&T) -> K) {
+    ours.extend_from_slice(theirs);
+    ours.sort_by_key(key);
+    let excess = ours.len().saturating_sub(cap);
+    ours.drain(..excess);
+}
+
+/// Joins products by sku (views: the newest [`VIEWS_PER_PRODUCT`] of both;
+/// purchase: the latest), keeps the [`TRACKED_PRODUCTS`] touched latest, by sku.
+fn merge_products(ours: &mut Vec<ProductInterest>, theirs: &[ProductInterest]) {
+    for t in theirs {
+        match ours.iter_mut().find(|p| p.sku == t.sku) {
+            Some(p) => {
+                p.views_ms.extend_from_slice(&t.views_ms);
+                p.views_ms.sort_unstable();
+                let excess = p.views_ms.len().saturating_sub(VIEWS_PER_PRODUCT);
+                p.views_ms.drain(..excess);
+                p.purchased_ms = p.purchased_ms.max(t.purchased_ms);
+            }
+            None => ours.push(t.clone()),
+        }
+    }
+    if ours.len() > TRACKED_PRODUCTS {
+        // The same staleness as `Profile::product`, ties by sku.
+        ours.sort_by(|a, b| (staleness(b), &b.sku).cmp(&(staleness(a), &a.sku)));
+        ours.truncate(TRACKED_PRODUCTS);
+    }
+    ours.sort_by(|a, b| a.sku.cmp(&b.sku));
+}
+
+/// When a product was last touched (viewed or bought): the older, the staler.
+fn staleness(p: &ProductInterest) -> i64 {
+    p.views_ms.last().copied().unwrap_or(0).max(p.purchased_ms)
+}
+
+/// The newest [`RECENT_TOUCHPOINTS`] of both by time, one per event id (the
+/// later if an id is in both), oldest first.
+fn merge_recent(ours: &mut VecDeque<RecentTouch>, theirs: &VecDeque<RecentTouch>) {
+    let mut all: Vec<RecentTouch> = ours.drain(..).chain(theirs.iter().cloned()).collect();
+    all.sort_by(|a, b| {
+        a.event_id
+            .cmp(&b.event_id)
+            .then_with(|| recent_key(b).cmp(&recent_key(a)))
+    });
+    all.dedup_by(|later, kept| later.event_id == kept.event_id);
+    all.sort_by(|a, b| recent_key(a).cmp(&recent_key(b)));
+    let excess = all.len().saturating_sub(RECENT_TOUCHPOINTS);
+    ours.extend(all.into_iter().skip(excess));
+}
+
+/// The order recent touches are kept in: time, then what tells two apart.
+fn recent_key(t: &RecentTouch) -> (i64, &str, usize, &str) {
+    (
+        t.at_ms,
+        t.event_id.as_str(),
+        t.channel.index(),
+        t.event_type.as_str(),
+    )
+}
+
+/// Journey marks by (journey, key): latest firing, counts added.
+fn merge_marks(ours: &mut Vec<JourneyMark>, theirs: &[JourneyMark]) {
+    for t in theirs {
+        match ours
+            .iter_mut()
+            .find(|m| m.journey == t.journey && m.key == t.key)
+        {
+            Some(m) => {
+                m.fired_ms = m.fired_ms.max(t.fired_ms);
+                m.count = m.count.saturating_add(t.count);
+            }
+            None => ours.push(t.clone()),
+        }
+    }
+    ours.sort_by(|a, b| (&a.journey, &a.key).cmp(&(&b.journey, &b.key)));
+}
+
+/// One run per (journey, key): the one entered first, ties by trigger event id.
+fn merge_runs(ours: &mut Vec<JourneyRun>, theirs: &[JourneyRun]) {
+    ours.extend_from_slice(theirs);
+    ours.sort_by(|a, b| run_key(a).cmp(&run_key(b)));
+    ours.dedup_by(|later, kept| later.journey == kept.journey && later.key == kept.key);
+}
+
+/// The order runs are chosen in: per (journey, key), the earliest entry first.
+fn run_key(r: &JourneyRun) -> (&str, &str, i64, &str, u32, &[u32]) {
+    (
+        r.journey.as_str(),
+        r.key.as_str(),
+        r.entered_ms,
+        r.trigger_event_id.as_str(),
+        r.version,
+        r.at.as_slice(),
+    )
+}
+
+/// One timer per (journey, key), due times unchanged: the timer of the chosen
+/// run in `runs` when one has its trigger event, else the earliest due.
+fn merge_timers(ours: &mut Vec<Timer>, theirs: &[Timer], runs: &[JourneyRun]) {
+    ours.extend_from_slice(theirs);
+    let of_run = |t: &Timer| {
+        runs.iter().any(|r| {
+            r.journey == t.journey && r.key == t.key && r.trigger_event_id == t.trigger_event_id
+        })
+    };
+    ours.sort_by(|a, b| {
+        (
+            a.journey.as_str(),
+            a.key.as_str(),
+            !of_run(a),
+            a.fire_at_ms,
+            a.trigger_event_id.as_str(),
+        )
+            .cmp(&(
+                b.journey.as_str(),
+                b.key.as_str(),
+                !of_run(b),
+                b.fire_at_ms,
+                b.trigger_event_id.as_str(),
+            ))
+    });
+    ours.dedup_by(|later, kept| later.journey == kept.journey && later.key == kept.key);
+}
+
+/// Entry times by (journey, key): the union, in time order.
+fn merge_entries(ours: &mut Vec<JourneyEntries>, theirs: &[JourneyEntries]) {
+    for t in theirs {
+        match ours
+            .iter_mut()
+            .find(|e| e.journey == t.journey && e.key == t.key)
+        {
+            Some(e) => {
+                e.entered_ms.extend_from_slice(&t.entered_ms);
+                e.entered_ms.sort_unstable();
+            }
+            None => ours.push(t.clone()),
+        }
+    }
+    ours.sort_by(|a, b| (&a.journey, &a.key).cmp(&(&b.journey, &b.key)));
+}
+
+#[cfg(test)]
+mod tests;
