@@ -352,6 +352,12 @@ mod tests {
                 T0 + i * HOUR_MS + 30 * MINUTE_MS,
             );
         }
+        // In the same minute as one of `a`'s: one bucket, both counted.
+        b.record(
+            EventType::ProductView,
+            Channel::Web,
+            T0 + 4 * HOUR_MS + 1_000,
+        );
         b.record(
             EventType::CallStarted,
             Channel::CallCenter,
@@ -363,8 +369,9 @@ mod tests {
         ba.merge(&a);
         assert_eq!(ab, ba, "the order of the merge does not matter");
         let now = T0 + 9 * HOUR_MS;
-        assert_eq!(ab.count(EventType::ProductView, 0, now), 10);
-        assert_eq!(ab.count(EventType::ProductView, T0 + 3 * HOUR_MS, now), 4);
+        assert_eq!(ab.count(EventType::ProductView, 0, now), 11);
+        assert_eq!(ab.count(EventType::ProductView, T0 + 3 * HOUR_MS, now), 5);
+        assert_eq!(ab.count(EventType::ProductView, T0 + 4 * HOUR_MS, now), 3);
         assert_eq!(
             ab.last_ms(EventType::ProductView),
             T0 + 4 * HOUR_MS + 30 * MINUTE_MS

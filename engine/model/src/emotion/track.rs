@@ -83,7 +83,7 @@ impl EmotionTrack {
 
     /// Merges `other`'s track into this one (identity stitching). The state
     /// entered latest wins, with its entry time and observations (ties: the
-    /// later evaluation, then the state's name, then the observations), since
+    /// state's name, then the observations), since
     /// it reflects the customer's latest mood; the evaluation time is the later
     /// one, so state time never runs backwards; the active days are the union
     /// of both; and the signals are marked for a full re-observation (the
@@ -104,8 +104,9 @@ impl EmotionTrack {
 
     /// Which of two tracks a merge keeps the state of: a total order.
     fn precedence_cmp(&self, other: &EmotionTrack) -> std::cmp::Ordering {
-        (self.since_ms, self.evaluated_ms, self.state.as_str())
-            .cmp(&(other.since_ms, other.evaluated_ms, other.state.as_str()))
+        // Only what the winner brings along, so a merged track ranks as its winner did.
+        (self.since_ms, self.state.as_str())
+            .cmp(&(other.since_ms, other.state.as_str()))
             .then_with(|| {
                 let bits = |t: &EmotionTrack| t.observed.map(f32::to_bits);
                 bits(self).cmp(&bits(other))

@@ -306,28 +306,23 @@ fn run_key(r: &JourneyRun) -> (&str, &str, i64, &str, u32, &[u32]) {
 /// run in `runs` when one has its trigger event, else the earliest due.
 fn merge_timers(ours: &mut Vec<Timer>, theirs: &[Timer], runs: &[JourneyRun]) {
     ours.extend_from_slice(theirs);
-    let of_run = |t: &Timer| {
-        runs.iter().any(|r| {
-            r.journey == t.journey && r.key == t.key && r.trigger_event_id == t.trigger_event_id
-        })
-    };
-    ours.sort_by(|a, b| {
-        (
-            a.journey.as_str(),
-            a.key.as_str(),
-            !of_run(a),
-            a.fire_at_ms,
-            a.trigger_event_id.as_str(),
-        )
-            .cmp(&(
-                b.journey.as_str(),
-                b.key.as_str(),
-                !of_run(b),
-                b.fire_at_ms,
-                b.trigger_event_id.as_str(),
-            ))
-    });
+    ours.sort_by(|a, b| timer_key(a, runs).cmp(&timer_key(b, runs)));
     ours.dedup_by(|later, kept| later.journey == kept.journey && later.key == kept.key);
+}
+
+/// The order timers are chosen in: per (journey, key), the timer of the run
+/// first, then the earliest due.
+fn timer_key<'a>(t: &'a Timer, runs: &[JourneyRun]) -> (&'a str, &'a str, bool, i64, &'a str) {
+    let of_run = runs.iter().any(|r| {
+        r.journey == t.journey && r.key == t.key && r.trigger_event_id == t.trigger_event_id
+    });
+    (
+        t.journey.as_str(),
+        t.key.as_str(),
+        !of_run,
+        t.fire_at_ms,
+        t.trigger_event_id.as_str(),
+    )
 }
 
 /// Entry times by (journey, key): the union, in time order.
