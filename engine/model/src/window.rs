@@ -147,7 +147,8 @@ impl Windows {
             }
         }
         if let Some(newest) = self.series.iter().map(|s| s.last_ms).max() {
-            self.series.retain(|s| s.last_ms > newest - RETENTION_MS);
+            let horizon = newest.saturating_sub(RETENTION_MS);
+            self.series.retain(|s| s.last_ms > horizon);
         }
         self.series
             .sort_by_key(|s| (s.event_type.as_str(), s.channel.index()));
@@ -169,7 +170,7 @@ impl Series {
                 _ => merged.push(b),
             }
         }
-        let horizon = self.last_ms - RETENTION_MS;
+        let horizon = self.last_ms.saturating_sub(RETENTION_MS);
         merged.retain(|b| b.start_ms > horizon);
         self.buckets = merged;
         if self.buckets.len() > MAX_BUCKETS {

@@ -121,8 +121,8 @@ impl EmotionTrack {
 
 /// `t`'s active days as bits relative to `day` (at or after `t.active_day`).
 fn shifted_days(t: &EmotionTrack, day: i64) -> u128 {
-    match u32::try_from(day - t.active_day) {
-        Ok(n) if n < 128 => t.active_days << n,
+    match day.checked_sub(t.active_day).map(u32::try_from) {
+        Some(Ok(n)) if n < 128 => t.active_days << n,
         _ => 0,
     }
 }

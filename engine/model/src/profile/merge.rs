@@ -103,12 +103,13 @@ impl Profile {
         let prefer_other_timezone = timezone_precedence(other) > timezone_precedence(self);
         self.merge_ids(id, anonymous_ids);
         if *events > 0 {
-            if self.events == 0 || *first_seen_ms < self.first_seen_ms {
-                self.first_seen_ms = *first_seen_ms;
+            if self.events == 0 {
+                (self.first_seen_ms, self.last_seen_ms) = (*first_seen_ms, *last_seen_ms);
             }
+            self.first_seen_ms = self.first_seen_ms.min(*first_seen_ms);
             self.last_seen_ms = self.last_seen_ms.max(*last_seen_ms);
         }
-        self.events += events;
+        self.events = self.events.saturating_add(*events);
         merge_channels(&mut self.channels, channels);
         self.orders = self.orders.saturating_add(*orders);
         self.returns = self.returns.saturating_add(*returns);
@@ -182,7 +183,7 @@ fn timezone_precedence(p: &Profile) -> (bool, i64, Option<&str>) {
 
 fn merge_channels(ours: &mut [ChannelActivity; 7], theirs: &[ChannelActivity; 7]) {
     for (o, t) in ours.iter_mut().zip(theirs) {
-        o.count += t.count;
+        o.count = o.count.saturating_add(t.count);
         o.last_ms = o.last_ms.max(t.last_ms);
     }
 }

@@ -660,3 +660,52 @@ fn every_field_is_merged() {
         "fields left as they were (by position): {unchanged:?}"
     );
 }
+
+#[test]
+fn the_time_zone_of_the_history_seen_latest_that_names_one_is_kept() {
+    let seen = |id: &str, at, tz: Option<&str>| {
+        let mut t = tp("e", id, Channel::App, EventType::PageView, at);
+        if let Some(tz) = tz {
+            t.attributes.insert("timezone".into(), tz.into());
+        }
+        let mut p = Profile::new(id);
+        p.apply(&t);
+        p
+    };
+    let c = seen("c-1", T0, Some("Europe/Paris"));
+    let later = seen("anon-1", T0 + HOUR, Some("Asia/Tokyo"));
+    let latest_without = seen("anon-2", T0 + 2 * HOUR, None);
+    let tz = |p: &Profile| p.delivery.timezone.as_deref().map(str::to_owned);
+    assert_eq!(tz(&merged(&c, &[&later])).as_deref(), Some("Asia/Tokyo"));
+    assert_eq!(tz(&merged(&later, &[&c])).as_deref(), Some("Asia/Tokyo"));
+    // A history without a zone leaves the zone as it was, however recent.
+    assert_eq!(
+        tz(&merged(&c, &[&latest_without])).as_deref(),
+        Some("Europe/Paris")
+    );
+    assert_eq!(
+        tz(&merged(&latest_without, &[&c])).as_deref(),
+        Some("Europe/Paris")
+    );
+}
+
+#[test]
+fn extreme_times_and_counts_merge_without_panicking() {
+    let mut odd = Profile::new("anon-1");
+    (odd.events, odd.first_seen_ms, odd.last_seen_ms) = (u64::MAX, i64::MIN, i64::MAX);
+    odd.channels[0].count = u64::MAX;
+    (odd.orders, odd.returns, odd.open_issues) = (u32::MAX, u32::MAX, u32::MAX);
+    odd.emotion.active_day = i64::MIN;
+    odd.emotion.active_days = u128::MAX;
+    odd.windows.record(EventType::Search, Channel::Web, T0);
+    odd.windows.series[0].buckets[0].count = u32::MAX;
+    let mut c = merged(&odd, &[&odd]);
+    c.absorb(&Profile::new("anon-2"));
+    let mut far = Profile::new("c-1");
+    far.emotion.active_day = i64::MAX;
+    far.absorb(&c);
+    c.absorb(&far);
+    assert_eq!((c.events, c.orders), (u64::MAX, u32::MAX));
+    assert_eq!((c.first_seen_ms, c.last_seen_ms), (i64::MIN, i64::MAX));
+    assert_eq!(c.windows.series[0].buckets[0].count, u32::MAX);
+}
