@@ -11,7 +11,7 @@
 //! histories are equal field by field.
 //!
 //! Where a rule cannot reproduce what one profile that saw every touchpoint
-//! would hold, the difference is documented on [`Profile::absorb`].
+//! would hold, the difference is documented on [`Profile::absorb_with`].
 
 use std::cmp::Reverse;
 use std::collections::VecDeque;
@@ -62,101 +62,83 @@ impl Profile {
     ///   rules ([`crate::window::Windows::merge`],
     ///   [`crate::emotion::EmotionTrack::merge`],
     ///   [`crate::policy::DeliveryState::merge`], [`crate::seen::SeenEvents::merge`]).
+    ///   In short: window counts add per bucket; the emotional state entered
+    ///   latest wins and is re-observed at the engine's next evaluation;
+    ///   sends, consent (latest per purpose and channel) and deferred actions
+    ///   union; seen ids union within `limits`.
     ///   The time zone is that of the history seen latest among those that
     ///   name one: the zone carries no time of its own, so after a merge the
-    ///   profile's `last_seen_ms` stands for it.
+    ///   profile's `last_seen_ms` stands for it. That is order-independent as
+    ///   long as the history seen latest names a zone; when it does not, three
+    ///   or more histories may keep a different one depending on the order.
+    /// - `lifetime_value` adds in floating point: exact for amounts in cents
+    ///   up to 2^53, otherwise equal to rounding.
+    ///
+    /// The test `every_field_is_merged` lists every field, so a field added to
+    /// [`Profile`] fails to compile there until a rule here covers it.
     pub fn absorb_with(&mut self, other: &Profile, limits: &SeenLimits) {
-        // No `..`: a field added to Profile does not compile until it is merged here.
-        let Profile {
-            id,
-            anonymous_ids,
-            first_seen_ms,
-            last_seen_ms,
-            events,
-            channels,
-            orders,
-            lifetime_value,
-            returns,
-            last_purchase_ms,
-            nps,
-            csat,
-            ces,
-            open_issues,
-            sentiment,
-            contacts_ms,
-            max_wait_seconds,
-            products,
-            recent,
-            journeys,
-            timers,
-            windows,
-            journey_runs,
-            journey_entries,
-            review_reads_ms,
-            call_waits,
-            sentiment_ms,
-            emotion,
-            delivery,
-            previous_surveys,
-            seen_events,
-        } = other;
         let prefer_other_timezone = timezone_precedence(other) > timezone_precedence(self);
-        self.merge_ids(id, anonymous_ids);
-        if *events > 0 {
+        self.merge_ids(&other.id, &other.anonymous_ids);
+        self.merge_activity(other);
+        self.merge_feedback(other);
+        merge_products(&mut self.products, &other.products);
+        merge_recent(&mut self.recent, &other.recent);
+        merge_marks(&mut self.journeys, &other.journeys);
+        merge_runs(&mut self.journey_runs, &other.journey_runs);
+        merge_timers(&mut self.timers, &other.timers, &self.journey_runs);
+        merge_entries(&mut self.journey_entries, &other.journey_entries);
+        self.windows.merge(&other.windows);
+        self.emotion.merge(&other.emotion);
+        self.delivery.merge(&other.delivery, prefer_other_timezone);
+        self.seen_events.merge(&other.seen_events, limits);
+    }
+
+    /// Seen times, event and channel counts, orders, returns, value, open issues.
+    fn merge_activity(&mut self, other: &Profile) {
+        if other.events > 0 {
             if self.events == 0 {
-                (self.first_seen_ms, self.last_seen_ms) = (*first_seen_ms, *last_seen_ms);
+                (self.first_seen_ms, self.last_seen_ms) = (other.first_seen_ms, other.last_seen_ms);
             }
-            self.first_seen_ms = self.first_seen_ms.min(*first_seen_ms);
-            self.last_seen_ms = self.last_seen_ms.max(*last_seen_ms);
+            self.first_seen_ms = self.first_seen_ms.min(other.first_seen_ms);
+            self.last_seen_ms = self.last_seen_ms.max(other.last_seen_ms);
         }
-        self.events = self.events.saturating_add(*events);
-        merge_channels(&mut self.channels, channels);
-        self.orders = self.orders.saturating_add(*orders);
-        self.returns = self.returns.saturating_add(*returns);
-        self.open_issues = self.open_issues.saturating_add(*open_issues);
-        self.lifetime_value += lifetime_value;
-        self.last_purchase_ms = self.last_purchase_ms.max(*last_purchase_ms);
-        for (i, theirs) in [nps, csat, ces].into_iter().enumerate() {
-            let ours = match i {
-                0 => &mut self.nps,
-                1 => &mut self.csat,
-                _ => &mut self.ces,
-            };
-            merge_survey(
-                ours,
-                &mut self.previous_surveys[i],
-                theirs,
-                &previous_surveys[i],
-            );
+        self.events = self.events.saturating_add(other.events);
+        merge_channels(&mut self.channels, &other.channels);
+        self.orders = self.orders.saturating_add(other.orders);
+        self.returns = self.returns.saturating_add(other.returns);
+        self.open_issues = self.open_issues.saturating_add(other.open_issues);
+        self.lifetime_value += other.lifetime_value;
+        self.last_purchase_ms = self.last_purchase_ms.max(other.last_purchase_ms);
+    }
+
+    /// Surveys, sentiment, and the contact, review-read and call-wait signals.
+    fn merge_feedback(&mut self, other: &Profile) {
+        let theirs = [other.nps, other.csat, other.ces];
+        let ours = [&mut self.nps, &mut self.csat, &mut self.ces];
+        for (i, (ours, theirs)) in ours.into_iter().zip(theirs).enumerate() {
+            let previous = &mut self.previous_surveys[i];
+            merge_survey(ours, previous, theirs, other.previous_surveys[i]);
         }
-        if (*sentiment_ms, sentiment.to_bits()) > (self.sentiment_ms, self.sentiment.to_bits()) {
-            self.sentiment = *sentiment;
-            self.sentiment_ms = *sentiment_ms;
+        let latest = |p: &Profile| (p.sentiment_ms, p.sentiment.to_bits());
+        if latest(other) > latest(self) {
+            (self.sentiment, self.sentiment_ms) = (other.sentiment, other.sentiment_ms);
         }
-        merge_newest(&mut self.contacts_ms, contacts_ms, RECENT_CONTACTS, |&t| t);
         merge_newest(
-            &mut self.review_reads_ms,
-            review_reads_ms,
-            RECENT_SIGNALS,
+            &mut self.contacts_ms,
+            &other.contacts_ms,
+            RECENT_CONTACTS,
             |&t| t,
         );
+        let reads = &other.review_reads_ms;
+        merge_newest(&mut self.review_reads_ms, reads, RECENT_SIGNALS, |&t| t);
+        let wait_key = |w: &CallWait| (w.at_ms, w.seconds);
         merge_newest(
             &mut self.call_waits,
-            call_waits,
+            &other.call_waits,
             RECENT_SIGNALS,
-            |w: &CallWait| (w.at_ms, w.seconds),
+            wait_key,
         );
-        self.max_wait_seconds = self.max_wait_seconds.max(*max_wait_seconds);
-        merge_products(&mut self.products, products);
-        merge_recent(&mut self.recent, recent);
-        merge_marks(&mut self.journeys, journeys);
-        merge_runs(&mut self.journey_runs, journey_runs);
-        merge_timers(&mut self.timers, timers, &self.journey_runs);
-        merge_entries(&mut self.journey_entries, journey_entries);
-        self.windows.merge(windows);
-        self.emotion.merge(emotion);
-        self.delivery.merge(delivery, prefer_other_timezone);
-        self.seen_events.merge(seen_events, limits);
+        self.max_wait_seconds = self.max_wait_seconds.max(other.max_wait_seconds);
     }
 
     /// Adds `id` (unless ours) and `anonymous_ids` to ours, as a sorted set.
@@ -192,10 +174,10 @@ fn merge_channels(ours: &mut [ChannelActivity; 7], theirs: &[ChannelActivity; 7]
 fn merge_survey(
     latest: &mut Option<Score>,
     previous: &mut Option<Score>,
-    their_latest: &Option<Score>,
-    their_previous: &Option<Score>,
+    their_latest: Option<Score>,
+    their_previous: Option<Score>,
 ) {
-    let mut all: Vec<Score> = [*latest, *previous, *their_latest, *their_previous]
+    let mut all: Vec<Score> = [*latest, *previous, their_latest, their_previous]
         .into_iter()
         .flatten()
         .collect();
