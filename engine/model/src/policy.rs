@@ -195,6 +195,79 @@ impl DeliveryState {
     }
 }
 
+impl DeliveryState {
+    /// Adds `other`'s delivery state (identity stitching), so what one history
+    /// used or said holds for the merged customer:
+    /// - sends: the union, in time order, so caps already used carry over
+    ///   (pruned by the policy's longest cap window at the next send);
+    /// - consent: per (purpose, channel) the latest mark, a withdrawal winning
+    ///   a tie; then, as [`DeliveryState::apply`] does, a per-channel mark at or
+    ///   before an every-channel mark of its purpose goes;
+    /// - time zone: `other`'s when `prefer_other_timezone` and it names one,
+    ///   else ours when we name one (the caller decides which is the latest,
+    ///   since the zone carries no time of its own);
+    /// - deferred actions: the union by action id (one action deferred in both:
+    ///   the earlier due time).
+    ///
+    /// Sends, consent and deferred actions merge commutatively and associatively.
+    pub fn merge(&mut self, other: &DeliveryState, prefer_other_timezone: bool) {
+        self.sent.extend(other.sent.iter().cloned());
+        self.sent.sort_by(|a, b| sent_key(a).cmp(&sent_key(b)));
+        self.merge_consent(&other.consent);
+        if other.timezone.is_some() && (prefer_other_timezone || self.timezone.is_none()) {
+            self.timezone.clone_from(&other.timezone);
+        }
+        self.deferred.extend(other.deferred.iter().cloned());
+        self.deferred
+            .sort_by(|a, b| deferred_key_of(a).cmp(&deferred_key_of(b)));
+        self.deferred
+            .dedup_by(|later, kept| later.action.action_id == kept.action.action_id);
+        self.deferred
+            .sort_by_key(|d| (d.due_ms, d.action.action_id.clone()));
+    }
+
+    fn merge_consent(&mut self, other: &[ConsentMark]) {
+        let mut all: Vec<ConsentMark> = self.consent.iter().chain(other).copied().collect();
+        // Latest first per (purpose, channel), a withdrawal first at the same time.
+        all.sort_by_key(|m| {
+            (
+                m.purpose,
+                m.channel.map(DeliveryChannel::index),
+                std::cmp::Reverse(m.at_ms),
+                m.granted,
+            )
+        });
+        all.dedup_by_key(|m| (m.purpose, m.channel));
+        let every: Vec<ConsentMark> = all
+            .iter()
+            .filter(|m| m.channel.is_none())
+            .copied()
+            .collect();
+        all.retain(|m| {
+            m.channel.is_none()
+                || !every
+                    .iter()
+                    .any(|e| e.purpose == m.purpose && m.at_ms <= e.at_ms)
+        });
+        self.consent = all;
+    }
+}
+
+/// The order sends are kept in: time, then what tells two apart.
+fn sent_key(s: &SentMark) -> (i64, &str, Purpose, usize) {
+    (s.at_ms, s.journey.as_str(), s.purpose, s.channel.index())
+}
+
+/// The order deferred actions are deduplicated in: by action id, the earliest due first.
+fn deferred_key_of(d: &DeferredAction) -> (&str, i64, i64, Purpose) {
+    (
+        d.action.action_id.as_str(),
+        d.due_ms,
+        d.deferred_ms,
+        d.purpose,
+    )
+}
+
 /// What a `consent_changed` touchpoint says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConsentChange {
@@ -360,6 +433,80 @@ mod tests {
         d.record_sent(mark(40), 15);
         let at: Vec<i64> = d.sent.iter().map(|s| s.at_ms).collect();
         assert_eq!(at, [30, 40]);
+    }
+
+    #[test]
+    fn merged_consent_keeps_the_latest_per_purpose_and_channel() {
+        let (mut a, mut b) = (DeliveryState::default(), DeliveryState::default());
+        let email = [("purpose", "marketing"), ("channel", "email")];
+        a.apply(&consent(10, &[email[0], email[1], ("granted", "true")]));
+        b.apply(&consent(20, &[email[0], email[1], ("granted", "false")]));
+        b.apply(&consent(5, &[("purpose", "survey"), ("granted", "true")]));
+        a.apply(&consent(
+            6,
+            &[
+                ("purpose", "survey"),
+                ("channel", "sms"),
+                ("granted", "false"),
+            ],
+        ));
+        let mut ab = a.clone();
+        ab.merge(&b, false);
+        let mut ba = b.clone();
+        ba.merge(&a, true);
+        assert_eq!(ab, ba);
+        let granted = |d: &DeliveryState, p, c| d.consent(p, c).map(|m| m.granted);
+        assert_eq!(
+            granted(&ab, Purpose::Marketing, DeliveryChannel::Email),
+            Some(false)
+        );
+        assert_eq!(
+            granted(&ab, Purpose::Survey, DeliveryChannel::Sms),
+            Some(false)
+        );
+        assert_eq!(
+            granted(&ab, Purpose::Survey, DeliveryChannel::Email),
+            Some(true)
+        );
+        // An every-channel mark later than a per-channel one replaces it.
+        let mut c = DeliveryState::default();
+        c.apply(&consent(30, &[("purpose", "survey"), ("granted", "true")]));
+        ab.merge(&c, false);
+        assert_eq!(
+            granted(&ab, Purpose::Survey, DeliveryChannel::Sms),
+            Some(true)
+        );
+        assert_eq!(ab.consent.len(), 2, "{:?}", ab.consent);
+    }
+
+    #[test]
+    fn merged_sends_and_deferred_actions_are_unions_and_the_time_zone_is_chosen() {
+        let mark = |at| SentMark {
+            at_ms: at,
+            journey: "j".into(),
+            purpose: Purpose::Marketing,
+            channel: DeliveryChannel::Email,
+        };
+        let (mut a, mut b) = (DeliveryState::default(), DeliveryState::default());
+        a.record_sent(mark(30), 0);
+        b.record_sent(mark(10), 0);
+        b.record_sent(mark(40), 0);
+        a.timezone = Some("Europe/Paris".into());
+        b.timezone = Some("Asia/Tokyo".into());
+        let mut kept = a.clone();
+        kept.merge(&b, false);
+        assert_eq!(kept.timezone.as_deref(), Some("Europe/Paris"));
+        a.merge(&b, true);
+        assert_eq!(a.timezone.as_deref(), Some("Asia/Tokyo"));
+        let at: Vec<i64> = a.sent.iter().map(|s| s.at_ms).collect();
+        assert_eq!(at, [10, 30, 40]);
+        let mut none = DeliveryState::default();
+        none.merge(&b, false);
+        assert_eq!(
+            none.timezone.as_deref(),
+            Some("Asia/Tokyo"),
+            "a zone beats none"
+        );
     }
 
     #[test]

@@ -208,6 +208,29 @@ impl SeenEvents {
         true
     }
 
+    /// Adds the events `other` remembers (identity stitching): the union by id
+    /// hash (an id remembered by both keeps its later time), then the bounds of
+    /// `limits` counted back from the newest remembered event: none older than
+    /// `max_age_ms`, at most the newest `max_ids` (`max_ids` 0 keeps none, as
+    /// the check is off). Commutative and associative, so an event seen in
+    /// any merged history is refused afterwards, whatever the merge order.
+    pub fn merge(&mut self, other: &SeenEvents, limits: &SeenLimits) {
+        let mut all: Vec<SeenEvent> = self.entries.iter().chain(&other.entries).copied().collect();
+        // One entry per hash, the latest time first, then back in time order.
+        all.sort_by_key(|e| (e.hash, std::cmp::Reverse(e.at_ms)));
+        all.dedup_by_key(|e| e.hash);
+        all.sort_by_key(|e| (e.at_ms, e.hash));
+        if let Some(newest) = all.last().map(|e| e.at_ms) {
+            let horizon = newest.saturating_sub(limits.max_age_ms);
+            all.retain(|e| e.at_ms >= horizon);
+        }
+        let excess = all.len().saturating_sub(limits.max_ids);
+        all.drain(..excess);
+        self.entries = all.into();
+        // Rebuilt from the entries before the next check.
+        self.filter = Filter::default();
+    }
+
     /// Forgets the `n` oldest events.
     fn forget(&mut self, n: usize) {
         self.entries.drain(..n);
@@ -362,6 +385,39 @@ mod tests {
         assert!(p.admit(&purchase("e10", T0 + 10), &small));
         let times: Vec<i64> = p.seen_events.iter().map(|e| e.at_ms - T0).collect();
         assert_eq!(times, [8, 9, 10]);
+    }
+
+    #[test]
+    fn merged_records_refuse_the_ids_of_both_within_the_bounds() {
+        let limits = SeenLimits {
+            max_ids: 4,
+            max_age_ms: DEFAULT_MAX_AGE_MS,
+        };
+        let (mut a, mut b) = (Profile::new("c1"), Profile::new("a1"));
+        for (p, ats) in [(&mut a, [1, 3, 5]), (&mut b, [2, 4, 6])] {
+            for at in ats {
+                assert!(offer(p, &purchase(&format!("e{at}"), T0 + at), &limits));
+            }
+        }
+        // e5 is known to both, at different times: one entry, the later time.
+        assert!(offer(&mut b, &purchase("e5", T0 + 7), &limits));
+        let mut ab = a.seen_events.clone();
+        ab.merge(&b.seen_events, &limits);
+        let mut ba = b.seen_events.clone();
+        ba.merge(&a.seen_events, &limits);
+        assert_eq!(ab, ba);
+        let times: Vec<i64> = ab.iter().map(|e| e.at_ms - T0).collect();
+        assert_eq!(times, [3, 4, 6, 7]);
+        a.seen_events = ab;
+        assert!(
+            !offer(&mut a, &purchase("e4", T0 + 4), &limits),
+            "from the other history"
+        );
+        assert!(!offer(&mut a, &purchase("e3", T0 + 3), &limits), "its own");
+        assert!(
+            offer(&mut a, &purchase("e1", T0 + 1), &limits),
+            "outside the bound"
+        );
     }
 
     #[test]

@@ -126,7 +126,58 @@ impl Windows {
     }
 }
 
+impl Windows {
+    /// Adds `other`'s counts into these (identity stitching): per (event type,
+    /// channel) the counts of buckets with the same start add and the newest
+    /// event time is the later one; buckets of different widths are kept side
+    /// by side (a window counts a bucket by its start, so each still counts
+    /// where it did). Buckets and series older than [`RETENTION_MS`] before the
+    /// newest go, and a series that grows past [`MAX_BUCKETS`] is coarsened as
+    /// [`Windows::record`] does. Below that cap the merge is commutative and
+    /// associative, so the order histories arrive in does not change the counts.
+    pub fn merge(&mut self, other: &Windows) {
+        for theirs in &other.series {
+            match self
+                .series
+                .iter_mut()
+                .find(|s| s.event_type == theirs.event_type && s.channel == theirs.channel)
+            {
+                Some(ours) => ours.merge(theirs),
+                None => self.series.push(theirs.clone()),
+            }
+        }
+        if let Some(newest) = self.series.iter().map(|s| s.last_ms).max() {
+            let horizon = newest.saturating_sub(RETENTION_MS);
+            self.series.retain(|s| s.last_ms > horizon);
+        }
+        self.series
+            .sort_by_key(|s| (s.event_type.as_str(), s.channel.index()));
+    }
+}
+
 impl Series {
+    /// Adds `other`'s buckets (same event type and channel) into these.
+    fn merge(&mut self, other: &Series) {
+        self.last_ms = self.last_ms.max(other.last_ms);
+        let mut all: Vec<Bucket> = self.buckets.iter().chain(&other.buckets).copied().collect();
+        all.sort_by_key(|b| b.start_ms);
+        let mut merged: Vec<Bucket> = Vec::with_capacity(all.len());
+        for b in all {
+            match merged.last_mut() {
+                Some(last) if last.start_ms == b.start_ms => {
+                    last.count = last.count.saturating_add(b.count)
+                }
+                _ => merged.push(b),
+            }
+        }
+        let horizon = self.last_ms.saturating_sub(RETENTION_MS);
+        merged.retain(|b| b.start_ms > horizon);
+        self.buckets = merged;
+        if self.buckets.len() > MAX_BUCKETS {
+            self.coarsen();
+        }
+    }
+
     fn record(&mut self, at_ms: i64) {
         let before = self.last_ms;
         let advanced = at_ms > before;
@@ -289,6 +340,58 @@ mod tests {
         );
         assert_eq!(w.series[0].buckets.len(), 1);
         assert_eq!(w.count(EventType::PageView, 0, i64::MAX), 1);
+    }
+
+    #[test]
+    fn merged_windows_add_counts_and_keep_the_newest_time() {
+        let (mut a, mut b) = (Windows::default(), Windows::default());
+        for i in 0..5 {
+            a.record(EventType::ProductView, Channel::Web, T0 + i * HOUR_MS);
+            b.record(
+                EventType::ProductView,
+                Channel::Web,
+                T0 + i * HOUR_MS + 30 * MINUTE_MS,
+            );
+        }
+        // In the same minute as one of `a`'s: one bucket, both counted.
+        b.record(
+            EventType::ProductView,
+            Channel::Web,
+            T0 + 4 * HOUR_MS + 1_000,
+        );
+        b.record(
+            EventType::CallStarted,
+            Channel::CallCenter,
+            T0 + 9 * HOUR_MS,
+        );
+        let mut ab = a.clone();
+        ab.merge(&b);
+        let mut ba = b.clone();
+        ba.merge(&a);
+        assert_eq!(ab, ba, "the order of the merge does not matter");
+        let now = T0 + 9 * HOUR_MS;
+        assert_eq!(ab.count(EventType::ProductView, 0, now), 11);
+        assert_eq!(ab.count(EventType::ProductView, T0 + 3 * HOUR_MS, now), 5);
+        assert_eq!(ab.count(EventType::ProductView, T0 + 4 * HOUR_MS, now), 3);
+        assert_eq!(
+            ab.last_ms(EventType::ProductView),
+            T0 + 4 * HOUR_MS + 30 * MINUTE_MS
+        );
+        assert_eq!(
+            ab.count_on(EventType::CallStarted, Channel::CallCenter, 0, now),
+            1
+        );
+    }
+
+    #[test]
+    fn a_merge_drops_what_the_newer_history_puts_out_of_retention() {
+        let (mut a, mut b) = (Windows::default(), Windows::default());
+        a.record(EventType::Search, Channel::Web, T0);
+        a.record(EventType::PageView, Channel::Web, T0);
+        b.record(EventType::Search, Channel::Web, T0 + RETENTION_MS + DAY_MS);
+        a.merge(&b);
+        assert_eq!(a.series.len(), 1, "the old page views are gone");
+        assert_eq!(a.count(EventType::Search, 0, i64::MAX), 1);
     }
 
     #[test]

@@ -584,3 +584,33 @@ fn a_bad_configuration_is_refused_with_the_key_to_fix() {
     let e = parse(r#"{"detractor_nps_max": 6}"#);
     assert!(e.contains("detractor_nps_max"), "{e}");
 }
+
+#[test]
+fn merged_tracks_keep_the_state_entered_latest_and_every_active_day() {
+    let day = |d: i64| T0 + d * DAY_MS;
+    let (mut a, mut b) = (EmotionTrack::default(), EmotionTrack::default());
+    a.note_active(day(0));
+    a.note_active(day(5));
+    b.note_active(day(2));
+    (a.state, a.since_ms, a.evaluated_ms) = (Anxious, day(5), day(5));
+    (b.state, b.since_ms, b.evaluated_ms) = (Uncertain, day(2), day(9));
+    b.observed[0] = 3.0;
+    let mut ab = a.clone();
+    ab.merge(&b);
+    let mut ba = b.clone();
+    ba.merge(&a);
+    assert_eq!(ab, ba);
+    assert_eq!((ab.state, ab.since_ms), (Anxious, day(5)));
+    assert_eq!(ab.observed, a.observed, "the winner's observations");
+    assert_eq!(ab.evaluated_ms, day(9), "state time never runs backwards");
+    assert_eq!(ab.days_active(day(0), day(9)), 3);
+    assert_eq!(
+        ab.refreshed_ms, 0,
+        "every signal is observed again next time"
+    );
+    // Days more than 127 before the newest fall out, as in note_active.
+    let mut old = EmotionTrack::default();
+    old.note_active(day(-200));
+    ab.merge(&old);
+    assert_eq!(ab.days_active(day(-300), day(9)), 3);
+}

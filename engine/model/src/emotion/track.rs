@@ -81,8 +81,48 @@ impl EmotionTrack {
         (self.active_days & mask).count_ones()
     }
 
+    /// Merges `other`'s track into this one (identity stitching). The state
+    /// entered latest wins, with its entry time and observations (ties: the
+    /// state's name, then the observations), since
+    /// it reflects the customer's latest mood; the evaluation time is the later
+    /// one, so state time never runs backwards; the active days are the union
+    /// of both; and the signals are marked for a full re-observation (the
+    /// engine's next [`super::update`] reads them from the merged history).
+    /// Commutative and associative.
+    pub fn merge(&mut self, other: &EmotionTrack) {
+        if other.precedence_cmp(self).is_gt() {
+            self.state = other.state;
+            self.since_ms = other.since_ms;
+            self.observed = other.observed;
+        }
+        self.evaluated_ms = self.evaluated_ms.max(other.evaluated_ms);
+        let day = self.active_day.max(other.active_day);
+        self.active_days = shifted_days(self, day) | shifted_days(other, day);
+        self.active_day = day;
+        self.refreshed_ms = 0;
+    }
+
+    /// Which of two tracks a merge keeps the state of: a total order.
+    fn precedence_cmp(&self, other: &EmotionTrack) -> std::cmp::Ordering {
+        // Only what the winner brings along, so a merged track ranks as its winner did.
+        (self.since_ms, self.state.as_str())
+            .cmp(&(other.since_ms, other.state.as_str()))
+            .then_with(|| {
+                let bits = |t: &EmotionTrack| t.observed.map(f32::to_bits);
+                bits(self).cmp(&bits(other))
+            })
+    }
+
     /// The observation of `signal` at the latest evaluation.
     pub fn observed(&self, signal: Signal) -> f64 {
         f64::from(self.observed[signal.index()])
+    }
+}
+
+/// `t`'s active days as bits relative to `day` (at or after `t.active_day`).
+fn shifted_days(t: &EmotionTrack, day: i64) -> u128 {
+    match day.checked_sub(t.active_day).map(u32::try_from) {
+        Some(Ok(n)) if n < 128 => t.active_days << n,
+        _ => 0,
     }
 }
