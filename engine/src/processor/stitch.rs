@@ -395,7 +395,12 @@ impl Lane<'_> {
                 false => Vec::new(),
             });
             if let Some(h) = &t.history {
-                s.profile.absorb(h);
+                s.profile.absorb_with(h, &self.sh.seen);
+                // Actions deferred past quiet hours go to the customer now.
+                let id = s.profile.id.clone();
+                for d in &mut s.profile.delivery.deferred {
+                    d.action.customer_id.clone_from(&id);
+                }
             }
             if t.outcome.linked() && !s.profile.anonymous_ids.iter().any(|a| a == t.anonymous_id) {
                 s.profile.anonymous_ids.push(t.anonymous_id.to_owned());
@@ -516,3 +521,7 @@ fn decode_profile(b64: &str, id: &str) -> Result<Profile, String> {
         .map_err(|e| format!("the transfer of {id:?} is not base64: {e}"))?;
     Profile::decode(&bytes).map_err(|e| format!("the transfer of {id:?} is unreadable: {e}"))
 }
+
+#[cfg(test)]
+#[path = "stitch_tests.rs"]
+mod tests;
