@@ -727,6 +727,7 @@ mod tests {
             anonymous_id: "anon-7".into(),
             at_ms: 1_764_000_000_000,
             state: crate::identity::LinkState::Requested,
+            home: 2,
         });
         ident.awaiting.push(crate::identity::Awaiting {
             merge_id: "m-1".into(),

@@ -184,14 +184,18 @@ fn an_erased_customer_is_gone_everywhere_and_stays_gone_after_a_restart() {
     let history = history();
     produce(&topics.input, &history);
     let (engine, metrics, addr) = start(&cfg, &rt);
-    wait_committed(&engine, history.len() as u64);
-    for id in ["c-erase", "a-erase", "c-keep"] {
+    wait_stitched(&topics.bootstrap, &group, &topics.input);
+    for id in ["c-erase", "c-keep"] {
         assert_eq!(
             get(&addr, &format!("/v1/profiles/{id}")).0,
             200,
             "{id} before"
         );
     }
+    // The anonymous visit was merged into c-erase's profile.
+    let (status, merged) = get(&addr, "/v1/profiles/a-erase");
+    assert_eq!(status, 404, "{merged}");
+    assert!(merged.contains(r#""merged_into":"c-erase""#), "{merged}");
 
     // The endpoint refuses a request without the token, and accepts one with it.
     let body = r#"{"customer_id":"c-erase","request_id":"req-1"}"#;
@@ -224,7 +228,7 @@ fn an_erased_customer_is_gone_everywhere_and_stays_gone_after_a_restart() {
     let mut input = vec![later];
     input.extend(history[..3].iter().cloned());
     produce(&topics.input, &input);
-    wait_committed(&engine, (history.len() + 1 + input.len()) as u64);
+    wait_stitched(&topics.bootstrap, &group, &topics.input);
     let surveys: Vec<String> = actions(&topics.actions)
         .into_iter()
         .filter(|a| a.kind == ActionKind::SurveyRequest)
@@ -392,6 +396,7 @@ fn a_command_on_the_privacy_topic_reaches_the_customers_partition_among_several(
     let dir = tempfile::tempdir().unwrap();
     let cfg = privacy_config(&topics, dir.path(), &unique("erasure-parts"));
     let store = state(&cfg);
+    let group = cfg.kafka.group_id.clone();
     let engine = runtime::start(cfg.clone(), store.clone(), Metrics::new()).unwrap();
     // An anonymous id whose own key belongs on another partition than c-3's.
     let rule = engine.key_rule;
@@ -414,9 +419,20 @@ fn a_command_on_the_privacy_topic_reaches_the_customers_partition_among_several(
     let mut identify = tp("i3", "c-3", Channel::Web, EventType::Identify, T0 + 1);
     identify.anonymous_id = Some(anon.clone());
     events.push(identify);
+    // The anonymous id browsed before the identify linked it to c-3.
+    let mut visit = tp("a1", &anon, Channel::Web, EventType::PageView, T0);
+    visit.customer_id = None;
+    visit.anonymous_id = Some(anon.clone());
+    events.insert(0, visit);
     produce(&topics.input, &events);
-    wait_committed(&engine, events.len() as u64);
+    wait_stitched(&topics.bootstrap, &group, &topics.input);
     assert!(store.get(home, "c-3").unwrap().is_some());
+    let anon_home = rule.partition_of(anon.as_bytes());
+    let stub = store
+        .get(anon_home, &anon)
+        .unwrap()
+        .expect("the link is kept");
+    assert_eq!(stub.link().map(|l| l.customer_id.as_str()), Some("c-3"));
 
     let cmd = r#"{"request_id":"req-p","customer_id":"c-3","requested_at":1764000000000}"#;
     produce_raw(
@@ -425,13 +441,21 @@ fn a_command_on_the_privacy_topic_reaches_the_customers_partition_among_several(
     );
     let receipt = wait_receipt(&cfg.privacy.results(), "req-p", &engine);
     let hasher = cfg.privacy.hasher(&cfg.kafka.group_id).unwrap();
-    assert_eq!(receipt.ids, [hex(&hasher.hash("c-3"))]);
-    assert_eq!(
-        receipt.not_covered,
-        [hex(&hasher.hash(&anon))],
-        "{receipt:?}"
-    );
+    // The linked anonymous id on another partition is erased there, through
+    // the identity repartition topic, in the same transaction.
+    let mut want = vec![hex(&hasher.hash("c-3")), hex(&hasher.hash(&anon))];
+    want.sort();
+    let mut ids = receipt.ids.clone();
+    ids.sort();
+    assert_eq!(ids, want, "{receipt:?}");
+    assert!(receipt.not_covered.is_empty(), "{receipt:?}");
+    wait_stitched(&topics.bootstrap, &group, &topics.input);
     assert_eq!(store.get(home, "c-3").unwrap(), None);
+    assert_eq!(
+        store.get(anon_home, &anon).unwrap(),
+        None,
+        "the link is gone"
+    );
     for n in [0, 1, 2, 4, 5, 6, 7, 8, 9] {
         assert!(
             store.find_profile(&format!("c-{n}")).unwrap().is_some(),
@@ -439,9 +463,13 @@ fn a_command_on_the_privacy_topic_reaches_the_customers_partition_among_several(
         );
     }
     let replay = tp("v3b", "c-3", Channel::Web, EventType::PageView, T0 + 2);
-    produce(&topics.input, &[replay]);
-    wait_committed(&engine, events.len() as u64 + 2);
-    assert_eq!(erased_dead_letters(&topics.dead_letter), 1);
+    let mut anon_replay = tp("a2", &anon, Channel::Web, EventType::PageView, T0 + 3);
+    anon_replay.customer_id = None;
+    anon_replay.anonymous_id = Some(anon.clone());
+    produce(&topics.input, &[replay, anon_replay]);
+    wait_stitched(&topics.bootstrap, &group, &topics.input);
+    assert_eq!(erased_dead_letters(&topics.dead_letter), 2);
+    assert_eq!(store.get(anon_home, &anon).unwrap(), None);
     assert_eq!(store.get(home, "c-3").unwrap(), None);
     engine.shutdown().unwrap();
 }

@@ -210,6 +210,9 @@ pub struct LinkEntry {
     pub at_ms: i64,
     /// What became of it.
     pub state: LinkState,
+    /// The partition that owns the anonymous id (from its clear id), where an
+    /// erasure of the customer sends the link's removal.
+    pub home: i32,
 }
 
 /// What became of an anonymous id a customer's touchpoint named.
@@ -323,6 +326,14 @@ pub enum Message {
         /// had no history or the link was refused).
         profile: Option<String>,
     },
+    /// To the anonymous id's partition: the customer it was linked to is
+    /// erased; remove what is kept under the anonymous id, and suppress it.
+    Erase {
+        /// The erasure request.
+        request_id: String,
+        /// The anonymous id.
+        anonymous_id: String,
+    },
     /// To the customer's partition: a touchpoint keyed by a linked anonymous id.
     Forward {
         /// The customer it belongs to.
@@ -345,6 +356,8 @@ pub enum TransferOutcome {
     Conflict,
     /// The id is itself a known customer's: not linked.
     KnownCustomer,
+    /// The id was erased (its customer asked to be forgotten): not linked.
+    Erased,
 }
 
 impl Message {
@@ -455,6 +468,7 @@ mod tests {
             anonymous_id: id.into(),
             at_ms,
             state,
+            home: 0,
         };
         let s = IdentityState {
             links: vec![

@@ -101,7 +101,8 @@ impl Lane<'_> {
         for a in &cmd.anonymous_ids {
             ids.push((Some(a.clone()), stored(a)));
         }
-        for linked in self.linked(&ids[0].1)? {
+        let (linked, homes) = self.linked(&ids[0].1)?;
+        for linked in linked {
             let clear = (pseudonymizer.is_none()).then(|| linked.clone());
             ids.push((clear, linked));
         }
@@ -110,6 +111,21 @@ impl Lane<'_> {
         let (mut covered, mut elsewhere, mut erased) = (Vec::new(), Vec::new(), Vec::new());
         for (clear, id) in &ids {
             let hash = rules.hasher.hash(id);
+            let home = homes.iter().find(|(a, _)| a == id).map(|(_, h)| *h);
+            if let Some(home) = home.filter(|h| *h != p && self.sh.stitch.is_some()) {
+                // A linked anonymous id on another partition: its removal goes
+                // there in this transaction (identity stitching).
+                self.task.scratch.outbox.push(crate::identity::Outgoing {
+                    partition: home,
+                    key: id.clone(),
+                    message: crate::identity::Message::Erase {
+                        request_id: cmd.request_id.clone(),
+                        anonymous_id: id.clone(),
+                    },
+                });
+                covered.push(hex(&hash));
+                continue;
+            }
             let dropped = match clear {
                 Some(c) if !self.sh.rule.owns(c.as_bytes(), p) => None,
                 Some(_) => Some(self.drop_profile(id)?),
@@ -135,13 +151,52 @@ impl Lane<'_> {
         Ok(receipt)
     }
 
-    /// The anonymous ids customer `id`'s profile links to it.
-    fn linked(&self, id: &str) -> Result<Vec<String>, StateError> {
-        if let Some(slot) = self.task.profiles.get(id) {
-            return Ok(slot.stored.profile.anonymous_ids.clone());
+    /// The anonymous ids customer `id`'s profile links to it (merged, or named
+    /// by a touchpoint and awaited), and the partitions identity stitching
+    /// recorded for them.
+    fn linked(&self, id: &str) -> Result<(Vec<String>, Vec<(String, i32)>), StateError> {
+        let stored = match self.task.profiles.get(id) {
+            Some(slot) => Some((*slot.stored).clone()),
+            None => self.sh.state.get(self.task.partition, id)?,
+        };
+        let Some(s) = stored else {
+            return Ok(Default::default());
+        };
+        let mut ids = s.profile.anonymous_ids;
+        let mut homes = Vec::new();
+        for l in s.identity.iter().flat_map(|i| &i.links) {
+            if l.state.linked() {
+                if !ids.contains(&l.anonymous_id) {
+                    ids.push(l.anonymous_id.clone());
+                }
+                homes.push((l.anonymous_id.clone(), l.home));
+            }
         }
-        let stored = self.sh.state.get(self.task.partition, id)?;
-        Ok(stored.map(|s| s.profile.anonymous_ids).unwrap_or_default())
+        Ok((ids, homes))
+    }
+
+    /// On an anonymous id's partition: removes what is kept under an id whose
+    /// customer was erased (its profile or link), and suppresses it.
+    pub(super) fn erase_link(&mut self, request_id: &str, id: &str) -> Result<Outcome, StateError> {
+        let Some(rules) = self.sh.privacy.as_ref() else {
+            tracing::warn!(
+                request_id,
+                "an erasure of a linked anonymous id arrived with erasure off; ignored"
+            );
+            return Ok(Outcome::Applied);
+        };
+        let hash = rules.hasher.hash(id);
+        let now = chrono::Utc::now().timestamp_millis();
+        if let Some(dropped) = self.drop_profile(id)? {
+            self.task.privacy.tombstones.push(dropped);
+        }
+        self.task.privacy.suppress(hash, now);
+        tracing::info!(
+            request_id,
+            partition = self.task.partition,
+            "linked anonymous id erased"
+        );
+        Ok(Outcome::Applied)
     }
 
     /// Removes profile `id` from the cache, the pending changes and the timers;

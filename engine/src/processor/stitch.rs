@@ -127,6 +127,7 @@ impl StitchRules {
         ident.links.push(LinkEntry {
             anonymous_id: anon.to_owned(),
             at_ms,
+            home,
             state: match refused {
                 true => LinkState::LimitExceeded,
                 false => LinkState::Requested,
@@ -252,6 +253,10 @@ impl Lane<'_> {
                 };
                 self.transfer(r, &customer_id, t, out)?
             }
+            Message::Erase {
+                request_id,
+                anonymous_id,
+            } => self.erase_link(&request_id, &anonymous_id)?,
             Message::Forward {
                 customer_id,
                 touchpoint,
@@ -288,13 +293,19 @@ impl Lane<'_> {
         target: Link,
     ) -> Result<Outcome, StateError> {
         let seed = Seed::of(r);
+        let erased = self.sh.privacy.as_ref().is_some_and(|rules| {
+            let suppressed = &self.task.privacy.suppressed;
+            !suppressed.is_empty() && suppressed.contains(&rules.hasher.hash(anonymous_id))
+        });
         let mut answer: Option<(TransferOutcome, Option<Profile>, Option<String>)> = None;
         self.task.update(&self.sh.state, anonymous_id, |s| {
             if s.reflects(seed.hash, seed.partition, seed.offset) {
                 return false;
             }
             s.advance(seed.hash, seed.partition, seed.offset);
-            answer = Some(if s.known {
+            answer = Some(if erased {
+                (TransferOutcome::Erased, None, None)
+            } else if s.known {
                 (TransferOutcome::KnownCustomer, None, None)
             } else {
                 match s.link().cloned() {
@@ -323,7 +334,7 @@ impl Lane<'_> {
             TransferOutcome::Merged => Some("merged"),
             TransferOutcome::Conflict => Some("conflict"),
             TransferOutcome::KnownCustomer => Some("known_customer"),
-            TransferOutcome::AlreadyLinked => None,
+            TransferOutcome::AlreadyLinked | TransferOutcome::Erased => None,
         };
         if let Some(kind) = kind {
             self.identity_event(IdentityEvent {
@@ -386,7 +397,9 @@ impl Lane<'_> {
                 e.state = match t.outcome {
                     TransferOutcome::Merged | TransferOutcome::AlreadyLinked => LinkState::Merged,
                     TransferOutcome::Conflict => LinkState::Conflict,
-                    TransferOutcome::KnownCustomer => LinkState::KnownCustomer,
+                    TransferOutcome::KnownCustomer | TransferOutcome::Erased => {
+                        LinkState::KnownCustomer
+                    }
                 };
             }
             let done = ident.awaiting.is_empty();
@@ -511,7 +524,10 @@ pub(super) struct Transfer<'a> {
 impl TransferOutcome {
     /// True when the anonymous id follows the customer after this answer.
     pub fn linked(self) -> bool {
-        !matches!(self, TransferOutcome::KnownCustomer)
+        !matches!(
+            self,
+            TransferOutcome::KnownCustomer | TransferOutcome::Erased
+        )
     }
 }
 

@@ -163,11 +163,19 @@ fn anonymous_views_count_for_the_customer_once_the_history_moves() {
     // The login and the next view arrive before the history does: both wait.
     c.touch(&login("l1", &customer, &anon, T0 + 120_000));
     c.touch(&view("v3", &customer, Some(&anon), T0 + 180_000));
-    assert_eq!(c.guides(&customer), 0, "nothing fires before the history arrives");
+    assert_eq!(
+        c.guides(&customer),
+        0,
+        "nothing fires before the history arrives"
+    );
     let held = c.stored(&customer).unwrap();
     assert_eq!(held.identity.as_ref().unwrap().held.len(), 2);
     assert_eq!(c.pump(), 2, "a link request and a transfer");
-    assert_eq!(c.guides(&customer), 1, "the third view, counting the two anonymous ones, fires the guide");
+    assert_eq!(
+        c.guides(&customer),
+        1,
+        "the third view, counting the two anonymous ones, fires the guide"
+    );
     let merged = c.stored(&customer).unwrap();
     assert!(merged.profile.anonymous_ids.contains(&anon));
     assert_eq!(merged.profile.events, 4);
@@ -201,12 +209,21 @@ fn two_known_customers_on_one_device_are_not_merged() {
     c.pump();
     let first_profile = c.stored(&first).unwrap().profile;
     let second_profile = c.stored(second).unwrap().profile;
-    assert_eq!(first_profile.events, 3, "the first customer keeps the anonymous view and its own");
-    assert_eq!(second_profile.events, 1, "the second receives nothing of the first");
+    assert_eq!(
+        first_profile.events, 3,
+        "the first customer keeps the anonymous view and its own"
+    );
+    assert_eq!(
+        second_profile.events, 1,
+        "the second receives nothing of the first"
+    );
     assert!(!second_profile.anonymous_ids.contains(&first));
     let kinds: Vec<&str> = c.events.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(kinds, ["merged", "conflict"]);
-    assert_eq!(c.events[1].previous_customer_id.as_deref(), Some(first.as_str()));
+    assert_eq!(
+        c.events[1].previous_customer_id.as_deref(),
+        Some(first.as_str())
+    );
     // The device now follows the latest login.
     assert_eq!(c.stored(&anon).unwrap().link().unwrap().customer_id, second);
     c.touch(&anon_view("v3", &anon, T0 + 4000));
@@ -224,7 +241,10 @@ fn a_known_customers_id_used_as_an_anonymous_id_is_not_merged() {
     assert_eq!(c.stored("c-alice").unwrap().profile.events, 1);
     let bob = c.stored("c-bob").unwrap();
     assert!(!bob.profile.anonymous_ids.contains(&"c-alice".to_owned()));
-    assert_eq!(bob.identity.unwrap().links[0].state, LinkState::KnownCustomer);
+    assert_eq!(
+        bob.identity.unwrap().links[0].state,
+        LinkState::KnownCustomer
+    );
     assert_eq!(c.events[0].kind, "known_customer");
 }
 
@@ -243,13 +263,22 @@ fn the_anonymous_id_past_the_limit_is_not_linked() {
     let p = c.stored("c-many").unwrap();
     assert_eq!(p.profile.anonymous_ids, ["a-1", "a-2"]);
     assert_eq!(p.profile.events, 2 + 3, "two merged views and three logins");
-    assert_eq!(c.stored("a-3").unwrap().profile.events, 1, "a-3 keeps its own history");
+    assert_eq!(
+        c.stored("a-3").unwrap().profile.events,
+        1,
+        "a-3 keeps its own history"
+    );
     let kinds: Vec<&str> = c.events.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(kinds, ["merged", "merged", "limit_exceeded"]);
     // Outside the window the limit frees up again.
     c.touch(&login("l9", "c-many", "a-9", T0 + 2 * 86_400_000));
     c.pump();
-    assert!(c.stored("c-many").unwrap().profile.anonymous_ids.contains(&"a-9".to_owned()));
+    assert!(c
+        .stored("c-many")
+        .unwrap()
+        .profile
+        .anonymous_ids
+        .contains(&"a-9".to_owned()));
 }
 
 #[test]
@@ -258,7 +287,10 @@ fn junk_anonymous_ids_are_never_linked() {
         junk_patterns: vec!["test-.*".into()],
         ..Default::default()
     });
-    for (i, junk) in ["null", "00000000-0000-0000-0000-000000000000", "test-1"].into_iter().enumerate() {
+    for (i, junk) in ["null", "00000000-0000-0000-0000-000000000000", "test-1"]
+        .into_iter()
+        .enumerate()
+    {
         c.touch(&anon_view(&format!("v{i}"), junk, T0));
         c.touch(&login(&format!("l{i}"), "c-j", junk, T0 + 1));
     }
