@@ -24,6 +24,7 @@ mod restart;
 mod restore;
 mod schema_registry;
 mod schemas;
+mod stitching;
 mod support;
 mod timers;
 mod topics;

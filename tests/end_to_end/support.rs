@@ -758,27 +758,29 @@ impl Drop for OwnBroker {
 /// it counts as consumed when the group's offset is past its last committed
 /// record in every partition.
 pub fn wait_stitched(bootstrap: &str, group: &str, input: &str) {
-    let repartition = format!("{group}-identity-repartition");
     let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let input_end = end_total_on(bootstrap, input);
-        let mut last: HashMap<i32, i64> = HashMap::new();
-        for m in drain_on(bootstrap, &repartition) {
-            let e = last.entry(m.partition()).or_default();
-            *e = (*e).max(m.offset() + 1);
-        }
-        let committed = committed_on(bootstrap, group, &repartition);
-        let done = committed_total_on(bootstrap, group, input) >= input_end
-            && last
-                .iter()
-                .all(|(p, end)| committed.get(*p as usize).is_some_and(|c| c >= end));
-        if done {
-            return;
-        }
+    while !stitched(bootstrap, group, input) {
         assert!(
             Instant::now() < deadline,
-            "group {group} did not finish {input} and {repartition}"
+            "group {group} did not finish {input} and its repartition topic"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Whether group `group` has consumed every record of `input` and of its
+/// identity repartition topic (see [`wait_stitched`]).
+pub fn stitched(bootstrap: &str, group: &str, input: &str) -> bool {
+    let repartition = format!("{group}-identity-repartition");
+    let input_end = end_total_on(bootstrap, input);
+    let mut last: HashMap<i32, i64> = HashMap::new();
+    for m in drain_on(bootstrap, &repartition) {
+        let e = last.entry(m.partition()).or_default();
+        *e = (*e).max(m.offset() + 1);
+    }
+    let committed = committed_on(bootstrap, group, &repartition);
+    committed_total_on(bootstrap, group, input) >= input_end
+        && last
+            .iter()
+            .all(|(p, end)| committed.get(*p as usize).is_some_and(|c| c >= end))
 }

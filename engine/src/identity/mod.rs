@@ -339,7 +339,7 @@ pub enum Message {
         /// The customer it belongs to.
         customer_id: String,
         /// The touchpoint (already pseudonymized).
-        touchpoint: Touchpoint,
+        touchpoint: Box<Touchpoint>,
     },
 }
 
@@ -505,7 +505,7 @@ mod tests {
             },
             Message::Forward {
                 customer_id: "c".into(),
-                touchpoint: tp,
+                touchpoint: Box::new(tp),
             },
         ] {
             assert_eq!(Message::decode(&m.encode()).unwrap(), m);

@@ -14,6 +14,9 @@ use crate::state::{StateBatch, StateError, Stored};
 use super::task::{timer_times, Slot};
 use super::{Lane, Outcome, Processor, Record};
 
+/// Linked anonymous ids and the partitions that own them.
+type Homes = Vec<(String, i32)>;
+
 /// How the processor treats erasure: the privacy topic, the hasher of the
 /// suppression list, and what happens to an erased customer's touchpoints.
 #[derive(Debug, Clone)]
@@ -154,7 +157,7 @@ impl Lane<'_> {
     /// The anonymous ids customer `id`'s profile links to it (merged, or named
     /// by a touchpoint and awaited), and the partitions identity stitching
     /// recorded for them.
-    fn linked(&self, id: &str) -> Result<(Vec<String>, Vec<(String, i32)>), StateError> {
+    fn linked(&self, id: &str) -> Result<(Vec<String>, Homes), StateError> {
         let stored = match self.task.profiles.get(id) {
             Some(slot) => Some((*slot.stored).clone()),
             None => self.sh.state.get(self.task.partition, id)?,

@@ -205,7 +205,7 @@ impl Lane<'_> {
         r: &Record<'_>,
         out: &mut Vec<Action>,
     ) -> Result<Option<Outcome>, StateError> {
-        if !self.sh.stitch.as_ref().is_some_and(|s| s.topic == r.topic) {
+        if self.sh.stitch.as_ref().is_none_or(|s| s.topic != r.topic) {
             return Ok(None);
         }
         let msg = match Message::decode(r.value) {
@@ -477,7 +477,7 @@ impl Lane<'_> {
                     key: link.customer_id.clone(),
                     message: Message::Forward {
                         customer_id: link.customer_id,
-                        touchpoint: tp.clone(),
+                        touchpoint: Box::new(tp.clone()),
                     },
                 });
             }

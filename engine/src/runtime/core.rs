@@ -355,8 +355,9 @@ impl Core {
         for topic in &super::erasure::input_topics(&self.cfg) {
             tpl.add_partition(topic, p);
         }
-        seek_to_committed(consumer, tpl.clone(), self.cfg.kafka.starts_at_end())?;
-        consumer.resume(&tpl).context("resuming the partition")?;
+        let from = seek_to_committed(consumer, tpl.clone(), self.cfg.kafka.starts_at_end())?;
+        let resume = self.hold_identity_messages(consumer, p, tpl, &from)?;
+        consumer.resume(&resume).context("resuming the partition")?;
         lock_owned(&self.progress).insert(p);
         tracing::info!(partition = p, restored, timers, "partition ready");
         Ok(())
@@ -412,11 +413,12 @@ fn rewind(e: anyhow::Error) -> LoopError {
 /// Moves the consumer to the group's committed offsets of `partitions` (where
 /// nothing was committed yet, to the beginning, or the end with `at_end`); records
 /// fetched past them are discarded by the client.
+/// Returns the offsets sought.
 fn seek_to_committed(
     consumer: &BaseConsumer<EngineContext>,
     partitions: TopicPartitionList,
     at_end: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<TopicPartitionList> {
     let committed = consumer
         .committed_offsets(partitions, Duration::from_secs(30))
         .context("reading the committed offsets")?;
@@ -430,7 +432,7 @@ fn seek_to_committed(
         to.add_partition_offset(e.topic(), e.partition(), offset)?;
     }
     let result = consumer
-        .seek_partitions(to, Duration::from_secs(30))
+        .seek_partitions(to.clone(), Duration::from_secs(30))
         .context("seeking to the committed offsets")?;
     for e in result.elements() {
         if let Err(err) = e.error() {
@@ -441,5 +443,5 @@ fn seek_to_committed(
             );
         }
     }
-    Ok(())
+    Ok(to)
 }

@@ -402,6 +402,7 @@ impl Worker {
         }
         let mut core = lock(&self.core);
         core.restore_slice(&self.consumer)?;
+        core.release_identity_messages(&self.consumer)?;
         core.committer.producer().poll(Duration::ZERO);
         if last_commit.elapsed() >= self.interval {
             core.fire_idle_timers()?;
