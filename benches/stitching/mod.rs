@@ -106,14 +106,29 @@ pub fn stitching(bootstrap: &str, events: u64) -> anyhow::Result<()> {
     if let Ok(request) = std::env::var(RUN_ENV) {
         return run(bootstrap, &serde_json::from_str(&request)?);
     }
-    let input = publish_input(bootstrap, events)?;
     // The machine is shared: passes alternate off and on, and rows give medians.
     let passes = match std::env::var("RAPPORT_BENCH_PASSES") {
         Ok(n) => n.parse()?,
         Err(_) => 3,
     };
-    let (mut off, mut on) = (Vec::new(), Vec::new());
-    let mut failed = None;
+    let input = publish_input(bootstrap, events)?;
+    let mut tags = Vec::new();
+    let outcome = run_passes(bootstrap, &input, passes, &mut tags);
+    delete_topics(bootstrap, &input, &tags);
+    let (off, on, failed) = outcome?;
+    print_rows(&input, &off, &on);
+    failed.map_or(Ok(()), Err)
+}
+
+/// The runs of each pass, off then on, noting each run's tag in `tags`: the
+/// reports, and the first run that did not do what it measures.
+fn run_passes(
+    bootstrap: &str,
+    input: &Input,
+    passes: usize,
+    tags: &mut Vec<String>,
+) -> anyhow::Result<(Vec<Report>, Vec<Report>, Option<anyhow::Error>)> {
+    let (mut off, mut on, mut failed) = (Vec::new(), Vec::new(), None);
     for pass in 0..passes {
         for stitching in [false, true] {
             let name = if stitching { "on" } else { "off" };
@@ -123,9 +138,10 @@ pub fn stitching(bootstrap: &str, events: u64) -> anyhow::Result<()> {
                 events: input.events,
                 tag: format!("stitch-{name}.{}.{pass}", input.suffix),
             };
+            tags.push(request.tag.clone());
             let r = spawn_run(bootstrap, &request)?;
             eprintln!("stitching {name}, pass {pass}: {r:?}");
-            if let Err(e) = check(&input, stitching, &r) {
+            if let Err(e) = check(input, stitching, &r) {
                 failed.get_or_insert(e);
             }
             match stitching {
@@ -134,8 +150,21 @@ pub fn stitching(bootstrap: &str, events: u64) -> anyhow::Result<()> {
             }
         }
     }
-    print_rows(&input, &off, &on);
-    failed.map_or(Ok(()), Err)
+    Ok((off, on, failed))
+}
+
+/// Deletes the input and every run's topics (the broker's disk is shared).
+fn delete_topics(bootstrap: &str, input: &Input, tags: &[String]) {
+    let mut topics = vec![input.topic.clone()];
+    for tag in tags {
+        for kind in ["actions", "dlq", "decisions", "identity-events"] {
+            topics.push(format!("bench.{kind}.{tag}"));
+        }
+        for internal in ["profiles-changelog", "identity-repartition"] {
+            topics.push(format!("bench-{tag}-{internal}"));
+        }
+    }
+    super::scale::delete_topics(bootstrap, &topics);
 }
 
 /// Writes the input: the simulator's touchpoints of 100k customers, reshaped
