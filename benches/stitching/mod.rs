@@ -375,7 +375,7 @@ fn print_rows(input: &Input, off: &[Report], on: &[Report]) {
         off.iter().map(|r| r.held).sum::<u64>(),
     );
     println!(
-        "| engine, exactly_once, identity stitching on, the same input, done when the input and the repartition topic are consumed | {} (the last {:.2} s after the input was committed); {} merges for {} identifies, {} conflicts, {} touchpoints held and as many released, {} forwarded |",
+        "| engine, exactly_once, identity stitching on, the same input, done when the input and the repartition topic are consumed | {} (of each run a median {:.2} s after its input was committed); {} merges for {} identifies, {} conflicts, {} touchpoints held and as many released, {} forwarded |",
         measured(on),
         spread(on, |r| r.tail_secs.unwrap_or(f64::NAN)).0,
         range(on, |r| r.merged),
