@@ -7,7 +7,8 @@
 //! (`journeys`, `replay`, `restore`, `guarantees` or `collector` run one part;
 //! `peers` runs the side-by-side comparison with the Kafka Streams peer and the
 //! latency at half of Rapport's rate, `latency` the latency alone, `scale` memory
-//! and state size at 10k, 1M and 10M customers.) The broker is
+//! and state size at 10k, 1M and 10M customers, `stitching` throughput with
+//! identity stitching on against off.) The broker is
 //! `RAPPORT_KAFKA_BOOTSTRAP`, or the local one from `deploy/kafka.sh`. Numbers are
 //! printed as a Markdown table for the README.
 
@@ -40,6 +41,8 @@ mod collector;
 mod latency;
 #[path = "scale/mod.rs"]
 mod scale;
+#[path = "stitching/mod.rs"]
+mod stitching;
 
 /// The allocator the `rapport` binary uses, so the numbers are the binary's.
 #[global_allocator]
@@ -110,6 +113,10 @@ fn main() -> anyhow::Result<()> {
         for customers in counts {
             scale::scale(&bootstrap, customers)?;
         }
+    }
+    if which == "stitching" {
+        let bootstrap = rapport::broker::ensure()?.bootstrap;
+        stitching::stitching(&bootstrap, 200_000)?;
     }
     if which == "all" || which == "collector" {
         let bootstrap = rapport::broker::ensure()?.bootstrap;
@@ -436,6 +443,8 @@ struct EngineRun {
     peak_mib: u64,
     /// Actions on the run's action topic, read with read_committed.
     actions: u64,
+    /// The engine's metrics at the end of the run.
+    metrics: Metrics,
 }
 
 /// Runs the engine in this process over `input` under `g` until all of it is
@@ -448,6 +457,33 @@ fn engine_run(
     g: Guarantee,
     tag: &str,
     journeys: Option<&[&str]>,
+) -> anyhow::Result<EngineRun> {
+    let mut done = || Ok(true);
+    engine_run_with(
+        bootstrap,
+        input,
+        events,
+        g,
+        tag,
+        journeys,
+        &|_| {},
+        &mut done,
+    )
+}
+
+/// [`engine_run`] with `tweak` applied to the configuration last, and `done`
+/// polled once `events` records are committed: the run ends when it answers
+/// true (work that follows the input, such as a repartition topic).
+#[allow(clippy::too_many_arguments)]
+fn engine_run_with(
+    bootstrap: &str,
+    input: &str,
+    events: u64,
+    g: Guarantee,
+    tag: &str,
+    journeys: Option<&[&str]>,
+    tweak: &dyn Fn(&mut Config),
+    done: &mut dyn FnMut() -> anyhow::Result<bool>,
 ) -> anyhow::Result<EngineRun> {
     let dir = tempfile::tempdir()?;
     let mut cfg = Config::default();
@@ -495,9 +531,11 @@ fn engine_run(
     {
         cfg.engine.commit_interval_ms = ms;
     }
+    tweak(&mut cfg);
     let action_topic = cfg.kafka.action_topic.clone();
     let state = Arc::new(StateStore::open(&cfg.state)?);
-    let engine = runtime::start(cfg, state, Metrics::new())?;
+    let metrics = Metrics::new();
+    let engine = runtime::start(cfg, state, metrics.clone())?;
     // Timed from the first record, like the passthrough loop.
     while engine.progress.handled.load(Ordering::SeqCst) == 0 {
         anyhow::ensure!(!engine.is_finished(), "engine stopped");
@@ -506,7 +544,7 @@ fn engine_run(
     let started = Instant::now();
     let cpu_before = cpu_seconds();
     let mut peak = 0;
-    while engine.progress.committed.load(Ordering::SeqCst) < events {
+    while engine.progress.committed.load(Ordering::SeqCst) < events || !done()? {
         anyhow::ensure!(!engine.is_finished(), "engine stopped");
         peak = peak.max(rss_mib());
         std::thread::sleep(Duration::from_millis(2));
@@ -521,6 +559,7 @@ fn engine_run(
         cores: cpu / secs,
         peak_mib: peak,
         actions: count_committed(bootstrap, &action_topic)?,
+        metrics,
     })
 }
 

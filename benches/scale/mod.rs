@@ -191,7 +191,7 @@ fn dir_bytes(dir: &Path) -> u64 {
 }
 
 /// Deletes the run's topics (the inputs of the larger runs take gigabytes).
-fn delete_topics(bootstrap: &str, topics: &[String]) {
+pub(super) fn delete_topics(bootstrap: &str, topics: &[String]) {
     let admin: Result<AdminClient<DefaultClientContext>, _> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create();
