@@ -65,7 +65,8 @@ pub fn latency(bootstrap: &str, rate: u64, seconds: u64, g: Guarantee) -> anyhow
     let cfg = config(bootstrap, &s, &input, &actions, dir.path(), g)?;
     let commit_ms = cfg.engine.commit_interval_ms;
     let state = Arc::new(StateStore::open(&cfg.state)?);
-    let engine = runtime::start(cfg, state, Metrics::new())?;
+    let metrics = Metrics::new();
+    let engine = runtime::start(cfg, state, metrics.clone())?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while !engine.progress.ready.load(Ordering::SeqCst) {
         anyhow::ensure!(!engine.is_finished(), "engine stopped before it was ready");
@@ -96,7 +97,38 @@ pub fn latency(bootstrap: &str, rate: u64, seconds: u64, g: Guarantee) -> anyhow
         "| event to action latency, {name}, {rate} events/s for {seconds} s ({produced} touchpoints, 4 partitions, {batching}, bench producer linger.ms {PRODUCER_LINGER_MS}, lz4), the shipped journeys and policy | {} |",
         summary(&mut samples)
     );
+    println!(
+        "| where the engine spent the time, {name} (rapport_commit_phase_seconds: mean, and the bucket bound p99 is under) | {} |",
+        phases(&metrics)
+    );
     Ok(())
+}
+
+/// Each phase of `rapport_commit_phase_seconds`: how often, its mean, and the
+/// smallest bucket bound that 99% of them are under.
+fn phases(metrics: &Metrics) -> String {
+    use prometheus::core::Collector;
+    let mut out = Vec::new();
+    for m in metrics
+        .commit_phase_seconds
+        .collect()
+        .iter()
+        .flat_map(|f| f.get_metric())
+    {
+        let phase = m.get_label().first().map_or("", |l| l.value());
+        let h = m.get_histogram();
+        let n = h.get_sample_count();
+        let mean_ms = h.get_sample_sum() * 1e3 / n.max(1) as f64;
+        let p99 = h
+            .get_bucket()
+            .iter()
+            .find(|b| b.cumulative_count() as f64 >= n as f64 * 0.99)
+            .map_or("more".to_owned(), |b| {
+                format!("{} ms", b.upper_bound() * 1e3)
+            });
+        out.push(format!("{phase} {n}x mean {mean_ms:.1} ms p99 <= {p99}"));
+    }
+    out.join("; ")
 }
 
 /// The engine's configuration for a run under `g`.

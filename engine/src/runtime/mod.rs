@@ -214,7 +214,7 @@ struct Worker {
 }
 
 /// The committer for the configured guarantee.
-fn committer(cfg: &Config, changelog: &str) -> anyhow::Result<Committer> {
+fn committer(cfg: &Config, changelog: &str, metrics: &Metrics) -> anyhow::Result<Committer> {
     let protocol: Arc<dyn CommitProtocol> = match cfg.engine.guarantee {
         Guarantee::ExactlyOnce => Arc::new(ExactlyOnce {
             transactional_id: format!("{}-{}", cfg.kafka.group_id, cfg.engine.instance_id),
@@ -233,6 +233,7 @@ fn committer(cfg: &Config, changelog: &str) -> anyhow::Result<Committer> {
         pc,
         changelog.to_owned(),
         Duration::from_millis(cfg.engine.kafka_unavailable_timeout_ms),
+        metrics.clone(),
     )
 }
 
@@ -246,7 +247,7 @@ impl Worker {
         receipts: Option<erasure::Receipts>,
     ) -> anyhow::Result<Self> {
         let changelog = cfg.kafka.changelog();
-        let committer = committer(&cfg, &changelog)?;
+        let committer = committer(&cfg, &changelog, &metrics)?;
         let producer_max = (cfg.engine.max_record_bytes + RECORD_OVERHEAD).max(1_000_000);
         let registry = encode::RegistryIo::connect(&cfg)?;
         let mut processor = Processor::new(
@@ -373,7 +374,9 @@ impl Worker {
                 None => break,
             }
             if batch.len() >= BATCH_RECORDS {
-                lock(&self.core).handle_batch(&batch)?;
+                let mut core = lock(&self.core);
+                core.handle_batch(&batch)?;
+                core.finish_ended(&self.consumer)?;
                 batch.clear();
             }
             wait = Duration::ZERO;
@@ -383,12 +386,16 @@ impl Worker {
             batch.clear();
         }
         let mut core = lock(&self.core);
+        core.finish_ended(&self.consumer)?;
         core.restore_slice(&self.consumer)?;
         core.committer.producer().poll(Duration::ZERO);
         if last_commit.elapsed() >= self.interval {
+            // Intervals are counted from the start of each commit, so the time
+            // the commit takes does not lengthen every interval.
+            let started = Instant::now();
             core.fire_idle_timers()?;
             core.commit(&self.consumer, CommitMode::Async)?;
-            *last_commit = Instant::now();
+            *last_commit = started;
         }
         Ok(())
     }
