@@ -83,26 +83,13 @@ fn main() -> anyhow::Result<()> {
         let bootstrap = rapport::broker::ensure()?.bootstrap;
         let max = peers(&bootstrap, 200_000)?;
         // Latency at half of Rapport's exactly_once rate just measured.
-        latency::latency(&bootstrap, (max / 2.0) as u64, 20)?;
+        latency::latency(&bootstrap, (max / 2.0) as u64, 20, Guarantee::ExactlyOnce)?;
     }
     if which == "latency" {
         let bootstrap = rapport::broker::ensure()?.bootstrap;
-        let rate = match std::env::var("RAPPORT_BENCH_RATE") {
-            Ok(r) => r.parse()?,
-            Err(_) => {
-                engine_run(
-                    &bootstrap,
-                    &bench_input(&bootstrap, 200_000)?.0,
-                    200_000,
-                    Guarantee::ExactlyOnce,
-                    &format!("latency-max.{}", suffix()),
-                    None,
-                )?
-                .rate as u64
-                    / 2
-            }
-        };
-        latency::latency(&bootstrap, rate, 20)?;
+        for g in [Guarantee::ExactlyOnce, Guarantee::AtLeastOnce] {
+            latency::latency(&bootstrap, half_of_max(&bootstrap, g)?, 20, g)?;
+        }
     }
     if which == "scale" {
         let bootstrap = rapport::broker::ensure()?.bootstrap;
@@ -134,6 +121,23 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Half of the engine's rate under `g` over a 200k-touchpoint backlog
+/// (the rate latency is measured at), or `RAPPORT_BENCH_RATE`.
+fn half_of_max(bootstrap: &str, g: Guarantee) -> anyhow::Result<u64> {
+    if let Ok(r) = std::env::var("RAPPORT_BENCH_RATE") {
+        return Ok(r.parse()?);
+    }
+    let run = engine_run(
+        bootstrap,
+        &bench_input(bootstrap, 200_000)?.0,
+        200_000,
+        g,
+        &format!("latency-max.{}", suffix()),
+        None,
+    )?;
+    Ok(run.rate as u64 / 2)
 }
 
 fn rt() -> tokio::runtime::Runtime {

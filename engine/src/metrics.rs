@@ -1,7 +1,8 @@
 //! Prometheus metrics: what the engine did, per outcome, so ops can see it.
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// The engine's metrics, registered in their own registry.
@@ -45,6 +46,14 @@ pub struct Metrics {
     pub commit_latency_seconds: Histogram,
     /// Duration of a commit.
     pub commit_seconds: Histogram,
+    /// Where a record's way to a committed action spends its time, by phase:
+    /// `process` (a batch through the processor), `prepare` (the interval's
+    /// changelog records handed to the producer), `flush` (the interval's
+    /// records acknowledged), `offsets` (the consumed offsets added to the
+    /// transaction), `transaction` (the transaction committed), `wait` (the
+    /// processing loop waiting for the previous interval's commit) and `state`
+    /// (RocksDB written after the commit).
+    pub commit_phase_seconds: HistogramVec,
     /// Profiles held decoded in memory.
     pub cached_profiles: IntGauge,
     /// Erasure requests applied.
@@ -177,6 +186,17 @@ impl Metrics {
                 ),
             )
             .expect("valid metric"),
+            commit_phase_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "rapport_commit_phase_seconds",
+                    "Time spent in each phase of processing and committing an interval",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0,
+                ]),
+                &["phase"],
+            )
+            .expect("valid metric"),
             cached_profiles: IntGauge::new(
                 "rapport_cached_profiles",
                 "Profiles held decoded in memory",
@@ -227,6 +247,7 @@ impl Metrics {
             Box::new(m.survey_answers.clone()),
             Box::new(m.restore_remaining.clone()),
             Box::new(m.commit_seconds.clone()),
+            Box::new(m.commit_phase_seconds.clone()),
             Box::new(m.cached_profiles.clone()),
             Box::new(m.ready.clone()),
             Box::new(m.erasures.clone()),
@@ -248,6 +269,14 @@ impl Metrics {
             .flat_map(|f| f.get_metric())
             .map(|m| m.get_counter().get_value() as u64)
             .sum()
+    }
+
+    /// Notes that phase `phase` (see [`Metrics::commit_phase_seconds`]) took
+    /// from `since` until now.
+    pub fn phase_done(&self, phase: &str, since: std::time::Instant) {
+        self.commit_phase_seconds
+            .with_label_values(&[phase])
+            .observe(since.elapsed().as_secs_f64());
     }
 
     /// The text exposition format.

@@ -355,11 +355,19 @@ pub fn ends_on(bootstrap: &str, topic: &str) -> Vec<i64> {
         .unwrap();
     let mut ids: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
     ids.sort();
+    // A broker restarted a moment ago answers NotLeaderForPartition until it
+    // has loaded its partitions: ask again for a while.
+    let deadline = Instant::now() + Duration::from_secs(30);
     ids.into_iter()
-        .map(|p| {
-            c.fetch_watermarks(topic, p, Duration::from_secs(10))
-                .unwrap()
-                .1
+        .map(|p| loop {
+            match c.fetch_watermarks(topic, p, Duration::from_secs(10)) {
+                Ok((_, hi)) => break hi,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("end offset of {topic} [{p}]: {e}; asking again");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("end offset of {topic} [{p}]: {e}"),
+            }
         })
         .collect()
 }

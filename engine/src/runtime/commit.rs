@@ -22,6 +22,7 @@ use rdkafka::producer::{
 };
 use rdkafka::{ClientContext, Message, TopicPartitionList};
 
+use crate::metrics::Metrics;
 use crate::state::StateBatch;
 
 use super::rebalance::EngineContext;
@@ -113,13 +114,15 @@ pub(super) trait CommitProtocol: Send + Sync {
     /// changelog (which may hold records of the failed interval).
     fn rewinds_from_local_state(&self) -> bool;
     /// Once every record of the interval is acknowledged: makes it durable with
-    /// the consumed `offsets`. Runs on the commit thread.
+    /// the consumed `offsets`, noting its phases in `metrics`. Runs on the
+    /// commit thread.
     fn seal(
         &self,
         p: &Producer,
         offsets: &TopicPartitionList,
         meta: Option<&ConsumerGroupMetadata>,
         deadline: Instant,
+        metrics: &Metrics,
     ) -> Result<(), CommitError>;
     /// After the interval's state is in RocksDB.
     fn after_state(&self, consumer: &BaseConsumer<EngineContext>, offsets: &TopicPartitionList);
@@ -167,15 +170,21 @@ impl CommitProtocol for ExactlyOnce {
         offsets: &TopicPartitionList,
         meta: Option<&ConsumerGroupMetadata>,
         deadline: Instant,
+        metrics: &Metrics,
     ) -> Result<(), CommitError> {
         if let Some(meta) = meta.filter(|_| offsets.count() > 0) {
+            let started = Instant::now();
             retrying("adding offsets to the transaction", deadline, |t| {
                 p.send_offsets_to_transaction(offsets, meta, t)
             })?;
+            metrics.phase_done("offsets", started);
         }
+        let started = Instant::now();
         retrying("committing the Kafka transaction", deadline, |t| {
             p.commit_transaction(t)
-        })
+        })?;
+        metrics.phase_done("transaction", started);
+        Ok(())
     }
 
     fn after_state(&self, _: &BaseConsumer<EngineContext>, _: &TopicPartitionList) {}
@@ -217,6 +226,7 @@ impl CommitProtocol for AtLeastOnce {
         _: &TopicPartitionList,
         _: Option<&ConsumerGroupMetadata>,
         _: Instant,
+        _: &Metrics,
     ) -> Result<(), CommitError> {
         Ok(())
     }
@@ -262,22 +272,37 @@ fn retrying(
     }
 }
 
+/// The longest a flush serves delivery reports before it looks again whether
+/// the last record is acknowledged.
+///
+/// `BaseProducer::flush(timeout)` serves delivery reports by polling for the
+/// rest of its timeout (up to 100 ms at a time) before it looks again, so a
+/// flush of records acknowledged within a few milliseconds took 100 ms or more,
+/// and every interval's commit with it. Looking after 1, 2, 4, 4, ... ms
+/// returns within a few milliseconds of the last acknowledgement, without
+/// waking the client's threads every millisecond of a long flush.
+const FLUSH_STEP: Duration = Duration::from_millis(4);
+
 /// Waits until every record sent on `p` is acknowledged.
 fn flush(p: &Producer, deadline: Instant) -> Result<(), CommitError> {
+    // Asks the brokers to send what lingers now; it does not wait.
+    let _ = p.flush(Duration::ZERO);
+    let mut step = Duration::from_millis(1);
     loop {
-        let flushed = p.flush(Duration::from_secs(1));
+        p.poll(step);
         if let Some(failure) = p.context().failure() {
             return Err(CommitError::Failed(failure));
         }
-        match flushed {
-            Ok(()) => return Ok(()),
-            Err(e) if Instant::now() >= deadline => {
-                return Err(CommitError::Unavailable(format!(
-                    "waiting for records to be acknowledged: {e}"
-                )))
-            }
-            Err(_) => {}
+        let left = p.in_flight_count();
+        if left == 0 {
+            return Ok(());
         }
+        if Instant::now() >= deadline {
+            return Err(CommitError::Unavailable(format!(
+                "waiting for records to be acknowledged: {left} not acknowledged yet"
+            )));
+        }
+        step = (step * 2).min(FLUSH_STEP);
     }
 }
 
@@ -315,15 +340,18 @@ pub(super) struct Committer {
     open: bool,
     in_flight: Option<InFlight>,
     patience: Duration,
+    metrics: Metrics,
 }
 
 impl Committer {
-    /// Creates and prepares both producers.
+    /// Creates and prepares both producers; the commit phases are timed in
+    /// `metrics`.
     pub fn new(
         protocol: Arc<dyn CommitProtocol>,
         config: ClientConfig,
         changelog: String,
         patience: Duration,
+        metrics: Metrics,
     ) -> anyhow::Result<Self> {
         let make = |n| make_producer(protocol.as_ref(), &config, &changelog, n);
         let producers = [make(0)?, make(1)?];
@@ -336,6 +364,7 @@ impl Committer {
             open: false,
             in_flight: None,
             patience,
+            metrics,
         })
     }
 
@@ -386,11 +415,14 @@ impl Committer {
         let protocol = self.protocol.clone();
         let offsets = interval.offsets.clone();
         let deadline = Instant::now() + self.patience;
+        let metrics = self.metrics.clone();
         let job = std::thread::Builder::new()
             .name("rapport-commit".into())
             .spawn(move || {
+                let started = Instant::now();
                 flush(&producer, deadline)?;
-                protocol.seal(&producer, &offsets, meta.as_ref(), deadline)
+                metrics.phase_done("flush", started);
+                protocol.seal(&producer, &offsets, meta.as_ref(), deadline, &metrics)
             })
             .map_err(|e| LoopError::Fatal(e.into()))?;
         self.in_flight = Some(InFlight {
@@ -401,6 +433,12 @@ impl Committer {
         self.current = 1 - self.current;
         self.open = false;
         Ok(())
+    }
+
+    /// Whether the background commit has ended (successfully or not), so
+    /// [`Committer::finish`] returns without waiting.
+    pub fn in_flight_ended(&self) -> bool {
+        self.in_flight.as_ref().is_some_and(|f| f.job.is_finished())
     }
 
     /// Waits for the background commit; returns its interval, with the changelog

@@ -103,7 +103,9 @@ impl Core {
             return Err(f);
         }
         // One commit in flight at a time, finished in order.
+        let waited = Instant::now();
         self.finish_in_flight(consumer)?;
+        self.metrics.phase_done("wait", waited);
         if self.pending.0.is_empty() && !self.processor.has_changes() && !self.committer.is_open() {
             return Ok(());
         }
@@ -112,6 +114,7 @@ impl Core {
         // Tombstones first: a profile started afresh after an erasure follows them.
         let erasures = self.write_erasures(&mut batch)?;
         self.write_changelog(&mut batch)?;
+        self.metrics.phase_done("prepare", started);
         let mut offsets = TopicPartitionList::new();
         for ((partition, topic), next) in self.pending.0.drain(..) {
             offsets
@@ -169,6 +172,19 @@ impl Core {
         self.emit_actions()
     }
 
+    /// Finishes the background commit if it has ended, without waiting: its
+    /// state goes to RocksDB and the actions held for it go out now, not at the
+    /// end of the current interval.
+    pub(super) fn finish_ended(
+        &mut self,
+        consumer: &BaseConsumer<EngineContext>,
+    ) -> Result<(), LoopError> {
+        match self.committer.in_flight_ended() {
+            true => self.finish_in_flight(consumer),
+            false => Ok(()),
+        }
+    }
+
     /// Waits for the background commit and, once Kafka committed it, writes its
     /// state to RocksDB.
     pub(super) fn finish_in_flight(
@@ -190,7 +206,9 @@ impl Core {
         mut done: Interval,
     ) -> anyhow::Result<()> {
         let erasures = std::mem::take(&mut done.erasures);
+        let writing = Instant::now();
         self.state.write(done.batch).context("writing state")?;
+        self.metrics.phase_done("state", writing);
         self.finish_erasures(erasures);
         self.committer
             .protocol()

@@ -22,6 +22,7 @@ impl Core {
     /// order, each record's actions are sent, a refused record is
     /// dead-lettered, and its offset joins the interval.
     pub(super) fn handle_batch(&mut self, batch: &[BorrowedMessage<'_>]) -> Result<(), LoopError> {
+        let started = std::time::Instant::now();
         let records: Vec<Record<'_>> = batch
             .iter()
             .map(|m| Record {
@@ -70,7 +71,9 @@ impl Core {
                 .record(record.partition, record.topic, record.offset + 1);
             self.pending_records += 1;
         }
-        self.emit_identity()
+        self.emit_identity()?;
+        self.metrics.phase_done("process", started);
+        Ok(())
     }
 
     /// Sends the actions decided so far to the action topic, holding back those

@@ -222,7 +222,7 @@ struct Worker {
 }
 
 /// The committer for the configured guarantee.
-fn committer(cfg: &Config, changelog: &str) -> anyhow::Result<Committer> {
+fn committer(cfg: &Config, changelog: &str, metrics: &Metrics) -> anyhow::Result<Committer> {
     let protocol: Arc<dyn CommitProtocol> = match cfg.engine.guarantee {
         Guarantee::ExactlyOnce => Arc::new(ExactlyOnce {
             transactional_id: format!("{}-{}", cfg.kafka.group_id, cfg.engine.instance_id),
@@ -241,6 +241,7 @@ fn committer(cfg: &Config, changelog: &str) -> anyhow::Result<Committer> {
         pc,
         changelog.to_owned(),
         Duration::from_millis(cfg.engine.kafka_unavailable_timeout_ms),
+        metrics.clone(),
     )
 }
 
@@ -254,7 +255,7 @@ impl Worker {
         receipts: Option<erasure::Receipts>,
     ) -> anyhow::Result<Self> {
         let changelog = cfg.kafka.changelog();
-        let committer = committer(&cfg, &changelog)?;
+        let committer = committer(&cfg, &changelog, &metrics)?;
         let producer_max = (cfg.engine.max_record_bytes + RECORD_OVERHEAD).max(1_000_000);
         let registry = encode::RegistryIo::connect(&cfg)?;
         let mut processor = Processor::new(
@@ -391,7 +392,9 @@ impl Worker {
                 None => break,
             }
             if batch.len() >= BATCH_RECORDS {
-                lock(&self.core).handle_batch(&batch)?;
+                let mut core = lock(&self.core);
+                core.handle_batch(&batch)?;
+                core.finish_ended(&self.consumer)?;
                 batch.clear();
             }
             wait = Duration::ZERO;
@@ -401,6 +404,7 @@ impl Worker {
             batch.clear();
         }
         let mut core = lock(&self.core);
+        core.finish_ended(&self.consumer)?;
         core.restore_slice(&self.consumer)?;
         core.release_identity_messages(&self.consumer)?;
         core.committer.producer().poll(Duration::ZERO);
