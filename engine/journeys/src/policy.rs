@@ -17,6 +17,7 @@ use std::fmt::Write as _;
 use chrono::{NaiveTime, TimeZone, Timelike};
 use chrono_tz::Tz;
 use rapport_model::action::{Action, ActionKind, DeliveryChannel, EmotionalState};
+use rapport_model::emotion::{self, EmotionConfig};
 use rapport_model::policy::{
     decision_id, deferred_key, DeferredAction, Purpose, SentMark, DEFERRED_KEY_PREFIX,
 };
@@ -186,6 +187,11 @@ pub(crate) struct Candidate {
     pub fallback: Option<Box<Candidate>>,
     /// A deferred action firing: judged again, but its control group was already decided.
     pub redo: bool,
+    /// The emotional state's reasons are still to be appended to the action's:
+    /// they are formatted when the action is sent or deferred, not for every
+    /// action the policy holds back (the decision does not carry reasons). The
+    /// state cannot change in between: the policy judges in the same step.
+    pub emotion_reasons: bool,
 }
 
 /// A cap filter on one dimension.
@@ -358,7 +364,7 @@ impl DeliveryPolicy {
     /// pushing actions and decisions to `out`. Candidates judged at one event
     /// time compete by journey priority (higher first; equal priorities in
     /// journey id order).
-    pub(crate) fn judge_all(&self, p: &mut Profile, out: &mut Output) {
+    pub(crate) fn judge_all(&self, p: &mut Profile, out: &mut Output, emotion: &EmotionConfig) {
         let mut pending = std::mem::take(&mut out.pending);
         // Stable: journeys are already in id order.
         pending.sort_by(|a, b| {
@@ -374,7 +380,7 @@ impl DeliveryPolicy {
                     ..Round::default()
                 };
             }
-            self.judge(p, c, &mut round, out, 0);
+            self.judge(p, c, &mut round, out, (emotion, 0));
         }
         out.pending = pending;
     }
@@ -385,7 +391,7 @@ impl DeliveryPolicy {
         mut c: Candidate,
         round: &mut Round,
         out: &mut Output,
-        depth: u32,
+        (emotion, depth): (&EmotionConfig, u32),
     ) {
         let now = c.now_ms;
         let purpose = c.purpose;
@@ -438,7 +444,7 @@ impl DeliveryPolicy {
                     let mut d = decision(&c, Outcome::Fallback, reason);
                     d.fallback_action_id = Some(fb.action.action_id.clone());
                     out.decisions.push(d);
-                    self.judge(p, *fb, round, out, depth + 1)
+                    self.judge(p, *fb, round, out, (emotion, depth + 1))
                 }
                 _ => decide(out, &c, Outcome::NoConsent, consent),
             };
@@ -517,6 +523,7 @@ impl DeliveryPolicy {
                     let mut d = decision(&c, Outcome::DeferredQuietHours, reason);
                     d.deferred_until = Some(end);
                     out.decisions.push(d);
+                    add_emotion_reasons(p, &mut c, emotion);
                     defer(p, c, end);
                     return;
                 }
@@ -537,6 +544,7 @@ impl DeliveryPolicy {
         round.take(&c, competes);
         let reason = format!("{consent}{caps_note}");
         out.decisions.push(decision(&c, Outcome::Sent, reason));
+        add_emotion_reasons(p, &mut c, emotion);
         out.actions.push(c.action);
     }
 
@@ -570,6 +578,7 @@ impl DeliveryPolicy {
                 now_ms: d.due_ms,
                 fallback: None,
                 redo: true,
+                emotion_reasons: false,
             });
         }
     }
@@ -619,6 +628,14 @@ fn decision(c: &Candidate, outcome: Outcome, reason: String) -> Decision {
         decided_at: c.now_ms,
         deferred_until: None,
         fallback_action_id: None,
+    }
+}
+
+/// Appends the emotional state's reasons to an action that goes out, if its
+/// journey asked for them ([`Candidate::emotion_reasons`]).
+fn add_emotion_reasons(p: &Profile, c: &mut Candidate, cfg: &EmotionConfig) {
+    if std::mem::take(&mut c.emotion_reasons) {
+        c.action.reasons.extend(emotion::current(p, cfg).reasons);
     }
 }
 

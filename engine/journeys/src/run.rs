@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use cel::{Context, Value};
 use rapport_model::action::action_id;
-use rapport_model::emotion;
 use rapport_model::profile::{JourneyEntries, JourneyRun, Timer};
 use rapport_model::{Action, Channel, DeliveryChannel, Profile, Reason, Touchpoint};
 
@@ -84,7 +83,7 @@ impl CompiledJourneys {
             }
         }
         if !out.pending.is_empty() {
-            self.policy.judge_all(p, out);
+            self.policy.judge_all(p, out, &self.emotion);
         }
         report
     }
@@ -120,7 +119,7 @@ impl CompiledJourneys {
             self.resume(p, &timer, &mut out.pending, &mut report);
         }
         if !out.pending.is_empty() {
-            self.policy.judge_all(p, out);
+            self.policy.judge_all(p, out, &self.emotion);
         }
         report
     }
@@ -370,11 +369,10 @@ impl CompiledJourneys {
                 payload.insert(name.clone(), v);
             }
         }
-        let feeling = emotion::current(p, &self.emotion);
-        let mut reasons = self.reasons(j, &b, c.event.is_some(), report);
-        if a.emotion_reasons && a.addresses != Some(feeling.state) {
-            reasons.extend(feeling.reasons);
-        }
+        // The state's own reasons are formatted only for an action the policy
+        // lets out (see `Candidate::emotion_reasons`).
+        let state = p.emotion.state;
+        let reasons = self.reasons(j, &b, c.event.is_some(), report);
         let action = Action {
             action_id: action_id(&j.id, &p.id, c.trigger_event_id, &discriminator),
             customer_id: p.id.clone(),
@@ -385,7 +383,7 @@ impl CompiledJourneys {
             channel: self.channel(j, &a.channel, c.event, &b, report),
             payload,
             reasons,
-            emotional_state: Some(feeling.state),
+            emotional_state: Some(state),
         };
         let fallback = match (&a.fallback, depth < j.named.len()) {
             (Some(name), true) => j.named_action(name).map(|f| {
@@ -406,6 +404,7 @@ impl CompiledJourneys {
             now_ms: c.now_ms,
             fallback,
             redo: false,
+            emotion_reasons: a.emotion_reasons && a.addresses != Some(state),
         }
     }
 
