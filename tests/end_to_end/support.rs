@@ -249,6 +249,12 @@ pub fn run_engine(cfg: &Config, state: Arc<StateStore>, records: u64) -> Metrics
     let metrics = Metrics::new();
     let engine = runtime::start(cfg.clone(), state, metrics.clone()).expect("engine starts");
     wait_committed(&engine, records);
+    if cfg.identity.stitching {
+        // Merges the input started finish through the repartition topic.
+        for input in &cfg.kafka.touchpoint_topics {
+            wait_stitched(&cfg.kafka.bootstrap_servers, &cfg.kafka.group_id, input);
+        }
+    }
     engine.shutdown().expect("clean shutdown");
     metrics
 }
@@ -781,14 +787,19 @@ pub fn wait_stitched(bootstrap: &str, group: &str, input: &str) {
 pub fn stitched(bootstrap: &str, group: &str, input: &str) -> bool {
     let repartition = format!("{group}-identity-repartition");
     let input_end = end_total_on(bootstrap, input);
+    // The group's offsets first, then the topic: a record committed after this
+    // snapshot came with offsets the snapshot does not have yet, so it cannot
+    // be missed (what a consumed record produced is committed with its offset).
+    let input_done = committed_total_on(bootstrap, group, input) >= input_end;
+    let committed = committed_on(bootstrap, group, &repartition);
+    if !input_done {
+        return false;
+    }
     let mut last: HashMap<i32, i64> = HashMap::new();
     for m in drain_on(bootstrap, &repartition) {
         let e = last.entry(m.partition()).or_default();
         *e = (*e).max(m.offset() + 1);
     }
-    let committed = committed_on(bootstrap, group, &repartition);
-    committed_total_on(bootstrap, group, input) >= input_end
-        && last
-            .iter()
-            .all(|(p, end)| committed.get(*p as usize).is_some_and(|c| c >= end))
+    last.iter()
+        .all(|(p, end)| committed.get(*p as usize).is_some_and(|c| c >= end))
 }
