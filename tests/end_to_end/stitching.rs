@@ -269,19 +269,32 @@ fn assert_same_as_clean(topics: &Topics, cfg: &Config, dirs: &[&std::path::Path]
 #[test]
 fn merges_survive_sigkill_at_random_points() {
     let _serial = heavy();
-    let shoppers = 1500;
+    let (shoppers, rounds) = (1600, 4);
     let topics = Topics::new("stitch-crash", 4);
     let rule = KeyRule::new(Partitioner::Murmur2, 4);
     let (dir, group) = (tempfile::tempdir().unwrap(), unique("stitch-crash"));
     let mut cfg = stitching_config(&topics, &dir.path().join("state"), &group);
     cfg.engine.instance_id = "stitchy".into();
-    feed_shoppers(&topics, &rule, shoppers);
+    let repartition = format!("{group}-identity-repartition");
     let mut rng = SmallRng::seed_from_u64(15);
     let mut mid_merge = 0;
-    for round in 0..4 {
+    let per_round = shoppers / rounds;
+    for round in 0..rounds {
+        // Each round brings shoppers of its own, so it has merges to do when
+        // it is killed, whatever the rounds before it finished.
+        let batch: Vec<Touchpoint> = (round * per_round..(round + 1) * per_round)
+            .flat_map(|i| shopper(&rule, i))
+            .collect();
+        let before = end_total(&repartition);
+        produce(&topics.input, &batch);
         let mut inst = Instance::spawn(&cfg, dir.path(), &format!("run{round}"));
         inst.wait_ready(4);
-        std::thread::sleep(Duration::from_millis(rng.random_range(50..700)));
+        // Killed once this round's merges have started, at a random point after.
+        while end_total(&repartition) <= before {
+            inst.assert_running();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..200)));
         inst.kill9();
         // Once killed, nothing more commits: was a merge in flight?
         if !stitched(&topics.bootstrap, &group, &topics.input) {
@@ -290,7 +303,7 @@ fn merges_survive_sigkill_at_random_points() {
     }
     assert!(
         mid_merge >= 2,
-        "only {mid_merge} of 4 kills landed with merges in flight"
+        "only {mid_merge} of {rounds} kills landed with merges in flight"
     );
     let mut last = Instance::spawn(&cfg, dir.path(), "final");
     last.wait_ready(4);
