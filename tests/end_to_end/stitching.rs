@@ -178,16 +178,24 @@ fn two_known_customers_on_one_device_and_the_limit_leave_a_record() {
                 .push(e["kind"].as_str().unwrap().to_owned());
             acc
         });
-    assert_eq!(kinds["tablet-1"], ["merged", "conflict"], "{kinds:?}");
+    // The two logins' link requests reach the tablet's partition in either
+    // order: the first takes the anonymous view, the second is a conflict.
+    let mut tablet = kinds["tablet-1"].clone();
+    tablet.sort();
+    assert_eq!(tablet, ["conflict", "merged"], "{kinds:?}");
     assert_eq!(kinds["d-3"], ["limit_exceeded"], "{kinds:?}");
     let ann = store.find_profile("c-ann").unwrap().unwrap();
     let bob = store.find_profile("c-bob").unwrap().unwrap();
-    assert_eq!(
-        (ann.events, bob.events),
-        (2, 1),
+    assert_eq!(ann.events + bob.events, 3, "one of them has the view");
+    assert!(
+        ann.events <= 2 && bob.events <= 2,
         "ann and bob are not merged"
     );
     assert!(!bob.anonymous_ids.contains(&"c-ann".to_owned()));
+    assert!(!ann.anonymous_ids.contains(&"c-bob".to_owned()));
+    // The tablet follows the latest login by event time.
+    let link = store.find("tablet-1").unwrap().unwrap();
+    assert_eq!(link.link().map(|l| l.customer_id.as_str()), Some("c-bob"));
     let cat = store.find_profile("c-cat").unwrap().unwrap();
     assert_eq!(cat.anonymous_ids, ["d-1", "d-2"]);
     assert_eq!(

@@ -313,7 +313,11 @@ impl Lane<'_> {
                         (TransferOutcome::AlreadyLinked, None, None)
                     }
                     Some(l) => {
-                        s.identity_mut().linked_to = Some(target.clone());
+                        // The link follows the latest login by event time,
+                        // whichever request arrived first.
+                        if target.at_ms >= l.at_ms {
+                            s.identity_mut().linked_to = Some(target.clone());
+                        }
                         (TransferOutcome::Conflict, None, Some(l.customer_id))
                     }
                     None => {

@@ -226,6 +226,11 @@ fn two_known_customers_on_one_device_are_not_merged() {
     );
     // The device now follows the latest login.
     assert_eq!(c.stored(&anon).unwrap().link().unwrap().customer_id, second);
+    // A login older than the link's does not take the device back.
+    c.touch(&login("l0", "c-earlier", &anon, T0 + 500));
+    c.pump();
+    assert_eq!(c.stored(&anon).unwrap().link().unwrap().customer_id, second);
+    assert_eq!(c.events.last().unwrap().kind, "conflict");
     c.touch(&anon_view("v3", &anon, T0 + 4000));
     c.pump();
     assert_eq!(c.stored(second).unwrap().profile.events, 2);
