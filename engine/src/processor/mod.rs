@@ -29,7 +29,7 @@ use crate::runtime::WATERMARK_KEY;
 use crate::state::{StateBatch, StateError, StateStore};
 
 use self::stitch::{Routed, Seed};
-use self::task::{timer_times, Task};
+use self::task::Task;
 
 /// One input record, wherever it came from.
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +60,10 @@ pub enum Outcome {
     /// Its partition is not owned here (fetched just before a revocation).
     NotOwned,
 }
+
+/// Changed profiles in one commit from which their encoding is spread over
+/// the worker threads; below it one thread is quicker than starting them.
+const PARALLEL_ENCODE: usize = 256;
 
 /// Decodes, applies and evaluates records for the partitions it owns.
 pub struct Processor {
@@ -334,34 +338,62 @@ impl Processor {
     /// Hands every change since the last call to `emit` as changelog records (one
     /// per changed profile, not per event, and each moved watermark) and adds them
     /// to `batch`, with the applied offsets of `offsets` (`(partition, topic, next)`).
+    /// The changed profiles are encoded first, the partitions in parallel on the
+    /// worker threads (the engine's loop waits for this at every commit), then
+    /// emitted in order.
     pub fn changes<E>(
         &mut self,
         batch: &mut StateBatch,
         mut emit: impl FnMut(ChangelogRecord<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
-        for task in self.tasks.values_mut() {
-            let p = task.partition;
-            for id in std::mem::take(&mut task.dirty) {
-                let Some(slot) = task.profiles.get_mut(id.as_str()) else {
-                    continue;
-                };
-                let bytes = slot.stored.encode();
-                emit((p, id.as_bytes(), &bytes))?;
-                batch.put_profile(p, &id, &bytes);
-                let now = timer_times(&slot.stored.profile);
-                for t in slot.persisted_timers.iter().filter(|t| !now.contains(t)) {
-                    batch.delete_timer(p, *t, &id);
-                }
-                for t in now.iter().filter(|t| !slot.persisted_timers.contains(t)) {
-                    batch.put_timer(p, *t, &id);
-                }
-                slot.dirty = false;
-                slot.persisted_timers = now;
+        let dirty: usize = self.tasks.values().map(|t| t.dirty.len()).sum();
+        let mut tasks: Vec<&mut Task> = self.tasks.values_mut().collect();
+        let threads = self.workers.min(tasks.len());
+        let encoded: Vec<task::Changes> = if threads <= 1 || dirty < PARALLEL_ENCODE {
+            tasks.into_iter().map(Task::take_changes).collect()
+        } else {
+            // Largest first, each to the least loaded thread.
+            tasks.sort_by_key(|t| std::cmp::Reverse(t.dirty.len()));
+            let mut chunks: Vec<Vec<&mut Task>> = (0..threads).map(|_| Vec::new()).collect();
+            let mut load = vec![0usize; threads];
+            for t in tasks {
+                let i = (0..threads).min_by_key(|&i| load[i]).unwrap_or(0);
+                load[i] += t.dirty.len();
+                chunks[i].push(t);
             }
-            if task.watermark_dirty {
-                task.watermark_dirty = false;
-                emit((p, WATERMARK_KEY, &task.watermark.to_be_bytes()))?;
-                batch.set_watermark(p, task.watermark);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = chunks
+                    .into_iter()
+                    .map(|chunk| {
+                        scope.spawn(move || {
+                            chunk
+                                .into_iter()
+                                .map(Task::take_changes)
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect()
+            })
+        };
+        for c in encoded {
+            let p = c.partition;
+            for (id, bytes, gone, new) in &c.profiles {
+                emit((p, id.as_bytes(), bytes))?;
+                batch.put_profile(p, id, bytes);
+                for t in gone {
+                    batch.delete_timer(p, *t, id);
+                }
+                for t in new {
+                    batch.put_timer(p, *t, id);
+                }
+            }
+            if let Some(w) = c.watermark {
+                emit((p, WATERMARK_KEY, &w.to_be_bytes()))?;
+                batch.set_watermark(p, w);
             }
         }
         Ok(())

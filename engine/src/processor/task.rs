@@ -126,6 +126,40 @@ impl Task {
         Ok(())
     }
 
+    /// Encodes the profiles changed since the last call and marks them clean,
+    /// with the timer index entries to remove and add, and the watermark if it
+    /// moved: what a commit writes for this partition.
+    pub fn take_changes(&mut self) -> Changes {
+        let mut profiles = Vec::with_capacity(self.dirty.len());
+        for id in std::mem::take(&mut self.dirty) {
+            let Some(slot) = self.profiles.get_mut(id.as_str()) else {
+                continue;
+            };
+            let bytes = slot.stored.encode();
+            let now = timer_times(&slot.stored.profile);
+            let gone: TimerTimes = slot
+                .persisted_timers
+                .iter()
+                .filter(|t| !now.contains(t))
+                .copied()
+                .collect();
+            let new: TimerTimes = now
+                .iter()
+                .filter(|t| !slot.persisted_timers.contains(t))
+                .copied()
+                .collect();
+            slot.dirty = false;
+            slot.persisted_timers = now;
+            profiles.push((id, bytes, gone, new));
+        }
+        let watermark = std::mem::take(&mut self.watermark_dirty).then_some(self.watermark);
+        Changes {
+            partition: self.partition,
+            profiles,
+            watermark,
+        }
+    }
+
     /// Notes that `topic` is applied up to `offset`.
     pub fn applied_to(&mut self, topic: &str, offset: i64) {
         match self.applied.iter_mut().find(|(t, _)| t == topic) {
@@ -141,6 +175,15 @@ impl Task {
             .find(|(t, _)| t == topic)
             .map(|(_, n)| *n)
     }
+}
+
+/// What a commit writes for one partition ([`Task::take_changes`]).
+pub(crate) struct Changes {
+    pub partition: i32,
+    /// Changed profiles: id, stored encoding, timer index entries to remove and to add.
+    pub profiles: Vec<(CompactString, Vec<u8>, TimerTimes, TimerTimes)>,
+    /// The watermark, when it moved.
+    pub watermark: Option<i64>,
 }
 
 /// Due times of a profile's timers; a profile rarely waits on more than four.
