@@ -45,6 +45,28 @@ pub struct AppState {
     pub pseudonymizer: Option<Arc<crate::pseudonym::Pseudonymizer>>,
 }
 
+impl AppState {
+    /// What the handlers of an engine running on `cfg` in this process read,
+    /// serving the profiles stored here (no owner lookup across a group).
+    pub fn local(
+        cfg: &crate::Config,
+        state: Arc<StateStore>,
+        metrics: Metrics,
+        progress: Arc<Progress>,
+    ) -> Self {
+        AppState {
+            metrics,
+            state,
+            progress,
+            emotion: cfg.emotion.clone(),
+            owners: None,
+            instance_id: cfg.engine.instance_id.clone(),
+            bearer: cfg.http.bearer.clone(),
+            pseudonymizer: cfg.pseudonymizer.clone(),
+        }
+    }
+}
+
 /// The router, separate from serving so tests can call it directly.
 pub fn router(app: AppState) -> Router {
     Router::new()

@@ -74,15 +74,10 @@ pub fn replay(
     )?
     .with_seen_limits(cfg.engine.seen_limits())
     .with_pseudonymizer(cfg.pseudonymizer.clone());
-    if cfg.identity.stitching {
-        processor = processor.with_stitching(crate::processor::StitchRules {
-            topic: REPARTITION.into(),
-            rules: cfg
-                .identity
-                .rules()
-                .map_err(|(k, e)| anyhow::anyhow!("{k}: {e}"))?,
-        });
-    }
+    processor = processor.with_stitching(crate::processor::StitchRules::of(
+        &cfg.identity,
+        REPARTITION.into(),
+    )?);
     processor.start_partition(0)?;
     let mut internal = 0i64;
     let mut summary = Summary::default();

@@ -79,16 +79,7 @@ fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> (EngineHandle, Metrics, 
     let endpoint = ErasureEndpoint::from_config(cfg, engine.key_rule)
         .unwrap()
         .expect("the endpoint is on with a token");
-    let app = AppState {
-        metrics: metrics.clone(),
-        state,
-        progress: engine.progress.clone(),
-        emotion: cfg.emotion.clone(),
-        owners: None,
-        instance_id: cfg.engine.instance_id.clone(),
-        bearer: None,
-        pseudonymizer: None,
-    };
+    let app = AppState::local(cfg, state, metrics.clone(), engine.progress.clone());
     let router = rapport::http::router(app).merge(endpoint.routes());
     let addr = format!("127.0.0.1:{}", free_port());
     let a: std::net::SocketAddr = addr.parse().unwrap();

@@ -91,16 +91,12 @@ fn anonymous_views_on_one_partition_count_for_the_customer_on_another() {
         .enable_all()
         .build()
         .unwrap();
-    let app = AppState {
-        metrics: metrics.clone(),
-        state: state.clone(),
-        progress: engine.progress.clone(),
-        emotion: cfg.emotion.clone(),
-        owners: None,
-        instance_id: cfg.engine.instance_id.clone(),
-        bearer: None,
-        pseudonymizer: None,
-    };
+    let app = AppState::local(
+        &cfg,
+        state.clone(),
+        metrics.clone(),
+        engine.progress.clone(),
+    );
     let addr = format!("127.0.0.1:{}", free_port());
     let a: std::net::SocketAddr = addr.parse().unwrap();
     rt.spawn(async move { rapport::http::serve_router(a, rapport::http::router(app)).await });

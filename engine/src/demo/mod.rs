@@ -201,16 +201,15 @@ fn run_on(bootstrap: &str, opts: &DemoOptions) -> anyhow::Result<()> {
     let engine = runtime::start(cfg.clone(), state.clone(), metrics.clone())?;
     if let Some(addr) = cfg.http.addr() {
         let app = crate::http::AppState {
-            metrics: metrics.clone(),
-            state: state.clone(),
-            progress: engine.progress.clone(),
-            emotion: cfg.emotion.clone(),
             owners: crate::owners::Owners::new(&cfg, engine.key_rule)
                 .ok()
                 .map(Arc::new),
-            instance_id: cfg.engine.instance_id.clone(),
-            bearer: cfg.http.bearer.clone(),
-            pseudonymizer: cfg.pseudonymizer.clone(),
+            ..crate::http::AppState::local(
+                &cfg,
+                state.clone(),
+                metrics.clone(),
+                engine.progress.clone(),
+            )
         };
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()

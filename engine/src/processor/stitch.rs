@@ -24,6 +24,21 @@ pub struct StitchRules {
     pub rules: IdentityRules,
 }
 
+impl StitchRules {
+    /// The rules of a valid `[identity]` section, with messages on `topic`;
+    /// `None` with stitching off.
+    pub fn of(
+        cfg: &crate::identity::IdentityConfig,
+        topic: String,
+    ) -> anyhow::Result<Option<Self>> {
+        if !cfg.stitching {
+            return Ok(None);
+        }
+        let rules = cfg.rules().map_err(|(k, e)| anyhow::anyhow!("{k}: {e}"))?;
+        Ok(Some(StitchRules { topic, rules }))
+    }
+}
+
 /// Where a touchpoint goes, decided on the stored record it is keyed to.
 #[derive(Debug)]
 pub(super) enum Routed {
@@ -168,9 +183,10 @@ pub(super) fn anonymous_home(
 
 impl Processor {
     /// Stitches anonymous histories into customers' profiles through the
-    /// repartition topic `rules.topic` (see [`crate::identity`]).
-    pub fn with_stitching(mut self, rules: StitchRules) -> Self {
-        self.shared.stitch = Some(rules);
+    /// repartition topic `rules.topic` (see [`crate::identity`]); `None` leaves
+    /// identities as they come.
+    pub fn with_stitching(mut self, rules: Option<StitchRules>) -> Self {
+        self.shared.stitch = rules;
         self
     }
 

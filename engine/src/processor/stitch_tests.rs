@@ -44,10 +44,7 @@ impl Cluster {
         let rule = KeyRule::new(Partitioner::Murmur2, PARTITIONS);
         let mut p = Processor::new(1 << 20, rule, journeys, state, Metrics::new(), 1000)
             .unwrap()
-            .with_stitching(StitchRules {
-                topic: REPARTITION.into(),
-                rules: identity.rules().unwrap(),
-            });
+            .with_stitching(StitchRules::of(&identity, REPARTITION.into()).unwrap());
         for n in 0..PARTITIONS {
             p.start_partition(n).unwrap();
         }

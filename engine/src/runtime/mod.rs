@@ -282,15 +282,10 @@ impl Worker {
                 after: cfg.privacy.after_erasure,
             });
         }
-        if cfg.identity.stitching {
-            processor = processor.with_stitching(crate::processor::StitchRules {
-                topic: cfg.identity.repartition(&cfg.kafka.group_id),
-                rules: cfg
-                    .identity
-                    .rules()
-                    .map_err(|(k, e)| anyhow::anyhow!("{k}: {e}"))?,
-            });
-        }
+        processor = processor.with_stitching(crate::processor::StitchRules::of(
+            &cfg.identity,
+            cfg.identity.repartition(&cfg.kafka.group_id),
+        )?);
         let core = Arc::new(Mutex::new(Core {
             processor,
             dead_letter_room: layout.dead_letter_max_bytes.min(producer_max) - 8 * 1024,
