@@ -22,7 +22,7 @@ use rapport::ingest::route::KeyRule;
 use rapport::ingest::Decoder;
 use rapport::kafka::{ensure_topics, TopicSpec};
 use rapport::metrics::Metrics;
-use rapport::processor::{Processor, Record};
+use rapport::processor::{Processor, Record, AHEAD};
 use rapport::runtime::{self, restore_partition, Restorer};
 use rapport::state::{StateStore, Stored};
 use rapport_connectors::publish::send_when_room;
@@ -304,16 +304,22 @@ fn replay_pass(records: &[Vec<u8>], customers: u64) -> anyhow::Result<(f64, usiz
     processor.start_partition(0)?;
     let mut out = Vec::new();
     let mut fired = 0usize;
+    let record = |i: usize| Record {
+        topic: "bench",
+        partition: 0,
+        offset: i as i64,
+        key: None,
+        value: &records[i],
+    };
     let started = Instant::now();
-    for (i, value) in records.iter().enumerate() {
-        let record = Record {
-            topic: "bench",
-            partition: 0,
-            offset: i as i64,
-            key: None,
-            value,
-        };
-        processor.process(&record, &mut out)?;
+    for i in 0..records.len().min(AHEAD) {
+        processor.look_ahead(&record(i));
+    }
+    for i in 0..records.len() {
+        if i + AHEAD < records.len() {
+            processor.look_ahead(&record(i + AHEAD));
+        }
+        processor.process(&record(i), &mut out)?;
         fired += out.len();
         out.clear();
     }

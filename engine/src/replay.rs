@@ -7,6 +7,7 @@
 //! the action topic) are the live engine's. The same input gives byte-identical
 //! output.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use rapport_model::Action;
 use crate::config::Config;
 use crate::ingest::route::KeyRule;
 use crate::metrics::Metrics;
-use crate::processor::{Outcome, Processor, Record};
+use crate::processor::{Outcome, Processor, Record, AHEAD};
 use crate::state::{StateBatch, StateStore};
 
 /// Records between two writes of the changed profiles to RocksDB.
@@ -82,18 +83,24 @@ pub fn replay(
     let mut internal = 0i64;
     let mut summary = Summary::default();
     let mut actions: Vec<Action> = Vec::new();
-    for (n, line) in input.lines().enumerate() {
-        let line = line.context("reading the events")?;
-        if line.trim().is_empty() {
-            continue;
+    let mut lines = input.lines().enumerate();
+    // The next records, already handed to the processor to look ahead at.
+    let mut window: VecDeque<(usize, String)> = VecDeque::with_capacity(AHEAD + 1);
+    loop {
+        while window.len() <= AHEAD {
+            let Some((n, line)) = lines.next() else {
+                break;
+            };
+            let line = line.context("reading the events")?;
+            if !line.trim().is_empty() {
+                processor.look_ahead(&record(n, &line));
+                window.push_back((n, line));
+            }
         }
-        let record = Record {
-            topic: "replay",
-            partition: 0,
-            offset: n as i64,
-            key: None,
-            value: line.as_bytes(),
+        let Some((n, line)) = window.pop_front() else {
+            break;
         };
+        let record = record(n, &line);
         summary.records += 1;
         match processor.process(&record, &mut actions)? {
             Outcome::Applied => summary.applied += 1,
@@ -125,6 +132,17 @@ pub fn replay(
     write_decisions(&mut processor, decisions, out, &mut summary)?;
     out.flush()?;
     Ok(summary)
+}
+
+/// Line `n` of the input as a record of the one partition a replay has.
+fn record(n: usize, line: &str) -> Record<'_> {
+    Record {
+        topic: "replay",
+        partition: 0,
+        offset: n as i64,
+        key: None,
+        value: line.as_bytes(),
+    }
 }
 
 /// The repartition topic of a replay: identity messages go round within the

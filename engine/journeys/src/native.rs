@@ -333,6 +333,11 @@ fn truth<'a>(n: &'a Node, b: &Bindings<'a>) -> Result<bool, NoValue> {
 
 fn compare(op: Cmp, x: NVal<'_>, y: NVal<'_>) -> Result<bool, NoValue> {
     use std::cmp::Ordering;
+    // Most string comparisons are (in)equality with a literal: lengths differ
+    // for most pairs, so no byte needs comparing.
+    if let (NVal::Str(a), NVal::Str(b), Cmp::Eq | Cmp::Ne) = (&x, &y, op) {
+        return Ok((a == b) == matches!(op, Cmp::Eq));
+    }
     let ord: Option<Ordering> = match (x, y) {
         (NVal::Bool(a), NVal::Bool(b)) => Some(a.cmp(&b)),
         (NVal::Int(a), NVal::Int(b)) => Some(a.cmp(&b)),

@@ -9,6 +9,7 @@ pub mod action;
 pub mod duration;
 pub mod emotion;
 pub mod policy;
+pub mod prefetch;
 pub mod profile;
 pub mod seen;
 pub mod testing;

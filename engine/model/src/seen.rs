@@ -145,6 +145,14 @@ impl SeenEvents {
         self.entries.iter().any(|e| e.hash == hash)
     }
 
+    /// Starts loading the newest ids, where the next one is appended (see
+    /// [`crate::prefetch`]).
+    pub fn prefetch(&self) {
+        let (older, newer) = self.entries.as_slices();
+        let newest = if newer.is_empty() { older } else { newer };
+        crate::prefetch::slice(&newest[newest.len().saturating_sub(4)..]);
+    }
+
     /// Remembers the event `event_id` at `at_ms` unless it is a repeat; returns
     /// whether it is new (to be applied). `newest_ms` is the customer's newest
     /// event time so far, which the age bound counts back from.

@@ -7,10 +7,12 @@
 //! ([`task`]): profiles, timers, watermark and applied offsets keyed by
 //! (partition, customer), never by customer alone.
 
+mod ahead;
 mod erase;
 mod stitch;
 pub(crate) mod task;
 
+pub use self::ahead::AHEAD;
 pub use self::erase::PrivacyRules;
 pub use self::stitch::StitchRules;
 
@@ -215,6 +217,16 @@ impl Processor {
         }
     }
 
+    /// Decodes record `r` ahead of its turn and starts loading its customer's
+    /// profile into the CPU cache ([`ahead`]): callers that know the next
+    /// records call it [`AHEAD`] records before processing each. Processing is
+    /// the same with or without it, only faster.
+    pub fn look_ahead(&mut self, r: &Record<'_>) {
+        if let Some(task) = self.tasks.get_mut(&r.partition) {
+            Lane::new(&self.shared, task).look_ahead(r);
+        }
+    }
+
     /// Processes a batch of records, each partition's in order and the
     /// partitions in parallel on up to `workers` threads (a customer belongs to
     /// one partition, so each customer's records and actions keep their order).
@@ -235,7 +247,13 @@ impl Processor {
             let mut done = Vec::new();
             for (task, idx) in chunk {
                 let mut lane = Lane::new(shared, task);
-                for i in idx {
+                for &i in idx.iter().take(AHEAD) {
+                    lane.look_ahead(&records[i]);
+                }
+                for (k, &i) in idx.iter().enumerate() {
+                    if let Some(&next) = idx.get(k + AHEAD) {
+                        lane.look_ahead(&records[next]);
+                    }
                     let mut actions = Vec::new();
                     let outcome = lane.process(&records[i], &mut actions)?;
                     done.push((i, Processed { outcome, actions }));
@@ -457,7 +475,7 @@ impl<'a> Lane<'a> {
         let rule = self.sh.rule;
         let pseudonymizer = self.sh.pseudonymizer.as_deref();
         let stitch = self.sh.stitch.as_ref();
-        let checked = self.sh.decoder.decode(r.value).and_then(|mut tp| {
+        let checked = self.decode(r).and_then(|mut tp| {
             let id = tp.identity().unwrap_or_default();
             rule.check(r.key, id, r.partition)?;
             // Where a linked anonymous id lives is computed from its clear id.

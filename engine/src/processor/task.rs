@@ -47,6 +47,8 @@ pub(crate) struct Task {
     pub scratch: Scratch,
     /// The suppression list and the erasures waiting for the commit.
     pub privacy: crate::privacy::erasure::TaskPrivacy,
+    /// Records decoded ahead of their turn ([`super::ahead`]).
+    pub ahead: super::ahead::Ahead,
 }
 
 /// What a partition's records are processed with, kept per partition so that
@@ -83,6 +85,7 @@ impl Task {
             started: false,
             scratch: Scratch::default(),
             privacy: crate::privacy::erasure::TaskPrivacy::load(state, p)?,
+            ahead: Default::default(),
         })
     }
 
@@ -124,6 +127,19 @@ impl Task {
             }
         }
         Ok(())
+    }
+
+    /// Starts loading customer `id`'s profile into the CPU cache, if it is
+    /// held here: its boxed record, or with `lists` (once the record is in
+    /// cache) the lists each touchpoint reads.
+    pub fn prefetch(&self, id: &str, lists: bool) {
+        if let Some(slot) = self.profiles.get(id) {
+            if lists {
+                slot.stored.profile.prefetch_lists();
+            } else {
+                rapport_model::prefetch::value(&*slot.stored);
+            }
+        }
     }
 
     /// Encodes the profiles changed since the last call and marks them clean,

@@ -263,6 +263,22 @@ impl Profile {
         (latest, latest.zip(before).map(|(l, b)| l.score - b.score))
     }
 
+    /// Starts loading the lists every touchpoint reads or appends to (see
+    /// [`crate::prefetch`]); the processor calls it a record ahead, once the
+    /// profile itself is in cache.
+    pub fn prefetch_lists(&self) {
+        use crate::prefetch::slice;
+        slice(&self.products);
+        slice(&self.windows.series);
+        let (recent, wrapped) = self.recent.as_slices();
+        slice(recent);
+        slice(wrapped);
+        self.seen_events.prefetch();
+        slice(&self.timers);
+        slice(&self.journey_entries);
+        slice(&self.delivery.sent);
+    }
+
     /// An empty profile for `id`.
     pub fn new(id: &str) -> Self {
         Profile {
