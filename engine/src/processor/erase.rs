@@ -159,7 +159,7 @@ impl Lane<'_> {
     /// recorded for them.
     fn linked(&self, id: &str) -> Result<(Vec<String>, Homes), StateError> {
         let stored = match self.task.profiles.get(id) {
-            Some(slot) => Some((*slot.stored).clone()),
+            Some(slot) => Some(slot.stored.clone()),
             None => self.sh.state.get(self.task.partition, id)?,
         };
         let Some(s) = stored else {
@@ -250,11 +250,11 @@ impl Lane<'_> {
     /// Caches an empty profile for `id`, so that a re-consent in the interval of
     /// the erasure (not yet committed to RocksDB) does not read the old profile back.
     fn start_fresh(&mut self, id: &str) {
-        let slot = Slot {
-            stored: Box::new(Stored::fresh(id)),
+        let slot = Box::new(Slot {
+            stored: Stored::fresh(id),
             dirty: false,
             persisted_timers: Default::default(),
-        };
+        });
         self.task.profiles.insert(CompactString::from(id), slot);
     }
 }

@@ -11,12 +11,13 @@ use rapport_model::Profile;
 
 use crate::state::{StateError, StateStore, Stored};
 
-/// A profile held in memory, and what is needed to write it back. The profile
-/// is boxed so that the cache's table holds small entries: a table sized for
-/// its peak (tables grow by doubling) then costs a pointer per empty bucket,
-/// not a whole profile.
+/// A profile held in memory, and what is needed to write it back. Slots are
+/// boxed so that the cache's table holds small entries (an id and a pointer):
+/// a table sized for its peak (tables grow by doubling) then costs a pointer
+/// per empty bucket, not a whole profile, and the table of a partition's
+/// active customers stays in the CPU's cache.
 pub(crate) struct Slot {
-    pub stored: Box<Stored>,
+    pub stored: Stored,
     pub dirty: bool,
     /// Timer times currently in the persisted index.
     pub persisted_timers: TimerTimes,
@@ -28,7 +29,7 @@ pub(crate) struct Task {
     /// Decoded profiles by customer id; the dirty ones are written at the next
     /// commit. Ids up to 24 bytes are stored in the table itself, so finding a
     /// profile does not chase a pointer to compare its key.
-    pub profiles: hashbrown::HashMap<CompactString, Slot>,
+    pub profiles: hashbrown::HashMap<CompactString, Box<Slot>>,
     /// Ids of the profiles changed since the last commit.
     pub dirty: Vec<CompactString>,
     /// Pending timers, `(fire_at, customer id)`.
@@ -105,11 +106,11 @@ impl Task {
                     .get(self.partition, id)?
                     .unwrap_or_else(|| Stored::fresh(id));
                 let persisted_timers = timer_times(&stored.profile);
-                e.insert(Slot {
-                    stored: Box::new(stored),
+                e.insert(Box::new(Slot {
+                    stored,
                     dirty: false,
                     persisted_timers,
-                })
+                }))
             }
         };
         let before = timer_times(&slot.stored.profile);
@@ -137,7 +138,7 @@ impl Task {
             if lists {
                 slot.stored.profile.prefetch_lists();
             } else {
-                rapport_model::prefetch::value(&*slot.stored);
+                rapport_model::prefetch::value(&**slot);
             }
         }
     }
