@@ -29,27 +29,54 @@ const LIMIT: usize = 4 * AHEAD;
 #[derive(Default)]
 pub(crate) struct Ahead {
     queue: VecDeque<Decoded>,
+    /// The partition's touchpoint topics (a few), which entries refer to by
+    /// position so that looking ahead allocates nothing for the name.
+    topics: Vec<Box<str>>,
 }
 
 /// One record decoded ahead.
 struct Decoded {
-    topic: Box<str>,
+    /// Position of the record's topic in [`Ahead::topics`].
+    topic: usize,
     offset: i64,
     touchpoint: Result<Touchpoint, Rejection>,
 }
 
-impl Decoded {
-    fn is(&self, r: &Record<'_>) -> bool {
-        self.offset == r.offset && *self.topic == *r.topic
-    }
-}
-
 impl Ahead {
+    /// The position of `topic` in [`Ahead::topics`], if known.
+    fn topic(&self, topic: &str) -> Option<usize> {
+        self.topics.iter().position(|t| **t == *topic)
+    }
+
+    /// The position of `r` in the queue, if it was looked at.
+    fn find(&self, r: &Record<'_>) -> Option<usize> {
+        let topic = self.topic(r.topic)?;
+        self.queue
+            .iter()
+            .position(|d| d.offset == r.offset && d.topic == topic)
+    }
+
     /// The decoding of `r` if it was looked at, dropping entries before it.
     fn take(&mut self, r: &Record<'_>) -> Option<Result<Touchpoint, Rejection>> {
-        let at = self.queue.iter().position(|d| d.is(r))?;
+        let at = self.find(r)?;
         self.queue.drain(..at);
         self.queue.pop_front().map(|d| d.touchpoint)
+    }
+
+    /// Queues the decoding of `r`, dropping the oldest entry when full.
+    fn push(&mut self, r: &Record<'_>, touchpoint: Result<Touchpoint, Rejection>) {
+        let topic = self.topic(r.topic).unwrap_or_else(|| {
+            self.topics.push(r.topic.into());
+            self.topics.len() - 1
+        });
+        if self.queue.len() == LIMIT {
+            self.queue.pop_front();
+        }
+        self.queue.push_back(Decoded {
+            topic,
+            offset: r.offset,
+            touchpoint,
+        });
     }
 }
 
@@ -62,22 +89,14 @@ impl Lane<'_> {
         let sh = self.sh;
         let internal = sh.privacy.as_ref().is_some_and(|p| p.topic == r.topic)
             || sh.stitch.as_ref().is_some_and(|s| s.topic == r.topic);
-        if internal || self.task.ahead.queue.iter().any(|d| d.is(r)) {
+        if internal || self.task.ahead.find(r).is_some() {
             return;
         }
         let touchpoint = sh.decoder.decode(r.value);
         if let (Ok(tp), None) = (&touchpoint, &sh.pseudonymizer) {
             self.task.prefetch(tp.identity().unwrap_or_default(), false);
         }
-        let queue = &mut self.task.ahead.queue;
-        if queue.len() == LIMIT {
-            queue.pop_front();
-        }
-        queue.push_back(Decoded {
-            topic: r.topic.into(),
-            offset: r.offset,
-            touchpoint,
-        });
+        self.task.ahead.push(r, touchpoint);
     }
 
     /// The decoding of `r`: the one made ahead, if any, or made now. Also
