@@ -273,6 +273,7 @@ fn replay(events: usize, customers: u64) -> anyhow::Result<()> {
     for _ in 0..3 {
         let (secs, actions) = replay_pass(&records, customers)?;
         rates.push(events as f64 / secs);
+        eprintln!("replay pass: {:.0} events/s", events as f64 / secs);
         fired = actions;
     }
     rates.sort_by(f64::total_cmp);

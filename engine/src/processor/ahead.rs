@@ -39,7 +39,8 @@ struct Decoded {
     /// Position of the record's topic in [`Ahead::topics`].
     topic: usize,
     offset: i64,
-    touchpoint: Result<Touchpoint, Rejection>,
+    /// Boxed: a touchpoint is a few hundred bytes, moved in and out of the queue.
+    touchpoint: Result<Box<Touchpoint>, Rejection>,
 }
 
 impl Ahead {
@@ -57,14 +58,14 @@ impl Ahead {
     }
 
     /// The decoding of `r` if it was looked at, dropping entries before it.
-    fn take(&mut self, r: &Record<'_>) -> Option<Result<Touchpoint, Rejection>> {
+    fn take(&mut self, r: &Record<'_>) -> Option<Result<Box<Touchpoint>, Rejection>> {
         let at = self.find(r)?;
         self.queue.drain(..at);
         self.queue.pop_front().map(|d| d.touchpoint)
     }
 
     /// Queues the decoding of `r`, dropping the oldest entry when full.
-    fn push(&mut self, r: &Record<'_>, touchpoint: Result<Touchpoint, Rejection>) {
+    fn push(&mut self, r: &Record<'_>, touchpoint: Result<Box<Touchpoint>, Rejection>) {
         let topic = self.topic(r.topic).unwrap_or_else(|| {
             self.topics.push(r.topic.into());
             self.topics.len() - 1
@@ -92,7 +93,7 @@ impl Lane<'_> {
         if internal || self.task.ahead.find(r).is_some() {
             return;
         }
-        let touchpoint = sh.decoder.decode(r.value);
+        let touchpoint = sh.decoder.decode(r.value).map(Box::new);
         if let (Ok(tp), None) = (&touchpoint, &sh.pseudonymizer) {
             self.task.prefetch(tp.identity().unwrap_or_default(), false);
         }
@@ -101,7 +102,7 @@ impl Lane<'_> {
 
     /// The decoding of `r`: the one made ahead, if any, or made now. Also
     /// starts loading the lists of the next record's profile.
-    pub(super) fn decode(&mut self, r: &Record<'_>) -> Result<Touchpoint, Rejection> {
+    pub(super) fn decode(&mut self, r: &Record<'_>) -> Result<Box<Touchpoint>, Rejection> {
         let task = &mut *self.task;
         let decoded = task.ahead.take(r);
         if let (Some(Ok(next)), None) = (
@@ -110,7 +111,7 @@ impl Lane<'_> {
         ) {
             task.prefetch(next.identity().unwrap_or_default(), true);
         }
-        decoded.unwrap_or_else(|| self.sh.decoder.decode(r.value))
+        decoded.unwrap_or_else(|| self.sh.decoder.decode(r.value).map(Box::new))
     }
 }
 
