@@ -29,6 +29,11 @@ const SUPPRESSED: u8 = b's';
 /// Version 3 adds flags and the identity state; version 2 keeps source offsets
 /// per topic and partition; version 1 (per topic) is still read.
 const ENVELOPE_VERSION: u8 = 3;
+
+/// Bytes first reserved for an encoded profile, enough for a typical one (a
+/// few hundred bytes), so most are encoded into one allocation.
+const ENCODED_CAPACITY: usize = 512;
+
 /// Envelope flag: the id has been a touchpoint's customer id.
 const FLAG_KNOWN: u8 = 1;
 /// Envelope flag: identity state follows the source offsets.
@@ -116,14 +121,15 @@ impl Stored {
     /// Encodes for RocksDB and the changelog: version, flags, sources, the
     /// identity state when there is one, then the profile.
     pub fn encode(&self) -> Vec<u8> {
-        let body = self.profile.encode();
         let identity = self
             .identity
             .as_deref()
             .filter(|i| !i.is_empty())
             .map(|i| postcard::to_allocvec(i).unwrap_or_default());
         let mut out = Vec::with_capacity(
-            3 + self.sources.len() * 16 + body.len() + identity.as_ref().map_or(0, |i| 4 + i.len()),
+            ENCODED_CAPACITY
+                + self.sources.len() * 16
+                + identity.as_ref().map_or(0, |i| 4 + i.len()),
         );
         out.push(ENVELOPE_VERSION);
         let flags = if self.known { FLAG_KNOWN } else { 0 }
@@ -139,7 +145,7 @@ impl Stored {
             out.extend_from_slice(&(i.len() as u32).to_le_bytes());
             out.extend_from_slice(&i);
         }
-        out.extend_from_slice(&body);
+        self.profile.encode_into(&mut out);
         out
     }
 
@@ -743,6 +749,8 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(bytes[0], ENVELOPE_VERSION);
         assert_eq!(Stored::decode("c-fixture", 3, &bytes).unwrap(), stored);
+        // And this release writes those very bytes.
+        assert_eq!(stored.encode(), bytes);
     }
 
     /// Profiles stored in envelope version 2 (before identity stitching) still

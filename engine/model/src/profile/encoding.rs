@@ -150,10 +150,17 @@ pub enum DecodeError {
 impl Profile {
     /// Encodes the profile for storage: a version byte, then the postcard body.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![PROFILE_ENCODING_VERSION];
-        // Serialising plain owned data to a Vec cannot fail.
-        out.extend(postcard::to_allocvec(self).unwrap_or_default());
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
         out
+    }
+
+    /// [`Profile::encode`], appended to `out`: a commit encodes thousands of
+    /// profiles, each into its record's one buffer, without an intermediate copy.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.push(PROFILE_ENCODING_VERSION);
+        // Serialising plain owned data to a Vec cannot fail.
+        let _ = postcard::serialize_with_flavor(self, Append(out));
     }
 
     /// Decodes a stored profile.
@@ -166,5 +173,26 @@ impl Profile {
             Some((&1, body)) => Ok(postcard::from_bytes::<ProfileV1>(body)?.into()),
             Some((&v, _)) => Err(DecodeError::UnknownVersion(v)),
         }
+    }
+}
+
+/// A postcard output that appends to a borrowed `Vec`.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
