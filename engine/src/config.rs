@@ -93,10 +93,9 @@ pub struct KafkaConfig {
     /// Extra librdkafka producer properties.
     pub producer: BTreeMap<String, String>,
     /// Bytes of fetched records the consumer may hold ahead of processing, MiB,
-    /// with librdkafka's bookkeeping for them: shared over the input
-    /// partitions an instance may be given (see [`crate::kafka::consumer_config`]),
-    /// so the prefetch is bounded in bytes whatever the record sizes and the
-    /// number of partitions.
+    /// with librdkafka's bookkeeping for them and the fetch on its way in
+    /// (see [`crate::kafka::consumer_config`]), so the prefetch is bounded in
+    /// bytes whatever the record sizes and the number of partitions.
     pub prefetch_mb: usize,
     /// Bytes each of the engine's two producers may hold unacknowledged, MiB
     /// (`queue.buffering.max.kbytes`; librdkafka's default is 1 GiB).
