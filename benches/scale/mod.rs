@@ -132,9 +132,9 @@ listen = ""
 "#,
         journeys = journeys.display(),
         state = dir.join("state").display(),
-        // RAPPORT_BENCH_PROFILE_CACHE overrides state.profile_cache.
+        // RAPPORT_BENCH_PROFILE_CACHE overrides state.profile_cache_mb.
         cache = std::env::var("RAPPORT_BENCH_PROFILE_CACHE")
-            .map(|n| format!("profile_cache = {n}"))
+            .map(|n| format!("profile_cache_mb = {n}"))
             .unwrap_or_default(),
     );
     let mut table: toml::Table = text.parse()?;

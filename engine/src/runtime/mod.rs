@@ -264,7 +264,7 @@ impl Worker {
             cfg.journeys()?,
             state.clone(),
             metrics.clone(),
-            cfg.state.profile_cache,
+            cfg.state.profile_cache_mb << 20,
         )?
         .with_workers(cfg.engine.workers())
         .with_seen_limits(cfg.engine.seen_limits())
