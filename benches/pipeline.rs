@@ -300,7 +300,8 @@ fn replay_pass(records: &[Vec<u8>], customers: u64) -> anyhow::Result<(f64, usiz
         Arc::new(CompiledJourneys::shipped()?),
         state,
         Metrics::new(),
-        customers as usize,
+        // Room for every customer's profile: the pass measures the pipeline, not the cache.
+        (customers as usize).saturating_mul(16 << 10),
     )?;
     processor.start_partition(0)?;
     let mut out = Vec::new();

@@ -21,24 +21,14 @@ use rdkafka::TopicPartitionList;
 /// One run with `customers` customers.
 pub fn scale(bootstrap: &str, customers: u64) -> anyhow::Result<()> {
     let s = super::suffix();
-    let input = format!("bench.scale.{s}");
     let events = customers.max(200_000);
-    super::rt().block_on(ensure_topics(bootstrap, &[TopicSpec::new(&input, 4)]))?;
-    let mut sim = Simulator::new(SimConfig {
-        customers,
-        seed: 11,
-        malformed_per_mille: 0,
-    });
-    let (stop, sent) = (AtomicBool::new(false), AtomicU64::new(0));
-    rapport_connectors::publish::publish(
-        bootstrap,
-        &input,
-        &mut sim,
-        0,
-        Some(events),
-        &stop,
-        &sent,
-    )?;
+    // RAPPORT_BENCH_SCALE_INPUT names an input topic to create once and keep, so
+    // that runs with other settings (RAPPORT_BENCH_SCALE_CONFIG) read the same input.
+    let kept = std::env::var("RAPPORT_BENCH_SCALE_INPUT").ok();
+    let input = kept.clone().unwrap_or_else(|| format!("bench.scale.{s}"));
+    if kept.is_none() || !topic_has_records(bootstrap, &input) {
+        publish_input(bootstrap, &input, customers, events)?;
+    }
     let dir = tempfile::tempdir()?;
     let config = write_config(dir.path(), bootstrap, &input, &s)?;
     let started = Instant::now();
@@ -64,16 +54,16 @@ pub fn scale(bootstrap: &str, customers: u64) -> anyhow::Result<()> {
         .status();
     let _ = child.wait();
     let state_mib = dir_bytes(&dir.path().join("state")) as f64 / (1 << 20) as f64;
-    delete_topics(
-        bootstrap,
-        &[
-            input.clone(),
-            format!("bench.scale.actions.{s}"),
-            format!("bench.scale.dlq.{s}"),
-            format!("bench.scale.decisions.{s}"),
-            format!("bench-scale-{s}-profiles-changelog"),
-        ],
-    );
+    let mut topics = vec![
+        format!("bench.scale.actions.{s}"),
+        format!("bench.scale.dlq.{s}"),
+        format!("bench.scale.decisions.{s}"),
+        format!("bench-scale-{s}-profiles-changelog"),
+    ];
+    if kept.is_none() {
+        topics.push(input.clone());
+    }
+    delete_topics(bootstrap, &topics);
     outcome?;
     println!(
         "| `rapport run` in its own process, {customers} customers, {events} events, the shipped journeys and policy, default memory settings | peak RSS {} MiB, RSS at the end {} MiB, RocksDB on disk after a clean stop {state_mib:.0} MiB, {:.0} events/s from start (incl. start-up) |",
@@ -82,6 +72,37 @@ pub fn scale(bootstrap: &str, customers: u64) -> anyhow::Result<()> {
         events as f64 / secs
     );
     Ok(())
+}
+
+/// Creates `input` and fills it with `events` simulated touchpoints of `customers`.
+fn publish_input(bootstrap: &str, input: &str, customers: u64, events: u64) -> anyhow::Result<()> {
+    super::rt().block_on(ensure_topics(bootstrap, &[TopicSpec::new(input, 4)]))?;
+    let mut sim = Simulator::new(SimConfig {
+        customers,
+        seed: 11,
+        malformed_per_mille: 0,
+    });
+    let (stop, sent) = (AtomicBool::new(false), AtomicU64::new(0));
+    rapport_connectors::publish::publish(
+        bootstrap,
+        input,
+        &mut sim,
+        0,
+        Some(events),
+        &stop,
+        &sent,
+    )?;
+    Ok(())
+}
+
+/// Whether `topic` exists with records in it.
+fn topic_has_records(bootstrap: &str, topic: &str) -> bool {
+    let c: Result<BaseConsumer, _> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create();
+    c.ok()
+        .and_then(|c| c.fetch_watermarks(topic, 0, Duration::from_secs(10)).ok())
+        .is_some_and(|(lo, hi)| hi > lo)
 }
 
 fn write_config(
@@ -111,14 +132,33 @@ listen = ""
 "#,
         journeys = journeys.display(),
         state = dir.join("state").display(),
-        // RAPPORT_BENCH_PROFILE_CACHE overrides state.profile_cache.
+        // RAPPORT_BENCH_PROFILE_CACHE overrides state.profile_cache_mb.
         cache = std::env::var("RAPPORT_BENCH_PROFILE_CACHE")
-            .map(|n| format!("profile_cache = {n}"))
+            .map(|n| format!("profile_cache_mb = {n}"))
             .unwrap_or_default(),
     );
+    let mut table: toml::Table = text.parse()?;
+    // RAPPORT_BENCH_SCALE_CONFIG overrides settings, as dotted keys separated by
+    // line breaks or ';', e.g. "kafka.prefetch_mb = 32; state.block_cache_mb = 32",
+    // to see what each memory setting costs.
+    if let Ok(extra) = std::env::var("RAPPORT_BENCH_SCALE_CONFIG") {
+        merge(&mut table, extra.replace(';', "\n").parse()?);
+    }
     let path = dir.join("rapport.toml");
-    std::fs::write(&path, text)?;
+    std::fs::write(&path, toml::to_string(&table)?)?;
     Ok(path)
+}
+
+/// Sets every key of `extra` in `into`, table by table.
+fn merge(into: &mut toml::Table, extra: toml::Table) {
+    for (k, v) in extra {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(t)), toml::Value::Table(e)) => merge(t, e),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
 }
 
 /// Waits until `group`'s committed offsets reach the end of `topic`, or the

@@ -93,10 +93,9 @@ pub struct KafkaConfig {
     /// Extra librdkafka producer properties.
     pub producer: BTreeMap<String, String>,
     /// Bytes of fetched records the consumer may hold ahead of processing, MiB,
-    /// with librdkafka's bookkeeping for them: shared over the input
-    /// partitions an instance may be given (see [`crate::kafka::consumer_config`]),
-    /// so the prefetch is bounded in bytes whatever the record sizes and the
-    /// number of partitions.
+    /// with librdkafka's bookkeeping for them and the fetch on its way in
+    /// (see [`crate::kafka::consumer_config`]), so the prefetch is bounded in
+    /// bytes whatever the record sizes and the number of partitions.
     pub prefetch_mb: usize,
     /// Bytes each of the engine's two producers may hold unacknowledged, MiB
     /// (`queue.buffering.max.kbytes`; librdkafka's default is 1 GiB).
@@ -166,8 +165,15 @@ pub struct StateConfig {
     pub block_cache_mb: usize,
     /// Memtable budget across all column families, MiB.
     pub write_buffer_mb: usize,
-    /// Profiles kept decoded in memory between commits.
-    pub profile_cache: usize,
+    /// Memory for profiles kept decoded between commits, MiB (estimated from
+    /// each profile's stored size; see [`crate::processor::Processor::trim_cache`]).
+    /// The profiles changed in one commit interval stay until it is committed,
+    /// on top of this.
+    pub profile_cache_mb: usize,
+    /// The count of cached profiles of earlier releases, now refused at
+    /// start-up in favour of `profile_cache_mb`.
+    #[serde(rename = "profile_cache")]
+    pub profile_cache_count: Option<toml::Value>,
     /// Skip RocksDB's write-ahead log: the changelog topic is the durable log.
     pub disable_wal: bool,
 }
@@ -178,7 +184,8 @@ impl Default for StateConfig {
             path: PathBuf::from("rapport-state"),
             block_cache_mb: 64,
             write_buffer_mb: 64,
-            profile_cache: 100_000,
+            profile_cache_mb: 64,
+            profile_cache_count: None,
             disable_wal: true,
         }
     }
@@ -658,6 +665,12 @@ impl Config {
                 "is empty; name a directory for RocksDB".into(),
             ));
         }
+        if self.state.profile_cache_count.is_some() {
+            return Err((
+                "state.profile_cache",
+                "the profile cache is bounded in memory now, not in profiles: remove profile_cache and set state.profile_cache_mb (default 64; profiles take about 1-3 KiB each)".into(),
+            ));
+        }
         if self.state.block_cache_mb == 0 || self.state.write_buffer_mb == 0 {
             return Err((
                 "state.block_cache_mb",
@@ -784,6 +797,16 @@ mod tests {
 
         let e = parse("[kafka]\ntouchpoint_topics = [\"a\"]\naction_topic = \"a\"\n").unwrap_err();
         assert_eq!(e.line, Some(3), "{e}");
+    }
+
+    #[test]
+    fn the_profile_cache_is_set_in_mebibytes_and_the_old_count_is_refused() {
+        assert_eq!(parse("").unwrap().state.profile_cache_mb, 64);
+        let c = parse("[state]\nprofile_cache_mb = 16\n").unwrap();
+        assert_eq!(c.state.profile_cache_mb, 16);
+        let e = parse("[state]\npath = \"s\"\nprofile_cache = 100000\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("state.profile_cache_mb"), "{e}");
     }
 
     #[test]

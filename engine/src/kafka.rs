@@ -46,20 +46,37 @@ pub fn client_config(k: &KafkaConfig) -> ClientConfig {
 }
 
 /// librdkafka's own bookkeeping per prefetched record (its fetch op and
-/// message header), which comes on top of the record's bytes.
-pub const PREFETCH_RECORD_OVERHEAD: usize = 256;
+/// message header, about 120 bytes measured), which comes on top of the
+/// record's bytes.
+pub const PREFETCH_RECORD_OVERHEAD: usize = 128;
+
+/// How `kafka.prefetch_mb` is spent: librdkafka fetches again while the
+/// consumer's queue holds less than an eighth of it in records (by bytes, and
+/// by count at [`PREFETCH_RECORD_OVERHEAD`] each), and a fetch brings at most a
+/// thirty-second of it, compressed. A fetch lands whole on top of the queue,
+/// decompressed (JSON touchpoints compress about 6x with lz4), into buffers
+/// librdkafka sizes up to twice what they hold and frees only once every record
+/// in them is consumed: measured, the prefetch then takes about three quarters
+/// of the budget (heaptrack, `cargo bench ... -- scale`).
+const PREFETCH_QUEUE_SHARE: usize = 8;
+/// See [`PREFETCH_QUEUE_SHARE`].
+const PREFETCH_FETCH_SHARE: usize = 32;
 
 /// Consumer settings: manual commits, read_committed, cooperative rebalancing, and
 /// deep prefetching (the engine processes faster than one fetch per partition
 /// round trip delivers with librdkafka's smaller defaults).
 ///
-/// The prefetch is bounded by `kafka.prefetch_mb` over all of the `partitions`
-/// an instance may be given: librdkafka bounds each partition's queue on its
-/// own, by the records' decompressed bytes (`queued.max.messages.kbytes`) and
-/// by their count (`queued.min.messages`), so each partition gets its share,
-/// half for the records' bytes and half for librdkafka's per-record overhead.
-pub fn consumer_config(k: &KafkaConfig, partitions: usize) -> ClientConfig {
-    let share = k.prefetch_mb.max(1) * (1 << 20) / partitions.max(1) / 2;
+/// The prefetch is bounded by `kafka.prefetch_mb`, whatever the number of
+/// partitions: every partition's fetch queue is forwarded to the consumer's one
+/// queue, which librdkafka's limits (`queued.max.messages.kbytes`,
+/// `queued.min.messages`) are checked against, and the size of one fetch
+/// (`fetch.max.bytes`, `max.partition.fetch.bytes`) is bounded too, since a
+/// fetch is added whole once the queue is below those limits.
+pub fn consumer_config(k: &KafkaConfig) -> ClientConfig {
+    let budget = k.prefetch_mb.max(1) << 20;
+    let queue = budget / PREFETCH_QUEUE_SHARE;
+    // librdkafka refuses a fetch.max.bytes below message.max.bytes (1000000).
+    let fetch = (budget / PREFETCH_FETCH_SHARE).clamp(1 << 20, 50 << 20);
     let mut c = client_config(k);
     c.set("group.id", &k.group_id)
         .set("enable.auto.commit", "false")
@@ -68,28 +85,23 @@ pub fn consumer_config(k: &KafkaConfig, partitions: usize) -> ClientConfig {
         .set("isolation.level", "read_committed")
         .set("partition.assignment.strategy", "cooperative-sticky")
         // Keep a deep local queue so processing never waits for a fetch round
-        // trip, bounded in bytes (kafka.prefetch_mb), split over the partitions.
+        // trip, bounded in bytes (kafka.prefetch_mb).
         .set(
             "queued.min.messages",
-            (share / PREFETCH_RECORD_OVERHEAD).max(1000).to_string(),
+            (queue / PREFETCH_RECORD_OVERHEAD).max(1000).to_string(),
         )
         .set(
             "queued.max.messages.kbytes",
-            (share / 1024).max(1024).to_string(),
+            (queue / 1024).max(1024).to_string(),
         )
-        // When a partition's queue is full, look again soon: librdkafka's
-        // default waits a second, which stalls a bounded queue the engine
-        // drains faster than that (and adds up to a second of latency).
+        // When the queue is full, look again soon: librdkafka's default waits
+        // a second, which stalls a bounded queue the engine drains faster than
+        // that (and adds up to a second of latency).
         .set("fetch.queue.backoff.ms", "10")
-        .set(
-            "fetch.max.bytes",
-            (k.prefetch_mb.max(2) * 1024 * 1024 / 2)
-                .clamp(1 << 20, 50 << 20)
-                .to_string(),
-        )
+        .set("fetch.max.bytes", fetch.to_string())
+        .set("max.partition.fetch.bytes", fetch.min(1 << 20).to_string())
         // Per-partition positions and end offsets for rapport_consumer_lag_records.
-        .set("statistics.interval.ms", "5000")
-        .set("max.partition.fetch.bytes", "4194304");
+        .set("statistics.interval.ms", "5000");
     for (key, v) in &k.consumer {
         c.set(key, v);
     }

@@ -11,6 +11,7 @@
 //!   that the live engine, `rapport replay`, the tests and the benchmarks drive
 //! - [`state`]: profiles and offsets in RocksDB
 //! - [`kafka`]: client settings, topic admin, header names
+//! - [`memory`]: the C allocator's settings for librdkafka and RocksDB
 //! - [`runtime`]: the consume / update / evaluate / produce / commit loop, and the
 //!   output encodings (JSON, or Avro under schemas registered at start-up)
 //! - [`http`]: metrics, health, readiness, the profile API ([`profile_view`]),
@@ -34,6 +35,7 @@ pub mod identity;
 pub mod import;
 pub mod ingest;
 pub mod kafka;
+pub mod memory;
 pub mod metrics;
 pub mod owners;
 pub mod privacy;

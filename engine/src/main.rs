@@ -84,6 +84,7 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
+    rapport::memory::tune_c_allocator();
     let cli = Cli::parse();
     let default_level = if matches!(
         cli.command,

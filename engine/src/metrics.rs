@@ -56,6 +56,11 @@ pub struct Metrics {
     pub commit_phase_seconds: HistogramVec,
     /// Profiles held decoded in memory.
     pub cached_profiles: IntGauge,
+    /// Their estimated memory, bytes (bounded by `state.profile_cache_mb` after
+    /// each commit).
+    pub profile_cache_bytes: IntGauge,
+    /// Entries of the index of pending waits held in memory.
+    pub pending_waits: IntGauge,
     /// Erasure requests applied.
     pub erasures: IntCounter,
     /// Touchpoints of erased customers, dead-lettered with reason `erased`.
@@ -202,6 +207,16 @@ impl Metrics {
                 "Profiles held decoded in memory",
             )
             .expect("valid metric"),
+            profile_cache_bytes: IntGauge::new(
+                "rapport_profile_cache_bytes",
+                "Estimated memory of the profiles held decoded in memory, bytes",
+            )
+            .expect("valid metric"),
+            pending_waits: IntGauge::new(
+                "rapport_pending_waits",
+                "Entries of the index of pending waits held in memory",
+            )
+            .expect("valid metric"),
             ready: IntGauge::new("rapport_ready", "1 when the engine is consuming")
                 .expect("valid metric"),
             erasures: IntCounter::new("rapport_erasures_total", "Erasure requests applied")
@@ -249,6 +264,8 @@ impl Metrics {
             Box::new(m.commit_seconds.clone()),
             Box::new(m.commit_phase_seconds.clone()),
             Box::new(m.cached_profiles.clone()),
+            Box::new(m.profile_cache_bytes.clone()),
+            Box::new(m.pending_waits.clone()),
             Box::new(m.ready.clone()),
             Box::new(m.erasures.clone()),
             Box::new(m.erased_touchpoints.clone()),

@@ -394,7 +394,7 @@ mod processor_tests {
             journeys,
             state,
             crate::metrics::Metrics::new(),
-            100,
+            1 << 20,
         )
         .unwrap()
         .with_pseudonymizer(Some(p.clone()));

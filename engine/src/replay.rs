@@ -71,7 +71,7 @@ pub fn replay(
         cfg.journeys()?,
         state.clone(),
         Metrics::new(),
-        cfg.state.profile_cache,
+        cfg.state.profile_cache_mb << 20,
     )?
     .with_seen_limits(cfg.engine.seen_limits())
     .with_pseudonymizer(cfg.pseudonymizer.clone());

@@ -352,9 +352,19 @@ impl StateStore {
 
     /// The stored profile `id` of `partition`.
     pub fn get(&self, partition: i32, id: &str) -> Result<Option<Stored>, StateError> {
+        Ok(self.get_sized(partition, id)?.map(|(s, _)| s))
+    }
+
+    /// The stored profile `id` of `partition` and the length of its encoding,
+    /// which the profile cache sizes it by.
+    pub fn get_sized(
+        &self,
+        partition: i32,
+        id: &str,
+    ) -> Result<Option<(Stored, usize)>, StateError> {
         match self.db.get_pinned(key(PROFILE, partition, id.as_bytes()))? {
             None => Ok(None),
-            Some(bytes) => Stored::decode(id, partition, &bytes).map(Some),
+            Some(bytes) => Stored::decode(id, partition, &bytes).map(|s| Some((s, bytes.len()))),
         }
     }
 

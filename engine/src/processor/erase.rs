@@ -209,6 +209,9 @@ impl Lane<'_> {
         task.dirty.retain(|d| d != id);
         task.timers.retain(|(_, owner)| owner != id);
         let cached = task.profiles.remove(id);
+        if let Some(slot) = &cached {
+            task.cached_bytes -= (slot.bytes as usize).min(task.cached_bytes);
+        }
         let stored = self.sh.state.get(task.partition, id)?;
         let timers: Vec<i64> = match (&cached, &stored) {
             (Some(slot), _) => slot.persisted_timers.to_vec(),
@@ -253,9 +256,14 @@ impl Lane<'_> {
         let slot = Box::new(Slot {
             stored: Stored::fresh(id),
             dirty: false,
+            bytes: super::task::slot_bytes(0),
             persisted_timers: Default::default(),
         });
-        self.task.profiles.insert(CompactString::from(id), slot);
+        let task = &mut *self.task;
+        task.cached_bytes += slot.bytes as usize;
+        if let Some(old) = task.profiles.insert(CompactString::from(id), slot) {
+            task.cached_bytes -= (old.bytes as usize).min(task.cached_bytes);
+        }
     }
 }
 
@@ -290,7 +298,7 @@ mod tests {
         let journeys = Arc::new(rapport_journeys::CompiledJourneys::shipped().unwrap());
         let state = Arc::new(StateStore::open(&cfg).unwrap());
         let rule = KeyRule::new(Partitioner::Murmur2, 1);
-        let mut p = Processor::new(1 << 20, rule, journeys, state, Metrics::new(), 100)
+        let mut p = Processor::new(1 << 20, rule, journeys, state, Metrics::new(), 1 << 20)
             .unwrap()
             .with_privacy(PrivacyRules {
                 topic: PRIVACY.into(),

@@ -70,7 +70,8 @@ const PARALLEL_ENCODE: usize = 256;
 /// Decodes, applies and evaluates records for the partitions it owns.
 pub struct Processor {
     shared: Shared,
-    profile_cache: usize,
+    /// Bytes the cached profiles may take ([`task::slot_bytes`]) after a commit.
+    profile_cache_bytes: usize,
     tasks: hashbrown::HashMap<i32, Task>,
     /// Threads a batch's partitions are processed on.
     workers: usize,
@@ -109,14 +110,15 @@ pub type ChangelogRecord<'a> = (i32, &'a [u8], &'a [u8]);
 impl Processor {
     /// A processor reading records up to `max_record_bytes`, checking keys with
     /// `rule`, evaluating `journeys`, with state in `state` and at most about
-    /// `profile_cache` clean profiles kept decoded.
+    /// about `profile_cache_bytes` of profiles kept decoded (the dirty ones of
+    /// an interval come on top, until they are committed).
     pub fn new(
         max_record_bytes: usize,
         rule: KeyRule,
         journeys: Arc<CompiledJourneys>,
         state: Arc<StateStore>,
         metrics: Metrics,
-        profile_cache: usize,
+        profile_cache_bytes: usize,
     ) -> Result<Self, SchemaError> {
         Ok(Processor {
             shared: Shared {
@@ -130,7 +132,7 @@ impl Processor {
                 privacy: None,
                 stitch: None,
             },
-            profile_cache,
+            profile_cache_bytes,
             tasks: hashbrown::HashMap::new(),
             workers: 1,
         })
@@ -417,21 +419,36 @@ impl Processor {
         Ok(())
     }
 
-    /// After a commit: lets clean profiles leave memory when the cache is over its
-    /// size. Returns the number of profiles still cached.
-    pub fn trim_cache(&mut self) -> usize {
-        let cached: usize = self.tasks.values().map(|t| t.profiles.len()).sum();
-        if cached <= self.profile_cache {
-            return cached;
+    /// After a commit: when the cached profiles take more than the cache's
+    /// bytes, clean ones leave memory (their latest version is in RocksDB) until
+    /// they take three quarters of it, each partition's share of the excess from
+    /// its own. Returns the profiles still cached and their estimated bytes.
+    pub fn trim_cache(&mut self) -> CacheUsage {
+        let bytes: usize = self.tasks.values().map(|t| t.cached_bytes).sum();
+        if bytes > self.profile_cache_bytes {
+            let excess = bytes - self.profile_cache_bytes / 4 * 3;
+            for t in self.tasks.values_mut() {
+                let share = (excess as u128 * t.cached_bytes as u128 / bytes as u128) as usize;
+                t.evict(share);
+            }
         }
-        // Only clean profiles may leave: their latest version is in RocksDB.
-        // The table shrinks with them, so its peak size does not stay resident.
-        for t in self.tasks.values_mut() {
-            t.profiles.retain(|_, s| s.dirty);
-            t.profiles.shrink_to_fit();
+        CacheUsage {
+            profiles: self.tasks.values().map(|t| t.profiles.len()).sum(),
+            bytes: self.tasks.values().map(|t| t.cached_bytes).sum(),
+            waits: self.tasks.values().map(|t| t.timers.len()).sum(),
         }
-        self.tasks.values().map(|t| t.profiles.len()).sum()
     }
+}
+
+/// What the profile cache holds ([`Processor::trim_cache`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheUsage {
+    /// Profiles held decoded.
+    pub profiles: usize,
+    /// Their estimated memory, bytes.
+    pub bytes: usize,
+    /// Entries of the index of pending waits held in memory.
+    pub waits: usize,
 }
 
 /// One partition's task at work on its records, with what every partition reads.

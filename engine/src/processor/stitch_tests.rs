@@ -42,7 +42,7 @@ impl Cluster {
         let journeys = Arc::new(rapport_journeys::CompiledJourneys::shipped().unwrap());
         let state = Arc::new(StateStore::open(&cfg).unwrap());
         let rule = KeyRule::new(Partitioner::Murmur2, PARTITIONS);
-        let mut p = Processor::new(1 << 20, rule, journeys, state, Metrics::new(), 1000)
+        let mut p = Processor::new(1 << 20, rule, journeys, state, Metrics::new(), 1 << 20)
             .unwrap()
             .with_stitching(StitchRules::of(&identity, REPARTITION.into()).unwrap());
         for n in 0..PARTITIONS {

@@ -19,6 +19,9 @@ use crate::state::{StateError, StateStore, Stored};
 pub(crate) struct Slot {
     pub stored: Stored,
     pub dirty: bool,
+    /// The memory it takes, estimated ([`slot_bytes`]) from its stored encoding
+    /// when it was loaded or last committed.
+    pub bytes: u32,
     /// Timer times currently in the persisted index.
     pub persisted_timers: TimerTimes,
 }
@@ -32,6 +35,8 @@ pub(crate) struct Task {
     pub profiles: hashbrown::HashMap<CompactString, Box<Slot>>,
     /// Ids of the profiles changed since the last commit.
     pub dirty: Vec<CompactString>,
+    /// The sum of the cached profiles' [`Slot::bytes`].
+    pub cached_bytes: usize,
     /// Pending timers, `(fire_at, customer id)`.
     pub timers: BTreeSet<(i64, String)>,
     /// Highest event time seen.
@@ -78,6 +83,7 @@ impl Task {
             partition: p,
             profiles: hashbrown::HashMap::new(),
             dirty: Vec::new(),
+            cached_bytes: 0,
             timers: state.timers(p)?.into_iter().collect(),
             watermark: state.watermark(p)?.unwrap_or(i64::MIN),
             watermark_dirty: false,
@@ -102,13 +108,16 @@ impl Task {
         let slot = match self.profiles.entry(CompactString::from(id)) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
-                let stored = state
-                    .get(self.partition, id)?
-                    .unwrap_or_else(|| Stored::fresh(id));
+                let (stored, len) = state
+                    .get_sized(self.partition, id)?
+                    .unwrap_or_else(|| (Stored::fresh(id), 0));
                 let persisted_timers = timer_times(&stored.profile);
+                let bytes = slot_bytes(len);
+                self.cached_bytes += bytes as usize;
                 e.insert(Box::new(Slot {
                     stored,
                     dirty: false,
+                    bytes,
                     persisted_timers,
                 }))
             }
@@ -167,6 +176,10 @@ impl Task {
                 .collect();
             slot.dirty = false;
             slot.persisted_timers = now;
+            let size = slot_bytes(bytes.len());
+            self.cached_bytes =
+                self.cached_bytes.saturating_sub(slot.bytes as usize) + size as usize;
+            slot.bytes = size;
             profiles.push((id, bytes, gone, new));
         }
         let watermark = std::mem::take(&mut self.watermark_dirty).then_some(self.watermark);
@@ -185,6 +198,30 @@ impl Task {
         }
     }
 
+    /// Lets clean profiles leave the cache, in the table's order, until about
+    /// `excess` bytes have left or only dirty ones and those started afresh
+    /// after an erasure not yet committed remain (RocksDB still has the old
+    /// profile). Returns the bytes that left.
+    pub fn evict(&mut self, excess: usize) -> usize {
+        let erased = &self.privacy.tombstones;
+        let mut freed = 0;
+        self.profiles.retain(|id, s| {
+            let keep =
+                freed >= excess || s.dirty || erased.iter().any(|(e, _)| e.as_str() == id.as_str());
+            if !keep {
+                freed += s.bytes as usize;
+            }
+            keep
+        });
+        self.cached_bytes -= freed.min(self.cached_bytes);
+        // A table left far larger than its profiles (a burst of changes in one
+        // interval) gives its memory back.
+        if self.profiles.capacity() > 4 * self.profiles.len().max(1024) {
+            self.profiles.shrink_to_fit();
+        }
+        freed
+    }
+
     /// The next offset of `topic` not applied yet, if any was.
     pub fn next_to_apply(&self, topic: &str) -> Option<i64> {
         self.applied
@@ -192,6 +229,23 @@ impl Task {
             .find(|(t, _)| t == topic)
             .map(|(_, n)| *n)
     }
+}
+
+/// What a cached profile takes besides what its encoding says: its table entry
+/// (an id and a pointer, counted twice: tables grow by doubling and are at most
+/// 7/8 full), the boxed [`Slot`] with the profile's fixed part (about 1 KiB),
+/// and an allocation's rounding.
+const SLOT_FIXED: usize =
+    2 * (std::mem::size_of::<(CompactString, Box<Slot>)>() + 1) + std::mem::size_of::<Slot>() + 64;
+/// Decoded bytes on the heap per byte of a profile's stored encoding: lists and
+/// strings with their spare capacity, integers widened from their varints.
+const DECODED_PER_ENCODED: usize = 3;
+
+/// The memory a cached profile whose encoding is `encoded_len` bytes long takes,
+/// estimated (measured with `cargo bench ... -- scale` against the
+/// process's RSS).
+pub(crate) fn slot_bytes(encoded_len: usize) -> u32 {
+    u32::try_from(SLOT_FIXED + DECODED_PER_ENCODED * encoded_len).unwrap_or(u32::MAX)
 }
 
 /// What a commit writes for one partition ([`Task::take_changes`]).
@@ -209,4 +263,40 @@ pub(crate) type TimerTimes = smallvec::SmallVec<[i64; 4]>;
 /// The due times of a profile's pending timers (no allocation for up to four).
 pub(crate) fn timer_times(p: &Profile) -> TimerTimes {
     p.timers.iter().map(|t| t.fire_at_ms).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StateConfig;
+
+    /// Eviction frees bytes from clean profiles only: a profile changed since
+    /// the last commit stays, whatever the cache's size.
+    #[test]
+    fn eviction_keeps_uncommitted_profiles_and_counts_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateStore::open(&StateConfig {
+            path: dir.path().to_owned(),
+            block_cache_mb: 8,
+            write_buffer_mb: 8,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut task = Task::load(&state, 0).unwrap();
+        for i in 0..10 {
+            task.update(&state, &format!("c-{i}"), |_| true).unwrap();
+        }
+        let committed = task.take_changes();
+        assert_eq!(committed.profiles.len(), 10);
+        task.update(&state, "c-dirty", |_| true).unwrap();
+        let sum: usize = task.profiles.values().map(|s| s.bytes as usize).sum();
+        assert_eq!(task.cached_bytes, sum);
+        assert!(sum >= 11 * std::mem::size_of::<Stored>());
+
+        let freed = task.evict(usize::MAX);
+        assert_eq!(task.profiles.len(), 1);
+        assert!(task.profiles["c-dirty"].dirty);
+        assert_eq!(task.cached_bytes, task.profiles["c-dirty"].bytes as usize);
+        assert_eq!(freed + task.cached_bytes, sum);
+    }
 }

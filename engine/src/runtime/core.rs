@@ -229,7 +229,9 @@ impl Core {
                 .with_label_values(&[kind])
                 .set(bytes as i64);
         }
-        self.metrics.cached_profiles.set(cached as i64);
+        self.metrics.cached_profiles.set(cached.profiles as i64);
+        self.metrics.profile_cache_bytes.set(cached.bytes as i64);
+        self.metrics.pending_waits.set(cached.waits as i64);
         self.metrics.commits.inc();
         let took = done.started.elapsed();
         self.metrics.commit_seconds.observe(took.as_secs_f64());

@@ -264,7 +264,7 @@ impl Worker {
             cfg.journeys()?,
             state.clone(),
             metrics.clone(),
-            cfg.state.profile_cache,
+            cfg.state.profile_cache_mb << 20,
         )?
         .with_workers(cfg.engine.workers())
         .with_seen_limits(cfg.engine.seen_limits())
@@ -312,8 +312,7 @@ impl Worker {
             identity: identity::IdentityTopics::of(&cfg),
             cfg: cfg.clone(),
         }));
-        let partitions = layout.partitions as usize * erasure::input_topics(&cfg).len();
-        let consumer = subscribe(&cfg, partitions, core.clone())?;
+        let consumer = subscribe(&cfg, core.clone())?;
         Ok(Worker {
             consumer,
             core,
@@ -479,14 +478,8 @@ fn consumer_error(e: KafkaError) -> Result<(), LoopError> {
 }
 
 /// Creates the consumer and subscribes to the touchpoint topics.
-/// `partitions` is how many input partitions one instance may be given, which
-/// the prefetch budget is shared over.
-fn subscribe(
-    cfg: &Config,
-    partitions: usize,
-    core: Arc<Mutex<Core>>,
-) -> anyhow::Result<BaseConsumer<EngineContext>> {
-    let mut cc = consumer_config(&cfg.kafka, partitions);
+fn subscribe(cfg: &Config, core: Arc<Mutex<Core>>) -> anyhow::Result<BaseConsumer<EngineContext>> {
+    let mut cc = consumer_config(&cfg.kafka);
     // Static membership: a restarted instance takes its partitions back at once
     // instead of waiting for its old session to time out.
     if !cfg.kafka.consumer.contains_key("group.instance.id") {
