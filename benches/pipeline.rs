@@ -524,6 +524,13 @@ fn engine_run_with(
     {
         cfg.engine.worker_threads = n;
     }
+    // RAPPORT_BENCH_PROFILE_CACHE overrides state.profile_cache_mb, as in `-- scale`.
+    if let Some(mb) = std::env::var("RAPPORT_BENCH_PROFILE_CACHE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.state.profile_cache_mb = mb;
+    }
     let workers = cfg.engine.workers();
     for (var, map) in [
         ("RAPPORT_BENCH_PRODUCER", &mut cfg.kafka.producer),
