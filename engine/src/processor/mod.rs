@@ -239,7 +239,7 @@ impl Processor {
             groups.entry(r.partition).or_default().push(i);
         }
         let shared = &self.shared;
-        let mut work: Vec<(&mut Task, Vec<usize>)> = self
+        let work: Vec<(&mut Task, Vec<usize>)> = self
             .tasks
             .iter_mut()
             .filter_map(|(p, t)| groups.remove(p).map(|idx| (t, idx)))
@@ -263,31 +263,7 @@ impl Processor {
             }
             Ok::<_, StateError>(done)
         };
-        let threads = self.workers.min(work.len());
-        let finished: Vec<Result<Vec<(usize, Processed)>, StateError>> = if threads <= 1 {
-            vec![run(work)]
-        } else {
-            let mut chunks: Vec<Vec<(&mut Task, Vec<usize>)>> =
-                (0..threads).map(|_| Vec::new()).collect();
-            // Largest partitions first, each to the least loaded thread.
-            work.sort_by_key(|(_, idx)| std::cmp::Reverse(idx.len()));
-            let mut load = vec![0usize; threads];
-            for w in work {
-                let t = (0..threads).min_by_key(|&t| load[t]).unwrap_or(0);
-                load[t] += w.1.len();
-                chunks[t].push(w);
-            }
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = chunks
-                    .into_iter()
-                    .map(|chunk| scope.spawn(move || run(chunk)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                    .collect()
-            })
-        };
+        let finished = on_threads(work, self.workers, |(_, idx)| idx.len(), run);
         for done in finished {
             for (i, p) in done? {
                 results[i] = Some(p);
@@ -367,38 +343,26 @@ impl Processor {
         mut emit: impl FnMut(ChangelogRecord<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
         let dirty: usize = self.tasks.values().map(|t| t.dirty.len()).sum();
-        let mut tasks: Vec<&mut Task> = self.tasks.values_mut().collect();
-        let threads = self.workers.min(tasks.len());
-        let encoded: Vec<task::Changes> = if threads <= 1 || dirty < PARALLEL_ENCODE {
-            tasks.into_iter().map(Task::take_changes).collect()
+        let tasks: Vec<&mut Task> = self.tasks.values_mut().collect();
+        let threads = if dirty < PARALLEL_ENCODE {
+            1
         } else {
-            // Largest first, each to the least loaded thread.
-            tasks.sort_by_key(|t| std::cmp::Reverse(t.dirty.len()));
-            let mut chunks: Vec<Vec<&mut Task>> = (0..threads).map(|_| Vec::new()).collect();
-            let mut load = vec![0usize; threads];
-            for t in tasks {
-                let i = (0..threads).min_by_key(|&i| load[i]).unwrap_or(0);
-                load[i] += t.dirty.len();
-                chunks[i].push(t);
-            }
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = chunks
-                    .into_iter()
-                    .map(|chunk| {
-                        scope.spawn(move || {
-                            chunk
-                                .into_iter()
-                                .map(Task::take_changes)
-                                .collect::<Vec<_>>()
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                    .collect()
-            })
+            self.workers
         };
+        let encoded: Vec<task::Changes> = on_threads(
+            tasks,
+            threads,
+            |t| t.dirty.len(),
+            |chunk| {
+                chunk
+                    .into_iter()
+                    .map(Task::take_changes)
+                    .collect::<Vec<_>>()
+            },
+        )
+        .into_iter()
+        .flatten()
+        .collect();
         for c in encoded {
             let p = c.partition;
             for (id, bytes, gone, new) in &c.profiles {
@@ -452,6 +416,40 @@ pub struct CacheUsage {
 }
 
 /// One partition's task at work on its records, with what every partition reads.
+/// Runs `work` over `items` on up to `threads` threads, the heaviest items
+/// first, each to the least loaded thread (by `weight`); one result per thread,
+/// in thread order. With one thread (or one item) it runs on the caller's.
+fn on_threads<T: Send, R: Send>(
+    mut items: Vec<T>,
+    threads: usize,
+    weight: impl Fn(&T) -> usize,
+    work: impl Fn(Vec<T>) -> R + Sync,
+) -> Vec<R> {
+    let threads = threads.min(items.len());
+    if threads <= 1 {
+        return vec![work(items)];
+    }
+    items.sort_by_key(|t| std::cmp::Reverse(weight(t)));
+    let mut chunks: Vec<Vec<T>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut load = vec![0usize; threads];
+    for item in items {
+        let t = (0..threads).min_by_key(|&t| load[t]).unwrap_or(0);
+        load[t] += weight(&item);
+        chunks[t].push(item);
+    }
+    let work = &work;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| scope.spawn(move || work(chunk)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
 struct Lane<'a> {
     sh: &'a Shared,
     task: &'a mut Task,
