@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 mod bind;
+mod cel_text;
 mod check;
 pub mod duration;
 pub mod error;
