@@ -333,13 +333,13 @@ pub async fn create_topics(client: ClientConfig, topics: &[TopicSpec]) -> anyhow
 
 /// The partition count of `topic` as `client` sees it, 0 when it does not
 /// exist. A topic created a moment ago may not be in the cluster's metadata
-/// yet, or have no leader yet: it is asked about again for up to five seconds
+/// yet, or have no leader yet: it is asked about again for up to fifteen seconds
 /// before it counts as missing.
 pub fn topic_partitions<C: rdkafka::client::ClientContext>(
     client: &rdkafka::client::Client<C>,
     topic: &str,
 ) -> rdkafka::error::KafkaResult<i32> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         let md = client.fetch_metadata(Some(topic), Duration::from_secs(30))?;
         let partitions = md
