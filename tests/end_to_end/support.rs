@@ -656,9 +656,18 @@ pub fn journey_dir() -> std::path::PathBuf {
 
 /// Loads the shipped journeys into `cfg` with the post-delivery survey waiting
 /// `wait` (e.g. "6s") instead of two hours; the copies live in `dir`.
+/// Surveys are left out of quiet hours here: a test on wall-clock time would
+/// otherwise see its survey deferred to the morning whenever it runs in the
+/// evening (21:00-08:00 in the policy's default zone).
 pub fn with_survey_wait(cfg: &mut Config, dir: &Path, wait: &str) {
     with_edited_journeys(cfg, dir, |text| {
+        let quiet = "purposes = [\"marketing\", \"survey\"]\nchannels = [\"email\"";
+        assert!(
+            !text.contains("[policy.quiet_hours]") || text.contains(quiet),
+            "the policy's quiet hours changed; update with_survey_wait"
+        );
         text.replace("for = \"2h\"", &format!("for = \"{wait}\""))
+            .replace(quiet, "purposes = [\"marketing\"]\nchannels = [\"email\"")
     });
 }
 
