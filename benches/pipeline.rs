@@ -24,7 +24,7 @@ use rapport::kafka::{ensure_topics, TopicSpec};
 use rapport::metrics::Metrics;
 use rapport::processor::{Processor, Record, AHEAD};
 use rapport::runtime::{self, restore_partition, Restorer};
-use rapport::state::{StateStore, Stored};
+use rapport::state::{StateBatch, StateStore, Stored};
 use rapport_connectors::publish::send_when_room;
 use rapport_connectors::simulator::{SimConfig, Simulator};
 use rapport_journeys::{CompiledJourneys, SHIPPED};
@@ -81,9 +81,10 @@ fn main() -> anyhow::Result<()> {
     }
     if which == "peers" {
         let bootstrap = rapport::broker::ensure()?.bootstrap;
-        let max = peers(&bootstrap, 200_000)?;
-        // Latency at half of Rapport's exactly_once rate just measured.
-        latency::latency(&bootstrap, (max / 2.0) as u64, 20, Guarantee::ExactlyOnce)?;
+        peers(&bootstrap, 200_000)?;
+        // Latency at half of Rapport's exactly_once maximum on its workload.
+        let g = Guarantee::ExactlyOnce;
+        latency::latency(&bootstrap, half_of_max(&bootstrap, g)?, 20, g)?;
     }
     if which == "latency" {
         let bootstrap = rapport::broker::ensure()?.bootstrap;
@@ -123,20 +124,30 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Half of the engine's rate under `g` over a 200k-touchpoint backlog
-/// (the rate latency is measured at), or `RAPPORT_BENCH_RATE`.
+/// Half of the engine's rate under `g` on the latency run's own workload (its
+/// simulated customers, the shipped journeys and delivery policy) over a
+/// backlog of 600k touchpoints: the rate latency is measured at. Or
+/// `RAPPORT_BENCH_RATE`.
 fn half_of_max(bootstrap: &str, g: Guarantee) -> anyhow::Result<u64> {
     if let Ok(r) = std::env::var("RAPPORT_BENCH_RATE") {
         return Ok(r.parse()?);
     }
-    let run = engine_run(
+    const EVENTS: u64 = 600_000;
+    let (input, s) = simulated_input(bootstrap, EVENTS, latency::simulation())?;
+    let run = engine_run_with(
         bootstrap,
-        &bench_input(bootstrap, 200_000)?.0,
-        200_000,
+        &input,
+        EVENTS,
         g,
-        &format!("latency-max.{}", suffix()),
+        &format!("latency-max.{s}"),
         None,
+        &|cfg| latency::workload(cfg).expect("the shipped journeys compile"),
+        &mut || Ok(true),
     )?;
+    eprintln!(
+        "maximum on the latency workload, {g:?}: {:.0} events/s",
+        run.rate
+    );
     Ok(run.rate as u64 / 2)
 }
 
@@ -325,7 +336,23 @@ fn replay_pass(records: &[Vec<u8>], customers: u64) -> anyhow::Result<(f64, usiz
         fired += out.len();
         out.clear();
     }
-    Ok((started.elapsed().as_secs_f64(), fired))
+    let secs = started.elapsed().as_secs_f64();
+    // What a commit then pays for the changelog records of every changed
+    // profile (encoding them, one thread).
+    let encoding = Instant::now();
+    let (count, bytes) = (AtomicU64::new(0), AtomicU64::new(0));
+    processor.changes(&mut StateBatch::default(), |(_, _, v)| {
+        count.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(v.len() as u64, Ordering::Relaxed);
+        Ok::<_, std::convert::Infallible>(())
+    })?;
+    let (count, bytes) = (count.into_inner().max(1), bytes.into_inner());
+    eprintln!(
+        "commit after the pass: {count} changed profiles of {} bytes on average, {:.0} ns each",
+        bytes / count,
+        encoding.elapsed().as_secs_f64() * 1e9 / count as f64
+    );
+    Ok((secs, fired))
 }
 
 /// Restore rate from a compacted changelog into a fresh RocksDB.
@@ -397,20 +424,38 @@ fn restore(bootstrap: &str, profiles: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Customers in the input of the engine runs (guarantees, peers, and the
+/// maximum rate the latency is measured at half of).
+const BENCH_CUSTOMERS: u64 = 100_000;
+
 /// Kafka to Kafka: a bare consume-produce loop, then the engine under each guarantee.
 /// A fresh 4-partition input topic holding `events` simulated touchpoints of
 /// 100k customers (no malformed records); returns its name and a run suffix.
 fn bench_input(bootstrap: &str, events: u64) -> anyhow::Result<(String, String)> {
+    simulated_input(
+        bootstrap,
+        events,
+        SimConfig {
+            customers: BENCH_CUSTOMERS,
+            seed: 3,
+            malformed_per_mille: 0,
+        },
+    )
+}
+
+/// A fresh 4-partition input topic holding `events` touchpoints simulated
+/// with `sim`; returns its name and a run suffix.
+fn simulated_input(
+    bootstrap: &str,
+    events: u64,
+    sim: SimConfig,
+) -> anyhow::Result<(String, String)> {
     let s = suffix();
     let input = format!("bench.touchpoints.{s}");
     rt().block_on(ensure_topics(bootstrap, &[TopicSpec::new(&input, 4)]))?;
     let stop = AtomicBool::new(false);
     let sent = AtomicU64::new(0);
-    let mut sim = Simulator::new(SimConfig {
-        customers: 100_000,
-        seed: 3,
-        malformed_per_mille: 0,
-    });
+    let mut sim = Simulator::new(sim);
     rapport_connectors::publish::publish(
         bootstrap,
         &input,

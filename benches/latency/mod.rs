@@ -151,6 +151,24 @@ fn config(
     cfg.http.listen = String::new();
     cfg.engine.guarantee = g;
     cfg.engine.wall_clock_timers = false;
+    workload(&mut cfg)?;
+    Ok(cfg)
+}
+
+/// The touchpoints the latency is measured on (and the maximum rate it is
+/// measured at half of): 10k simulated customers.
+pub fn simulation() -> SimConfig {
+    SimConfig {
+        customers: 10_000,
+        seed: 7,
+        malformed_per_mille: 0,
+    }
+}
+
+/// The engine's work in the latency run: the shipped journeys and delivery
+/// policy (`deploy/journeys`), and `RAPPORT_BENCH_COMMIT_MS` as the commit
+/// interval.
+pub fn workload(cfg: &mut Config) -> anyhow::Result<()> {
     if let Some(ms) = std::env::var("RAPPORT_BENCH_COMMIT_MS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -160,7 +178,7 @@ fn config(
     let jdir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/journeys");
     cfg.journeys = vec![format!("{}/*.toml", jdir.display())];
     cfg.compile_journeys(&jdir)?;
-    Ok(cfg)
+    Ok(())
 }
 
 /// p50, p99 and p999 end to end, and p50 and p99 of each half.
@@ -211,16 +229,17 @@ fn produce(
         .set("enable.idempotence", "true")
         .set("partitioner", "murmur2_random")
         .create()?;
-    let mut sim = Simulator::new(SimConfig {
-        customers: 10_000,
-        seed: 7,
-        malformed_per_mille: 0,
-    });
+    let mut sim = Simulator::new(simulation());
     producer
         .client()
         .fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let warmup = rate * WARMUP_SECONDS;
     let total = warmup + rate * seconds;
+    // Sized once: growing a table of a million entries took tens of
+    // milliseconds under the lock the reader also takes, a pause in the input.
+    sent.lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .reserve((rate * seconds) as usize);
     let started = Instant::now();
     for n in 0..total {
         let due = Duration::from_secs_f64(n as f64 / rate as f64);

@@ -434,14 +434,17 @@ mod processor_tests {
             Outcome::Rejected(r) => assert_eq!(r.class, "key_mismatch"),
             other => panic!("{other:?}"),
         }
-        let mut keys = Vec::new();
+        let keys = std::sync::Mutex::new(Vec::new());
         processor
             .changes(&mut StateBatch::default(), |(_, key, value)| {
-                keys.push(String::from_utf8_lossy(key).into_owned());
+                keys.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(key).into_owned());
                 assert!(!value.windows(email.len()).any(|w| w == email.as_bytes()));
                 Ok::<_, ()>(())
             })
             .unwrap();
+        let keys = keys.into_inner().unwrap();
         assert!(keys.contains(&hashed), "{keys:?}");
         assert!(!keys.iter().any(|k| k == email), "{keys:?}");
     }

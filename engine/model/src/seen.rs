@@ -69,11 +69,63 @@ pub struct SeenEvent {
 /// remembered hashes answers "certainly new" for most events without reading
 /// the list (rebuilt after a decode and whenever as many ids were forgotten as
 /// the bound holds, so forgotten ids do not crowd it).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default)]
 pub struct SeenEvents {
     entries: VecDeque<SeenEvent>,
-    #[serde(skip)]
     filter: Filter,
+}
+
+/// Stored (profile encoding version 5) as each entry's hash in eight bytes
+/// and its event time as the milliseconds after the previous entry's (the
+/// first one's after the epoch): about 10 bytes an entry where the hash as a
+/// varint and the epoch milliseconds took 17.
+impl Serialize for SeenEvents {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.entries.len()))?;
+        let mut prev = 0i64;
+        for e in &self.entries {
+            seq.serialize_element(&(e.hash.to_le_bytes(), e.at_ms.wrapping_sub(prev)))?;
+            prev = e.at_ms;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for SeenEvents {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let packed = Vec::<([u8; 8], i64)>::deserialize(d)?;
+        let mut prev = 0i64;
+        let entries = packed
+            .into_iter()
+            .map(|(hash, gap)| {
+                prev = prev.wrapping_add(gap);
+                SeenEvent {
+                    hash: u64::from_le_bytes(hash),
+                    at_ms: prev,
+                }
+            })
+            .collect();
+        Ok(SeenEvents {
+            entries,
+            filter: Filter::default(),
+        })
+    }
+}
+
+/// [`SeenEvents`] as profile encoding version 4 stored it. Only ever decoded.
+#[derive(Deserialize)]
+pub(crate) struct SeenEventsV4 {
+    entries: VecDeque<SeenEvent>,
+}
+
+impl From<SeenEventsV4> for SeenEvents {
+    fn from(v: SeenEventsV4) -> Self {
+        SeenEvents {
+            entries: v.entries,
+            filter: Filter::default(),
+        }
+    }
 }
 
 impl PartialEq for SeenEvents {
@@ -143,6 +195,14 @@ impl SeenEvents {
     /// Whether an event whose id hashes to `hash` is remembered.
     pub fn contains(&self, hash: u64) -> bool {
         self.entries.iter().any(|e| e.hash == hash)
+    }
+
+    /// Starts loading every remembered id (see [`crate::prefetch`]): encoding
+    /// reads them all.
+    pub fn prefetch_all(&self) {
+        let (older, newer) = self.entries.as_slices();
+        crate::prefetch::slice(older);
+        crate::prefetch::slice(newer);
     }
 
     /// Starts loading the newest ids, where the next one is appended (see
@@ -456,7 +516,9 @@ mod tests {
         assert!(offer(&mut p, &purchase("r-1", T0), &limits));
         let seen = std::mem::take(&mut p.seen_events);
         // Version 3 wrote the same fields without `seen_events` (an empty list is
-        // one byte, its length, at the end of the body).
+        // one byte, its length, at the end of the body), and its windows
+        // unpacked: with none, the same bytes.
+        p.windows = Default::default();
         let mut v3 = p.encode();
         assert_eq!(v3.pop(), Some(0));
         v3[0] = 3;
@@ -468,5 +530,42 @@ mod tests {
         let back = Profile::decode(&v4).unwrap();
         assert!(back.seen_events.contains(event_hash("r-1")));
         assert!(!back.clone().admit(&purchase("r-1", T0), &limits));
+    }
+
+    /// Packed ids read back exactly, with their event times in any order and
+    /// at the ends of the range.
+    #[test]
+    fn packed_ids_read_back_exactly() {
+        let times = [T0, T0 - DAY, T0 + 1, i64::MIN, i64::MAX, 0, -5, T0];
+        let seen = SeenEvents {
+            entries: times
+                .iter()
+                .enumerate()
+                .map(|(i, &at_ms)| SeenEvent {
+                    hash: [0, u64::MAX, 1 << 63, 42][i % 4] ^ i as u64,
+                    at_ms,
+                })
+                .collect(),
+            filter: Filter::default(),
+        };
+        let bytes = postcard::to_allocvec(&seen).unwrap();
+        let back: SeenEvents = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, seen);
+        assert_eq!(
+            back.entries.iter().map(|e| e.at_ms).collect::<Vec<_>>(),
+            times
+        );
+    }
+
+    /// Ids remembered seconds apart take about ten bytes each.
+    #[test]
+    fn packed_ids_are_small() {
+        let limits = SeenLimits::default();
+        let mut p = Profile::new("c1");
+        for i in 0..64 {
+            assert!(p.admit(&purchase(&format!("e-{i}"), T0 + i * 3_000), &limits));
+        }
+        let bytes = postcard::to_allocvec(&p.seen_events).unwrap();
+        assert!(bytes.len() <= 2 + 64 * 11, "{}", bytes.len());
     }
 }

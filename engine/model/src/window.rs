@@ -51,7 +51,82 @@ pub struct Series {
     /// Event time of the newest event, epoch ms (exact, for recency).
     pub last_ms: i64,
     /// Buckets, oldest first.
+    #[serde(with = "packed")]
     pub buckets: Vec<Bucket>,
+}
+
+/// How a series' buckets are stored (profile encoding version 5): each
+/// bucket's start as the whole minutes and the milliseconds after the previous
+/// bucket's start (the first one's after the epoch), then its count. Starts are
+/// aligned to whole minutes, so a bucket takes three or four bytes where its
+/// epoch milliseconds alone took seven.
+mod packed {
+    use serde::ser::SerializeSeq;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::{Bucket, MINUTE_MS};
+
+    pub fn serialize<S: Serializer>(buckets: &[Bucket], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(buckets.len()))?;
+        let mut prev = 0i64;
+        for b in buckets {
+            let gap = b.start_ms.wrapping_sub(prev);
+            let minutes = gap.div_euclid(MINUTE_MS);
+            let rest = gap.rem_euclid(MINUTE_MS) as u32;
+            seq.serialize_element(&(minutes, rest, b.count))?;
+            prev = b.start_ms;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Bucket>, D::Error> {
+        let packed = Vec::<(i64, u32, u32)>::deserialize(d)?;
+        let mut prev = 0i64;
+        Ok(packed
+            .into_iter()
+            .map(|(minutes, rest, count)| {
+                prev = prev
+                    .wrapping_add(minutes.wrapping_mul(MINUTE_MS))
+                    .wrapping_add(i64::from(rest));
+                Bucket {
+                    start_ms: prev,
+                    count,
+                }
+            })
+            .collect())
+    }
+}
+
+/// [`Windows`] as profile encoding versions 2 to 4 stored it (each bucket's
+/// start in epoch milliseconds). Only ever decoded.
+#[derive(Deserialize)]
+pub(crate) struct WindowsV4 {
+    series: Vec<SeriesV4>,
+}
+
+#[derive(Deserialize)]
+struct SeriesV4 {
+    event_type: EventType,
+    channel: Channel,
+    last_ms: i64,
+    buckets: Vec<Bucket>,
+}
+
+impl From<WindowsV4> for Windows {
+    fn from(w: WindowsV4) -> Self {
+        Windows {
+            series: w
+                .series
+                .into_iter()
+                .map(|s| Series {
+                    event_type: s.event_type,
+                    channel: s.channel,
+                    last_ms: s.last_ms,
+                    buckets: s.buckets,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Windowed event counts per (event type, channel).
@@ -405,5 +480,57 @@ mod tests {
         );
         assert_eq!(w.count(EventType::HelpSearch, T0, T0 + 10 * HOUR_MS), 2);
         assert_eq!(w.last_ms(EventType::HelpSearch), T0 + 10 * HOUR_MS);
+    }
+
+    /// Packed buckets read back exactly, whatever their starts: aligned or
+    /// not, before the epoch, at the ends of the range, out of order.
+    #[test]
+    fn packed_buckets_read_back_exactly() {
+        let starts = [
+            T0,
+            T0 + MINUTE_MS,
+            T0 + 15 * MINUTE_MS + 7,
+            T0 - DAY_MS,
+            -123_456_789,
+            0,
+            i64::MIN,
+            i64::MAX,
+            i64::MIN + 1,
+            T0,
+        ];
+        let w = Windows {
+            series: vec![Series {
+                event_type: EventType::ProductView,
+                channel: Channel::Web,
+                last_ms: T0,
+                buckets: starts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &start_ms)| Bucket {
+                        start_ms,
+                        count: [1, 0, u32::MAX][i % 3],
+                    })
+                    .collect(),
+            }],
+        };
+        let bytes = postcard::to_allocvec(&w).unwrap();
+        assert_eq!(postcard::from_bytes::<Windows>(&bytes).unwrap(), w);
+    }
+
+    /// A busy series' aligned buckets take at most four bytes each.
+    #[test]
+    fn packed_buckets_are_small() {
+        let mut w = Windows::default();
+        for i in 0..200 {
+            w.record(EventType::PageView, Channel::Web, T0 + i * 7 * MINUTE_MS);
+        }
+        let buckets = w.series[0].buckets.len();
+        assert!(buckets > 50, "{buckets}");
+        let bytes = postcard::to_allocvec(&w).unwrap();
+        assert!(
+            bytes.len() <= 16 + 4 * buckets,
+            "{} for {buckets}",
+            bytes.len()
+        );
     }
 }

@@ -347,11 +347,13 @@ mod tests {
             Ok::<_, ()>(())
         })
         .unwrap();
+        let changed = std::sync::Mutex::new(Vec::new());
         p.changes(&mut batch, |(_, k, _)| {
-            out.push((k.to_vec(), true));
+            changed.lock().unwrap().push((k.to_vec(), true));
             Ok::<_, ()>(())
         })
         .unwrap();
+        out.extend(changed.into_inner().unwrap());
         out.retain(|(k, _)| !k.starts_with(b"\0rapport.w"));
         out
     }

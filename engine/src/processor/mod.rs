@@ -27,7 +27,6 @@ use rapport_model::{Action, EventType, Touchpoint};
 use crate::ingest::route::KeyRule;
 use crate::ingest::{Decoder, Rejection, SchemaError};
 use crate::metrics::Metrics;
-use crate::runtime::WATERMARK_KEY;
 use crate::state::{StateBatch, StateError, StateStore};
 
 use self::stitch::{Routed, Seed};
@@ -337,10 +336,10 @@ impl Processor {
     /// The changed profiles are encoded first, the partitions in parallel on the
     /// worker threads (the engine's loop waits for this at every commit), then
     /// emitted in order.
-    pub fn changes<E>(
+    pub fn changes<E: Send>(
         &mut self,
         batch: &mut StateBatch,
-        mut emit: impl FnMut(ChangelogRecord<'_>) -> Result<(), E>,
+        emit: impl Fn(ChangelogRecord<'_>) -> Result<(), E> + Sync,
     ) -> Result<(), E> {
         let dirty: usize = self.tasks.values().map(|t| t.dirty.len()).sum();
         let tasks: Vec<&mut Task> = self.tasks.values_mut().collect();
@@ -349,35 +348,24 @@ impl Processor {
         } else {
             self.workers
         };
-        let encoded: Vec<task::Changes> = on_threads(
+        let emit = &emit;
+        let encoded = on_threads(
             tasks,
             threads,
             |t| t.dirty.len(),
             |chunk| {
-                chunk
-                    .into_iter()
-                    .map(Task::take_changes)
-                    .collect::<Vec<_>>()
+                let mut out = Vec::with_capacity(chunk.len());
+                for t in chunk {
+                    let c = t.take_changes();
+                    c.emit(emit)?;
+                    out.push(c);
+                }
+                Ok(out)
             },
-        )
-        .into_iter()
-        .flatten()
-        .collect();
-        for c in encoded {
-            let p = c.partition;
-            for (id, bytes, gone, new) in &c.profiles {
-                emit((p, id.as_bytes(), bytes))?;
-                batch.put_profile(p, id, bytes);
-                for t in gone {
-                    batch.delete_timer(p, *t, id);
-                }
-                for t in new {
-                    batch.put_timer(p, *t, id);
-                }
-            }
-            if let Some(w) = c.watermark {
-                emit((p, WATERMARK_KEY, &w.to_be_bytes()))?;
-                batch.set_watermark(p, w);
+        );
+        for chunk in encoded {
+            for c in chunk? {
+                c.add_to(batch);
             }
         }
         Ok(())

@@ -9,7 +9,7 @@ use hashbrown::hash_map::Entry;
 
 use rapport_model::Profile;
 
-use crate::state::{StateError, StateStore, Stored};
+use crate::state::{StateBatch, StateError, StateStore, Stored};
 
 /// A profile held in memory, and what is needed to write it back. Slots are
 /// boxed so that the cache's table holds small entries (an id and a pointer):
@@ -156,11 +156,31 @@ impl Task {
     /// with the timer index entries to remove and add, and the watermark if it
     /// moved: what a commit writes for this partition.
     pub fn take_changes(&mut self) -> Changes {
-        let mut profiles = Vec::with_capacity(self.dirty.len());
-        for id in std::mem::take(&mut self.dirty) {
-            let Some(slot) = self.profiles.get_mut(id.as_str()) else {
-                continue;
-            };
+        let ids = std::mem::take(&mut self.dirty);
+        let slots: Vec<(CompactString, &Slot)> = ids
+            .into_iter()
+            .filter_map(|id| {
+                let slot = &**self.profiles.get(id.as_str())?;
+                Some((id, slot))
+            })
+            .collect();
+        // Encoding reads every list of a profile, which is rarely in cache when
+        // a commit comes: a few profiles ahead, each one's record, then its
+        // lists, then the lists inside them are asked for, so the loads overlap
+        // with encoding the profiles before it. Measured on 10k profiles of
+        // 2.9 KB after `-- replay`: 7.2-7.6 µs -> 4.2 µs per profile.
+        let ahead = |i: usize, level: usize| slots.get(i + ENCODE_AHEAD - level).map(|(_, s)| *s);
+        let mut profiles = Vec::with_capacity(slots.len());
+        for (i, (id, slot)) in slots.iter().enumerate() {
+            if let Some(s) = ahead(i, 0) {
+                rapport_model::prefetch::value(s);
+            }
+            if let Some(s) = ahead(i, 1) {
+                s.stored.profile.prefetch_for_encoding(false);
+            }
+            if let Some(s) = ahead(i, 2) {
+                s.stored.profile.prefetch_for_encoding(true);
+            }
             let bytes = slot.stored.encode();
             let now = timer_times(&slot.stored.profile);
             let gone: TimerTimes = slot
@@ -174,18 +194,25 @@ impl Task {
                 .filter(|t| !slot.persisted_timers.contains(t))
                 .copied()
                 .collect();
-            slot.dirty = false;
-            slot.persisted_timers = now;
-            let size = slot_bytes(bytes.len());
-            self.cached_bytes =
-                self.cached_bytes.saturating_sub(slot.bytes as usize) + size as usize;
-            slot.bytes = size;
-            profiles.push((id, bytes, gone, new));
+            profiles.push((id.clone(), bytes, gone, new, now));
+        }
+        drop(slots);
+        let mut changed = Vec::with_capacity(profiles.len());
+        for (id, bytes, gone, new, now) in profiles {
+            if let Some(slot) = self.profiles.get_mut(id.as_str()) {
+                slot.dirty = false;
+                slot.persisted_timers = now;
+                let size = slot_bytes(bytes.len());
+                self.cached_bytes =
+                    self.cached_bytes.saturating_sub(slot.bytes as usize) + size as usize;
+                slot.bytes = size;
+            }
+            changed.push((id, bytes, gone, new));
         }
         let watermark = std::mem::take(&mut self.watermark_dirty).then_some(self.watermark);
         Changes {
             partition: self.partition,
-            profiles,
+            profiles: changed,
             watermark,
         }
     }
@@ -248,6 +275,11 @@ pub(crate) fn slot_bytes(encoded_len: usize) -> u32 {
     u32::try_from(SLOT_FIXED + DECODED_PER_ENCODED * encoded_len).unwrap_or(u32::MAX)
 }
 
+/// How many profiles ahead of the one being encoded a commit asks for a
+/// profile's record; its lists follow one profile later, the lists inside them
+/// one more.
+const ENCODE_AHEAD: usize = 3;
+
 /// What a commit writes for one partition ([`Task::take_changes`]).
 pub(crate) struct Changes {
     pub partition: i32,
@@ -255,6 +287,41 @@ pub(crate) struct Changes {
     pub profiles: Vec<(CompactString, Vec<u8>, TimerTimes, TimerTimes)>,
     /// The watermark, when it moved.
     pub watermark: Option<i64>,
+}
+
+impl Changes {
+    /// Hands each changed profile and the moved watermark, in order, to `emit`
+    /// as changelog records.
+    pub fn emit<E>(
+        &self,
+        emit: impl Fn(super::ChangelogRecord<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let p = self.partition;
+        for (id, bytes, _, _) in &self.profiles {
+            emit((p, id.as_bytes(), bytes))?;
+        }
+        if let Some(w) = self.watermark {
+            emit((p, crate::runtime::WATERMARK_KEY, &w.to_be_bytes()))?;
+        }
+        Ok(())
+    }
+
+    /// Moves the changes into `batch` (the encoded profiles are not copied).
+    pub fn add_to(self, batch: &mut StateBatch) {
+        let p = self.partition;
+        for (id, bytes, gone, new) in self.profiles {
+            for t in gone {
+                batch.delete_timer(p, t, &id);
+            }
+            for t in new {
+                batch.put_timer(p, t, &id);
+            }
+            batch.put_profile_encoded(p, id, bytes);
+        }
+        if let Some(w) = self.watermark {
+            batch.set_watermark(p, w);
+        }
+    }
 }
 
 /// Due times of a profile's timers; a profile rarely waits on more than four.

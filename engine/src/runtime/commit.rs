@@ -23,7 +23,7 @@ use rdkafka::producer::{
 use rdkafka::{ClientContext, Message, TopicPartitionList};
 
 use crate::metrics::Metrics;
-use crate::state::StateBatch;
+use crate::state::{StateBatch, StateStore};
 
 use super::rebalance::EngineContext;
 use super::LoopError;
@@ -96,6 +96,9 @@ pub enum CommitError {
     /// Kafka did not answer within `engine.kafka_unavailable_timeout_ms`.
     #[error("{0}")]
     Unavailable(String),
+    /// Kafka committed the interval but RocksDB could not take its state.
+    #[error("writing state: {0}")]
+    State(#[from] crate::state::StateError),
 }
 
 /// How an interval's records and consumed offsets become durable. One
@@ -308,7 +311,7 @@ fn flush(p: &Producer, deadline: Instant) -> Result<(), CommitError> {
 
 /// One interval's state changes and offsets, whose Kafka side is committing.
 pub(super) struct Interval {
-    /// RocksDB changes, written once Kafka has committed.
+    /// RocksDB changes, written by the commit thread once Kafka has committed.
     pub batch: StateBatch,
     /// Consumed offsets (next to read).
     pub offsets: TopicPartitionList,
@@ -322,9 +325,10 @@ pub(super) struct Interval {
     pub erasures: Vec<crate::privacy::erasure::Completed>,
 }
 
+/// The interval being committed on the commit thread; its state batch went
+/// with it.
 struct InFlight {
     job: JoinHandle<Result<(), CommitError>>,
-    producer: usize,
     interval: Interval,
 }
 
@@ -341,17 +345,19 @@ pub(super) struct Committer {
     in_flight: Option<InFlight>,
     patience: Duration,
     metrics: Metrics,
+    state: Arc<StateStore>,
 }
 
 impl Committer {
     /// Creates and prepares both producers; the commit phases are timed in
-    /// `metrics`.
+    /// `metrics`, and each committed interval's state goes to `state`.
     pub fn new(
         protocol: Arc<dyn CommitProtocol>,
         config: ClientConfig,
         changelog: String,
         patience: Duration,
         metrics: Metrics,
+        state: Arc<StateStore>,
     ) -> anyhow::Result<Self> {
         let make = |n| make_producer(protocol.as_ref(), &config, &changelog, n);
         let producers = [make(0)?, make(1)?];
@@ -365,6 +371,7 @@ impl Committer {
             in_flight: None,
             patience,
             metrics,
+            state,
         })
     }
 
@@ -395,6 +402,13 @@ impl Committer {
         Ok(())
     }
 
+    /// Opens the current interval if it is not, and returns its producer, for
+    /// records sent from several threads.
+    pub fn opened(&mut self) -> Result<&Producer, LoopError> {
+        self.open()?;
+        Ok(self.producer())
+    }
+
     /// Sends a record as part of the current interval.
     pub fn send(&mut self, record: BaseRecord<'_, [u8], [u8]>) -> Result<(), LoopError> {
         self.open()?;
@@ -404,32 +418,40 @@ impl Committer {
     }
 
     /// Starts committing the current interval in the background and moves on to
-    /// the other producer.
+    /// the other producer. The commit thread waits for the interval's records,
+    /// commits it in Kafka and then writes its state (with the changelog
+    /// checkpoints reached) to RocksDB.
     pub fn start(
         &mut self,
-        interval: Interval,
+        mut interval: Interval,
         meta: Option<ConsumerGroupMetadata>,
     ) -> Result<(), LoopError> {
         self.open()?;
         let producer = self.producers[self.current].clone();
         let protocol = self.protocol.clone();
         let offsets = interval.offsets.clone();
+        let mut batch = std::mem::take(&mut interval.batch);
         let deadline = Instant::now() + self.patience;
-        let metrics = self.metrics.clone();
+        let (metrics, state) = (self.metrics.clone(), self.state.clone());
         let job = std::thread::Builder::new()
             .name("rapport-commit".into())
             .spawn(move || {
                 let started = Instant::now();
                 flush(&producer, deadline)?;
                 metrics.phase_done("flush", started);
-                protocol.seal(&producer, &offsets, meta.as_ref(), deadline, &metrics)
+                protocol.seal(&producer, &offsets, meta.as_ref(), deadline, &metrics)?;
+                if let Ok(mut o) = producer.context().changelog_offsets.lock() {
+                    for (p, next) in o.drain() {
+                        batch.set_checkpoint(p, next);
+                    }
+                }
+                let writing = Instant::now();
+                state.write(batch)?;
+                metrics.phase_done("state", writing);
+                Ok(())
             })
             .map_err(|e| LoopError::Fatal(e.into()))?;
-        self.in_flight = Some(InFlight {
-            job,
-            producer: self.current,
-            interval,
-        });
+        self.in_flight = Some(InFlight { job, interval });
         self.current = 1 - self.current;
         self.open = false;
         Ok(())
@@ -441,13 +463,12 @@ impl Committer {
         self.in_flight.as_ref().is_some_and(|f| f.job.is_finished())
     }
 
-    /// Waits for the background commit; returns its interval, with the changelog
-    /// checkpoints it reached, once Kafka has committed it.
+    /// Waits for the background commit; returns its interval once Kafka has
+    /// committed it and its state is in RocksDB.
     pub fn finish(&mut self) -> Result<Option<Interval>, LoopError> {
         let Some(f) = self.in_flight.take() else {
             return Ok(None);
         };
-        let mut interval = f.interval;
         match f.job.join() {
             Err(_) => Err(LoopError::Fatal(anyhow::anyhow!("commit thread panicked"))),
             Ok(Err(CommitError::Failed(why))) => Err(LoopError::Rewind(why)),
@@ -455,14 +476,8 @@ impl Committer {
                 "the Kafka cluster did not answer for {} s ({why}); check that it is reachable, or raise engine.kafka_unavailable_timeout_ms",
                 self.patience.as_secs()
             ))),
-            Ok(Ok(())) => {
-                if let Ok(mut o) = self.producers[f.producer].context().changelog_offsets.lock() {
-                    for (p, next) in o.drain() {
-                        interval.batch.set_checkpoint(p, next);
-                    }
-                }
-                Ok(Some(interval))
-            }
+            Ok(Err(e @ CommitError::State(_))) => Err(LoopError::Fatal(e.into())),
+            Ok(Ok(())) => Ok(Some(f.interval)),
         }
     }
 

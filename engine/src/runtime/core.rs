@@ -146,16 +146,21 @@ impl Core {
     }
 
     /// Sends each changed profile (one record per profile, not per event) and each
-    /// moved watermark to the changelog, and adds them to `batch`.
+    /// moved watermark to the changelog, and adds them to `batch`. The worker
+    /// threads that encode the profiles send them too, each its partitions' in
+    /// order.
     fn write_changelog(&mut self, batch: &mut StateBatch) -> Result<(), LoopError> {
-        let (committer, changelog) = (&mut self.committer, &self.changelog);
+        let changelog = self.changelog.as_str();
+        let producer = self.committer.opened()?;
         self.processor.changes(batch, |(p, key, value)| {
-            committer.send(
+            rapport_connectors::publish::send_when_room(
+                producer,
                 BaseRecord::to(changelog)
                     .partition(p)
                     .key(key)
                     .payload(value),
             )
+            .map_err(|e| LoopError::Rewind(format!("producing to {changelog}: {e}")))
         })
     }
 
@@ -206,9 +211,6 @@ impl Core {
         mut done: Interval,
     ) -> anyhow::Result<()> {
         let erasures = std::mem::take(&mut done.erasures);
-        let writing = Instant::now();
-        self.state.write(done.batch).context("writing state")?;
-        self.metrics.phase_done("state", writing);
         self.finish_erasures(erasures);
         self.committer
             .protocol()

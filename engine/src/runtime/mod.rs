@@ -222,7 +222,12 @@ struct Worker {
 }
 
 /// The committer for the configured guarantee.
-fn committer(cfg: &Config, changelog: &str, metrics: &Metrics) -> anyhow::Result<Committer> {
+fn committer(
+    cfg: &Config,
+    changelog: &str,
+    metrics: &Metrics,
+    state: &Arc<StateStore>,
+) -> anyhow::Result<Committer> {
     let protocol: Arc<dyn CommitProtocol> = match cfg.engine.guarantee {
         Guarantee::ExactlyOnce => Arc::new(ExactlyOnce {
             transactional_id: format!("{}-{}", cfg.kafka.group_id, cfg.engine.instance_id),
@@ -242,6 +247,7 @@ fn committer(cfg: &Config, changelog: &str, metrics: &Metrics) -> anyhow::Result
         changelog.to_owned(),
         Duration::from_millis(cfg.engine.kafka_unavailable_timeout_ms),
         metrics.clone(),
+        state.clone(),
     )
 }
 
@@ -255,7 +261,7 @@ impl Worker {
         receipts: Option<erasure::Receipts>,
     ) -> anyhow::Result<Self> {
         let changelog = cfg.kafka.changelog();
-        let committer = committer(&cfg, &changelog, &metrics)?;
+        let committer = committer(&cfg, &changelog, &metrics, &state)?;
         let producer_max = (cfg.engine.max_record_bytes + RECORD_OVERHEAD).max(1_000_000);
         let registry = encode::RegistryIo::connect(&cfg)?;
         let mut processor = Processor::new(

@@ -5,17 +5,21 @@
 use serde::Deserialize;
 
 use super::*;
+use crate::seen::SeenEventsV4;
+use crate::window::WindowsV4;
 
 /// The state-encoding version written by this build. Readers accept every version up
 /// to this one, so state written by version N stays readable by N+1.
 ///
 /// Version 2 appended `windows`, `journey_runs` and `journey_entries`; version 3
 /// appended `review_reads_ms`, `call_waits`, `sentiment_ms`, `emotion` and
-/// `delivery`; version 4 appended `seen_events`.
+/// `delivery`; version 4 appended `seen_events`; version 5 stores window
+/// buckets and remembered event ids packed (see `window::packed` and
+/// [`SeenEvents`]'s encoding), a third smaller for a busy customer.
 /// Postcard is not self-describing: a struct with more fields cannot read a
 /// shorter record, so older bodies are read as [`ProfileV1`] or [`ProfileV2`]
 /// and converted.
-pub const PROFILE_ENCODING_VERSION: u8 = 4;
+pub const PROFILE_ENCODING_VERSION: u8 = 5;
 
 /// The profile as encoding version 1 wrote it: the fields of [`Profile`] before
 /// `windows`. Only ever decoded.
@@ -80,7 +84,7 @@ impl From<ProfileV1> for Profile {
 #[derive(Deserialize)]
 struct ProfileV2 {
     v1: ProfileV1,
-    windows: Windows,
+    windows: WindowsV4,
     journey_runs: Vec<JourneyRun>,
     journey_entries: Vec<JourneyEntries>,
 }
@@ -88,7 +92,7 @@ struct ProfileV2 {
 impl From<ProfileV2> for Profile {
     fn from(v: ProfileV2) -> Self {
         Profile {
-            windows: v.windows,
+            windows: v.windows.into(),
             journey_runs: v.journey_runs,
             journey_entries: v.journey_entries,
             ..Profile::from(v.v1)
@@ -119,6 +123,23 @@ impl From<ProfileV3> for Profile {
             delivery: v.delivery,
             previous_surveys: v.previous_surveys,
             ..Profile::from(v.v2)
+        }
+    }
+}
+
+/// The profile as encoding version 4 wrote it: the version-3 fields, then the
+/// remembered event ids (windows and ids not packed yet). Only ever decoded.
+#[derive(Deserialize)]
+struct ProfileV4 {
+    v3: ProfileV3,
+    seen_events: SeenEventsV4,
+}
+
+impl From<ProfileV4> for Profile {
+    fn from(v: ProfileV4) -> Self {
+        Profile {
+            seen_events: v.seen_events.into(),
+            ..Profile::from(v.v3)
         }
     }
 }
@@ -168,6 +189,7 @@ impl Profile {
         match bytes.split_first() {
             None => Err(DecodeError::Empty),
             Some((&PROFILE_ENCODING_VERSION, body)) => Ok(postcard::from_bytes(body)?),
+            Some((&4, body)) => Ok(postcard::from_bytes::<ProfileV4>(body)?.into()),
             Some((&3, body)) => Ok(postcard::from_bytes::<ProfileV3>(body)?.into()),
             Some((&2, body)) => Ok(postcard::from_bytes::<ProfileV2>(body)?.into()),
             Some((&1, body)) => Ok(postcard::from_bytes::<ProfileV1>(body)?.into()),

@@ -109,10 +109,10 @@ pub struct CallWait {
 /// When a journey last fired for this customer, per journey-specific key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JourneyMark {
-    /// Journey name.
-    pub journey: String,
+    /// Journey name (held inline up to 24 bytes; stored as a string either way).
+    pub journey: CompactString,
     /// Journey-specific key (a sku, or empty).
-    pub key: String,
+    pub key: CompactString,
     /// Event time of the last firing, epoch ms.
     pub fired_ms: i64,
     /// How many times it fired.
@@ -277,6 +277,28 @@ impl Profile {
         slice(&self.timers);
         slice(&self.journey_entries);
         slice(&self.delivery.sent);
+    }
+
+    /// Starts loading what encoding the profile reads (see [`crate::prefetch`]):
+    /// its lists, or with `nested` (once those are in cache) the lists inside
+    /// them. A commit calls it a few profiles ahead of the one it encodes.
+    pub fn prefetch_for_encoding(&self, nested: bool) {
+        use crate::prefetch::slice;
+        if nested {
+            for s in &self.windows.series {
+                slice(&s.buckets);
+            }
+            return;
+        }
+        self.prefetch_lists();
+        slice(&self.anonymous_ids);
+        slice(&self.contacts_ms);
+        slice(&self.journeys);
+        slice(&self.journey_runs);
+        slice(&self.review_reads_ms);
+        slice(&self.call_waits);
+        slice(&self.delivery.consent);
+        self.seen_events.prefetch_all();
     }
 
     /// An empty profile for `id`.
@@ -497,8 +519,8 @@ impl Profile {
                 m.count += 1;
             }
             None => self.journeys.push(JourneyMark {
-                journey: journey.to_owned(),
-                key: key.to_owned(),
+                journey: journey.into(),
+                key: key.into(),
                 fired_ms: at_ms,
                 count: 1,
             }),
@@ -735,6 +757,13 @@ mod tests {
 
     /// What version 2 wrote for `p`: the body without the fields appended in version 3.
     fn v2_bytes(p: &Profile) -> Vec<u8> {
+        // Windows as versions 2 to 4 stored them: buckets not packed.
+        let windows: Vec<_> = p
+            .windows
+            .series
+            .iter()
+            .map(|s| (s.event_type, s.channel, s.last_ms, &s.buckets))
+            .collect();
         let mut v2 = vec![2u8];
         v2.extend(
             postcard::to_allocvec(&(
@@ -755,7 +784,7 @@ mod tests {
                 (&p.nps, &p.csat, &p.ces, p.open_issues, p.sentiment),
                 (&p.contacts_ms, p.max_wait_seconds, &p.products, &p.recent),
                 (&p.journeys, &p.timers),
-                (&p.windows, &p.journey_runs, &p.journey_entries),
+                (&windows, &p.journey_runs, &p.journey_entries),
             ))
             .unwrap(),
         );
