@@ -243,9 +243,12 @@ fn produce(
     let started = Instant::now();
     for n in 0..total {
         let due = Duration::from_secs_f64(n as f64 / rate as f64);
-        // Serve delivery reports until this record is due.
-        while let Some(wait) = due.checked_sub(started.elapsed()) {
-            producer.poll(wait);
+        // Serve delivery reports until this record is due, a millisecond at a
+        // time: librdkafka waits whole milliseconds, so waiting out the
+        // microseconds between two records spun a core that the engine and
+        // the broker need. Records due within the millisecond go out together.
+        while due.saturating_sub(started.elapsed()) >= Duration::from_millis(1) {
+            producer.poll(Duration::from_millis(1));
         }
         let now_ms = chrono::Utc::now().timestamp_millis();
         let r = sim.next_record(now_ms);
