@@ -243,12 +243,17 @@ fn produce(
     let started = Instant::now();
     for n in 0..total {
         let due = Duration::from_secs_f64(n as f64 / rate as f64);
-        // Serve delivery reports until this record is due, a millisecond at a
-        // time: librdkafka waits whole milliseconds, so waiting out the
-        // microseconds between two records spun a core that the engine and
-        // the broker need. Records due within the millisecond go out together.
-        while due.saturating_sub(started.elapsed()) >= Duration::from_millis(1) {
-            producer.poll(Duration::from_millis(1));
+        // Sleep until this record is due, serving delivery reports, when it is
+        // a millisecond or more away; records due sooner go out together.
+        // Waiting in poll() instead spun a core the engine and the broker
+        // need: it waits in whole milliseconds and retries until its deadline.
+        loop {
+            let ahead = due.saturating_sub(started.elapsed());
+            if ahead < Duration::from_millis(1) {
+                break;
+            }
+            producer.poll(Duration::ZERO);
+            std::thread::sleep(ahead.min(Duration::from_millis(2)));
         }
         let now_ms = chrono::Utc::now().timestamp_millis();
         let r = sim.next_record(now_ms);
