@@ -66,10 +66,6 @@ pub enum Outcome {
 /// the worker threads; below it one thread is quicker than starting them.
 const PARALLEL_ENCODE: usize = 256;
 
-/// Cache bytes to evict in one trim from which the partitions are trimmed on
-/// the worker threads (about a thousand profiles).
-const PARALLEL_EVICT_BYTES: usize = 4 << 20;
-
 /// Decodes, applies and evaluates records for the partitions it owns.
 pub struct Processor {
     shared: Shared,
@@ -378,31 +374,19 @@ impl Processor {
     /// After a commit: when the cached profiles take more than the cache's
     /// bytes, clean ones leave memory (their latest version is in RocksDB) until
     /// they take three quarters of it, each partition's share of the excess from
-    /// its own, the partitions in parallel on the worker threads (freeing
-    /// thousands of profiles is most of it). Returns the profiles still cached
-    /// and their estimated bytes.
+    /// its own. Returns the profiles still cached and their estimated bytes.
+    ///
+    /// The profiles are freed on the engine's thread: freed on the short-lived
+    /// worker threads instead, their memory stayed with those threads' pages
+    /// and peak RSS at 1M customers went from 397 to 800 MiB.
     pub fn trim_cache(&mut self) -> CacheUsage {
         let bytes: usize = self.tasks.values().map(|t| t.cached_bytes).sum();
         if bytes > self.profile_cache_bytes {
             let excess = bytes - self.profile_cache_bytes / 4 * 3;
-            let share =
-                |t: &Task| (excess as u128 * t.cached_bytes as u128 / bytes as u128) as usize;
-            let tasks: Vec<&mut Task> = self.tasks.values_mut().collect();
-            let threads = match excess / PARALLEL_EVICT_BYTES {
-                0 => 1,
-                _ => self.workers,
-            };
-            on_threads(
-                tasks,
-                threads,
-                |t| share(t),
-                |chunk| {
-                    for t in chunk {
-                        let s = share(t);
-                        t.evict(s);
-                    }
-                },
-            );
+            for t in self.tasks.values_mut() {
+                let share = (excess as u128 * t.cached_bytes as u128 / bytes as u128) as usize;
+                t.evict(share);
+            }
         }
         CacheUsage {
             profiles: self.tasks.values().map(|t| t.profiles.len()).sum(),
