@@ -175,14 +175,22 @@ pub fn simulation() -> SimConfig {
 }
 
 /// The engine's work in the latency run: the shipped journeys and delivery
-/// policy (`deploy/journeys`), and `RAPPORT_BENCH_COMMIT_MS` as the commit
-/// interval.
+/// policy (`deploy/journeys`), `RAPPORT_BENCH_COMMIT_MS` as the commit
+/// interval and `RAPPORT_BENCH_PROFILE_CACHE` as the profile cache's MiB.
 pub fn workload(cfg: &mut Config) -> anyhow::Result<()> {
     if let Some(ms) = std::env::var("RAPPORT_BENCH_COMMIT_MS")
         .ok()
         .and_then(|v| v.parse().ok())
     {
         cfg.engine.commit_interval_ms = ms;
+    }
+    // RAPPORT_BENCH_PROFILE_CACHE overrides state.profile_cache_mb, as in the
+    // other engine runs.
+    if let Some(mb) = std::env::var("RAPPORT_BENCH_PROFILE_CACHE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.state.profile_cache_mb = mb;
     }
     let jdir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/journeys");
     cfg.journeys = vec![format!("{}/*.toml", jdir.display())];
