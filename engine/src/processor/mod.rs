@@ -407,10 +407,9 @@ pub struct CacheUsage {
     pub waits: usize,
 }
 
-/// One partition's task at work on its records, with what every partition reads.
 /// Runs `work` over `items` on up to `threads` threads, the heaviest items
 /// first, each to the least loaded thread (by `weight`); one result per thread,
-/// in thread order. With one thread (or one item) it runs on the caller's.
+/// in thread order. The caller's thread is one of them.
 fn on_threads<T: Send, R: Send>(
     mut items: Vec<T>,
     threads: usize,
@@ -430,18 +429,25 @@ fn on_threads<T: Send, R: Send>(
         chunks[t].push(item);
     }
     let work = &work;
+    // The calling thread takes the first share itself: one thread fewer to
+    // start, and what that share allocates belongs to a thread that lives on.
+    let mut chunks = chunks.into_iter();
+    let first = chunks.next().unwrap_or_default();
     std::thread::scope(|scope| {
         let handles: Vec<_> = chunks
-            .into_iter()
             .map(|chunk| scope.spawn(move || work(chunk)))
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
+        let mut results = vec![work(first)];
+        results.extend(
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
+        );
+        results
     })
 }
 
+/// One partition's task at work on its records, with what every partition reads.
 struct Lane<'a> {
     sh: &'a Shared,
     task: &'a mut Task,
