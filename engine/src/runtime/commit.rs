@@ -309,10 +309,9 @@ fn flush(p: &Producer, deadline: Instant) -> Result<(), CommitError> {
     }
 }
 
-/// One interval's state changes and offsets, whose Kafka side is committing.
+/// One interval's offsets and what is finished once it has committed (its
+/// state changes go to the commit thread, which writes them).
 pub(super) struct Interval {
-    /// RocksDB changes, written by the commit thread once Kafka has committed.
-    pub batch: StateBatch,
     /// Consumed offsets (next to read).
     pub offsets: TopicPartitionList,
     /// Records handled in the interval.
@@ -325,8 +324,7 @@ pub(super) struct Interval {
     pub erasures: Vec<crate::privacy::erasure::Completed>,
 }
 
-/// The interval being committed on the commit thread; its state batch went
-/// with it.
+/// The interval being committed on the commit thread.
 struct InFlight {
     job: JoinHandle<Result<(), CommitError>>,
     interval: Interval,
@@ -419,18 +417,18 @@ impl Committer {
 
     /// Starts committing the current interval in the background and moves on to
     /// the other producer. The commit thread waits for the interval's records,
-    /// commits it in Kafka and then writes its state (with the changelog
-    /// checkpoints reached) to RocksDB.
+    /// commits it in Kafka and then writes its state changes `batch` (with the
+    /// changelog checkpoints reached) to RocksDB.
     pub fn start(
         &mut self,
-        mut interval: Interval,
+        interval: Interval,
+        mut batch: StateBatch,
         meta: Option<ConsumerGroupMetadata>,
     ) -> Result<(), LoopError> {
         self.open()?;
         let producer = self.producers[self.current].clone();
         let protocol = self.protocol.clone();
         let offsets = interval.offsets.clone();
-        let mut batch = std::mem::take(&mut interval.batch);
         let deadline = Instant::now() + self.patience;
         let (metrics, state) = (self.metrics.clone(), self.state.clone());
         let job = std::thread::Builder::new()

@@ -130,14 +130,13 @@ impl Core {
         };
         let records = std::mem::take(&mut self.pending_records);
         let interval = Interval {
-            batch,
             offsets,
             records,
             started,
             oldest_ms: self.oldest_ms.take(),
             erasures,
         };
-        self.committer.start(interval, meta)?;
+        self.committer.start(interval, batch, meta)?;
         self.order.interval_committing();
         if matches!(mode, CommitMode::Sync) {
             self.finish_in_flight(consumer)?;
