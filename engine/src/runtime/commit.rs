@@ -455,6 +455,13 @@ impl Committer {
         Ok(())
     }
 
+    /// Whether a background commit is still running.
+    pub fn committing(&self) -> bool {
+        self.in_flight
+            .as_ref()
+            .is_some_and(|f| !f.job.is_finished())
+    }
+
     /// Whether the background commit has ended (successfully or not), so
     /// [`Committer::finish`] returns without waiting.
     pub fn in_flight_ended(&self) -> bool {

@@ -70,6 +70,10 @@ pub use self::restore::{restore_partition, RestoreStatus, Restorer};
 /// Records handled together: their partitions are processed in parallel.
 const BATCH_RECORDS: usize = 2048;
 
+/// How long the loop consumes before it looks again whether a due commit can
+/// start, while the previous one is still in flight.
+const OVERDUE_SLICE: Duration = Duration::from_millis(5);
+
 /// Changelog key that carries a partition's event-time watermark.
 pub const WATERMARK_KEY: &[u8] = b"\0rapport.watermark";
 
@@ -374,11 +378,20 @@ impl Worker {
     /// Processes what arrives until the commit interval is up, restores a slice
     /// of the partitions being restored, and commits when the interval is up.
     fn step(&mut self, last_commit: &mut Instant) -> Result<(), LoopError> {
-        let deadline = *last_commit + self.interval;
-        let restoring = !lock(&self.core).restorer.is_idle();
-        let mut wait = match restoring {
-            true => Duration::ZERO,
-            false => Duration::from_millis(20),
+        let (restoring, committing) = {
+            let core = lock(&self.core);
+            (!core.restorer.is_idle(), core.committer.committing())
+        };
+        // A commit that is due waits for the one still in flight: meanwhile the
+        // loop goes on consuming, a slice at a time, into the open interval.
+        let mut deadline = *last_commit + self.interval;
+        if committing {
+            deadline = deadline.max(Instant::now() + OVERDUE_SLICE);
+        }
+        let mut wait = match (restoring, committing) {
+            (true, _) => Duration::ZERO,
+            (false, true) => OVERDUE_SLICE,
+            (false, false) => Duration::from_millis(20),
         };
         // Drain what is already fetched, up to the commit deadline, in batches
         // whose partitions are processed in parallel.
@@ -408,7 +421,10 @@ impl Worker {
         core.restore_slice(&self.consumer)?;
         core.release_identity_messages(&self.consumer)?;
         core.committer.producer().poll(Duration::ZERO);
-        if last_commit.elapsed() >= self.interval {
+        // Only one commit runs at a time; a due one starts once the one in
+        // flight has ended instead of stopping the loop until it does (the
+        // interval grows by the wait).
+        if last_commit.elapsed() >= self.interval && !core.committer.committing() {
             core.fire_idle_timers()?;
             core.commit(&self.consumer, CommitMode::Async)?;
             *last_commit = Instant::now();
