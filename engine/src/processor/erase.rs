@@ -253,10 +253,11 @@ impl Lane<'_> {
     /// Caches an empty profile for `id`, so that a re-consent in the interval of
     /// the erasure (not yet committed to RocksDB) does not read the old profile back.
     fn start_fresh(&mut self, id: &str) {
+        let stored = Stored::fresh(id);
         let slot = Box::new(Slot {
-            stored: Stored::fresh(id),
+            bytes: super::task::slot_bytes(&stored.profile, 0),
+            stored,
             dirty: false,
-            bytes: super::task::slot_bytes(0),
             persisted_timers: Default::default(),
         });
         let task = &mut *self.task;

@@ -112,7 +112,7 @@ impl Task {
                     .get_sized(self.partition, id)?
                     .unwrap_or_else(|| (Stored::fresh(id), 0));
                 let persisted_timers = timer_times(&stored.profile);
-                let bytes = slot_bytes(len);
+                let bytes = slot_bytes(&stored.profile, len);
                 self.cached_bytes += bytes as usize;
                 e.insert(Box::new(Slot {
                     stored,
@@ -202,7 +202,7 @@ impl Task {
             if let Some(slot) = self.profiles.get_mut(id.as_str()) {
                 slot.dirty = false;
                 slot.persisted_timers = now;
-                let size = slot_bytes(bytes.len());
+                let size = slot_bytes(&slot.stored.profile, bytes.len());
                 self.cached_bytes =
                     self.cached_bytes.saturating_sub(slot.bytes as usize) + size as usize;
                 slot.bytes = size;
@@ -270,9 +270,11 @@ const DECODED_PER_ENCODED: usize = 3;
 
 /// The memory a cached profile whose encoding is `encoded_len` bytes long takes,
 /// estimated (measured with `cargo bench ... -- scale` against the
-/// process's RSS).
-pub(crate) fn slot_bytes(encoded_len: usize) -> u32 {
-    u32::try_from(SLOT_FIXED + DECODED_PER_ENCODED * encoded_len).unwrap_or(u32::MAX)
+/// process's RSS, with profile encoding version 4: what version 5's packing
+/// saves is counted back, since the decoded profile is as large as before).
+pub(crate) fn slot_bytes(profile: &Profile, encoded_len: usize) -> u32 {
+    let v4_len = encoded_len + profile.packing_savings();
+    u32::try_from(SLOT_FIXED + DECODED_PER_ENCODED * v4_len).unwrap_or(u32::MAX)
 }
 
 /// How many profiles ahead of the one being encoded a commit asks for a

@@ -325,6 +325,15 @@ mod tests {
             stored.encode().len(),
             bytes.len()
         );
+        // The profile cache counts what packing saved back, to estimate the
+        // decoded size from version 4's: closer to the bytes it took then.
+        let packed = stored.encode().len();
+        let counted = packed + stored.profile.packing_savings();
+        assert!(
+            counted.abs_diff(bytes.len()) < packed.abs_diff(bytes.len()),
+            "{counted} (packed {packed}) against {}",
+            bytes.len()
+        );
     }
 
     /// Profiles stored in envelope version 2 (before identity stitching) still

@@ -301,6 +301,21 @@ impl Profile {
         self.seen_events.prefetch_all();
     }
 
+    /// About how many bytes encoding version 5 saves on this profile against
+    /// version 4 by packing: 6 per remembered event id and 4 per window bucket
+    /// after the first of each list (the first still carries an epoch time).
+    /// For estimates calibrated on version 4's sizes, since the decoded
+    /// profile did not shrink.
+    pub fn packing_savings(&self) -> usize {
+        let buckets: usize = self
+            .windows
+            .series
+            .iter()
+            .map(|s| s.buckets.len().saturating_sub(1))
+            .sum();
+        6 * self.seen_events.len().saturating_sub(1) + 4 * buckets
+    }
+
     /// An empty profile for `id`.
     pub fn new(id: &str) -> Self {
         Profile {
