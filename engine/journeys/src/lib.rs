@@ -15,6 +15,7 @@
 mod bind;
 mod cel_text;
 mod check;
+mod compile;
 pub mod duration;
 pub mod error;
 mod format;
