@@ -331,11 +331,11 @@ impl Processor {
     }
 
     /// Hands every change since the last call to `emit` as changelog records (one
-    /// per changed profile, not per event, and each moved watermark) and adds them
-    /// to `batch`, with the applied offsets of `offsets` (`(partition, topic, next)`).
-    /// The changed profiles are encoded first, the partitions in parallel on the
-    /// worker threads (the engine's loop waits for this at every commit), then
-    /// emitted in order.
+    /// per changed profile, not per event, and each moved watermark) and moves
+    /// them into `batch`. The partitions are spread over the worker threads
+    /// (the engine's loop waits for this at every commit); each thread encodes
+    /// a partition's changed profiles and emits them, in order, before the next
+    /// partition, so `emit` is called from several threads at once.
     pub fn changes<E: Send>(
         &mut self,
         batch: &mut StateBatch,
