@@ -66,12 +66,9 @@ fn main() -> anyhow::Result<()> {
             Err(_) => vec![10_000, 1_000_000],
         };
         // RAPPORT_BENCH_EVENTS shortens a run, e.g. under callgrind.
-        let events = match std::env::var("RAPPORT_BENCH_EVENTS") {
-            Ok(n) => n.parse()?,
-            Err(_) => 1_000_000,
-        };
+        let events = bench_events(1_000_000)?;
         for customers in counts {
-            replay(events, customers)?;
+            replay(events as usize, customers)?;
         }
     }
     if which == "all" || which == "journeys" {
@@ -81,7 +78,7 @@ fn main() -> anyhow::Result<()> {
     }
     if which == "peers" {
         let bootstrap = rapport::broker::ensure()?.bootstrap;
-        peers(&bootstrap, 200_000)?;
+        peers(&bootstrap, bench_events(ISSUE_INPUT_EVENTS)?)?;
         // Latency at half of Rapport's exactly_once maximum on its workload.
         let g = Guarantee::ExactlyOnce;
         latency::latency(&bootstrap, half_of_max(&bootstrap, g)?, 20, g)?;
@@ -118,7 +115,7 @@ fn main() -> anyhow::Result<()> {
             restore(&bootstrap, 200_000)?;
         }
         if which != "restore" {
-            guarantees(&bootstrap, 200_000)?;
+            guarantees(&bootstrap, bench_events(ISSUE_INPUT_EVENTS)?)?;
         }
     }
     Ok(())
@@ -424,6 +421,19 @@ fn restore(bootstrap: &str, profiles: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Touchpoints in the input of the engine runs (guarantees, peers): 1M, ten
+/// per customer on average, so a run covers the cold start of every customer
+/// and their steady state. `RAPPORT_BENCH_EVENTS` shortens it.
+const ISSUE_INPUT_EVENTS: u64 = 1_000_000;
+
+/// `RAPPORT_BENCH_EVENTS`, or `default`.
+fn bench_events(default: u64) -> anyhow::Result<u64> {
+    Ok(match std::env::var("RAPPORT_BENCH_EVENTS") {
+        Ok(n) => n.parse()?,
+        Err(_) => default,
+    })
+}
+
 /// Customers in the input of the engine runs (guarantees, peers, and the
 /// maximum rate the latency is measured at half of).
 const BENCH_CUSTOMERS: u64 = 100_000;
@@ -575,6 +585,18 @@ fn engine_run_with(
         .and_then(|v| v.parse().ok())
     {
         cfg.state.profile_cache_mb = mb;
+    }
+    // RAPPORT_BENCH_ROCKSDB="block_cache_mb=32,write_buffer_mb=16" overrides those
+    // memory settings, to compare splits of one budget.
+    for kv in std::env::var("RAPPORT_BENCH_ROCKSDB")
+        .unwrap_or_default()
+        .split(',')
+    {
+        match kv.split_once('=') {
+            Some(("block_cache_mb", v)) => cfg.state.block_cache_mb = v.parse()?,
+            Some(("write_buffer_mb", v)) => cfg.state.write_buffer_mb = v.parse()?,
+            _ => {}
+        }
     }
     let workers = cfg.engine.workers();
     for (var, map) in [

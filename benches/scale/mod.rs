@@ -21,7 +21,7 @@ use rdkafka::TopicPartitionList;
 /// One run with `customers` customers.
 pub fn scale(bootstrap: &str, customers: u64) -> anyhow::Result<()> {
     let s = super::suffix();
-    let events = customers.max(200_000);
+    let events = super::bench_events(customers.max(200_000))?;
     // RAPPORT_BENCH_SCALE_INPUT names an input topic to create once and keep, so
     // that runs with other settings (RAPPORT_BENCH_SCALE_CONFIG) read the same input.
     let kept = std::env::var("RAPPORT_BENCH_SCALE_INPUT").ok();

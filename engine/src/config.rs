@@ -168,7 +168,9 @@ pub struct StateConfig {
     /// Memory for profiles kept decoded between commits, MiB (estimated from
     /// each profile's stored size; see [`crate::processor::Processor::trim_cache`]).
     /// The profiles changed in one commit interval stay until it is committed,
-    /// on top of this.
+    /// on top of this; when they alone fill it, the engine commits before the
+    /// interval is up (`rapport_early_commits_total`), so memory stays bounded
+    /// whatever the commit interval.
     pub profile_cache_mb: usize,
     /// The count of cached profiles of earlier releases, now refused at
     /// start-up in favour of `profile_cache_mb`.

@@ -36,6 +36,9 @@ pub struct Metrics {
     pub restore_remaining: IntGaugeVec,
     /// Commits of state, actions and offsets.
     pub commits: IntCounter,
+    /// Commits started before the commit interval was up, because the
+    /// interval's changed profiles filled the profile cache.
+    pub early_commits: IntCounter,
     /// Times uncommitted work was dropped and redone from the last commit.
     pub rewinds: IntCounter,
     /// Records in each owned input partition not processed yet, by topic and partition.
@@ -154,6 +157,11 @@ impl Metrics {
                 "Commits of state, actions and offsets",
             )
             .expect("valid metric"),
+            early_commits: IntCounter::new(
+                "rapport_early_commits_total",
+                "Commits started before the commit interval was up because the interval's changed profiles filled the profile cache (state.profile_cache_mb)",
+            )
+            .expect("valid metric"),
             rewinds: IntCounter::new(
                 "rapport_rewinds_total",
                 "Times a failed commit (a rebalance, a broker restart) made the engine drop uncommitted work and redo it from the last commit",
@@ -251,6 +259,7 @@ impl Metrics {
             Box::new(m.dead_letters.clone()),
             Box::new(m.actions.clone()),
             Box::new(m.commits.clone()),
+            Box::new(m.early_commits.clone()),
             Box::new(m.rewinds.clone()),
             Box::new(m.lag.clone()),
             Box::new(m.state_bytes.clone()),

@@ -14,6 +14,7 @@ mod import;
 mod journeys;
 mod kcat;
 mod kubernetes;
+mod memory;
 mod metrics;
 mod policy_replay;
 mod privacy;

@@ -211,6 +211,9 @@ impl Lane<'_> {
         let cached = task.profiles.remove(id);
         if let Some(slot) = &cached {
             task.cached_bytes -= (slot.bytes as usize).min(task.cached_bytes);
+            if slot.dirty {
+                task.dirty_bytes -= (slot.bytes as usize).min(task.dirty_bytes);
+            }
         }
         let stored = self.sh.state.get(task.partition, id)?;
         let timers: Vec<i64> = match (&cached, &stored) {

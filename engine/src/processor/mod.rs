@@ -109,8 +109,9 @@ pub type ChangelogRecord<'a> = (i32, &'a [u8], &'a [u8]);
 impl Processor {
     /// A processor reading records up to `max_record_bytes`, checking keys with
     /// `rule`, evaluating `journeys`, with state in `state` and at most about
-    /// about `profile_cache_bytes` of profiles kept decoded (the dirty ones of
-    /// an interval come on top, until they are committed).
+    /// `profile_cache_bytes` of profiles kept decoded (the dirty ones of an
+    /// interval come on top until they are committed; the engine commits early
+    /// when they fill it, see [`Processor::changes_fill_cache`]).
     pub fn new(
         max_record_bytes: usize,
         rule: KeyRule,
@@ -196,6 +197,14 @@ impl Processor {
     /// Drops every task and its uncommitted changes.
     pub fn clear(&mut self) {
         self.tasks.clear();
+    }
+
+    /// Whether the profiles changed since the last [`Processor::changes`] take
+    /// the whole profile cache: they stay in memory until they are committed,
+    /// so the engine commits then rather than at the end of the interval, and
+    /// memory stays bounded by the cache's size whatever the commit interval.
+    pub fn changes_fill_cache(&self) -> bool {
+        self.tasks.values().map(|t| t.dirty_bytes).sum::<usize>() >= self.profile_cache_bytes
     }
 
     /// Whether anything changed since the last [`Processor::changes`].

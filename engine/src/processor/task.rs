@@ -37,6 +37,9 @@ pub(crate) struct Task {
     pub dirty: Vec<CompactString>,
     /// The sum of the cached profiles' [`Slot::bytes`].
     pub cached_bytes: usize,
+    /// The part of it taken by the profiles in `dirty`, which stay until the
+    /// next commit.
+    pub dirty_bytes: usize,
     /// Pending timers, `(fire_at, customer id)`.
     pub timers: BTreeSet<(i64, String)>,
     /// Highest event time seen.
@@ -84,6 +87,7 @@ impl Task {
             profiles: hashbrown::HashMap::new(),
             dirty: Vec::new(),
             cached_bytes: 0,
+            dirty_bytes: 0,
             timers: state.timers(p)?.into_iter().collect(),
             watermark: state.watermark(p)?.unwrap_or(i64::MIN),
             watermark_dirty: false,
@@ -125,6 +129,7 @@ impl Task {
         let before = timer_times(&slot.stored.profile);
         if f(&mut slot.stored) && !slot.dirty {
             slot.dirty = true;
+            self.dirty_bytes += slot.bytes as usize;
             self.dirty.push(CompactString::from(id));
         }
         let after = timer_times(&slot.stored.profile);
@@ -157,6 +162,7 @@ impl Task {
     /// moved: what a commit writes for this partition.
     pub fn take_changes(&mut self) -> Changes {
         let ids = std::mem::take(&mut self.dirty);
+        self.dirty_bytes = 0;
         let slots: Vec<(CompactString, &Slot)> = ids
             .into_iter()
             .filter_map(|id| {
@@ -355,9 +361,16 @@ mod tests {
         for i in 0..10 {
             task.update(&state, &format!("c-{i}"), |_| true).unwrap();
         }
+        let changed: usize = task.profiles.values().map(|s| s.bytes as usize).sum();
+        assert_eq!(task.dirty_bytes, changed);
         let committed = task.take_changes();
         assert_eq!(committed.profiles.len(), 10);
+        assert_eq!(task.dirty_bytes, 0);
         task.update(&state, "c-dirty", |_| true).unwrap();
+        // A profile changed again before the commit is counted once.
+        task.update(&state, "c-dirty", |_| true).unwrap();
+        task.update(&state, "c-0", |_| false).unwrap();
+        assert_eq!(task.dirty_bytes, task.profiles["c-dirty"].bytes as usize);
         let sum: usize = task.profiles.values().map(|s| s.bytes as usize).sum();
         assert_eq!(task.cached_bytes, sum);
         assert!(sum >= 11 * std::mem::size_of::<Stored>());

@@ -409,6 +409,9 @@ impl Worker {
                 core.handle_batch(&batch)?;
                 core.finish_ended(&self.consumer)?;
                 batch.clear();
+                if core.processor.changes_fill_cache() {
+                    break;
+                }
             }
             wait = Duration::ZERO;
         }
@@ -423,8 +426,13 @@ impl Worker {
         core.committer.producer().poll(Duration::ZERO);
         // Only one commit runs at a time; a due one starts once the one in
         // flight has ended instead of stopping the loop until it does (the
-        // interval grows by the wait).
-        if last_commit.elapsed() >= self.interval && !core.committer.committing() {
+        // interval grows by the wait). Changes that fill the profile cache make
+        // a commit due early.
+        let early = last_commit.elapsed() < self.interval && core.processor.changes_fill_cache();
+        if (early || last_commit.elapsed() >= self.interval) && !core.committer.committing() {
+            if early {
+                core.metrics.early_commits.inc();
+            }
             core.fire_idle_timers()?;
             core.commit(&self.consumer, CommitMode::Async)?;
             *last_commit = Instant::now();

@@ -105,6 +105,12 @@ impl StateStore {
         table.set_bloom_filter(10.0, false);
         table.set_cache_index_and_filter_blocks(true);
         let mut opts = Options::default();
+        // A profile the cache misses is looked up in the memtables first, and
+        // their skip lists were a third of a lookup's cost (perf, 1M events of
+        // 100k customers). A bloom filter over whole keys, 5% of a memtable's
+        // size, answers "not here" for the profiles not written lately.
+        opts.set_memtable_whole_key_filtering(true);
+        opts.set_memtable_prefix_bloom_ratio(0.05);
         opts.create_if_missing(true);
         opts.set_block_based_table_factory(&table);
         opts.set_write_buffer_manager(&WriteBufferManager::new_write_buffer_manager_with_cache(
