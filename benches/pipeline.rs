@@ -595,6 +595,7 @@ fn engine_run_with(
         match kv.split_once('=') {
             Some(("block_cache_mb", v)) => cfg.state.block_cache_mb = v.parse()?,
             Some(("write_buffer_mb", v)) => cfg.state.write_buffer_mb = v.parse()?,
+            Some(("encoded_cache_mb", v)) => cfg.state.encoded_cache_mb = v.parse()?,
             _ => {}
         }
     }
@@ -629,12 +630,12 @@ fn engine_run_with(
     }
     let started = Instant::now();
     let cpu_before = cpu_seconds();
-    let mut peak = 0;
+    reset_peak_rss();
     while engine.progress.committed.load(Ordering::SeqCst) < events || !done()? {
         anyhow::ensure!(!engine.is_finished(), "engine stopped");
-        peak = peak.max(rss_mib());
         std::thread::sleep(Duration::from_millis(2));
     }
+    let peak = status_mib("VmHWM:");
     let secs = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu_before;
     engine.shutdown()?;
@@ -791,12 +792,23 @@ fn cpu_seconds() -> f64 {
 }
 
 /// This process's resident memory, MiB (0 where /proc is not available).
-fn rss_mib() -> u64 {
+/// Starts the process's peak RSS (VmHWM) afresh from its current RSS, so a
+/// run's peak is its own and not an earlier run's in the same process; read
+/// once at the end, it costs the run nothing (sampling /proc every few
+/// milliseconds did, and could miss a short peak).
+fn reset_peak_rss() {
+    if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
+        eprintln!("cannot reset the peak RSS ({e}): the peak reported is the process's");
+    }
+}
+
+/// A `kB` line of /proc/self/status (VmRSS:, VmHWM:), in MiB.
+fn status_mib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .map_or(0, |kb| kb / 1024)

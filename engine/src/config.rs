@@ -172,6 +172,11 @@ pub struct StateConfig {
     /// interval is up (`rapport_early_commits_total`), so memory stays bounded
     /// whatever the commit interval.
     pub profile_cache_mb: usize,
+    /// Memory for the stored encodings of recently committed profiles, MiB: a
+    /// profile the decoded cache no longer holds is decoded from here rather
+    /// than looked up in RocksDB. An encoding takes a fraction of its decoded
+    /// profile's memory, so this holds several times more profiles; 0 turns it off.
+    pub encoded_cache_mb: usize,
     /// The count of cached profiles of earlier releases, now refused at
     /// start-up in favour of `profile_cache_mb`.
     #[serde(rename = "profile_cache")]
@@ -187,6 +192,7 @@ impl Default for StateConfig {
             block_cache_mb: 64,
             write_buffer_mb: 64,
             profile_cache_mb: 64,
+            encoded_cache_mb: 32,
             profile_cache_count: None,
             disable_wal: true,
         }

@@ -62,6 +62,10 @@ pub struct Metrics {
     /// Their estimated memory, bytes (bounded by `state.profile_cache_mb` after
     /// each commit).
     pub profile_cache_bytes: IntGauge,
+    /// Profiles whose committed encoding is kept in memory (the encoded cache).
+    pub encoded_profiles: IntGauge,
+    /// Their memory, bytes (bounded by `state.encoded_cache_mb`).
+    pub encoded_cache_bytes: IntGauge,
     /// Entries of the index of pending waits held in memory.
     pub pending_waits: IntGauge,
     /// Erasure requests applied.
@@ -220,6 +224,16 @@ impl Metrics {
                 "Estimated memory of the profiles held decoded in memory, bytes",
             )
             .expect("valid metric"),
+            encoded_profiles: IntGauge::new(
+                "rapport_encoded_profiles",
+                "Profiles whose committed encoding is kept in memory, to decode without a RocksDB lookup",
+            )
+            .expect("valid metric"),
+            encoded_cache_bytes: IntGauge::new(
+                "rapport_encoded_cache_bytes",
+                "Memory of the committed profile encodings kept in memory, bytes",
+            )
+            .expect("valid metric"),
             pending_waits: IntGauge::new(
                 "rapport_pending_waits",
                 "Entries of the index of pending waits held in memory",
@@ -274,6 +288,8 @@ impl Metrics {
             Box::new(m.commit_phase_seconds.clone()),
             Box::new(m.cached_profiles.clone()),
             Box::new(m.profile_cache_bytes.clone()),
+            Box::new(m.encoded_profiles.clone()),
+            Box::new(m.encoded_cache_bytes.clone()),
             Box::new(m.pending_waits.clone()),
             Box::new(m.ready.clone()),
             Box::new(m.erasures.clone()),

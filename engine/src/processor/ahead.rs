@@ -117,39 +117,13 @@ impl Lane<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use rapport_connectors::simulator::{SimConfig, Simulator};
 
     use super::AHEAD;
-    use crate::config::StateConfig;
-    use crate::ingest::route::KeyRule;
-    use crate::metrics::Metrics;
-    use crate::processor::{Outcome, Processor, Record};
-    use crate::state::StateStore;
+    use crate::processor::{test_processor, Outcome, Processor, Record};
 
     fn processor(dir: &std::path::Path) -> Processor {
-        let state = Arc::new(
-            StateStore::open(&StateConfig {
-                path: dir.to_owned(),
-                block_cache_mb: 8,
-                write_buffer_mb: 8,
-                ..Default::default()
-            })
-            .unwrap(),
-        );
-        let journeys = Arc::new(rapport_journeys::CompiledJourneys::shipped().unwrap());
-        let mut p = Processor::new(
-            1 << 20,
-            KeyRule::off(),
-            journeys,
-            state,
-            Metrics::new(),
-            1000,
-        )
-        .unwrap();
-        p.start_partition(0).unwrap();
-        p
+        test_processor(dir, 1000)
     }
 
     /// Simulated records of 150 customers with malformed ones among them, and

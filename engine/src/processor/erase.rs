@@ -208,6 +208,7 @@ impl Lane<'_> {
         let task = &mut *self.task;
         task.dirty.retain(|d| d != id);
         task.timers.retain(|(_, owner)| owner != id);
+        task.encoded.remove(id);
         let cached = task.profiles.remove(id);
         if let Some(slot) = &cached {
             task.cached_bytes -= (slot.bytes as usize).min(task.cached_bytes);
@@ -264,6 +265,7 @@ impl Lane<'_> {
             persisted_timers: Default::default(),
         });
         let task = &mut *self.task;
+        task.encoded.remove(id);
         task.cached_bytes += slot.bytes as usize;
         if let Some(old) = task.profiles.insert(CompactString::from(id), slot) {
             task.cached_bytes -= (old.bytes as usize).min(task.cached_bytes);

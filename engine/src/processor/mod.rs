@@ -8,6 +8,7 @@
 //! (partition, customer), never by customer alone.
 
 mod ahead;
+mod encoded;
 mod erase;
 mod stitch;
 pub(crate) mod task;
@@ -71,6 +72,8 @@ pub struct Processor {
     shared: Shared,
     /// Bytes the cached profiles may take ([`task::slot_bytes`]) after a commit.
     profile_cache_bytes: usize,
+    /// The encoded profile cache's bytes, shared out among the tasks ([`encoded`]).
+    encoded_cache_bytes: usize,
     tasks: hashbrown::HashMap<i32, Task>,
     /// Threads a batch's partitions are processed on.
     workers: usize,
@@ -133,6 +136,7 @@ impl Processor {
                 stitch: None,
             },
             profile_cache_bytes,
+            encoded_cache_bytes: 0,
             tasks: hashbrown::HashMap::new(),
             workers: 1,
         })
@@ -169,6 +173,14 @@ impl Processor {
     /// The state store.
     pub fn state(&self) -> &Arc<StateStore> {
         &self.shared.state
+    }
+
+    /// Keeps the encodings of committed profiles, up to `bytes` in all, to
+    /// decode a profile the decoded cache no longer holds without asking
+    /// RocksDB (default: none; see [`encoded`]).
+    pub fn with_encoded_cache(mut self, bytes: usize) -> Self {
+        self.encoded_cache_bytes = bytes;
+        self
     }
 
     /// Starts the task of partition `p` from its committed state (restore first).
@@ -372,8 +384,17 @@ impl Processor {
                 Ok(out)
             },
         );
+        // The commit's encodings enter the encoded cache on this thread, the
+        // engine's: freed on the short-lived worker threads, memory stays with
+        // their pages (see `trim_cache`).
+        let share = self.encoded_cache_bytes / self.tasks.len().max(1);
         for chunk in encoded {
             for c in chunk? {
+                if let Some(t) = self.tasks.get_mut(&c.partition) {
+                    for (id, bytes, _, _) in &c.profiles {
+                        t.encoded.insert(id, bytes, share);
+                    }
+                }
                 c.add_to(batch);
             }
         }
@@ -400,6 +421,8 @@ impl Processor {
         CacheUsage {
             profiles: self.tasks.values().map(|t| t.profiles.len()).sum(),
             bytes: self.tasks.values().map(|t| t.cached_bytes).sum(),
+            encoded_profiles: self.tasks.values().map(|t| t.encoded.len()).sum(),
+            encoded_bytes: self.tasks.values().map(|t| t.encoded.bytes()).sum(),
             waits: self.tasks.values().map(|t| t.timers.len()).sum(),
         }
     }
@@ -412,6 +435,10 @@ pub struct CacheUsage {
     pub profiles: usize,
     /// Their estimated memory, bytes.
     pub bytes: usize,
+    /// Profiles whose committed encoding is kept ([`encoded`]).
+    pub encoded_profiles: usize,
+    /// Their memory, bytes.
+    pub encoded_bytes: usize,
     /// Entries of the index of pending waits held in memory.
     pub waits: usize,
 }
@@ -733,4 +760,32 @@ impl<'a> Lane<'a> {
             }
         }
     }
+}
+
+/// A processor for tests: the shipped journeys, no key rule, state in `dir`
+/// (small RocksDB caches), `profile_cache_bytes` of decoded profiles, and
+/// partition 0 started.
+#[cfg(test)]
+pub(crate) fn test_processor(dir: &std::path::Path, profile_cache_bytes: usize) -> Processor {
+    let state = Arc::new(
+        StateStore::open(&crate::config::StateConfig {
+            path: dir.to_owned(),
+            block_cache_mb: 8,
+            write_buffer_mb: 8,
+            ..Default::default()
+        })
+        .expect("state opens"),
+    );
+    let journeys = Arc::new(CompiledJourneys::shipped().expect("shipped journeys compile"));
+    let mut p = Processor::new(
+        1 << 20,
+        KeyRule::off(),
+        journeys,
+        state,
+        Metrics::new(),
+        profile_cache_bytes,
+    )
+    .expect("processor");
+    p.start_partition(0).expect("partition starts");
+    p
 }

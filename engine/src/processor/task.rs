@@ -58,6 +58,8 @@ pub(crate) struct Task {
     pub privacy: crate::privacy::erasure::TaskPrivacy,
     /// Records decoded ahead of their turn ([`super::ahead`]).
     pub ahead: super::ahead::Ahead,
+    /// Encodings of recently committed profiles ([`super::encoded`]).
+    pub encoded: super::encoded::EncodedCache,
 }
 
 /// What a partition's records are processed with, kept per partition so that
@@ -97,6 +99,7 @@ impl Task {
             scratch: Scratch::default(),
             privacy: crate::privacy::erasure::TaskPrivacy::load(state, p)?,
             ahead: Default::default(),
+            encoded: Default::default(),
         })
     }
 
@@ -112,9 +115,11 @@ impl Task {
         let slot = match self.profiles.entry(CompactString::from(id)) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
-                let (stored, len) = state
-                    .get_sized(self.partition, id)?
-                    .unwrap_or_else(|| (Stored::fresh(id), 0));
+                let found = match self.encoded.get(id) {
+                    Some(b) => Some((Stored::decode(id, self.partition, b)?, b.len())),
+                    None => state.get_sized(self.partition, id)?,
+                };
+                let (stored, len) = found.unwrap_or_else(|| (Stored::fresh(id), 0));
                 let persisted_timers = timer_times(&stored.profile);
                 let bytes = slot_bytes(&stored.profile, len);
                 self.cached_bytes += bytes as usize;

@@ -232,6 +232,12 @@ impl Core {
         }
         self.metrics.cached_profiles.set(cached.profiles as i64);
         self.metrics.profile_cache_bytes.set(cached.bytes as i64);
+        self.metrics
+            .encoded_profiles
+            .set(cached.encoded_profiles as i64);
+        self.metrics
+            .encoded_cache_bytes
+            .set(cached.encoded_bytes as i64);
         self.metrics.pending_waits.set(cached.waits as i64);
         self.metrics.commits.inc();
         let took = done.started.elapsed();

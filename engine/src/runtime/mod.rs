@@ -277,6 +277,7 @@ impl Worker {
             cfg.state.profile_cache_mb << 20,
         )?
         .with_workers(cfg.engine.workers())
+        .with_encoded_cache(cfg.state.encoded_cache_mb << 20)
         .with_seen_limits(cfg.engine.seen_limits())
         .with_pseudonymizer(cfg.pseudonymizer.clone());
         if let Some(schemas) = &registry.writer_schemas {
