@@ -61,6 +61,27 @@ impl<'a> Compiler<'a> {
         self.problems.push(self.file.at(span, message, hint));
     }
 
+    /// `found`, the symbol the name `s` stands for; when the name is unknown,
+    /// records "unknown `what`" with the names there are, `names` (plural
+    /// `whats`), at the name's span.
+    fn known<T>(
+        &mut self,
+        s: &Spanned<String>,
+        found: Option<T>,
+        what: &str,
+        whats: &str,
+        names: impl FnOnce() -> String,
+    ) -> Option<T> {
+        if found.is_none() {
+            self.fail(
+                &s.span(),
+                format!("unknown {what} {:?}", s.get_ref()),
+                format!("{whats} are: {}", names()),
+            );
+        }
+        found
+    }
+
     /// The journey `raw` compiled, or `None` with its problems recorded.
     pub(crate) fn journey(&mut self, raw: RawJourney) -> Option<Journey> {
         let before = self.problems.len();
@@ -251,31 +272,17 @@ impl<'a> Compiler<'a> {
         }
         let mut events = Vec::new();
         for e in &raw.events {
-            match symbols::event_type(e.get_ref()) {
-                Some(t) => events.push(t),
-                None => self.fail(
-                    &e.span(),
-                    format!("unknown event type {:?}", e.get_ref()),
-                    format!(
-                        "event types are: {}",
-                        symbols::list(&symbols::EVENT_TYPES, |e| e.as_str())
-                    ),
-                ),
-            }
+            let found = symbols::event_type(e.get_ref());
+            events.extend(self.known(e, found, "event type", "event types", || {
+                symbols::list(&symbols::EVENT_TYPES, |e| e.as_str())
+            }));
         }
         let mut channels = Vec::new();
         for c in &raw.channels {
-            match symbols::channel(c.get_ref()) {
-                Some(ch) => channels.push(ch),
-                None => self.fail(
-                    &c.span(),
-                    format!("unknown channel {:?}", c.get_ref()),
-                    format!(
-                        "channels are: {}",
-                        symbols::list(&rapport_model::Channel::ALL, |c| c.as_str())
-                    ),
-                ),
-            }
+            let found = symbols::channel(c.get_ref());
+            channels.extend(self.known(c, found, "channel", "channels", || {
+                symbols::list(&rapport_model::Channel::ALL, |c| c.as_str())
+            }));
         }
         (events, channels)
     }
@@ -513,16 +520,9 @@ impl<'a> Compiler<'a> {
             }),
         };
         let addresses = raw.addresses.as_ref().and_then(|s| {
-            symbols::emotional_state(s.get_ref()).or_else(|| {
-                self.fail(
-                    &s.span(),
-                    format!("unknown emotional state {:?}", s.get_ref()),
-                    format!(
-                        "states are: {}",
-                        symbols::list(&symbols::EMOTIONAL_STATES, |e| e.as_str())
-                    ),
-                );
-                None
+            let found = symbols::emotional_state(s.get_ref());
+            self.known(s, found, "emotional state", "states", || {
+                symbols::list(&symbols::EMOTIONAL_STATES, |e| e.as_str())
             })
         });
         let discriminator = raw
