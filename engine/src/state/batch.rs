@@ -106,19 +106,32 @@ impl StateBatch {
         self.ops.is_empty()
     }
 
-    /// The RocksDB batch, sized once.
+    /// The RocksDB batch, sized once, its changes in key order: RocksDB inserts
+    /// a batch into its memtable one key after the other, and a key just after
+    /// the previous one is found from where that one went instead of from the
+    /// top of the memtable's skip list (with a commit's profiles in the order
+    /// they changed, the search took two fifths of the commit thread). The sort
+    /// is stable, so of two changes to one key the later still wins.
     pub(super) fn into_write_batch(self) -> WriteBatch {
         let mut b = WriteBatch::with_capacity_bytes(self.bytes + 64);
-        let mut k = Vec::new();
-        for op in self.ops {
-            match op {
-                Op::Put(key, value) => b.put(key, value),
-                Op::Delete(key) => b.delete(key),
+        let mut changes: Vec<(Vec<u8>, Option<Vec<u8>>)> = self
+            .ops
+            .into_iter()
+            .map(|op| match op {
+                Op::Put(key, value) => (key, Some(value)),
+                Op::Delete(key) => (key, None),
                 Op::Profile(partition, id, value) => {
-                    k.clear();
+                    let mut k = Vec::with_capacity(5 + id.len());
                     key_into(&mut k, PROFILE, partition, id.as_bytes());
-                    b.put(&k, value);
+                    (k, Some(value))
                 }
+            })
+            .collect();
+        changes.sort_by(|a, b| a.0.cmp(&b.0));
+        for (key, value) in changes {
+            match value {
+                Some(v) => b.put(key, v),
+                None => b.delete(key),
             }
         }
         b

@@ -422,4 +422,42 @@ mod tests {
         s.drop_partition(1).unwrap();
         assert!(s.suppressed(1).unwrap().is_empty());
     }
+
+    /// A batch is written in key order; of two changes to one key the later
+    /// one wins, whichever keys come between them.
+    #[test]
+    fn the_later_change_to_a_key_wins_in_a_sorted_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let stored = |id: &str| Stored {
+            sources: Sources::new(),
+            profile: Profile::new(id),
+            ..Default::default()
+        };
+        let mut b = StateBatch::default();
+        b.put_profile(1, "c-kept", &stored("c-kept").encode());
+        b.put_profile(1, "c-9", &stored("c-9").encode());
+        b.put_profile(1, "c-erased", &stored("c-erased").encode());
+        s.write(b).unwrap();
+        let mut b = StateBatch::default();
+        // Erased, then started afresh: the fresh profile stays.
+        b.delete_profile(1, "c-kept");
+        b.put_profile(1, "c-0", &stored("c-0").encode());
+        b.put_profile_encoded(1, "c-kept".into(), stored("c-kept").encode());
+        // Written, then erased in the same commit: gone.
+        b.put_profile_encoded(1, "c-erased".into(), stored("c-erased").encode());
+        b.put_profile(0, "c-erased", &stored("c-erased").encode());
+        b.delete_profile(1, "c-erased");
+        b.put_timer(1, 9, "c-0");
+        b.delete_timer(1, 9, "c-0");
+        b.delete_timer(1, 8, "c-0");
+        b.put_timer(1, 8, "c-0");
+        s.write(b).unwrap();
+        assert_eq!(s.get(1, "c-kept").unwrap(), Some(stored("c-kept")));
+        assert_eq!(s.get(1, "c-erased").unwrap(), None);
+        assert_eq!(s.get(0, "c-erased").unwrap(), Some(stored("c-erased")));
+        assert_eq!(s.get(1, "c-0").unwrap(), Some(stored("c-0")));
+        assert_eq!(s.get(1, "c-9").unwrap(), Some(stored("c-9")));
+        assert_eq!(s.timers(1).unwrap(), vec![(8, "c-0".to_owned())]);
+    }
 }
