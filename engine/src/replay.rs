@@ -213,7 +213,7 @@ fn write_decisions(
 fn checkpoint(processor: &mut Processor, state: &StateStore) -> anyhow::Result<()> {
     let mut batch = StateBatch::default();
     processor.changes(&mut batch, |_| Ok::<(), std::convert::Infallible>(()))?;
-    state.write(batch)?;
+    state.write(&batch)?;
     processor.trim_cache();
     Ok(())
 }

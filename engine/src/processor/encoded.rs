@@ -48,10 +48,11 @@ impl EncodedCache {
 
     /// Keeps `bytes` as profile `id`'s committed encoding, then lets the
     /// oldest entries go until the cache takes at most `cap` bytes.
-    pub fn insert(&mut self, id: &CompactString, bytes: &[u8], cap: usize) {
+    pub fn insert(&mut self, id: &str, bytes: &[u8], cap: usize) {
         if cap == 0 {
             return;
         }
+        let id = CompactString::from(id);
         let seq = self.next;
         self.next += 1;
         let entry = (seq, Box::<[u8]>::from(bytes));
@@ -59,7 +60,7 @@ impl EncodedCache {
         if let Some((_, old)) = self.entries.insert(id.clone(), entry) {
             self.bytes -= old.len() + ENTRY_BYTES;
         }
-        self.order.push_back((id.clone(), seq));
+        self.order.push_back((id, seq));
         while self.bytes > cap {
             let Some((old, seq)) = self.order.pop_front() else {
                 break;
@@ -209,7 +210,7 @@ mod in_the_processor {
                 let mut batch = StateBatch::default();
                 p.changes(&mut batch, |_| Ok::<(), ()>(())).unwrap();
                 if write_state {
-                    state.write(batch).unwrap();
+                    state.write(&batch).unwrap();
                 }
                 let usage = p.trim_cache();
                 assert!(

@@ -159,7 +159,7 @@ impl Lane<'_> {
     /// recorded for them.
     fn linked(&self, id: &str) -> Result<(Vec<String>, Homes), StateError> {
         let stored = match self.task.profiles.get(id) {
-            Some(slot) => Some(slot.stored.clone()),
+            Some(slot) => Some(Stored::clone(&slot.stored)),
             None => self.sh.state.get(self.task.partition, id)?,
         };
         let Some(s) = stored else {
@@ -258,12 +258,13 @@ impl Lane<'_> {
     /// the erasure (not yet committed to RocksDB) does not read the old profile back.
     fn start_fresh(&mut self, id: &str) {
         let stored = Stored::fresh(id);
-        let slot = Box::new(Slot {
+        let slot = Slot {
             bytes: super::task::slot_bytes(&stored.profile, 0),
-            stored,
+            stored: std::sync::Arc::new(stored),
             dirty: false,
+            cut: 0,
             persisted_timers: Default::default(),
-        });
+        };
         let task = &mut *self.task;
         task.encoded.remove(id);
         task.cached_bytes += slot.bytes as usize;
@@ -374,7 +375,7 @@ mod tests {
         // Committed, so the old profile is in RocksDB until the erasure commits.
         let mut committed = StateBatch::default();
         p.changes(&mut committed, |_| Ok::<_, ()>(())).unwrap();
-        p.state().write(committed).unwrap();
+        p.state().write(&committed).unwrap();
         assert_eq!(erase(&mut p, 0, "c1"), Outcome::Applied);
         let again = tp("v2", "c1", Channel::Web, EventType::PageView, t0 + 1);
         match touch(&mut p, 1, &again) {

@@ -77,6 +77,8 @@ pub struct Processor {
     tasks: hashbrown::HashMap<i32, Task>,
     /// Threads a batch's partitions are processed on.
     workers: usize,
+    /// Cuts taken ([`Processor::cut`]), which number the commits.
+    commits: u64,
 }
 
 /// What every partition's work reads, from any worker thread.
@@ -139,6 +141,7 @@ impl Processor {
             encoded_cache_bytes: 0,
             tasks: hashbrown::HashMap::new(),
             workers: 1,
+            commits: 0,
         })
     }
 
@@ -351,53 +354,54 @@ impl Processor {
         Ok(())
     }
 
-    /// Hands every change since the last call to `emit` as changelog records (one
-    /// per changed profile, not per event, and each moved watermark) and moves
-    /// them into `batch`. The partitions are spread over the worker threads
-    /// (the engine's loop waits for this at every commit); each thread encodes
-    /// a partition's changed profiles and emits them, in order, before the next
-    /// partition, so `emit` is called from several threads at once.
+    /// Takes every partition's changes since the last cut for the next commit:
+    /// the changed profiles, shared with the cache, which marks them clean. The
+    /// engine's loop takes a cut and goes on; the commit thread encodes it
+    /// ([`CommitCut::write`]), and the loop hands the written batch back to
+    /// [`Processor::committed`] once the commit has ended.
+    pub fn cut(&mut self) -> CommitCut {
+        self.commits += 1;
+        let commit = self.commits;
+        let tasks: Vec<task::Cut> = self.tasks.values_mut().map(|t| t.cut(commit)).collect();
+        let dirty: usize = tasks.iter().map(task::Cut::len).sum();
+        CommitCut {
+            tasks,
+            commit,
+            threads: if dirty < PARALLEL_ENCODE {
+                1
+            } else {
+                self.workers
+            },
+        }
+    }
+
+    /// Once the commit of `batch` (written from a [`CommitCut`]) has ended:
+    /// the profiles it wrote that are still cached and unchanged are counted
+    /// at their committed size and their encodings kept in the encoded cache,
+    /// on this thread, the engine's (freed on the short-lived worker threads,
+    /// memory stays with their pages; see `trim_cache`).
+    pub fn committed(&mut self, commit: u64, batch: &StateBatch) {
+        let share = self.encoded_cache_bytes / self.tasks.len().max(1);
+        for (p, id, bytes) in batch.encoded_profiles() {
+            if let Some(t) = self.tasks.get_mut(&p) {
+                t.committed(commit, id, bytes, share);
+            }
+        }
+    }
+
+    /// Hands every change since the last call to `emit` as changelog records and
+    /// moves them into `batch`, on this thread and the workers: a cut, written
+    /// and committed at once (replays and tests; the engine's loop leaves the
+    /// writing to its commit thread).
     pub fn changes<E: Send>(
         &mut self,
         batch: &mut StateBatch,
         emit: impl Fn(ChangelogRecord<'_>) -> Result<(), E> + Sync,
     ) -> Result<(), E> {
-        let dirty: usize = self.tasks.values().map(|t| t.dirty.len()).sum();
-        let tasks: Vec<&mut Task> = self.tasks.values_mut().collect();
-        let threads = if dirty < PARALLEL_ENCODE {
-            1
-        } else {
-            self.workers
-        };
-        let emit = &emit;
-        let encoded = on_threads(
-            tasks,
-            threads,
-            |t| t.dirty.len(),
-            |chunk| {
-                let mut out = Vec::with_capacity(chunk.len());
-                for t in chunk {
-                    let c = t.take_changes();
-                    c.emit(emit)?;
-                    out.push(c);
-                }
-                Ok(out)
-            },
-        );
-        // The commit's encodings enter the encoded cache on this thread, the
-        // engine's: freed on the short-lived worker threads, memory stays with
-        // their pages (see `trim_cache`).
-        let share = self.encoded_cache_bytes / self.tasks.len().max(1);
-        for chunk in encoded {
-            for c in chunk? {
-                if let Some(t) = self.tasks.get_mut(&c.partition) {
-                    for (id, bytes, _, _) in &c.profiles {
-                        t.encoded.insert(id, bytes, share);
-                    }
-                }
-                c.add_to(batch);
-            }
-        }
+        let cut = self.cut();
+        let commit = cut.commit();
+        cut.write(batch, emit)?;
+        self.committed(commit, batch);
         Ok(())
     }
 
@@ -425,6 +429,49 @@ impl Processor {
             encoded_bytes: self.tasks.values().map(|t| t.encoded.bytes()).sum(),
             waits: self.tasks.values().map(|t| t.timers.len()).sum(),
         }
+    }
+}
+
+/// What one commit takes from every partition ([`Processor::cut`]).
+pub struct CommitCut {
+    tasks: Vec<task::Cut>,
+    commit: u64,
+    threads: usize,
+}
+
+impl CommitCut {
+    /// The commit's number, which [`Processor::committed`] is given back.
+    pub fn commit(&self) -> u64 {
+        self.commit
+    }
+
+    /// Encodes the changed profiles, hands them to `emit` as changelog records
+    /// (one per changed profile, not per event, and each moved watermark) and
+    /// moves them into `batch`. The partitions are spread over the engine's
+    /// worker count of threads; each encodes a partition's profiles and emits
+    /// them, in order, before the next partition, so `emit` is called from
+    /// several threads at once.
+    pub fn write<E: Send>(
+        self,
+        batch: &mut StateBatch,
+        emit: impl Fn(ChangelogRecord<'_>) -> Result<(), E> + Sync,
+    ) -> Result<(), E> {
+        let emit = &emit;
+        let encoded = on_threads(self.tasks, self.threads, task::Cut::len, |chunk| {
+            let mut out = Vec::with_capacity(chunk.len());
+            for cut in chunk {
+                let c = cut.encode();
+                c.emit(emit)?;
+                out.push(c);
+            }
+            Ok(out)
+        });
+        for chunk in encoded {
+            for c in chunk? {
+                c.add_to(batch);
+            }
+        }
+        Ok(())
     }
 }
 

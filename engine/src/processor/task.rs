@@ -3,6 +3,7 @@
 //! partition, so two partitions never share a profile.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use compact_str::CompactString;
 use hashbrown::hash_map::Entry;
@@ -11,17 +12,19 @@ use rapport_model::Profile;
 
 use crate::state::{StateBatch, StateError, StateStore, Stored};
 
-/// A profile held in memory, and what is needed to write it back. Slots are
-/// boxed so that the cache's table holds small entries (an id and a pointer):
-/// a table sized for its peak (tables grow by doubling) then costs a pointer
-/// per empty bucket, not a whole profile, and the table of a partition's
-/// active customers stays in the CPU's cache.
+/// A profile held in memory, and what is needed to write it back. The profile
+/// itself is behind a shared pointer, so that the cache's table holds small
+/// entries and a commit can encode the profiles of its cut on the commit
+/// thread while the engine goes on: the engine's next change to a profile a
+/// commit still holds copies it first ([`Arc::make_mut`]).
 pub(crate) struct Slot {
-    pub stored: Stored,
+    pub stored: Arc<Stored>,
     pub dirty: bool,
     /// The memory it takes, estimated ([`slot_bytes`]) from its stored encoding
     /// when it was loaded or last committed.
     pub bytes: u32,
+    /// The commit whose cut last took it ([`Task::cut`]); 0 for none.
+    pub cut: u64,
     /// Timer times currently in the persisted index.
     pub persisted_timers: TimerTimes,
 }
@@ -32,7 +35,7 @@ pub(crate) struct Task {
     /// Decoded profiles by customer id; the dirty ones are written at the next
     /// commit. Ids up to 24 bytes are stored in the table itself, so finding a
     /// profile does not chase a pointer to compare its key.
-    pub profiles: hashbrown::HashMap<CompactString, Box<Slot>>,
+    pub profiles: hashbrown::HashMap<CompactString, Slot>,
     /// Ids of the profiles changed since the last commit.
     pub dirty: Vec<CompactString>,
     /// The sum of the cached profiles' [`Slot::bytes`].
@@ -123,16 +126,17 @@ impl Task {
                 let persisted_timers = timer_times(&stored.profile);
                 let bytes = slot_bytes(&stored.profile, len);
                 self.cached_bytes += bytes as usize;
-                e.insert(Box::new(Slot {
-                    stored,
+                e.insert(Slot {
+                    stored: Arc::new(stored),
                     dirty: false,
                     bytes,
+                    cut: 0,
                     persisted_timers,
-                }))
+                })
             }
         };
         let before = timer_times(&slot.stored.profile);
-        if f(&mut slot.stored) && !slot.dirty {
+        if f(Arc::make_mut(&mut slot.stored)) && !slot.dirty {
             slot.dirty = true;
             self.dirty_bytes += slot.bytes as usize;
             self.dirty.push(CompactString::from(id));
@@ -150,49 +154,30 @@ impl Task {
     }
 
     /// Starts loading customer `id`'s profile into the CPU cache, if it is
-    /// held here: its boxed record, or with `lists` (once the record is in
-    /// cache) the lists each touchpoint reads.
+    /// held here: its record, or with `lists` (once the record is in cache)
+    /// the lists each touchpoint reads.
     pub fn prefetch(&self, id: &str, lists: bool) {
         if let Some(slot) = self.profiles.get(id) {
             if lists {
                 slot.stored.profile.prefetch_lists();
             } else {
-                rapport_model::prefetch::value(&**slot);
+                rapport_model::prefetch::value(&*slot.stored);
             }
         }
     }
 
-    /// Encodes the profiles changed since the last call and marks them clean,
-    /// with the timer index entries to remove and add, and the watermark if it
-    /// moved: what a commit writes for this partition.
-    pub fn take_changes(&mut self) -> Changes {
+    /// Takes the profiles changed since the last cut, as they are now (shared,
+    /// not copied), with the timer index entries to remove and add, and the
+    /// watermark if it moved: what commit `commit` writes for this partition.
+    /// They are marked clean; [`Cut::encode`] may run on another thread.
+    pub fn cut(&mut self, commit: u64) -> Cut {
         let ids = std::mem::take(&mut self.dirty);
         self.dirty_bytes = 0;
-        let slots: Vec<(CompactString, &Slot)> = ids
-            .into_iter()
-            .filter_map(|id| {
-                let slot = &**self.profiles.get(id.as_str())?;
-                Some((id, slot))
-            })
-            .collect();
-        // Encoding reads every list of a profile, which is rarely in cache when
-        // a commit comes: a few profiles ahead, each one's record, then its
-        // lists, then the lists inside them are asked for, so the loads overlap
-        // with encoding the profiles before it. Measured on 10k profiles of
-        // 2.9 KB after `-- replay`: 7.2-7.6 µs -> 4.2 µs per profile.
-        let ahead = |i: usize, level: usize| slots.get(i + ENCODE_AHEAD - level).map(|(_, s)| *s);
-        let mut profiles = Vec::with_capacity(slots.len());
-        for (i, (id, slot)) in slots.iter().enumerate() {
-            if let Some(s) = ahead(i, 0) {
-                rapport_model::prefetch::value(s);
-            }
-            if let Some(s) = ahead(i, 1) {
-                s.stored.profile.prefetch_for_encoding(false);
-            }
-            if let Some(s) = ahead(i, 2) {
-                s.stored.profile.prefetch_for_encoding(true);
-            }
-            let bytes = slot.stored.encode();
+        let mut profiles = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(slot) = self.profiles.get_mut(id.as_str()) else {
+                continue;
+            };
             let now = timer_times(&slot.stored.profile);
             let gone: TimerTimes = slot
                 .persisted_timers
@@ -205,27 +190,50 @@ impl Task {
                 .filter(|t| !slot.persisted_timers.contains(t))
                 .copied()
                 .collect();
-            profiles.push((id.clone(), bytes, gone, new, now));
-        }
-        drop(slots);
-        let mut changed = Vec::with_capacity(profiles.len());
-        for (id, bytes, gone, new, now) in profiles {
-            if let Some(slot) = self.profiles.get_mut(id.as_str()) {
-                slot.dirty = false;
-                slot.persisted_timers = now;
-                let size = slot_bytes(&slot.stored.profile, bytes.len());
-                self.cached_bytes =
-                    self.cached_bytes.saturating_sub(slot.bytes as usize) + size as usize;
-                slot.bytes = size;
-            }
-            changed.push((id, bytes, gone, new));
+            slot.dirty = false;
+            slot.cut = commit;
+            slot.persisted_timers = now;
+            profiles.push((id, Arc::clone(&slot.stored), gone, new));
         }
         let watermark = std::mem::take(&mut self.watermark_dirty).then_some(self.watermark);
-        Changes {
+        Cut {
             partition: self.partition,
-            profiles: changed,
+            profiles,
             watermark,
         }
+    }
+
+    /// Whether `id`'s cached profile is as commit `commit` wrote it: taken by
+    /// that commit's cut and unchanged since (not replaced afresh after an
+    /// erasure, not dropped). Returns its slot then.
+    pub fn as_committed(&mut self, id: &str, commit: u64) -> Option<&mut Slot> {
+        self.profiles
+            .get_mut(id)
+            .filter(|s| s.cut == commit && !s.dirty)
+    }
+
+    /// Once commit `commit` has ended and wrote `bytes` for `id`: if the cached
+    /// profile is still as written, counts its memory from the encoding and
+    /// keeps the encoding ([`super::encoded`], `share` bytes at most).
+    pub fn committed(&mut self, commit: u64, id: &str, bytes: &[u8], share: usize) {
+        let Some(slot) = self.as_committed(id, commit) else {
+            return;
+        };
+        let size = slot_bytes(&slot.stored.profile, bytes.len());
+        let was = std::mem::replace(&mut slot.bytes, size);
+        self.cached_bytes = self.cached_bytes.saturating_sub(was as usize) + size as usize;
+        self.encoded.insert(id, bytes, share);
+    }
+
+    /// [`Task::cut`] and [`Cut::encode`] on this thread, then
+    /// [`Task::committed`] with no encoded cache: tests' shortcut.
+    #[cfg(test)]
+    pub fn take_changes(&mut self) -> Changes {
+        let changes = self.cut(1).encode();
+        for (id, bytes, _, _) in &changes.profiles {
+            self.committed(1, id, bytes, 0);
+        }
+        changes
     }
 
     /// Notes that `topic` is applied up to `offset`.
@@ -270,11 +278,13 @@ impl Task {
 }
 
 /// What a cached profile takes besides what its encoding says: its table entry
-/// (an id and a pointer, counted twice: tables grow by doubling and are at most
-/// 7/8 full), the boxed [`Slot`] with the profile's fixed part (about 1 KiB),
-/// and an allocation's rounding.
-const SLOT_FIXED: usize =
-    2 * (std::mem::size_of::<(CompactString, Box<Slot>)>() + 1) + std::mem::size_of::<Slot>() + 64;
+/// (an id and a [`Slot`], counted twice: tables grow by doubling and are at
+/// most 7/8 full), the shared record with the profile's fixed part (about 1
+/// KiB) and its two counts, and an allocation's rounding.
+const SLOT_FIXED: usize = 2 * (std::mem::size_of::<(CompactString, Slot)>() + 1)
+    + std::mem::size_of::<Stored>()
+    + 16
+    + 64;
 /// Decoded bytes on the heap per byte of a profile's stored encoding: lists and
 /// strings with their spare capacity, integers widened from their varints.
 const DECODED_PER_ENCODED: usize = 3;
@@ -293,7 +303,55 @@ pub(crate) fn slot_bytes(profile: &Profile, encoded_len: usize) -> u32 {
 /// one more.
 const ENCODE_AHEAD: usize = 3;
 
-/// What a commit writes for one partition ([`Task::take_changes`]).
+/// The profiles one partition's commit takes at its cut ([`Task::cut`]),
+/// shared with the cache until encoded.
+pub(crate) struct Cut {
+    pub partition: i32,
+    /// Changed profiles: id, profile, timer index entries to remove and to add.
+    pub profiles: Vec<(CompactString, Arc<Stored>, TimerTimes, TimerTimes)>,
+    /// The watermark, when it moved.
+    pub watermark: Option<i64>,
+}
+
+impl Cut {
+    /// The number of profiles to encode.
+    pub fn len(&self) -> usize {
+        self.profiles.len()
+    }
+
+    /// Encodes the cut's profiles, releasing each as it goes.
+    pub fn encode(self) -> Changes {
+        // Encoding reads every list of a profile, which is rarely in cache when
+        // a commit comes: a few profiles ahead, each one's record, then its
+        // lists, then the lists inside them are asked for, so the loads overlap
+        // with encoding the profiles before it. Measured on 10k profiles of
+        // 2.9 KB after `-- replay`: 7.2-7.6 µs -> 4.2 µs per profile.
+        let mut cut: Vec<_> = self.profiles.into_iter().map(Some).collect();
+        let mut profiles = Vec::with_capacity(cut.len());
+        for i in 0..cut.len() {
+            let ahead = |level: usize| cut.get(i + ENCODE_AHEAD - level)?.as_ref();
+            if let Some((_, s, _, _)) = ahead(0) {
+                rapport_model::prefetch::value(&**s);
+            }
+            if let Some((_, s, _, _)) = ahead(1) {
+                s.profile.prefetch_for_encoding(false);
+            }
+            if let Some((_, s, _, _)) = ahead(2) {
+                s.profile.prefetch_for_encoding(true);
+            }
+            if let Some((id, stored, gone, new)) = cut[i].take() {
+                profiles.push((id, stored.encode(), gone, new));
+            }
+        }
+        Changes {
+            partition: self.partition,
+            profiles,
+            watermark: self.watermark,
+        }
+    }
+}
+
+/// What a commit writes for one partition ([`Cut::encode`]).
 pub(crate) struct Changes {
     pub partition: i32,
     /// Changed profiles: id, stored encoding, timer index entries to remove and to add.
@@ -350,18 +408,22 @@ mod tests {
     use super::*;
     use crate::config::StateConfig;
 
+    fn store(dir: &std::path::Path) -> StateStore {
+        StateStore::open(&StateConfig {
+            path: dir.to_owned(),
+            block_cache_mb: 8,
+            write_buffer_mb: 8,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
     /// Eviction frees bytes from clean profiles only: a profile changed since
     /// the last commit stays, whatever the cache's size.
     #[test]
     fn eviction_keeps_uncommitted_profiles_and_counts_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let state = StateStore::open(&StateConfig {
-            path: dir.path().to_owned(),
-            block_cache_mb: 8,
-            write_buffer_mb: 8,
-            ..Default::default()
-        })
-        .unwrap();
+        let state = store(dir.path());
         let mut task = Task::load(&state, 0).unwrap();
         for i in 0..10 {
             task.update(&state, &format!("c-{i}"), |_| true).unwrap();
@@ -385,5 +447,60 @@ mod tests {
         assert!(task.profiles["c-dirty"].dirty);
         assert_eq!(task.cached_bytes, task.profiles["c-dirty"].bytes as usize);
         assert_eq!(freed + task.cached_bytes, sum);
+    }
+
+    /// A commit's cut is encoded as the profiles were when it was taken, while
+    /// the engine goes on changing them; a profile changed after the cut waits
+    /// for the next commit, and only the ones left as written are counted and
+    /// kept in the encoded cache as committed.
+    #[test]
+    fn a_cut_is_written_as_taken_and_later_changes_go_to_the_next_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = store(dir.path());
+        let mut task = Task::load(&state, 0).unwrap();
+        let events = |n| {
+            move |s: &mut Stored| {
+                s.profile.events = n;
+                true
+            }
+        };
+        for id in ["c-1", "c-2", "c-3"] {
+            task.update(&state, id, events(1)).unwrap();
+        }
+        let cut = task.cut(7);
+        assert!(task.dirty.is_empty());
+        // While the commit thread encodes the cut, the engine changes c-1 and
+        // an erasure starts c-3 afresh.
+        task.update(&state, "c-1", events(2)).unwrap();
+        task.profiles.get_mut("c-3").unwrap().cut = 0;
+        let written = cut.encode();
+        let decoded: Vec<(String, u64)> = written
+            .profiles
+            .iter()
+            .map(|(id, b, _, _)| {
+                (
+                    id.to_string(),
+                    Stored::decode(id, 0, b).unwrap().profile.events,
+                )
+            })
+            .collect();
+        assert_eq!(
+            decoded,
+            vec![("c-1".into(), 1), ("c-2".into(), 1), ("c-3".into(), 1)]
+        );
+        for (id, bytes, _, _) in &written.profiles {
+            task.committed(7, id, bytes, 1 << 20);
+        }
+        assert!(task.encoded.get("c-1").is_none());
+        assert!(task.encoded.get("c-2").is_some());
+        assert!(task.encoded.get("c-3").is_none());
+        // A late answer of an older commit is not taken either.
+        task.committed(6, "c-2", b"older", 1 << 20);
+        assert_ne!(task.encoded.get("c-2"), Some(&b"older"[..]));
+        let next = task.cut(8).encode();
+        let ids: Vec<&str> = next.profiles.iter().map(|(id, ..)| id.as_str()).collect();
+        assert_eq!(ids, vec!["c-1"]);
+        let (_, bytes, _, _) = &next.profiles[0];
+        assert_eq!(Stored::decode("c-1", 0, bytes).unwrap().profile.events, 2);
     }
 }

@@ -23,6 +23,7 @@ use rdkafka::producer::{
 use rdkafka::{ClientContext, Message, TopicPartitionList};
 
 use crate::metrics::Metrics;
+use crate::processor::CommitCut;
 use crate::state::{StateBatch, StateStore};
 
 use super::rebalance::EngineContext;
@@ -322,11 +323,16 @@ pub(super) struct Interval {
     pub oldest_ms: Option<i64>,
     /// Erasures to finish once committed (compaction, receipts).
     pub erasures: Vec<crate::privacy::erasure::Completed>,
+    /// The processor's number for the commit ([`crate::processor::CommitCut`]).
+    pub cut: u64,
+    /// The state written to RocksDB, once the commit has ended: the processor
+    /// keeps the profiles' encodings from it.
+    pub written: StateBatch,
 }
 
 /// The interval being committed on the commit thread.
 struct InFlight {
-    job: JoinHandle<Result<(), CommitError>>,
+    job: JoinHandle<Result<StateBatch, CommitError>>,
     interval: Interval,
 }
 
@@ -400,13 +406,6 @@ impl Committer {
         Ok(())
     }
 
-    /// Opens the current interval if it is not, and returns its producer, for
-    /// records sent from several threads.
-    pub fn opened(&mut self) -> Result<&Producer, LoopError> {
-        self.open()?;
-        Ok(self.producer())
-    }
-
     /// Sends a record as part of the current interval.
     pub fn send(&mut self, record: BaseRecord<'_, [u8], [u8]>) -> Result<(), LoopError> {
         self.open()?;
@@ -416,13 +415,15 @@ impl Committer {
     }
 
     /// Starts committing the current interval in the background and moves on to
-    /// the other producer. The commit thread waits for the interval's records,
+    /// the other producer. The commit thread encodes the changed profiles of
+    /// `cut` and sends them to the changelog, waits for the interval's records,
     /// commits it in Kafka and then writes its state changes `batch` (with the
-    /// changelog checkpoints reached) to RocksDB.
+    /// profiles and the changelog checkpoints reached) to RocksDB.
     pub fn start(
         &mut self,
         interval: Interval,
         mut batch: StateBatch,
+        cut: CommitCut,
         meta: Option<ConsumerGroupMetadata>,
     ) -> Result<(), LoopError> {
         self.open()?;
@@ -431,9 +432,13 @@ impl Committer {
         let offsets = interval.offsets.clone();
         let deadline = Instant::now() + self.patience;
         let (metrics, state) = (self.metrics.clone(), self.state.clone());
+        let changelog = self.changelog.clone();
         let job = std::thread::Builder::new()
             .name("rapport-commit".into())
             .spawn(move || {
+                let encoding = Instant::now();
+                write_changelog(cut, &producer, &changelog, &mut batch)?;
+                metrics.phase_done("encode", encoding);
                 let started = Instant::now();
                 flush(&producer, deadline)?;
                 metrics.phase_done("flush", started);
@@ -444,9 +449,9 @@ impl Committer {
                     }
                 }
                 let writing = Instant::now();
-                state.write(batch)?;
+                state.write(&batch)?;
                 metrics.phase_done("state", writing);
-                Ok(())
+                Ok(batch)
             })
             .map_err(|e| LoopError::Fatal(e.into()))?;
         self.in_flight = Some(InFlight { job, interval });
@@ -482,7 +487,10 @@ impl Committer {
                 self.patience.as_secs()
             ))),
             Ok(Err(e @ CommitError::State(_))) => Err(LoopError::Fatal(e.into())),
-            Ok(Ok(())) => Ok(Some(f.interval)),
+            Ok(Ok(written)) => Ok(Some(Interval {
+                written,
+                ..f.interval
+            })),
         }
     }
 
@@ -512,6 +520,27 @@ impl Committer {
         self.open = false;
         Ok(committed)
     }
+}
+
+/// Encodes the changed profiles of `cut` and sends each (one record per profile,
+/// not per event, and each moved watermark) to the `changelog` on `p`, the
+/// interval's producer, and adds them to `batch`.
+fn write_changelog(
+    cut: CommitCut,
+    p: &Producer,
+    changelog: &str,
+    batch: &mut StateBatch,
+) -> Result<(), CommitError> {
+    cut.write(batch, |(partition, key, value)| {
+        rapport_connectors::publish::send_when_room(
+            p,
+            BaseRecord::to(changelog)
+                .partition(partition)
+                .key(key)
+                .payload(value),
+        )
+        .map_err(|e| CommitError::Failed(format!("producing to {changelog}: {e}")))
+    })
 }
 
 /// Drops the records `p` has not sent yet and serves the delivery reports of those

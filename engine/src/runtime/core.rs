@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use rapport_model::Action;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::producer::BaseRecord;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
@@ -113,7 +112,8 @@ impl Core {
         let mut batch = StateBatch::default();
         // Tombstones first: a profile started afresh after an erasure follows them.
         let erasures = self.write_erasures(&mut batch)?;
-        self.write_changelog(&mut batch)?;
+        // The changed profiles as they are now; the commit thread encodes them.
+        let cut = self.processor.cut();
         self.metrics.phase_done("prepare", started);
         let mut offsets = TopicPartitionList::new();
         for ((partition, topic), next) in self.pending.0.drain(..) {
@@ -135,32 +135,15 @@ impl Core {
             started,
             oldest_ms: self.oldest_ms.take(),
             erasures,
+            cut: cut.commit(),
+            written: StateBatch::default(),
         };
-        self.committer.start(interval, batch, meta)?;
+        self.committer.start(interval, batch, cut, meta)?;
         self.order.interval_committing();
         if matches!(mode, CommitMode::Sync) {
             self.finish_in_flight(consumer)?;
         }
         Ok(())
-    }
-
-    /// Sends each changed profile (one record per profile, not per event) and each
-    /// moved watermark to the changelog, and adds them to `batch`. The worker
-    /// threads that encode the profiles send them too, each its partitions' in
-    /// order.
-    fn write_changelog(&mut self, batch: &mut StateBatch) -> Result<(), LoopError> {
-        let changelog = self.changelog.as_str();
-        let producer = self.committer.opened()?;
-        self.processor.changes(batch, |(p, key, value)| {
-            rapport_connectors::publish::send_when_room(
-                producer,
-                BaseRecord::to(changelog)
-                    .partition(p)
-                    .key(key)
-                    .payload(value),
-            )
-            .map_err(|e| LoopError::Rewind(format!("producing to {changelog}: {e}")))
-        })
     }
 
     /// In live mode, partitions that received nothing this interval fire their due
@@ -218,6 +201,7 @@ impl Core {
         self.progress
             .committed
             .fetch_add(done.records, Ordering::SeqCst);
+        self.processor.committed(done.cut, &done.written);
         let cached = self.processor.trim_cache();
         let usage = self.state.usage();
         for (kind, bytes) in [

@@ -272,7 +272,7 @@ impl Job {
     fn flush(&mut self, state: &StateStore, p: i32) -> anyhow::Result<()> {
         let mut batch = std::mem::take(&mut self.batch);
         batch.set_checkpoint(p, self.next);
-        state.write(batch)?;
+        state.write(&batch)?;
         Ok(())
     }
 }

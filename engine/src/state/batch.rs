@@ -1,6 +1,8 @@
 //! A commit's changes to the store, kept in order and written as one RocksDB
 //! batch.
 
+use std::borrow::Cow;
+
 use compact_str::CompactString;
 use rocksdb::WriteBatch;
 
@@ -20,6 +22,9 @@ pub struct StateBatch {
     /// Bytes of every key and value, to size the RocksDB batch once.
     bytes: usize,
 }
+
+/// A change as written: its key, and its value (none for a delete).
+type KeyedChange<'a> = (Cow<'a, [u8]>, Option<&'a [u8]>);
 
 /// One change of a [`StateBatch`].
 enum Op {
@@ -112,18 +117,18 @@ impl StateBatch {
     /// top of the memtable's skip list (with a commit's profiles in the order
     /// they changed, the search took two fifths of the commit thread). The sort
     /// is stable, so of two changes to one key the later still wins.
-    pub(super) fn into_write_batch(self) -> WriteBatch {
+    pub(super) fn to_write_batch(&self) -> WriteBatch {
         let mut b = WriteBatch::with_capacity_bytes(self.bytes + 64);
-        let mut changes: Vec<(Vec<u8>, Option<Vec<u8>>)> = self
+        let mut changes: Vec<KeyedChange<'_>> = self
             .ops
-            .into_iter()
+            .iter()
             .map(|op| match op {
-                Op::Put(key, value) => (key, Some(value)),
-                Op::Delete(key) => (key, None),
+                Op::Put(key, value) => (Cow::Borrowed(key.as_slice()), Some(value.as_slice())),
+                Op::Delete(key) => (Cow::Borrowed(key.as_slice()), None),
                 Op::Profile(partition, id, value) => {
                     let mut k = Vec::with_capacity(5 + id.len());
-                    key_into(&mut k, PROFILE, partition, id.as_bytes());
-                    (k, Some(value))
+                    key_into(&mut k, PROFILE, *partition, id.as_bytes());
+                    (Cow::Owned(k), Some(value.as_slice()))
                 }
             })
             .collect();
@@ -135,5 +140,14 @@ impl StateBatch {
             }
         }
         b
+    }
+
+    /// The profiles stored from their encodings
+    /// ([`StateBatch::put_profile_encoded`]): partition, id and encoding.
+    pub fn encoded_profiles(&self) -> impl Iterator<Item = (i32, &str, &[u8])> {
+        self.ops.iter().filter_map(|op| match op {
+            Op::Profile(p, id, v) => Some((*p, id.as_str(), v.as_slice())),
+            _ => None,
+        })
     }
 }

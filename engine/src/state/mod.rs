@@ -265,8 +265,8 @@ impl StateStore {
     }
 
     /// Writes a batch atomically.
-    pub fn write(&self, batch: StateBatch) -> Result<(), StateError> {
-        self.db.write_opt(batch.into_write_batch(), &self.write)?;
+    pub fn write(&self, batch: &StateBatch) -> Result<(), StateError> {
+        self.db.write_opt(batch.to_write_batch(), &self.write)?;
         Ok(())
     }
 
@@ -366,7 +366,7 @@ mod tests {
             b.set_offset(3, "touch", 42);
             b.set_checkpoint(3, 7);
             b.put_profile(4, "c-2", &stored.encode());
-            s.write(b).unwrap();
+            s.write(&b).unwrap();
             s.flush().unwrap();
         }
         let s = store(dir.path());
@@ -408,13 +408,13 @@ mod tests {
         b.put_timer(1, 50, "c-1");
         b.put_suppressed(1, &[7; 32], 5);
         b.put_suppressed(2, &[8; 32], 5);
-        s.write(b).unwrap();
+        s.write(&b).unwrap();
         assert_eq!(s.suppressed(1).unwrap(), vec![[7; 32]]);
         let mut b = StateBatch::default();
         b.delete_profile(1, "c-1");
         b.delete_timer(1, 50, "c-1");
         b.delete_suppressed(2, &[8; 32]);
-        s.write(b).unwrap();
+        s.write(&b).unwrap();
         s.compact_erased(1, &[("c-1".to_owned(), vec![50])]);
         assert_eq!(s.get(1, "c-1").unwrap(), None);
         assert!(s.timers(1).unwrap().is_empty());
@@ -438,7 +438,7 @@ mod tests {
         b.put_profile(1, "c-kept", &stored("c-kept").encode());
         b.put_profile(1, "c-9", &stored("c-9").encode());
         b.put_profile(1, "c-erased", &stored("c-erased").encode());
-        s.write(b).unwrap();
+        s.write(&b).unwrap();
         let mut b = StateBatch::default();
         // Erased, then started afresh: the fresh profile stays.
         b.delete_profile(1, "c-kept");
@@ -452,7 +452,7 @@ mod tests {
         b.delete_timer(1, 9, "c-0");
         b.delete_timer(1, 8, "c-0");
         b.put_timer(1, 8, "c-0");
-        s.write(b).unwrap();
+        s.write(&b).unwrap();
         assert_eq!(s.get(1, "c-kept").unwrap(), Some(stored("c-kept")));
         assert_eq!(s.get(1, "c-erased").unwrap(), None);
         assert_eq!(s.get(0, "c-erased").unwrap(), Some(stored("c-erased")));
