@@ -370,7 +370,7 @@ impl Processor {
             threads: if dirty < PARALLEL_ENCODE {
                 1
             } else {
-                self.workers
+                self.workers.div_ceil(2)
             },
         }
     }
