@@ -198,9 +198,6 @@ impl Core {
             .protocol()
             .after_state(consumer, &done.offsets);
         self.commits += 1;
-        self.progress
-            .committed
-            .fetch_add(done.records, Ordering::SeqCst);
         self.processor.committed(done.cut, &done.written);
         let cached = self.processor.trim_cache();
         let usage = self.state.usage();
@@ -238,6 +235,11 @@ impl Core {
                 .commit_latency_seconds
                 .observe((now - oldest).max(0) as f64 / 1000.0);
         }
+        // Last: whoever watches the progress sees the commit's bookkeeping
+        // (the trimmed cache and its metrics) done.
+        self.progress
+            .committed
+            .fetch_add(done.records, Ordering::SeqCst);
         Ok(())
     }
 
