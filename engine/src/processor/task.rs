@@ -406,17 +406,7 @@ pub(crate) fn timer_times(p: &Profile) -> TimerTimes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StateConfig;
-
-    fn store(dir: &std::path::Path) -> StateStore {
-        StateStore::open(&StateConfig {
-            path: dir.to_owned(),
-            block_cache_mb: 8,
-            write_buffer_mb: 8,
-            ..Default::default()
-        })
-        .unwrap()
-    }
+    use crate::state::test_store as store;
 
     /// Eviction frees bytes from clean profiles only: a profile changed since
     /// the last commit stays, whatever the cache's size.

@@ -324,21 +324,25 @@ fn be_i64(v: &[u8]) -> Result<i64, StateError> {
     ))
 }
 
+/// A small store in `dir`, for tests.
+#[cfg(test)]
+pub(crate) fn test_store(dir: &Path) -> StateStore {
+    StateStore::open(&StateConfig {
+        path: dir.to_owned(),
+        block_cache_mb: 8,
+        write_buffer_mb: 8,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rapport_model::testing::tp;
     use rapport_model::{Channel, EventType};
 
-    fn store(dir: &Path) -> StateStore {
-        StateStore::open(&StateConfig {
-            path: dir.to_owned(),
-            block_cache_mb: 8,
-            write_buffer_mb: 8,
-            ..Default::default()
-        })
-        .unwrap()
-    }
+    use crate::state::test_store as store;
 
     #[test]
     fn partitions_are_separate_and_survive_reopen() {
