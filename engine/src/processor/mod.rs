@@ -447,10 +447,11 @@ impl CommitCut {
 
     /// Encodes the changed profiles, hands them to `emit` as changelog records
     /// (one per changed profile, not per event, and each moved watermark) and
-    /// moves them into `batch`. The partitions are spread over the engine's
-    /// worker count of threads; each encodes a partition's profiles and emits
-    /// them, in order, before the next partition, so `emit` is called from
-    /// several threads at once.
+    /// moves them into `batch`. The partitions are spread over half the
+    /// engine's worker count of threads (the workers go on processing
+    /// meanwhile), or one for a small cut; each encodes a partition's profiles
+    /// and emits them, in order, before the next partition, so `emit` may be
+    /// called from several threads at once.
     pub fn write<E: Send>(
         self,
         batch: &mut StateBatch,

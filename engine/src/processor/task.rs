@@ -13,10 +13,11 @@ use rapport_model::Profile;
 use crate::state::{StateBatch, StateError, StateStore, Stored};
 
 /// A profile held in memory, and what is needed to write it back. The profile
-/// itself is behind a shared pointer, so that the cache's table holds small
-/// entries and a commit can encode the profiles of its cut on the commit
-/// thread while the engine goes on: the engine's next change to a profile a
-/// commit still holds copies it first ([`Arc::make_mut`]).
+/// itself is behind a shared pointer, so that the cache's table holds a
+/// pointer and a few counts per customer, not a whole profile, and a commit
+/// can encode the profiles of its cut on the commit thread while the engine
+/// goes on: the engine's next change to a profile a commit still holds copies
+/// it first ([`Arc::make_mut`]).
 pub(crate) struct Slot {
     pub stored: Arc<Stored>,
     pub dirty: bool,
@@ -206,7 +207,7 @@ impl Task {
     /// Whether `id`'s cached profile is as commit `commit` wrote it: taken by
     /// that commit's cut and unchanged since (not replaced afresh after an
     /// erasure, not dropped). Returns its slot then.
-    pub fn as_committed(&mut self, id: &str, commit: u64) -> Option<&mut Slot> {
+    fn as_committed(&mut self, id: &str, commit: u64) -> Option<&mut Slot> {
         self.profiles
             .get_mut(id)
             .filter(|s| s.cut == commit && !s.dirty)
