@@ -236,6 +236,10 @@ fn pseudonymized_identifiers_never_reach_topics_or_the_profile_api_in_clear() {
 
     let mut engine = spawn(&conf);
     wait_caught_up(&group, &topics.input, &mut [&mut engine]);
+    // Each customer's first view links a device id: the merge goes through
+    // the repartition topic, and the customer's next touchpoints are held
+    // until it is back, so the actions come after the input is committed.
+    wait_stitched(&bootstrap(), &group, &topics.input);
 
     let p = Pseudonymizer::with_secret(SECRET.as_bytes(), &FIELDS);
     let hashed: Vec<String> = customers.iter().map(|c| p.pseudonym(&c.email)).collect();
