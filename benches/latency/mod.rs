@@ -14,6 +14,12 @@
 //! its receipt by the read_committed reader (the engine's producer, the
 //! transaction commit, the reader's fetch). Both in wall-clock milliseconds.
 //!
+//! A third figure leaves the engine out: a plain consumer of one input
+//! partition, fetching as eagerly as the engine, measures each touchpoint from
+//! its producer timestamp to its receipt. That is the part of the latency the
+//! bench producer and the broker add on this machine under the same load, a
+//! floor no engine reading the topic could go under.
+//!
 //! Producing starts once the engine is ready (assigned and restored) and the
 //! reader has its partitions, so start-up is not counted as latency.
 
@@ -90,6 +96,11 @@ pub fn latency(bootstrap: &str, rate: u64, seconds: u64, g: Guarantee) -> anyhow
         let (sent, stop) = (sent.clone(), stop.clone());
         std::thread::spawn(move || read_actions(&reader, &sent, &stop))
     };
+    let probe = probe(bootstrap, &input)?;
+    let probing = {
+        let stop = stop.clone();
+        std::thread::spawn(move || read_probe(&probe, &stop))
+    };
     let produced = produce(bootstrap, &input, rate, seconds, &sent)?;
     // Let the last commit intervals drain before the reader stops.
     std::thread::sleep(Duration::from_secs(3));
@@ -97,6 +108,9 @@ pub fn latency(bootstrap: &str, rate: u64, seconds: u64, g: Guarantee) -> anyhow
     let mut samples = reading
         .join()
         .map_err(|_| anyhow::anyhow!("action reader panicked"))??;
+    let readable = probing
+        .join()
+        .map_err(|_| anyhow::anyhow!("input probe panicked"))??;
     engine.shutdown()?;
     let (name, batching) = match g {
         Guarantee::ExactlyOnce => ("exactly_once", format!("commit_interval_ms {commit_ms}")),
@@ -105,6 +119,10 @@ pub fn latency(bootstrap: &str, rate: u64, seconds: u64, g: Guarantee) -> anyhow
     println!(
         "| event to action latency, {name}, {rate} events/s for {seconds} s after {WARMUP_SECONDS} s of warm-up at that rate ({produced} touchpoints measured, 4 partitions, {batching}, bench producer linger.ms {PRODUCER_LINGER_MS}, lz4), the shipped journeys and policy | {} |",
         summary(&mut samples)
+    );
+    println!(
+        "| touchpoint produced to readable by a plain consumer, partition 0 of the input, during the {name} run (the broker's part of the latency, the engine left out) | {} |",
+        probe_summary(readable)
     );
     println!(
         "| where the engine spent the time, {name} (rapport_commit_phase_seconds: mean, and the bucket bound p99 is under) | {} |",
@@ -353,4 +371,68 @@ fn read_actions(c: &BaseConsumer, sent: &Sent, stop: &AtomicBool) -> anyhow::Res
         }
     }
     Ok(samples)
+}
+
+/// A plain read_uncommitted consumer of partition 0 of the touchpoint topic,
+/// fetching as eagerly as the engine does: what it sees is the latency the
+/// bench producer and the broker add before any engine could have a record.
+fn probe(bootstrap: &str, topic: &str) -> anyhow::Result<BaseConsumer> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set(
+            "group.id",
+            format!("bench-latency-probe-{}", super::suffix()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .set("fetch.queue.backoff.ms", "1")
+        .create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::End)?;
+    c.assign(&tpl)?;
+    Ok(c)
+}
+
+/// Milliseconds from each record's producer timestamp (set when the bench
+/// handed it over) to its receipt, with that timestamp, until `stop`.
+fn read_probe(c: &BaseConsumer, stop: &AtomicBool) -> anyhow::Result<Vec<(i64, i64)>> {
+    let mut out = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        let Some(m) = c.poll(Duration::from_millis(50)) else {
+            continue;
+        };
+        let now = chrono::Utc::now().timestamp_millis();
+        if let Some(t) = m?.timestamp().to_millis() {
+            out.push((now - t, t));
+        }
+    }
+    Ok(out)
+}
+
+/// p50, p99 and p999 of the probe's latencies after the warm-up, and the
+/// seconds of the run its slowest hundredth was produced in.
+fn probe_summary(mut samples: Vec<(i64, i64)>) -> String {
+    // The warm-up's records are left out, as they are from the actions'.
+    let first = samples.iter().map(|s| s.1).min().unwrap_or(0);
+    let measured = first + 1000 * WARMUP_SECONDS as i64;
+    samples.retain(|s| s.1 >= measured);
+    let n = samples.len();
+    if n == 0 {
+        return "no records after the warm-up".into();
+    }
+    samples.sort_unstable();
+    let at = |q: f64| samples[((n as f64 * q) as usize).min(n - 1)].0;
+    let mut slow: Vec<i64> = samples[n - n / 100..]
+        .iter()
+        .map(|s| (s.1 - measured) / 1000)
+        .collect();
+    slow.sort_unstable();
+    slow.dedup();
+    format!(
+        "p50 {} ms, p99 {} ms, p999 {} ms over {n} records; the slowest 1% produced in seconds {:?} of the measured run",
+        at(0.5),
+        at(0.99),
+        at(0.999),
+        slow
+    )
 }
