@@ -191,8 +191,8 @@ impl Default for StateConfig {
             path: PathBuf::from("rapport-state"),
             block_cache_mb: 64,
             write_buffer_mb: 64,
-            profile_cache_mb: 64,
-            encoded_cache_mb: 32,
+            profile_cache_mb: 32,
+            encoded_cache_mb: 64,
             profile_cache_count: None,
             disable_wal: true,
         }
@@ -676,7 +676,7 @@ impl Config {
         if self.state.profile_cache_count.is_some() {
             return Err((
                 "state.profile_cache",
-                "the profile cache is bounded in memory now, not in profiles: remove profile_cache and set state.profile_cache_mb (default 64; profiles take about 1-3 KiB each)".into(),
+                "the profile cache is bounded in memory now, not in profiles: remove profile_cache and set state.profile_cache_mb (default 32; profiles take about 1-3 KiB each)".into(),
             ));
         }
         if self.state.block_cache_mb == 0 || self.state.write_buffer_mb == 0 {
@@ -809,7 +809,7 @@ mod tests {
 
     #[test]
     fn the_profile_cache_is_set_in_mebibytes_and_the_old_count_is_refused() {
-        assert_eq!(parse("").unwrap().state.profile_cache_mb, 64);
+        assert_eq!(parse("").unwrap().state.profile_cache_mb, 32);
         let c = parse("[state]\nprofile_cache_mb = 16\n").unwrap();
         assert_eq!(c.state.profile_cache_mb, 16);
         let e = parse("[state]\npath = \"s\"\nprofile_cache = 100000\n").unwrap_err();

@@ -436,8 +436,8 @@ fn statefulset_identity_state_probes_and_memory() {
     );
 
     // Memory covers the README's rule for the ConfigMap's rapport.toml: Kafka
-    // client buffers, RocksDB, the profile cache and about 100 MiB for the
-    // process and the interval's changed profiles.
+    // client buffers, RocksDB, the two profile caches and about 100 MiB for
+    // the process and the interval's changed profiles.
     let cfg = rapport_toml(&config_data(&all));
     let setting = |table: &str, key: &str, default: i64| {
         cfg.get(table)
@@ -449,7 +449,8 @@ fn statefulset_identity_state_probes_and_memory() {
         + 2 * setting("kafka", "producer_buffer_mb", 32)
         + setting("state", "block_cache_mb", 64)
         + setting("state", "write_buffer_mb", 64)
-        + setting("state", "profile_cache_mb", 64)
+        + setting("state", "profile_cache_mb", 32)
+        + setting("state", "encoded_cache_mb", 64)
         + 100;
     let resources = &c["resources"];
     let request = mebibytes(
