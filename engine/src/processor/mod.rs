@@ -382,9 +382,9 @@ impl Processor {
     /// memory stays with their pages; see `trim_cache`).
     pub fn committed(&mut self, commit: u64, batch: &StateBatch) {
         let share = self.encoded_cache_bytes / self.tasks.len().max(1);
-        for (p, id, bytes) in batch.encoded_profiles() {
+        for (p, id, bytes, memory) in batch.encoded_profiles() {
             if let Some(t) = self.tasks.get_mut(&p) {
-                t.committed(commit, id, bytes, share);
+                t.committed(commit, id, bytes, memory, share);
             }
         }
     }

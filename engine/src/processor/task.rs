@@ -213,16 +213,16 @@ impl Task {
             .filter(|s| s.cut == commit && !s.dirty)
     }
 
-    /// Once commit `commit` has ended and wrote `bytes` for `id`: if the cached
-    /// profile is still as written, counts its memory from the encoding and
-    /// keeps the encoding ([`super::encoded`], `share` bytes at most).
-    pub fn committed(&mut self, commit: u64, id: &str, bytes: &[u8], share: usize) {
+    /// Once commit `commit` has ended and wrote `bytes` for `id`, estimated
+    /// then at `memory` decoded ([`Written::memory`]): if the cached profile is
+    /// still as written, counts it at that and keeps the encoding
+    /// ([`super::encoded`], `share` bytes at most).
+    pub fn committed(&mut self, commit: u64, id: &str, bytes: &[u8], memory: u32, share: usize) {
         let Some(slot) = self.as_committed(id, commit) else {
             return;
         };
-        let size = slot_bytes(&slot.stored.profile, bytes.len());
-        let was = std::mem::replace(&mut slot.bytes, size);
-        self.cached_bytes = self.cached_bytes.saturating_sub(was as usize) + size as usize;
+        let was = std::mem::replace(&mut slot.bytes, memory);
+        self.cached_bytes = self.cached_bytes.saturating_sub(was as usize) + memory as usize;
         self.encoded.insert(id, bytes, share);
     }
 
@@ -231,8 +231,8 @@ impl Task {
     #[cfg(test)]
     pub fn take_changes(&mut self) -> Changes {
         let changes = self.cut(1).encode();
-        for (id, bytes, _, _) in &changes.profiles {
-            self.committed(1, id, bytes, 0);
+        for w in &changes.profiles {
+            self.committed(1, &w.id, &w.bytes, w.memory, 0);
         }
         changes
     }
@@ -341,7 +341,15 @@ impl Cut {
                 s.profile.prefetch_for_encoding(true);
             }
             if let Some((id, stored, gone, new)) = cut[i].take() {
-                profiles.push((id, stored.encode(), gone, new));
+                let bytes = stored.encode();
+                let memory = slot_bytes(&stored.profile, bytes.len());
+                profiles.push(Written {
+                    id,
+                    bytes,
+                    memory,
+                    gone,
+                    new,
+                });
             }
         }
         Changes {
@@ -352,11 +360,26 @@ impl Cut {
     }
 }
 
+/// One changed profile as a commit writes it ([`Cut::encode`]).
+pub(crate) struct Written {
+    pub id: CompactString,
+    /// The stored encoding.
+    pub bytes: Vec<u8>,
+    /// The memory the profile takes decoded ([`slot_bytes`]), estimated while
+    /// it is encoded and its lists are in the CPU's cache: when the commit
+    /// ends, the cache counts it at this without reading the profile again
+    /// (reading it then, on the loop, was a fortieth of the engine's time).
+    pub memory: u32,
+    /// Timer index entries to remove and to add.
+    pub gone: TimerTimes,
+    pub new: TimerTimes,
+}
+
 /// What a commit writes for one partition ([`Cut::encode`]).
 pub(crate) struct Changes {
     pub partition: i32,
-    /// Changed profiles: id, stored encoding, timer index entries to remove and to add.
-    pub profiles: Vec<(CompactString, Vec<u8>, TimerTimes, TimerTimes)>,
+    /// Changed profiles.
+    pub profiles: Vec<Written>,
     /// The watermark, when it moved.
     pub watermark: Option<i64>,
 }
@@ -369,8 +392,8 @@ impl Changes {
         emit: impl Fn(super::ChangelogRecord<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
         let p = self.partition;
-        for (id, bytes, _, _) in &self.profiles {
-            emit((p, id.as_bytes(), bytes))?;
+        for w in &self.profiles {
+            emit((p, w.id.as_bytes(), &w.bytes))?;
         }
         if let Some(w) = self.watermark {
             emit((p, crate::runtime::WATERMARK_KEY, &w.to_be_bytes()))?;
@@ -381,14 +404,14 @@ impl Changes {
     /// Moves the changes into `batch` (the encoded profiles are not copied).
     pub fn add_to(self, batch: &mut StateBatch) {
         let p = self.partition;
-        for (id, bytes, gone, new) in self.profiles {
-            for t in gone {
-                batch.delete_timer(p, t, &id);
+        for w in self.profiles {
+            for t in w.gone {
+                batch.delete_timer(p, t, &w.id);
             }
-            for t in new {
-                batch.put_timer(p, t, &id);
+            for t in w.new {
+                batch.put_timer(p, t, &w.id);
             }
-            batch.put_profile_encoded(p, id, bytes);
+            batch.put_profile_encoded(p, w.id, w.bytes, w.memory);
         }
         if let Some(w) = self.watermark {
             batch.set_watermark(p, w);
@@ -468,10 +491,10 @@ mod tests {
         let decoded: Vec<(String, u64)> = written
             .profiles
             .iter()
-            .map(|(id, b, _, _)| {
+            .map(|w| {
                 (
-                    id.to_string(),
-                    Stored::decode(id, 0, b).unwrap().profile.events,
+                    w.id.to_string(),
+                    Stored::decode(&w.id, 0, &w.bytes).unwrap().profile.events,
                 )
             })
             .collect();
@@ -479,19 +502,23 @@ mod tests {
             decoded,
             vec![("c-1".into(), 1), ("c-2".into(), 1), ("c-3".into(), 1)]
         );
-        for (id, bytes, _, _) in &written.profiles {
-            task.committed(7, id, bytes, 1 << 20);
+        for w in &written.profiles {
+            task.committed(7, &w.id, &w.bytes, w.memory, 1 << 20);
         }
         assert!(task.encoded.get("c-1").is_none());
         assert!(task.encoded.get("c-2").is_some());
+        // The one taken is counted at the memory estimated while encoding it.
+        let c2 = &task.profiles["c-2"];
+        let len = task.encoded.get("c-2").unwrap().len();
+        assert_eq!(c2.bytes, slot_bytes(&c2.stored.profile, len));
         assert!(task.encoded.get("c-3").is_none());
         // A late answer of an older commit is not taken either.
-        task.committed(6, "c-2", b"older", 1 << 20);
+        task.committed(6, "c-2", b"older", 1000, 1 << 20);
         assert_ne!(task.encoded.get("c-2"), Some(&b"older"[..]));
         let next = task.cut(8).encode();
-        let ids: Vec<&str> = next.profiles.iter().map(|(id, ..)| id.as_str()).collect();
+        let ids: Vec<&str> = next.profiles.iter().map(|w| w.id.as_str()).collect();
         assert_eq!(ids, vec!["c-1"]);
-        let (_, bytes, _, _) = &next.profiles[0];
+        let bytes = &next.profiles[0].bytes;
         assert_eq!(Stored::decode("c-1", 0, bytes).unwrap().profile.events, 2);
     }
 }

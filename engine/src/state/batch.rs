@@ -30,8 +30,9 @@ type KeyedChange<'a> = (Cow<'a, [u8]>, Option<&'a [u8]>);
 enum Op {
     Put(Vec<u8>, Vec<u8>),
     Delete(Vec<u8>),
-    /// A profile's stored encoding, keyed when written.
-    Profile(i32, CompactString, Vec<u8>),
+    /// A profile's stored encoding, keyed when written, and its decoded
+    /// memory as the caller counts it.
+    Profile(i32, CompactString, Vec<u8>, u32),
 }
 
 impl StateBatch {
@@ -39,7 +40,7 @@ impl StateBatch {
         self.bytes += match &op {
             Op::Put(k, v) => k.len() + v.len(),
             Op::Delete(k) => k.len(),
-            Op::Profile(_, id, v) => 5 + id.len() + v.len(),
+            Op::Profile(_, id, v, _) => 5 + id.len() + v.len(),
         } + 16;
         self.ops.push(op);
     }
@@ -53,8 +54,17 @@ impl StateBatch {
     }
 
     /// Stores a profile of `partition` from its encoding, without copying it.
-    pub fn put_profile_encoded(&mut self, partition: i32, id: CompactString, encoded: Vec<u8>) {
-        self.push(Op::Profile(partition, id, encoded));
+    /// `memory` is not written: it is handed back with the encoding by
+    /// [`StateBatch::encoded_profiles`] (the profile cache's estimate of the
+    /// decoded profile, made while it was encoded).
+    pub fn put_profile_encoded(
+        &mut self,
+        partition: i32,
+        id: CompactString,
+        encoded: Vec<u8>,
+        memory: u32,
+    ) {
+        self.push(Op::Profile(partition, id, encoded, memory));
     }
 
     /// Deletes a profile of `partition`.
@@ -125,7 +135,7 @@ impl StateBatch {
             .map(|op| match op {
                 Op::Put(key, value) => (Cow::Borrowed(key.as_slice()), Some(value.as_slice())),
                 Op::Delete(key) => (Cow::Borrowed(key.as_slice()), None),
-                Op::Profile(partition, id, value) => {
+                Op::Profile(partition, id, value, _) => {
                     let mut k = Vec::with_capacity(5 + id.len());
                     key_into(&mut k, PROFILE, *partition, id.as_bytes());
                     (Cow::Owned(k), Some(value.as_slice()))
@@ -143,10 +153,11 @@ impl StateBatch {
     }
 
     /// The profiles stored from their encodings
-    /// ([`StateBatch::put_profile_encoded`]): partition, id and encoding.
-    pub fn encoded_profiles(&self) -> impl Iterator<Item = (i32, &str, &[u8])> {
+    /// ([`StateBatch::put_profile_encoded`]): partition, id, encoding and
+    /// the memory given with it.
+    pub fn encoded_profiles(&self) -> impl Iterator<Item = (i32, &str, &[u8], u32)> {
         self.ops.iter().filter_map(|op| match op {
-            Op::Profile(p, id, v) => Some((*p, id.as_str(), v.as_slice())),
+            Op::Profile(p, id, v, m) => Some((*p, id.as_str(), v.as_slice(), *m)),
             _ => None,
         })
     }

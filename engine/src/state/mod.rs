@@ -447,9 +447,9 @@ mod tests {
         // Erased, then started afresh: the fresh profile stays.
         b.delete_profile(1, "c-kept");
         b.put_profile(1, "c-0", &stored("c-0").encode());
-        b.put_profile_encoded(1, "c-kept".into(), stored("c-kept").encode());
+        b.put_profile_encoded(1, "c-kept".into(), stored("c-kept").encode(), 0);
         // Written, then erased in the same commit: gone.
-        b.put_profile_encoded(1, "c-erased".into(), stored("c-erased").encode());
+        b.put_profile_encoded(1, "c-erased".into(), stored("c-erased").encode(), 0);
         b.put_profile(0, "c-erased", &stored("c-erased").encode());
         b.delete_profile(1, "c-erased");
         b.put_timer(1, 9, "c-0");
