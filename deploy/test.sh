@@ -7,4 +7,10 @@ cd "$root"
 deploy/setup.sh
 # Build outside the clone, so every checkout on this machine builds incrementally.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${RAPPORT_CACHE:-$HOME/.cache/rapport}/target}"
+# The Schema Registry tests start a local registry (deploy/registry.sh) when
+# none answers; one this run started is stopped when it ends, so a test run
+# leaves no JVM behind.
+if ! deploy/registry.sh status >/dev/null 2>&1; then
+    trap 'deploy/registry.sh stop >/dev/null 2>&1 || true' EXIT
+fi
 cargo test --workspace "$@"
