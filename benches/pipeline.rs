@@ -488,14 +488,19 @@ fn guarantees(bootstrap: &str, events: u64) -> anyhow::Result<()> {
         ("exactly_once", Guarantee::ExactlyOnce),
     ] {
         let run = engine_run(bootstrap, &input, events, g, &format!("{name}.{s}"), None)?;
+        let found = |f: &str| run.metrics.profile_lookups.with_label_values(&[f]).get();
         println!(
-            "| engine, {name}, {events} touchpoints, 100k customers, 4 partitions, {} worker threads | {:.0} events/s ({:.0}% of passthrough), {:.1} µs CPU per event, {:.2} cores busy, peak RSS {} MiB |",
+            "| engine, {name}, {events} touchpoints, 100k customers, 4 partitions, {} worker threads | {:.0} events/s ({:.0}% of passthrough), {:.1} µs CPU per event, {:.2} cores busy, peak RSS {} MiB; profiles found decoded {}, encoded {}, in RocksDB {}, new {} |",
             run.workers,
             run.rate,
             100.0 * run.rate / bare,
             run.cpu_us_per_event,
             run.cores,
-            run.peak_mib
+            run.peak_mib,
+            found("decoded"),
+            found("encoded"),
+            found("rocksdb"),
+            found("new")
         );
     }
     Ok(())

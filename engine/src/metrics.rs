@@ -68,6 +68,11 @@ pub struct Metrics {
     pub encoded_cache_bytes: IntGauge,
     /// Entries of the index of pending waits held in memory.
     pub pending_waits: IntGauge,
+    /// Profiles asked for, by where they were found: `decoded` (the profile
+    /// cache), `encoded` (the encoded cache), `rocksdb`, or `new` (nowhere).
+    /// Many `rocksdb` lookups against `encoded` ones say the customers being
+    /// seen outgrow `state.encoded_cache_mb`.
+    pub profile_lookups: IntCounterVec,
     /// Erasure requests applied.
     pub erasures: IntCounter,
     /// Touchpoints of erased customers, dead-lettered with reason `erased`.
@@ -234,6 +239,14 @@ impl Metrics {
                 "Memory of the committed profile encodings kept in memory, bytes",
             )
             .expect("valid metric"),
+            profile_lookups: IntCounterVec::new(
+                Opts::new(
+                    "rapport_profile_lookups_total",
+                    "Profiles asked for, by where they were found: decoded, encoded (the encoded cache), rocksdb or new",
+                ),
+                &["found"],
+            )
+            .expect("valid metric"),
             pending_waits: IntGauge::new(
                 "rapport_pending_waits",
                 "Entries of the index of pending waits held in memory",
@@ -277,6 +290,7 @@ impl Metrics {
             Box::new(m.rewinds.clone()),
             Box::new(m.lag.clone()),
             Box::new(m.state_bytes.clone()),
+            Box::new(m.profile_lookups.clone()),
             Box::new(m.commit_latency_seconds.clone()),
             Box::new(m.timers_fired.clone()),
             Box::new(m.restored.clone()),

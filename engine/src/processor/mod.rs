@@ -16,6 +16,7 @@ pub(crate) mod task;
 pub use self::ahead::AHEAD;
 pub use self::erase::PrivacyRules;
 pub use self::stitch::StitchRules;
+pub use self::task::Lookups;
 
 use std::sync::Arc;
 
@@ -422,7 +423,12 @@ impl Processor {
                 t.evict(share);
             }
         }
+        let mut lookups = Lookups::default();
+        for t in self.tasks.values_mut() {
+            lookups.add(t.take_lookups());
+        }
         CacheUsage {
+            lookups,
             profiles: self.tasks.values().map(|t| t.profiles.len()).sum(),
             bytes: self.tasks.values().map(|t| t.cached_bytes).sum(),
             encoded_profiles: self.tasks.values().map(|t| t.encoded.len()).sum(),
@@ -489,6 +495,8 @@ pub struct CacheUsage {
     pub encoded_bytes: usize,
     /// Entries of the index of pending waits held in memory.
     pub waits: usize,
+    /// Where profiles were found since the last trim.
+    pub lookups: Lookups,
 }
 
 /// Runs `work` over `items` on up to `threads` threads, the heaviest items

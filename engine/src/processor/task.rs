@@ -64,6 +64,34 @@ pub(crate) struct Task {
     pub ahead: super::ahead::Ahead,
     /// Encodings of recently committed profiles ([`super::encoded`]).
     pub encoded: super::encoded::EncodedCache,
+    /// Where the profiles asked for since the last [`Task::take_lookups`]
+    /// were found.
+    pub lookups: Lookups,
+}
+
+/// Where profiles were found when a touchpoint (or a timer, a merge, an
+/// erasure) asked for them: how well the two profile caches cover the
+/// customers being seen (`rapport_profile_lookups_total`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lookups {
+    /// Held decoded.
+    pub decoded: u64,
+    /// Decoded from the encoded cache.
+    pub encoded: u64,
+    /// Read from RocksDB and decoded.
+    pub stored: u64,
+    /// Not stored anywhere: a customer seen for the first time.
+    pub new: u64,
+}
+
+impl Lookups {
+    /// Adds `other`'s counts.
+    pub fn add(&mut self, other: Lookups) {
+        self.decoded += other.decoded;
+        self.encoded += other.encoded;
+        self.stored += other.stored;
+        self.new += other.new;
+    }
 }
 
 /// What a partition's records are processed with, kept per partition so that
@@ -104,6 +132,7 @@ impl Task {
             privacy: crate::privacy::erasure::TaskPrivacy::load(state, p)?,
             ahead: Default::default(),
             encoded: Default::default(),
+            lookups: Lookups::default(),
         })
     }
 
@@ -116,12 +145,26 @@ impl Task {
         f: impl FnOnce(&mut Stored) -> bool,
     ) -> Result<(), StateError> {
         // One hash lookup; a short id is copied inline, without allocating.
+        let lookups = &mut self.lookups;
         let slot = match self.profiles.entry(CompactString::from(id)) {
-            Entry::Occupied(e) => e.into_mut(),
+            Entry::Occupied(e) => {
+                lookups.decoded += 1;
+                e.into_mut()
+            }
             Entry::Vacant(e) => {
                 let found = match self.encoded.get(id) {
-                    Some(b) => Some((Stored::decode(id, self.partition, b)?, b.len())),
-                    None => state.get_sized(self.partition, id)?,
+                    Some(b) => {
+                        lookups.encoded += 1;
+                        Some((Stored::decode(id, self.partition, b)?, b.len()))
+                    }
+                    None => {
+                        let found = state.get_sized(self.partition, id)?;
+                        match found {
+                            Some(_) => lookups.stored += 1,
+                            None => lookups.new += 1,
+                        }
+                        found
+                    }
                 };
                 let (stored, len) = found.unwrap_or_else(|| (Stored::fresh(id), 0));
                 let persisted_timers = timer_times(&stored.profile);
@@ -235,6 +278,11 @@ impl Task {
             self.committed(1, &w.id, &w.bytes, w.memory, 0);
         }
         changes
+    }
+
+    /// The lookups counted since the last call, counting afresh.
+    pub fn take_lookups(&mut self) -> Lookups {
+        std::mem::take(&mut self.lookups)
     }
 
     /// Notes that `topic` is applied up to `offset`.
@@ -461,6 +509,44 @@ mod tests {
         assert!(task.profiles["c-dirty"].dirty);
         assert_eq!(task.cached_bytes, task.profiles["c-dirty"].bytes as usize);
         assert_eq!(freed + task.cached_bytes, sum);
+    }
+
+    /// Each lookup is counted by where the profile was: new, held decoded,
+    /// in the encoded cache after a commit let it go, or only in RocksDB (a
+    /// partition's task started afresh).
+    #[test]
+    fn lookups_say_where_each_profile_was_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = store(dir.path());
+        let mut task = Task::load(&state, 0).unwrap();
+        task.update(&state, "c-1", |_| true).unwrap();
+        task.update(&state, "c-1", |_| true).unwrap();
+        let written = task.cut(1).encode();
+        for w in &written.profiles {
+            task.committed(1, &w.id, &w.bytes, w.memory, 1 << 20);
+        }
+        let mut batch = StateBatch::default();
+        written.add_to(&mut batch);
+        state.write(&batch).unwrap();
+        task.evict(usize::MAX);
+        assert!(task.profiles.is_empty());
+        task.update(&state, "c-1", |_| false).unwrap();
+        let counted = Lookups {
+            decoded: 1,
+            encoded: 1,
+            stored: 0,
+            new: 1,
+        };
+        assert_eq!(task.take_lookups(), counted);
+        assert_eq!(task.take_lookups(), Lookups::default());
+
+        let mut fresh = Task::load(&state, 0).unwrap();
+        fresh.update(&state, "c-1", |_| false).unwrap();
+        let counted = Lookups {
+            stored: 1,
+            ..Default::default()
+        };
+        assert_eq!(fresh.take_lookups(), counted);
     }
 
     /// A commit's cut is encoded as the profiles were when it was taken, while

@@ -220,6 +220,18 @@ impl Core {
             .encoded_cache_bytes
             .set(cached.encoded_bytes as i64);
         self.metrics.pending_waits.set(cached.waits as i64);
+        let l = cached.lookups;
+        for (found, n) in [
+            ("decoded", l.decoded),
+            ("encoded", l.encoded),
+            ("rocksdb", l.stored),
+            ("new", l.new),
+        ] {
+            self.metrics
+                .profile_lookups
+                .with_label_values(&[found])
+                .inc_by(n);
+        }
         self.metrics.commits.inc();
         let took = done.started.elapsed();
         self.metrics.commit_seconds.observe(took.as_secs_f64());
