@@ -66,6 +66,9 @@ pub struct Metrics {
     pub encoded_profiles: IntGauge,
     /// Their memory, bytes (bounded by `state.encoded_cache_mb`).
     pub encoded_cache_bytes: IntGauge,
+    /// Estimated memory of the profiles changed since the last commit's cut,
+    /// held until committed (bounded by `state.profile_cache_mb` and one batch).
+    pub changed_profile_bytes: IntGauge,
     /// Entries of the index of pending waits held in memory.
     pub pending_waits: IntGauge,
     /// Profiles asked for, by where they were found: `decoded` (the profile
@@ -247,6 +250,11 @@ impl Metrics {
                 &["found"],
             )
             .expect("valid metric"),
+            changed_profile_bytes: IntGauge::new(
+                "rapport_changed_profile_bytes",
+                "Estimated memory of the profiles changed since the last commit's cut, held until committed, bytes",
+            )
+            .expect("valid metric"),
             pending_waits: IntGauge::new(
                 "rapport_pending_waits",
                 "Entries of the index of pending waits held in memory",
@@ -291,6 +299,7 @@ impl Metrics {
             Box::new(m.lag.clone()),
             Box::new(m.state_bytes.clone()),
             Box::new(m.profile_lookups.clone()),
+            Box::new(m.changed_profile_bytes.clone()),
             Box::new(m.commit_latency_seconds.clone()),
             Box::new(m.timers_fired.clone()),
             Box::new(m.restored.clone()),

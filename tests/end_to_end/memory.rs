@@ -1,6 +1,7 @@
-//! The profile cache bounds memory whatever the commit interval: the profiles
-//! an interval changed stay in memory until they are committed, so when they
-//! fill the cache the engine commits before the interval is up.
+//! The profile cache bounds memory whatever the commit interval and however
+//! slow a commit: the profiles an interval changed stay in memory until they
+//! are committed, so when they fill the cache the engine commits before the
+//! interval is up, or waits for the commit still in flight.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -60,4 +61,69 @@ fn changes_that_fill_the_profile_cache_are_committed_before_the_interval_is_up()
         "after the last commit the profile cache holds {cached} bytes, over its 1 MiB"
     );
     assert_eq!(committed_total(&cfg.kafka.group_id, &topics.input), 16_000);
+}
+
+/// While a commit cannot end (its broker gone), the engine takes records only
+/// until the profiles they change fill the profile cache, then waits for that
+/// commit: the changed profiles, which stay in memory until committed, do not
+/// grow with what the consumer had fetched ahead.
+#[test]
+fn a_commit_held_up_by_the_broker_stops_changes_at_the_profile_cache() {
+    let _serial = heavy();
+    let Some((broker, bootstrap)) = OwnBroker::start(19492) else {
+        return;
+    };
+    let topics = Topics::on(&bootstrap, "memory-held", 4);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = topics.config(dir.path(), &unique("memory-held"));
+    cfg.state.profile_cache_mb = 1;
+    cfg.validate().expect("valid config");
+    // New customers all along: every record changes a profile of its own.
+    let mut sim = Simulator::new(SimConfig {
+        customers: 1_000_000,
+        seed: 9,
+        malformed_per_mille: 0,
+    });
+    let records: Vec<Raw> = (0..150_000)
+        .map(|i| sim.next_record(T0 + i * 100))
+        .map(|r| (r.key, r.value, vec![]))
+        .collect();
+    for chunk in records.chunks(30_000) {
+        produce_raw_on(&bootstrap, &topics.input, chunk);
+    }
+
+    let metrics = Metrics::new();
+    let engine = runtime::start(cfg.clone(), state(&cfg), metrics.clone()).expect("engine starts");
+    wait_committed(&engine, 5_000);
+    let handled = engine.progress.handled.load(Ordering::SeqCst);
+    assert!(
+        handled < 100_000,
+        "records left to fetch when the broker goes ({handled} handled)"
+    );
+    broker.kafka_sh("stop");
+    // No commit can end for these seconds; what the consumer fetched before
+    // is in hand.
+    let mut most = 0;
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        assert!(
+            !engine.is_finished(),
+            "engine stopped while the broker was away"
+        );
+        most = most.max(metrics.changed_profile_bytes.get());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let handled_while_away = engine.progress.handled.load(Ordering::SeqCst) - handled;
+    eprintln!("changed profiles peaked at {most} bytes; {handled_while_away} records handled while the broker was away");
+    broker.kafka_sh("start");
+    wait_committed(&engine, 150_000);
+    engine.shutdown().expect("clean shutdown");
+    // The cache, one batch of records beyond it (the check is per batch),
+    // and the last partial batch.
+    let bound = (1 << 20) + 2 * 2048 * 2 * 1024;
+    assert!(
+        most <= bound,
+        "changed profiles took {most} bytes while a commit waited for the broker ({handled_while_away} records handled meanwhile), over the 1 MiB cache and a batch ({bound})"
+    );
+    assert!(most > 0, "the gauge counts the changed profiles");
 }

@@ -220,7 +220,12 @@ impl Processor {
     /// so the engine commits then rather than at the end of the interval, and
     /// memory stays bounded by the cache's size whatever the commit interval.
     pub fn changes_fill_cache(&self) -> bool {
-        self.tasks.values().map(|t| t.dirty_bytes).sum::<usize>() >= self.profile_cache_bytes
+        self.changed_bytes() >= self.profile_cache_bytes
+    }
+
+    /// The estimated memory of the profiles changed since the last cut.
+    pub fn changed_bytes(&self) -> usize {
+        self.tasks.values().map(|t| t.dirty_bytes).sum()
     }
 
     /// Whether anything changed since the last [`Processor::changes`].

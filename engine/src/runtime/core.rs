@@ -114,6 +114,7 @@ impl Core {
         let erasures = self.write_erasures(&mut batch)?;
         // The changed profiles as they are now; the commit thread encodes them.
         let cut = self.processor.cut();
+        self.metrics.changed_profile_bytes.set(0);
         self.metrics.phase_done("prepare", started);
         let mut offsets = TopicPartitionList::new();
         for ((partition, topic), next) in self.pending.0.drain(..) {

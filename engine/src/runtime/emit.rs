@@ -47,6 +47,9 @@ impl Core {
         self.progress
             .handled
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.metrics
+            .changed_profile_bytes
+            .set(self.processor.changed_bytes() as i64);
         for ((m, record), p) in batch.iter().zip(&records).zip(processed) {
             match p.outcome {
                 Outcome::NotOwned => {

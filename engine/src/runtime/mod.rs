@@ -411,6 +411,11 @@ impl Worker {
                 core.finish_ended(&self.consumer)?;
                 batch.clear();
                 if core.processor.changes_fill_cache() {
+                    // The changed profiles stay in memory until committed: with
+                    // a commit still in flight (a slow broker), take no more
+                    // records until it has ended, so they do not grow with
+                    // what the consumer fetched ahead.
+                    core.finish_in_flight(&self.consumer)?;
                     break;
                 }
             }
