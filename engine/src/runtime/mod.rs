@@ -384,7 +384,8 @@ impl Worker {
             (!core.restorer.is_idle(), core.committer.committing())
         };
         // A commit that is due waits for the one still in flight: meanwhile the
-        // loop goes on consuming, a slice at a time, into the open interval.
+        // loop goes on consuming, a slice at a time, into the open interval,
+        // until the changed profiles fill the profile cache (below).
         let mut deadline = *last_commit + self.interval;
         if committing {
             deadline = deadline.max(Instant::now() + OVERDUE_SLICE);
