@@ -69,9 +69,9 @@ pub(crate) struct Task {
     pub lookups: Lookups,
 }
 
-/// Where profiles were found when a touchpoint (or a timer, a merge, an
-/// erasure) asked for them: how well the two profile caches cover the
-/// customers being seen (`rapport_profile_lookups_total`).
+/// Where profiles were found when the engine asked for them: how well the
+/// two profile caches cover the customers being seen
+/// (`rapport_profile_lookups_total`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Lookups {
     /// Held decoded.
@@ -79,7 +79,7 @@ pub struct Lookups {
     /// Decoded from the encoded cache.
     pub encoded: u64,
     /// Read from RocksDB and decoded.
-    pub stored: u64,
+    pub rocksdb: u64,
     /// Not stored anywhere: a customer seen for the first time.
     pub new: u64,
 }
@@ -89,7 +89,7 @@ impl Lookups {
     pub fn add(&mut self, other: Lookups) {
         self.decoded += other.decoded;
         self.encoded += other.encoded;
-        self.stored += other.stored;
+        self.rocksdb += other.rocksdb;
         self.new += other.new;
     }
 }
@@ -160,7 +160,7 @@ impl Task {
                     None => {
                         let found = state.get_sized(self.partition, id)?;
                         match found {
-                            Some(_) => lookups.stored += 1,
+                            Some(_) => lookups.rocksdb += 1,
                             None => lookups.new += 1,
                         }
                         found
@@ -416,7 +416,7 @@ pub(crate) struct Written {
     /// The memory the profile takes decoded ([`slot_bytes`]), estimated while
     /// it is encoded and its lists are in the CPU's cache: when the commit
     /// ends, the cache counts it at this without reading the profile again
-    /// (reading it then, on the loop, was a fortieth of the engine's time).
+    /// (reading it then, on the loop, took 3% of the engine threads' time).
     pub memory: u32,
     /// Timer index entries to remove and to add.
     pub gone: TimerTimes,
@@ -534,7 +534,7 @@ mod tests {
         let counted = Lookups {
             decoded: 1,
             encoded: 1,
-            stored: 0,
+            rocksdb: 0,
             new: 1,
         };
         assert_eq!(task.take_lookups(), counted);
@@ -543,7 +543,7 @@ mod tests {
         let mut fresh = Task::load(&state, 0).unwrap();
         fresh.update(&state, "c-1", |_| false).unwrap();
         let counted = Lookups {
-            stored: 1,
+            rocksdb: 1,
             ..Default::default()
         };
         assert_eq!(fresh.take_lookups(), counted);

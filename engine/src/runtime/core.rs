@@ -225,7 +225,7 @@ impl Core {
         for (found, n) in [
             ("decoded", l.decoded),
             ("encoded", l.encoded),
-            ("rocksdb", l.stored),
+            ("rocksdb", l.rocksdb),
             ("new", l.new),
         ] {
             self.metrics
