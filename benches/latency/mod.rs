@@ -312,19 +312,26 @@ fn produce(
     Ok(total - warmup)
 }
 
-/// A read_committed consumer of `topic` that has its partitions.
-fn reader(bootstrap: &str, topic: &str) -> anyhow::Result<BaseConsumer> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+/// Settings of the bench's own consumers (`role` names the group): no
+/// commits, and fetches answered and taken as soon as a record is there.
+fn eager(bootstrap: &str, role: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
         .set(
             "group.id",
-            format!("bench-latency-reader-{}", super::suffix()),
+            format!("bench-latency-{role}-{}", super::suffix()),
         )
-        .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "5")
-        .set("fetch.queue.backoff.ms", "1")
+        .set("fetch.queue.backoff.ms", "1");
+    c
+}
+
+/// A read_committed consumer of `topic` that has its partitions.
+fn reader(bootstrap: &str, topic: &str) -> anyhow::Result<BaseConsumer> {
+    let c: BaseConsumer = eager(bootstrap, "reader")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
         .create()?;
     c.subscribe(&[topic])?;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -377,16 +384,7 @@ fn read_actions(c: &BaseConsumer, sent: &Sent, stop: &AtomicBool) -> anyhow::Res
 /// fetching as eagerly as the engine does: what it sees is the latency the
 /// bench producer and the broker add before any engine could have a record.
 fn probe(bootstrap: &str, topic: &str) -> anyhow::Result<BaseConsumer> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set(
-            "group.id",
-            format!("bench-latency-probe-{}", super::suffix()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "5")
-        .set("fetch.queue.backoff.ms", "1")
-        .create()?;
+    let c: BaseConsumer = eager(bootstrap, "probe").create()?;
     let mut tpl = rdkafka::TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, rdkafka::Offset::End)?;
     c.assign(&tpl)?;

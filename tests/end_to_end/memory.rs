@@ -14,6 +14,19 @@ use crate::support::*;
 
 const T0: i64 = 1_764_000_000_000;
 
+/// `n` well-formed simulated records of `customers` customers, `step_ms` apart.
+fn simulated(customers: u64, seed: u64, n: i64, step_ms: i64) -> Vec<Raw> {
+    let mut sim = Simulator::new(SimConfig {
+        customers,
+        seed,
+        malformed_per_mille: 0,
+    });
+    (0..n)
+        .map(|i| sim.next_record(T0 + i * step_ms))
+        .map(|r| (r.key, r.value, vec![]))
+        .collect()
+}
+
 #[test]
 fn changes_that_fill_the_profile_cache_are_committed_before_the_interval_is_up() {
     let topics = Topics::new("memory", 4);
@@ -25,16 +38,7 @@ fn changes_that_fill_the_profile_cache_are_committed_before_the_interval_is_up()
     cfg.engine.transaction_timeout_ms = 600_000;
     cfg.state.profile_cache_mb = 1;
     cfg.validate().expect("valid config");
-    let mut sim = Simulator::new(SimConfig {
-        customers: 4_000,
-        seed: 5,
-        malformed_per_mille: 0,
-    });
-    let records: Vec<Raw> = (0..16_000)
-        .map(|i| sim.next_record(T0 + i * 1_000))
-        .map(|r| (r.key, r.value, vec![]))
-        .collect();
-    produce_raw(&topics.input, &records);
+    produce_raw(&topics.input, &simulated(4_000, 5, 16_000, 1_000));
 
     let metrics = Metrics::new();
     let started = Instant::now();
@@ -79,15 +83,7 @@ fn a_commit_held_up_by_the_broker_stops_changes_at_the_profile_cache() {
     cfg.state.profile_cache_mb = 1;
     cfg.validate().expect("valid config");
     // New customers all along: every record changes a profile of its own.
-    let mut sim = Simulator::new(SimConfig {
-        customers: 1_000_000,
-        seed: 9,
-        malformed_per_mille: 0,
-    });
-    let records: Vec<Raw> = (0..150_000)
-        .map(|i| sim.next_record(T0 + i * 100))
-        .map(|r| (r.key, r.value, vec![]))
-        .collect();
+    let records = simulated(1_000_000, 9, 150_000, 100);
     for chunk in records.chunks(30_000) {
         produce_raw_on(&bootstrap, &topics.input, chunk);
     }
