@@ -59,6 +59,7 @@ fn main() -> anyhow::Result<()> {
     println!("| benchmark | result |\n|---|---|");
     if which == "breakdown" {
         breakdown(1_000_000)?;
+        profile_codec(100_000, 10)?;
     }
     if which == "all" || which == "in-process" || which == "replay" {
         let counts = match std::env::var("RAPPORT_BENCH_CUSTOMERS") {
@@ -258,6 +259,50 @@ fn breakdown(events: usize) -> anyhow::Result<()> {
             secs * 1e6 / events as f64
         );
     }
+    Ok(())
+}
+
+/// What storing and reading back a profile costs: `customers` profiles built
+/// from `per_customer` simulated touchpoints each (the `-- guarantees` input's
+/// shape), encoded and then decoded, one core. Every event whose profile left
+/// the decoded cache pays one decode, and every commit one encode per changed
+/// profile.
+fn profile_codec(customers: u64, per_customer: usize) -> anyhow::Result<()> {
+    let mut sim = Simulator::new(SimConfig {
+        customers,
+        seed: 1,
+        malformed_per_mille: 0,
+    });
+    let decoder = Decoder::new(1 << 20)?;
+    let journeys = CompiledJourneys::shipped()?;
+    let mut out = rapport_journeys::Output::new();
+    let mut profiles: HashMap<String, Profile> = HashMap::new();
+    for i in 0..customers as usize * per_customer {
+        let tp = decoder.decode(&sim.next_record(T0 + i as i64 * 10).value)?;
+        let id = tp.identity().unwrap_or_default().to_owned();
+        let p = profiles
+            .entry(id.clone())
+            .or_insert_with(|| Profile::new(&id));
+        p.apply(&tp);
+        journeys.on_event(p, &tp, &mut out);
+        out.clear();
+    }
+    let profiles: Vec<Profile> = profiles.into_values().collect();
+    let started = Instant::now();
+    let encoded: Vec<Vec<u8>> = profiles.iter().map(Profile::encode).collect();
+    let encode_us = started.elapsed().as_secs_f64() * 1e6 / profiles.len() as f64;
+    let started = Instant::now();
+    let mut decoded = 0usize;
+    for bytes in &encoded {
+        decoded += Profile::decode(bytes)?.events as usize;
+    }
+    let decode_us = started.elapsed().as_secs_f64() * 1e6 / profiles.len() as f64;
+    let bytes: usize = encoded.iter().map(Vec::len).sum();
+    println!(
+        "| profile codec, {} profiles of {per_customer} touchpoints on average ({decoded} events), mean {} bytes stored | encode {encode_us:.2} µs, decode {decode_us:.2} µs per profile |",
+        profiles.len(),
+        bytes / profiles.len().max(1),
+    );
     Ok(())
 }
 
@@ -490,11 +535,12 @@ fn guarantees(bootstrap: &str, events: u64) -> anyhow::Result<()> {
         let run = engine_run(bootstrap, &input, events, g, &format!("{name}.{s}"), None)?;
         let found = |f: &str| run.metrics.profile_lookups.with_label_values(&[f]).get();
         println!(
-            "| engine, {name}, {events} touchpoints, 100k customers, 4 partitions, {} worker threads | {:.0} events/s ({:.0}% of passthrough), {:.1} µs CPU per event, {:.2} cores busy, peak RSS {} MiB; profiles found decoded {}, encoded {}, in RocksDB {}, new {} |",
+            "| engine, {name}, {events} touchpoints, 100k customers, 4 partitions, {} worker threads | {:.0} events/s ({:.0}% of passthrough), {:.1} µs CPU per event ({}), {:.2} cores busy, peak RSS {} MiB; profiles found decoded {}, encoded {}, in RocksDB {}, new {} |",
             run.workers,
             run.rate,
             100.0 * run.rate / bare,
             run.cpu_us_per_event,
+            run.cpu_split,
             run.cores,
             run.peak_mib,
             found("decoded"),
@@ -513,6 +559,8 @@ struct EngineRun {
     cpu_us_per_event: f64,
     cores: f64,
     peak_mib: u64,
+    /// Where the CPU went, µs per event by thread group ([`ThreadCpu`]).
+    cpu_split: String,
     /// Actions on the run's action topic, read with read_committed.
     actions: u64,
     /// The engine's metrics at the end of the run.
@@ -635,6 +683,7 @@ fn engine_run_with(
     }
     let started = Instant::now();
     let cpu_before = cpu_seconds();
+    let threads_before = ThreadCpu::now();
     reset_peak_rss();
     while engine.progress.committed.load(Ordering::SeqCst) < events || !done()? {
         anyhow::ensure!(!engine.is_finished(), "engine stopped");
@@ -643,6 +692,7 @@ fn engine_run_with(
     let peak = status_mib("VmHWM:");
     let secs = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu_before;
+    let cpu_split = ThreadCpu::now().split_since(&threads_before, cpu, events);
     engine.shutdown()?;
     Ok(EngineRun {
         workers,
@@ -650,6 +700,7 @@ fn engine_run_with(
         cpu_us_per_event: cpu * 1e6 / events as f64,
         cores: cpu / secs,
         peak_mib: peak,
+        cpu_split,
         actions: count_committed(bootstrap, &action_topic)?,
         metrics,
     })
@@ -794,6 +845,74 @@ fn cpu_seconds() -> f64 {
         })
         .unwrap_or(0);
     ticks as f64 / 100.0
+}
+
+/// CPU time per thread of this process (user and system clock ticks by
+/// thread id, with the thread's name), to say which part of the engine a
+/// run's CPU went to: its loop and workers, its commit thread, librdkafka's
+/// threads (fetching, compressing, sending) or RocksDB's (flushes,
+/// compactions). Threads that ended during a run (the workers the engine
+/// starts for each batch beside its loop) are no longer listed; their time is
+/// what the process used beyond the listed threads'.
+struct ThreadCpu(HashMap<u64, (String, u64)>);
+
+impl ThreadCpu {
+    fn now() -> ThreadCpu {
+        let mut threads = HashMap::new();
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return ThreadCpu(threads);
+        };
+        for task in tasks.flatten() {
+            let Ok(tid) = task.file_name().to_string_lossy().parse::<u64>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
+            // "tid (name) state ...": utime and stime are the 12th and 13th
+            // fields after the name.
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            threads.insert(
+                tid,
+                (stat[open + 1..close].to_owned(), ticks(11) + ticks(12)),
+            );
+        }
+        ThreadCpu(threads)
+    }
+
+    /// µs per event by thread group since `before`, of `cpu_seconds` the
+    /// whole process used over `events`.
+    fn split_since(&self, before: &ThreadCpu, cpu_seconds: f64, events: u64) -> String {
+        const GROUPS: [(&str, &str); 4] = [
+            ("rapport-engine", "engine loop and workers"),
+            ("rapport-commit", "commit thread"),
+            ("rdk:", "librdkafka"),
+            ("rocksdb:", "RocksDB"),
+        ];
+        let mut secs = [0.0f64; GROUPS.len() + 1];
+        for (tid, (name, ticks)) in &self.0 {
+            let was = before.0.get(tid).map_or(0, |(_, t)| *t);
+            let group = GROUPS
+                .iter()
+                .position(|(prefix, _)| name.starts_with(prefix))
+                .unwrap_or(GROUPS.len());
+            secs[group] += ticks.saturating_sub(was) as f64 / 100.0;
+        }
+        let ended = (cpu_seconds - secs.iter().sum::<f64>()).max(0.0);
+        let us = |s: f64| s * 1e6 / events.max(1) as f64;
+        let mut parts: Vec<String> = GROUPS
+            .iter()
+            .zip(secs)
+            .map(|((_, label), s)| format!("{label} {:.1}", us(s)))
+            .collect();
+        parts.push(format!("workers that ended {:.1}", us(ended)));
+        parts.push(format!("other {:.1}", us(secs[GROUPS.len()])));
+        parts.join(", ")
+    }
 }
 
 /// This process's resident memory, MiB (0 where /proc is not available).

@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -26,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::processor::CommitCut;
 use crate::state::{StateBatch, StateStore};
 
+use super::background::{Background, Job};
 use super::rebalance::EngineContext;
 use super::LoopError;
 
@@ -332,7 +332,7 @@ pub(super) struct Interval {
 
 /// The interval being committed on the commit thread.
 struct InFlight {
-    job: JoinHandle<Result<StateBatch, CommitError>>,
+    job: Job<Result<StateBatch, CommitError>>,
     interval: Interval,
 }
 
@@ -347,6 +347,8 @@ pub(super) struct Committer {
     /// Whether the current producer has an interval open.
     open: bool,
     in_flight: Option<InFlight>,
+    /// Where commits run, one after the other ([`super::background`]).
+    thread: Background,
     patience: Duration,
     metrics: Metrics,
     state: Arc<StateStore>,
@@ -373,6 +375,7 @@ impl Committer {
             current: 0,
             open: false,
             in_flight: None,
+            thread: Background::start("rapport-commit")?,
             patience,
             metrics,
             state,
@@ -433,27 +436,24 @@ impl Committer {
         let deadline = Instant::now() + self.patience;
         let (metrics, state) = (self.metrics.clone(), self.state.clone());
         let changelog = self.changelog.clone();
-        let job = std::thread::Builder::new()
-            .name("rapport-commit".into())
-            .spawn(move || {
-                let encoding = Instant::now();
-                write_changelog(cut, &producer, &changelog, &mut batch)?;
-                metrics.phase_done("encode", encoding);
-                let started = Instant::now();
-                flush(&producer, deadline)?;
-                metrics.phase_done("flush", started);
-                protocol.seal(&producer, &offsets, meta.as_ref(), deadline, &metrics)?;
-                if let Ok(mut o) = producer.context().changelog_offsets.lock() {
-                    for (p, next) in o.drain() {
-                        batch.set_checkpoint(p, next);
-                    }
+        let job = self.thread.run(move || {
+            let encoding = Instant::now();
+            write_changelog(cut, &producer, &changelog, &mut batch)?;
+            metrics.phase_done("encode", encoding);
+            let started = Instant::now();
+            flush(&producer, deadline)?;
+            metrics.phase_done("flush", started);
+            protocol.seal(&producer, &offsets, meta.as_ref(), deadline, &metrics)?;
+            if let Ok(mut o) = producer.context().changelog_offsets.lock() {
+                for (p, next) in o.drain() {
+                    batch.set_checkpoint(p, next);
                 }
-                let writing = Instant::now();
-                state.write(&batch)?;
-                metrics.phase_done("state", writing);
-                Ok(batch)
-            })
-            .map_err(|e| LoopError::Fatal(e.into()))?;
+            }
+            let writing = Instant::now();
+            state.write(&batch)?;
+            metrics.phase_done("state", writing);
+            Ok(batch)
+        });
         self.in_flight = Some(InFlight { job, interval });
         self.current = 1 - self.current;
         self.open = false;

@@ -35,6 +35,7 @@
 //! longer than `engine.kafka_unavailable_timeout_ms`, or a local failure (RocksDB)
 //! stops it.
 
+mod background;
 mod commit;
 mod core;
 mod emit;

@@ -1,0 +1,120 @@
+//! The commit thread: one long-lived thread that runs the engine's background
+//! commits one after the other.
+//!
+//! A thread started for each commit (ten a second at the default interval)
+//! began every commit with an empty allocator heap: the encodings and the
+//! RocksDB batch it built came from memory the operating system had to fault
+//! in and zero, and what the thread left behind went to other threads when it
+//! ended. One thread that lives as long as the engine reuses its own memory.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+type Task = Box<dyn FnOnce() + Send>;
+
+/// A named thread that runs the closures given to [`Background::run`] in turn.
+/// Dropping it ends the thread once its current task has run, without waiting
+/// for that (a commit in flight when the engine stops on an error is bounded
+/// by its own deadline, as a thread of its own was).
+pub(super) struct Background {
+    tasks: mpsc::Sender<Task>,
+}
+
+/// What a task handed to [`Background::run`] returns, once it has run: its
+/// value, or the panic it ended in.
+pub(super) struct Job<T> {
+    result: mpsc::Receiver<std::thread::Result<T>>,
+    finished: Arc<AtomicBool>,
+}
+
+impl Background {
+    /// Starts the thread, named `name` (as `top` and the per-thread CPU split
+    /// of `cargo bench --bench pipeline -- guarantees` show it).
+    pub fn start(name: &str) -> std::io::Result<Background> {
+        let (tasks, queue) = mpsc::channel::<Task>();
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                for task in queue {
+                    task();
+                }
+            })?;
+        Ok(Background { tasks })
+    }
+
+    /// Runs `f` on the thread after the tasks given before it. A panic in
+    /// `f` is caught and handed to [`Job::join`]; the thread goes on.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Job<T> {
+        let (tx, result) = mpsc::sync_channel(1);
+        let finished = Arc::new(AtomicBool::new(false));
+        let done = Arc::clone(&finished);
+        let task: Task = Box::new(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            // Sent before it is marked finished, so a finished job's join
+            // never waits.
+            let _ = tx.send(r);
+            done.store(true, Ordering::Release);
+        });
+        // A send fails only if the thread is gone; the job's join then
+        // reports it as a panic.
+        if self.tasks.send(task).is_err() {
+            finished.store(true, Ordering::Release);
+        }
+        Job { result, finished }
+    }
+}
+
+impl<T> Job<T> {
+    /// Whether the task has run (or can no longer run).
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
+    }
+
+    /// Waits for the task; its value, or its panic (also when the thread
+    /// ended before running it).
+    pub fn join(self) -> std::thread::Result<T> {
+        self.result
+            .recv()
+            .unwrap_or_else(|_| Err(Box::new("the commit thread has ended")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tasks_run_in_turn_on_one_named_thread() {
+        let bg = Background::start("rapport-test-bg").unwrap();
+        let a = bg.run(|| std::thread::current().name().map(str::to_owned));
+        let b = bg.run(|| std::thread::current().id());
+        let c = bg.run(|| std::thread::current().id());
+        assert_eq!(a.join().unwrap().as_deref(), Some("rapport-test-bg"));
+        let (b, c) = (b.join().unwrap(), c.join().unwrap());
+        assert_eq!(b, c);
+        assert_ne!(b, std::thread::current().id());
+    }
+
+    #[test]
+    fn a_panicking_task_is_reported_and_the_thread_goes_on() {
+        let bg = Background::start("rapport-test-bg").unwrap();
+        let bad = bg.run(|| -> u32 { panic!("commit went wrong") });
+        assert!(bad.join().is_err());
+        let good = bg.run(|| 7);
+        assert_eq!(good.join().unwrap(), 7);
+    }
+
+    #[test]
+    fn a_job_is_finished_once_its_task_has_run() {
+        let bg = Background::start("rapport-test-bg").unwrap();
+        let (go, wait) = mpsc::channel::<()>();
+        let job = bg.run(move || wait.recv().is_ok());
+        assert!(!job.is_finished(), "finished before its task could run");
+        go.send(()).unwrap();
+        while !job.is_finished() {
+            std::thread::yield_now();
+        }
+        assert!(job.join().unwrap());
+    }
+}
