@@ -535,7 +535,7 @@ fn guarantees(bootstrap: &str, events: u64) -> anyhow::Result<()> {
         let run = engine_run(bootstrap, &input, events, g, &format!("{name}.{s}"), None)?;
         let found = |f: &str| run.metrics.profile_lookups.with_label_values(&[f]).get();
         println!(
-            "| engine, {name}, {events} touchpoints, 100k customers, 4 partitions, {} worker threads | {:.0} events/s ({:.0}% of passthrough), {:.1} µs CPU per event ({}), {:.2} cores busy, peak RSS {} MiB; profiles found decoded {}, encoded {}, in RocksDB {}, new {} |",
+            "| engine, {name}, {events} touchpoints, 100k customers, 4 partitions, {} worker threads | {:.0} events/s ({:.0}% of passthrough), {:.1} µs CPU per event ({}), {:.2} cores busy, peak RSS {} MiB; profiles found decoded {}, encoded {}, in RocksDB {}, new {}; {} |",
             run.workers,
             run.rate,
             100.0 * run.rate / bare,
@@ -546,7 +546,10 @@ fn guarantees(bootstrap: &str, events: u64) -> anyhow::Result<()> {
             found("decoded"),
             found("encoded"),
             found("rocksdb"),
-            found("new")
+            found("new"),
+            run.broker_us_per_event.map_or("the broker is not a local process".into(), |us| format!(
+                "the broker beside it {us:.1} µs CPU per event"
+            )),
         );
     }
     Ok(())
@@ -561,6 +564,9 @@ struct EngineRun {
     peak_mib: u64,
     /// Where the CPU went, µs per event by thread group ([`ThreadCpu`]).
     cpu_split: String,
+    /// CPU the local broker's JVM used meanwhile, µs per event (none when
+    /// the broker is not a process on this machine).
+    broker_us_per_event: Option<f64>,
     /// Actions on the run's action topic, read with read_committed.
     actions: u64,
     /// The engine's metrics at the end of the run.
@@ -684,6 +690,8 @@ fn engine_run_with(
     let started = Instant::now();
     let cpu_before = cpu_seconds();
     let threads_before = ThreadCpu::now();
+    let broker = local_broker(bootstrap);
+    let broker_before = broker.and_then(process_cpu_seconds);
     reset_peak_rss();
     while engine.progress.committed.load(Ordering::SeqCst) < events || !done()? {
         anyhow::ensure!(!engine.is_finished(), "engine stopped");
@@ -693,6 +701,10 @@ fn engine_run_with(
     let secs = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu_before;
     let cpu_split = ThreadCpu::now().split_since(&threads_before, cpu, events);
+    let broker_us_per_event = broker
+        .and_then(process_cpu_seconds)
+        .zip(broker_before)
+        .map(|(after, before)| (after - before) * 1e6 / events as f64);
     engine.shutdown()?;
     Ok(EngineRun {
         workers,
@@ -701,6 +713,7 @@ fn engine_run_with(
         cores: cpu / secs,
         peak_mib: peak,
         cpu_split,
+        broker_us_per_event,
         actions: count_committed(bootstrap, &action_topic)?,
         metrics,
     })
@@ -913,6 +926,37 @@ impl ThreadCpu {
         parts.push(format!("other {:.1}", us(secs[GROUPS.len()])));
         parts.join(", ")
     }
+}
+
+/// The process id of the Kafka broker serving `bootstrap`, when it is a JVM
+/// on this machine (`deploy/kafka.sh`'s broker, its port in its command line).
+fn local_broker(bootstrap: &str) -> Option<u32> {
+    let port = bootstrap.rsplit(':').next()?;
+    let mut found = None;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.contains("kafka.Kafka") && cmd.contains(&format!("-{port}-")) {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(pid);
+        }
+    }
+    found
+}
+
+/// CPU time (user and system) process `pid` has used, seconds.
+fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 /// This process's resident memory, MiB (0 where /proc is not available).

@@ -542,6 +542,25 @@ impl Instance {
     }
 }
 
+/// An instance still running when its test ends, as when the test fails, is
+/// stopped, so no `rapport run` outlives its test and loads the machine for
+/// the next ones; a failing test also shows the end of its log (a failure in a
+/// helper, such as reading the group's offsets, does not print it).
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+            eprintln!("last lines of {}:\n{tail}", self.log.display());
+        }
+    }
+}
+
 /// Waits until group `group` has committed everything in `topic`.
 pub fn wait_caught_up(group: &str, topic: &str, instances: &mut [&mut Instance]) {
     wait_caught_up_on(&bootstrap(), group, topic, instances)
