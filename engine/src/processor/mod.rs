@@ -504,6 +504,110 @@ pub struct CacheUsage {
     pub lookups: Lookups,
 }
 
+/// A touchpoint on its way into its customer's profile ([`Lane::route_and_apply`]).
+struct Arriving<'a> {
+    /// Read from an input record (not released from the held ones or
+    /// forwarded): it advances the profile's record of what it reflects.
+    from_record: bool,
+    seed: Seed,
+    /// The profile it goes to.
+    id: &'a str,
+    tp: &'a Touchpoint,
+    home: Option<i32>,
+    follow: bool,
+}
+
+/// What a touchpoint does to its customer's stored profile `s`: skipped when
+/// the profile already reflects its record, routed by identity stitching,
+/// refused as a duplicate event id, or applied (due waits first, then the
+/// profile, the emotional state and the journeys, whose decisions go to
+/// `output`). Returns whether the profile changed, what became of the
+/// touchpoint and where stitching routed it.
+fn change_profile(
+    sh: &Shared,
+    s: &mut crate::state::Stored,
+    a: &Arriving<'_>,
+    output: &mut rapport_journeys::Output,
+) -> (bool, Outcome, Routed) {
+    let (journeys, metrics, tp, seed) = (&sh.journeys, &sh.metrics, a.tp, a.seed);
+    if a.from_record && s.reflects(seed.hash, seed.partition, seed.offset) {
+        metrics.skipped.inc();
+        return (false, Outcome::AlreadyApplied, Routed::Apply);
+    }
+    let mut routed = Routed::Apply;
+    if let Some(st) = sh.stitch.as_ref() {
+        routed = st.route(s, tp, a.home, a.follow, seed);
+        match routed {
+            Routed::Apply | Routed::Unlinked(_) | Routed::Refused(_) => {}
+            Routed::Forward(_) => return (false, Outcome::Applied, routed),
+            Routed::Hold | Routed::Link { .. } => {
+                if a.from_record {
+                    s.advance(seed.hash, seed.partition, seed.offset);
+                }
+                return (true, Outcome::Applied, routed);
+            }
+        }
+    }
+    if !s.profile.admit(tp, &sh.seen) {
+        metrics.duplicates.inc();
+        return (false, Outcome::Duplicate, routed);
+    }
+    // The customer's own waits that came due before this event fire first,
+    // whatever other customers' events moved the watermark to: an SLA that
+    // ran out before the resolution arrived escalates.
+    if s.profile
+        .timers
+        .iter()
+        .any(|t| t.fire_at_ms < tp.event_time)
+    {
+        let due = tp.event_time - 1;
+        let fired = journeys.fire_due(&mut s.profile, due, output).timers_fired;
+        metrics.timers_fired.inc_by(u64::from(fired));
+    }
+    s.profile.apply(tp);
+    if let Routed::Unlinked(x) | Routed::Refused(x) = &routed {
+        s.profile.anonymous_ids.retain(|id| id != x);
+    }
+    if tp.customer_id.as_deref() == Some(a.id) {
+        s.known = true;
+    }
+    if let Some(t) = emotion::update_on_touchpoint(&mut s.profile, tp, journeys.emotion()) {
+        metrics
+            .emotion_transitions
+            .with_label_values(&[t.from.as_str(), t.to.as_str()])
+            .inc();
+    }
+    let report = journeys.on_event(&mut s.profile, tp, output);
+    for e in report.errors {
+        tracing::warn!(journey = %e.journey, expression = %e.expression, error = %e.message, "journey expression failed; treated as false");
+    }
+    if a.from_record {
+        s.advance(seed.hash, seed.partition, seed.offset);
+    }
+    (true, Outcome::Applied, routed)
+}
+
+/// Counts a survey answer by kind, class (promoter, passive, detractor and
+/// the like), channel and store.
+fn count_survey_answer(metrics: &Metrics, tp: &Touchpoint) {
+    let Some(s) = tp
+        .survey
+        .as_ref()
+        .filter(|_| tp.event_type == EventType::SurveyResponse)
+    else {
+        return;
+    };
+    metrics
+        .survey_answers
+        .with_label_values(&[
+            s.kind.as_str(),
+            s.kind.classify(s.score),
+            tp.channel.as_str(),
+            tp.store_id.as_deref().unwrap_or(""),
+        ])
+        .inc();
+}
+
 /// Runs `work` over `items` on up to `threads` threads, the heaviest items
 /// first, each to the least loaded thread (by `weight`); one result per thread,
 /// in thread order. The caller's thread is one of them.
@@ -627,67 +731,23 @@ impl<'a> Lane<'a> {
         out: &mut Vec<Action>,
     ) -> Result<Outcome, StateError> {
         let sh = self.sh;
-        let (journeys, metrics) = (&sh.journeys, &sh.metrics);
         let task = &mut *self.task;
         let mut output = std::mem::take(&mut task.scratch.output);
-        let output = &mut output;
-        let mut outcome = Outcome::Applied;
-        let mut routed = Routed::Apply;
+        let arriving = Arriving {
+            from_record: src.is_some(),
+            seed,
+            id,
+            tp,
+            home,
+            follow,
+        };
+        let (mut outcome, mut routed) = (Outcome::Applied, Routed::Apply);
         let updated = task.update(&sh.state, id, |s| {
-            if src.is_some() && s.reflects(seed.hash, seed.partition, seed.offset) {
-                metrics.skipped.inc();
-                outcome = Outcome::AlreadyApplied;
-                return false;
-            }
-            if let Some(st) = sh.stitch.as_ref() {
-                routed = st.route(s, tp, home, follow, seed);
-                match routed {
-                    Routed::Apply | Routed::Unlinked(_) | Routed::Refused(_) => {}
-                    Routed::Forward(_) => return false,
-                    Routed::Hold | Routed::Link { .. } => {
-                        if src.is_some() {
-                            s.advance(seed.hash, seed.partition, seed.offset);
-                        }
-                        return true;
-                    }
-                }
-            }
-            if !s.profile.admit(tp, &sh.seen) {
-                metrics.duplicates.inc();
-                outcome = Outcome::Duplicate;
-                return false;
-            }
-            // The customer's own waits that came due before this event fire
-            // first, whatever other customers' events moved the watermark to:
-            // an SLA that ran out before the resolution arrived escalates.
-            if s.profile.timers.iter().any(|t| t.fire_at_ms < tp.event_time) {
-                let due = tp.event_time - 1;
-                let fired = journeys.fire_due(&mut s.profile, due, output).timers_fired;
-                metrics.timers_fired.inc_by(u64::from(fired));
-            }
-            s.profile.apply(tp);
-            if let Routed::Unlinked(a) | Routed::Refused(a) = &routed {
-                s.profile.anonymous_ids.retain(|x| x != a);
-            }
-            if tp.customer_id.as_deref() == Some(id) {
-                s.known = true;
-            }
-            if let Some(t) = emotion::update_on_touchpoint(&mut s.profile, tp, journeys.emotion()) {
-                metrics
-                    .emotion_transitions
-                    .with_label_values(&[t.from.as_str(), t.to.as_str()])
-                    .inc();
-            }
-            let report = journeys.on_event(&mut s.profile, tp, output);
-            for e in report.errors {
-                tracing::warn!(journey = %e.journey, expression = %e.expression, error = %e.message, "journey expression failed; treated as false");
-            }
-            if src.is_some() {
-                s.advance(seed.hash, seed.partition, seed.offset);
-            }
-            true
+            let changed;
+            (changed, outcome, routed) = change_profile(sh, s, &arriving, &mut output);
+            changed
         });
-        task.scratch.output = std::mem::take(output);
+        task.scratch.output = output;
         updated?;
         if let Some(r) = src.filter(|_| outcome == Outcome::Applied) {
             self.count_event(r.topic);
@@ -700,35 +760,32 @@ impl<'a> Lane<'a> {
             }
         }
         if outcome == Outcome::Applied {
-            if let Some(s) = tp
-                .survey
-                .as_ref()
-                .filter(|_| tp.event_type == EventType::SurveyResponse)
-            {
-                metrics
-                    .survey_answers
-                    .with_label_values(&[
-                        s.kind.as_str(),
-                        s.kind.classify(s.score),
-                        tp.channel.as_str(),
-                        tp.store_id.as_deref().unwrap_or(""),
-                    ])
-                    .inc();
-            }
+            count_survey_answer(&sh.metrics, tp);
         }
         self.collect(out);
+        self.advance_watermark(tp.event_time, out)?;
+        Ok(outcome)
+    }
+
+    /// Moves the partition's watermark to `event_time` if it is later, and
+    /// fires the waits due by then: also a wait that a late event scheduled
+    /// already in the past fires now, so live processing and a replay's
+    /// end-of-input agree.
+    fn advance_watermark(
+        &mut self,
+        event_time: i64,
+        out: &mut Vec<Action>,
+    ) -> Result<(), StateError> {
         let task = &mut *self.task;
-        if tp.event_time > task.watermark {
-            task.watermark = tp.event_time;
+        if event_time > task.watermark {
+            task.watermark = event_time;
             task.watermark_dirty = true;
         }
-        // Also a wait that a late event scheduled already in the past fires now,
-        // so live processing and a replay's end-of-input agree.
         let wm = task.watermark;
         if task.timers.first().is_some_and(|(at, _)| *at <= wm) {
             self.fire_timers(wm, out)?;
         }
-        Ok(outcome)
+        Ok(())
     }
 
     fn count_event(&mut self, topic: &str) {
