@@ -74,6 +74,8 @@ usage: deploy/kafka.sh start|stop|status|bootstrap|topics [ARGS...]
 
   start       start (or reuse) a local single-node Kafka; print its bootstrap address
   stop        stop the broker started by this script
+  reset       stop it and delete its topics and state (its next start formats
+              empty storage)
   status      exit 0 and print the bootstrap address if the broker is running
   bootstrap   print the bootstrap address `start` would use, without starting
   topics ...  run kafka-topics (TopicCommand) with --bootstrap-server set
@@ -587,6 +589,20 @@ cmd_stop() {
     kill_broker
 }
 
+cmd_reset() {
+    if external_bootstrap; then
+        die "RAPPORT_KAFKA_BOOTSTRAP is set: reset only empties a broker this script runs"
+    fi
+    require_tools
+    take_lock
+    if broker_pid >/dev/null; then
+        kill_broker
+    fi
+    rm -f "$PID_FILE"
+    rm -rf "$DATA_DIR"
+    log "emptied $DATA_DIR"
+}
+
 cmd_status() {
     if external_bootstrap; then
         # Probe the first host:port of the external list.
@@ -630,6 +646,7 @@ main() {
     case "$cmd" in
     start) cmd_start ;;
     stop) cmd_stop ;;
+    reset) cmd_reset ;;
     status) cmd_status ;;
     bootstrap) bootstrap_address ;;
     sasl-bootstrap) printf '%s\n' "$HOST:$SASL_PORT" ;;
