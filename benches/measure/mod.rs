@@ -1,0 +1,142 @@
+//! What a bench run costs, read from /proc: the process's CPU time and
+//! resident memory, its CPU per thread, and the local broker's CPU.
+
+use std::collections::HashMap;
+
+/// CPU time this process has used (user and system), seconds (0 where /proc
+/// is not available).
+pub fn cpu_seconds() -> f64 {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name in parentheses; utime and stime
+            // are the 14th and 15th fields of the line.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
+/// CPU time per thread of this process (user and system clock ticks by
+/// thread id, with the thread's name), to say which part of the engine a
+/// run's CPU went to: its loop and workers, its commit thread, librdkafka's
+/// threads (fetching, compressing, sending) or RocksDB's (flushes,
+/// compactions). Threads that ended during a run (the workers the engine
+/// starts for each batch beside its loop) are no longer listed; their time is
+/// what the process used beyond the listed threads'.
+pub struct ThreadCpu(HashMap<u64, (String, u64)>);
+
+impl ThreadCpu {
+    pub fn now() -> ThreadCpu {
+        let mut threads = HashMap::new();
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return ThreadCpu(threads);
+        };
+        for task in tasks.flatten() {
+            let Ok(tid) = task.file_name().to_string_lossy().parse::<u64>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
+            // "tid (name) state ...": utime and stime are the 12th and 13th
+            // fields after the name.
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            threads.insert(
+                tid,
+                (stat[open + 1..close].to_owned(), ticks(11) + ticks(12)),
+            );
+        }
+        ThreadCpu(threads)
+    }
+
+    /// µs per event by thread group since `before`, of `cpu_seconds` the
+    /// whole process used over `events`.
+    pub fn split_since(&self, before: &ThreadCpu, cpu_seconds: f64, events: u64) -> String {
+        const GROUPS: [(&str, &str); 4] = [
+            ("rapport-engine", "engine loop and workers"),
+            ("rapport-commit", "commit thread"),
+            ("rdk:", "librdkafka"),
+            ("rocksdb:", "RocksDB"),
+        ];
+        let mut secs = [0.0f64; GROUPS.len() + 1];
+        for (tid, (name, ticks)) in &self.0 {
+            let was = before.0.get(tid).map_or(0, |(_, t)| *t);
+            let group = GROUPS
+                .iter()
+                .position(|(prefix, _)| name.starts_with(prefix))
+                .unwrap_or(GROUPS.len());
+            secs[group] += ticks.saturating_sub(was) as f64 / 100.0;
+        }
+        let ended = (cpu_seconds - secs.iter().sum::<f64>()).max(0.0);
+        let us = |s: f64| s * 1e6 / events.max(1) as f64;
+        let mut parts: Vec<String> = GROUPS
+            .iter()
+            .zip(secs)
+            .map(|((_, label), s)| format!("{label} {:.1}", us(s)))
+            .collect();
+        parts.push(format!("workers that ended {:.1}", us(ended)));
+        parts.push(format!("other {:.1}", us(secs[GROUPS.len()])));
+        parts.join(", ")
+    }
+}
+
+/// The process id of the Kafka broker serving `bootstrap`, when it is a JVM
+/// on this machine (`deploy/kafka.sh`'s broker, its port in its command line).
+pub fn local_broker(bootstrap: &str) -> Option<u32> {
+    let port = bootstrap.rsplit(':').next()?;
+    let mut found = None;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.contains("kafka.Kafka") && cmd.contains(&format!("-{port}-")) {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(pid);
+        }
+    }
+    found
+}
+
+/// CPU time (user and system) process `pid` has used, seconds.
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// This process's resident memory, MiB (0 where /proc is not available).
+/// Starts the process's peak RSS (VmHWM) afresh from its current RSS, so a
+/// run's peak is its own and not an earlier run's in the same process; read
+/// once at the end, it costs the run nothing (sampling /proc every few
+/// milliseconds did, and could miss a short peak).
+pub fn reset_peak_rss() {
+    if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
+        eprintln!("cannot reset the peak RSS ({e}): the peak reported is the process's");
+    }
+}
+
+/// A `kB` line of /proc/self/status (VmRSS:, VmHWM:), in MiB.
+pub fn status_mib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
+}
