@@ -6,17 +6,18 @@ use std::collections::HashMap;
 /// CPU time this process has used (user and system), seconds (0 where /proc
 /// is not available).
 pub fn cpu_seconds() -> f64 {
-    let ticks = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            // Fields after the command name in parentheses; utime and stime
-            // are the 14th and 15th fields of the line.
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0);
-    ticks as f64 / 100.0
+    read_stat("/proc/self/stat").map_or(0.0, |(_, ticks)| ticks as f64 / 100.0)
+}
+
+/// A process's or thread's name and CPU clock ticks (user and system) from
+/// its `stat` file at `path`: "pid (name) state ...", utime and stime being
+/// the 12th and 13th fields after the name.
+fn read_stat(path: impl AsRef<std::path::Path>) -> Option<(String, u64)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some((stat[open + 1..close].to_owned(), ticks))
 }
 
 /// CPU time per thread of this process (user and system clock ticks by
@@ -38,20 +39,9 @@ impl ThreadCpu {
             let Ok(tid) = task.file_name().to_string_lossy().parse::<u64>() else {
                 continue;
             };
-            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-                continue;
-            };
-            // "tid (name) state ...": utime and stime are the 12th and 13th
-            // fields after the name.
-            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-                continue;
-            };
-            let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            threads.insert(
-                tid,
-                (stat[open + 1..close].to_owned(), ticks(11) + ticks(12)),
-            );
+            if let Some(named) = read_stat(task.path().join("stat")) {
+                threads.insert(tid, named);
+            }
         }
         ThreadCpu(threads)
     }
@@ -112,10 +102,7 @@ pub fn local_broker(bootstrap: &str) -> Option<u32> {
 
 /// CPU time (user and system) process `pid` has used, seconds.
 pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
+    read_stat(format!("/proc/{pid}/stat")).map(|(_, ticks)| ticks as f64 / 100.0)
 }
 
 /// This process's resident memory, MiB (0 where /proc is not available).

@@ -201,6 +201,33 @@ impl Core {
         self.commits += 1;
         self.processor.committed(done.cut, &done.written);
         let cached = self.processor.trim_cache();
+        self.publish_memory(&cached);
+        self.metrics.commits.inc();
+        let took = done.started.elapsed();
+        self.metrics.commit_seconds.observe(took.as_secs_f64());
+        if took >= SLOW_COMMIT {
+            tracing::warn!(
+                seconds = took.as_secs_f64(),
+                "commit took long: Kafka was slow or away, and the commit waited for it"
+            );
+        }
+        if let Some(oldest) = done.oldest_ms {
+            let now = chrono::Utc::now().timestamp_millis();
+            self.metrics
+                .commit_latency_seconds
+                .observe((now - oldest).max(0) as f64 / 1000.0);
+        }
+        // Last: whoever watches the progress sees the commit's bookkeeping
+        // (the trimmed cache and its metrics) done.
+        self.progress
+            .committed
+            .fetch_add(done.records, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// After a commit: what RocksDB, the profile caches and the waits hold,
+    /// and where the profiles asked for since the last commit were found.
+    fn publish_memory(&self, cached: &crate::processor::CacheUsage) {
         let usage = self.state.usage();
         for (kind, bytes) in [
             ("block_cache", usage.block_cache_bytes),
@@ -233,27 +260,6 @@ impl Core {
                 .with_label_values(&[found])
                 .inc_by(n);
         }
-        self.metrics.commits.inc();
-        let took = done.started.elapsed();
-        self.metrics.commit_seconds.observe(took.as_secs_f64());
-        if took >= SLOW_COMMIT {
-            tracing::warn!(
-                seconds = took.as_secs_f64(),
-                "commit took long: Kafka was slow or away, and the commit waited for it"
-            );
-        }
-        if let Some(oldest) = done.oldest_ms {
-            let now = chrono::Utc::now().timestamp_millis();
-            self.metrics
-                .commit_latency_seconds
-                .observe((now - oldest).max(0) as f64 / 1000.0);
-        }
-        // Last: whoever watches the progress sees the commit's bookkeeping
-        // (the trimmed cache and its metrics) done.
-        self.progress
-            .committed
-            .fetch_add(done.records, Ordering::SeqCst);
-        Ok(())
     }
 
     /// Revoked partitions: commit what is pending, then release them. When the
