@@ -24,7 +24,7 @@ use rapport::kafka::{ensure_topics, TopicSpec};
 use rapport::metrics::Metrics;
 use rapport::processor::{Processor, Record, AHEAD};
 use rapport::runtime::{self, restore_partition, Restorer};
-use rapport::state::{StateBatch, StateStore, Stored};
+use rapport::state::{topic_hash, StateBatch, StateStore, Stored};
 use rapport_connectors::publish::send_when_room;
 use rapport_connectors::simulator::{SimConfig, Simulator};
 use rapport_journeys::{CompiledJourneys, SHIPPED};
@@ -292,14 +292,26 @@ fn profile_codec(customers: u64, per_customer: usize) -> anyhow::Result<()> {
         journeys.on_event(p, &tp, &mut out);
         out.clear();
     }
-    let profiles: Vec<Profile> = profiles.into_values().collect();
+    // As a commit stores them: with the source offset they reflect.
+    let profiles: Vec<Stored> = profiles
+        .into_values()
+        .map(|profile| {
+            let mut s = Stored {
+                profile,
+                known: true,
+                ..Default::default()
+            };
+            s.advance(topic_hash("touchpoints"), 0, 1_000_000);
+            s
+        })
+        .collect();
     let started = Instant::now();
-    let encoded: Vec<Vec<u8>> = profiles.iter().map(Profile::encode).collect();
+    let encoded: Vec<Vec<u8>> = profiles.iter().map(Stored::encode).collect();
     let encode_us = started.elapsed().as_secs_f64() * 1e6 / profiles.len() as f64;
     let started = Instant::now();
     let mut decoded = 0usize;
-    for bytes in &encoded {
-        decoded += Profile::decode(bytes)?.events as usize;
+    for (bytes, s) in encoded.iter().zip(&profiles) {
+        decoded += Stored::decode(&s.profile.id, 0, bytes)?.profile.events as usize;
     }
     let decode_us = started.elapsed().as_secs_f64() * 1e6 / profiles.len() as f64;
     let bytes: usize = encoded.iter().map(Vec::len).sum();

@@ -47,16 +47,18 @@ impl EncodedCache {
     }
 
     /// Keeps `bytes` as profile `id`'s committed encoding, then lets the
-    /// oldest entries go until the cache takes at most `cap` bytes.
-    pub fn insert(&mut self, id: &str, bytes: &[u8], cap: usize) {
+    /// oldest entries go until the cache takes at most `cap` bytes. The
+    /// engine hands over the encoding its commit wrote (exactly as long as
+    /// the bytes it holds, see [`crate::state::Stored::encode`]), so keeping
+    /// it neither allocates nor copies on the engine's thread.
+    pub fn insert(&mut self, id: CompactString, bytes: Box<[u8]>, cap: usize) {
         if cap == 0 {
             return;
         }
-        let id = CompactString::from(id);
         let seq = self.next;
         self.next += 1;
-        let entry = (seq, Box::<[u8]>::from(bytes));
         self.bytes += bytes.len() + ENTRY_BYTES;
+        let entry = (seq, bytes);
         if let Some((_, old)) = self.entries.insert(id.clone(), entry) {
             self.bytes -= old.len() + ENTRY_BYTES;
         }
@@ -113,7 +115,7 @@ mod tests {
         let mut c = EncodedCache::default();
         let cap = 10 * (100 + ENTRY_BYTES);
         for i in 0..25 {
-            c.insert(&id(&format!("c-{i}")), &[i as u8; 100], cap);
+            c.insert(id(&format!("c-{i}")), Box::new([i as u8; 100]), cap);
             assert!(c.bytes() <= cap, "{} > {cap}", c.bytes());
         }
         assert_eq!(c.len(), 10);
@@ -126,17 +128,17 @@ mod tests {
     fn an_entry_inserted_again_holds_its_newest_encoding_and_place() {
         let mut c = EncodedCache::default();
         let cap = 3 * (10 + ENTRY_BYTES);
-        c.insert(&id("a"), &[1; 10], cap);
-        c.insert(&id("b"), &[2; 10], cap);
-        c.insert(&id("a"), &[3; 10], cap);
-        c.insert(&id("c"), &[4; 10], cap);
+        c.insert(id("a"), Box::new([1; 10]), cap);
+        c.insert(id("b"), Box::new([2; 10]), cap);
+        c.insert(id("a"), Box::new([3; 10]), cap);
+        c.insert(id("c"), Box::new([4; 10]), cap);
         assert_eq!(c.bytes(), cap);
         // "a" was inserted again after "b": "b" leaves first.
-        c.insert(&id("d"), &[5; 10], cap);
+        c.insert(id("d"), Box::new([5; 10]), cap);
         assert!(c.get("b").is_none());
         assert_eq!(c.get("a"), Some(&[3u8; 10][..]));
         // Then "a", whose newest insertion is now the oldest.
-        c.insert(&id("e"), &[6; 10], cap);
+        c.insert(id("e"), Box::new([6; 10]), cap);
         assert!(c.get("a").is_none());
         assert_eq!(c.get("c"), Some(&[4u8; 10][..]));
         assert_eq!(c.len(), 3);
@@ -148,7 +150,7 @@ mod tests {
         let cap = 1 << 20;
         for round in 0..50 {
             for i in 0..100 {
-                c.insert(&id(&format!("c-{i}")), &[round as u8; 50], cap);
+                c.insert(id(&format!("c-{i}")), Box::new([round as u8; 50]), cap);
             }
         }
         assert_eq!(c.len(), 100);
@@ -162,7 +164,7 @@ mod tests {
     #[test]
     fn a_cache_of_no_bytes_keeps_nothing() {
         let mut c = EncodedCache::default();
-        c.insert(&id("a"), &[1; 10], 0);
+        c.insert(id("a"), Box::new([1; 10]), 0);
         assert_eq!(c.len(), 0);
         assert_eq!(c.bytes(), 0);
     }

@@ -387,9 +387,11 @@ impl Processor {
     /// at their committed size and their encodings kept in the encoded cache,
     /// on this thread, the engine's (freed on the short-lived worker threads,
     /// memory stays with their pages; see `trim_cache`).
-    pub fn committed(&mut self, commit: u64, batch: &StateBatch) {
+    ///
+    /// The encodings move from `batch` into the encoded cache.
+    pub fn committed(&mut self, commit: u64, batch: StateBatch) {
         let share = self.encoded_cache_bytes / self.tasks.len().max(1);
-        for (p, id, bytes, memory) in batch.encoded_profiles() {
+        for (p, id, bytes, memory) in batch.into_encoded_profiles() {
             if let Some(t) = self.tasks.get_mut(&p) {
                 t.committed(commit, id, bytes, memory, share);
             }
@@ -408,7 +410,12 @@ impl Processor {
         let cut = self.cut();
         let commit = cut.commit();
         cut.write(batch, emit)?;
-        self.committed(commit, batch);
+        let share = self.encoded_cache_bytes / self.tasks.len().max(1);
+        for (p, id, bytes, memory) in batch.encoded_profiles() {
+            if let Some(t) = self.tasks.get_mut(&p) {
+                t.committed(commit, id.into(), bytes, memory, share);
+            }
+        }
         Ok(())
     }
 

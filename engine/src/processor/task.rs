@@ -260,13 +260,20 @@ impl Task {
     /// then at `memory` decoded ([`Written::memory`]): if the cached profile is
     /// still as written, counts it at that and keeps the encoding
     /// ([`super::encoded`], `share` bytes at most).
-    pub fn committed(&mut self, commit: u64, id: &str, bytes: &[u8], memory: u32, share: usize) {
-        let Some(slot) = self.as_committed(id, commit) else {
+    pub fn committed(
+        &mut self,
+        commit: u64,
+        id: CompactString,
+        bytes: impl Into<Box<[u8]>>,
+        memory: u32,
+        share: usize,
+    ) {
+        let Some(slot) = self.as_committed(&id, commit) else {
             return;
         };
         let was = std::mem::replace(&mut slot.bytes, memory);
         self.cached_bytes = self.cached_bytes.saturating_sub(was as usize) + memory as usize;
-        self.encoded.insert(id, bytes, share);
+        self.encoded.insert(id, bytes.into(), share);
     }
 
     /// [`Task::cut`] and [`Cut::encode`] on this thread, then
@@ -275,7 +282,7 @@ impl Task {
     pub fn take_changes(&mut self) -> Changes {
         let changes = self.cut(1).encode();
         for w in &changes.profiles {
-            self.committed(1, &w.id, &w.bytes, w.memory, 0);
+            self.committed(1, w.id.clone(), &w.bytes[..], w.memory, 0);
         }
         changes
     }
@@ -523,7 +530,7 @@ mod tests {
         task.update(&state, "c-1", |_| true).unwrap();
         let written = task.cut(1).encode();
         for w in &written.profiles {
-            task.committed(1, &w.id, &w.bytes, w.memory, 1 << 20);
+            task.committed(1, w.id.clone(), &w.bytes[..], w.memory, 1 << 20);
         }
         let mut batch = StateBatch::default();
         written.add_to(&mut batch);
@@ -589,7 +596,7 @@ mod tests {
             vec![("c-1".into(), 1), ("c-2".into(), 1), ("c-3".into(), 1)]
         );
         for w in &written.profiles {
-            task.committed(7, &w.id, &w.bytes, w.memory, 1 << 20);
+            task.committed(7, w.id.clone(), &w.bytes[..], w.memory, 1 << 20);
         }
         assert!(task.encoded.get("c-1").is_none());
         assert!(task.encoded.get("c-2").is_some());
@@ -599,7 +606,7 @@ mod tests {
         assert_eq!(c2.bytes, slot_bytes(&c2.stored.profile, len));
         assert!(task.encoded.get("c-3").is_none());
         // A late answer of an older commit is not taken either.
-        task.committed(6, "c-2", b"older", 1000, 1 << 20);
+        task.committed(6, "c-2".into(), &b"older"[..], 1000, 1 << 20);
         assert_ne!(task.encoded.get("c-2"), Some(&b"older"[..]));
         let next = task.cut(8).encode();
         let ids: Vec<&str> = next.profiles.iter().map(|w| w.id.as_str()).collect();

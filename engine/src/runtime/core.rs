@@ -199,7 +199,8 @@ impl Core {
             .protocol()
             .after_state(consumer, &done.offsets);
         self.commits += 1;
-        self.processor.committed(done.cut, &done.written);
+        let written = std::mem::take(&mut done.written);
+        self.processor.committed(done.cut, written);
         let cached = self.processor.trim_cache();
         self.publish_memory(&cached);
         self.metrics.commits.inc();

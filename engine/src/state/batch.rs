@@ -161,4 +161,12 @@ impl StateBatch {
             _ => None,
         })
     }
+
+    /// [`StateBatch::encoded_profiles`], moved out of the written batch.
+    pub fn into_encoded_profiles(self) -> impl Iterator<Item = (i32, CompactString, Vec<u8>, u32)> {
+        self.ops.into_iter().filter_map(|op| match op {
+            Op::Profile(p, id, v, m) => Some((p, id, v, m)),
+            _ => None,
+        })
+    }
 }

@@ -11,9 +11,10 @@ use crate::identity::IdentityState;
 /// per topic and partition; version 1 (per topic) is still read.
 const ENVELOPE_VERSION: u8 = 3;
 
-/// Bytes first reserved for an encoded profile, enough for a typical one (a
-/// few hundred bytes), so most are encoded into one allocation.
-const ENCODED_CAPACITY: usize = 512;
+/// Bytes of a thread's buffer that profiles are encoded into first: enough
+/// for a busy customer's (a few KiB); one larger grows it, and after one
+/// much larger it goes back to this.
+const SCRATCH_CAPACITY: usize = 16 * 1024;
 
 /// Envelope flag: the id has been a touchpoint's customer id.
 const FLAG_KNOWN: u8 = 1;
@@ -82,17 +83,34 @@ impl Stored {
 
     /// Encodes for RocksDB and the changelog: version, flags, sources, the
     /// identity state when there is one, then the profile.
+    ///
+    /// The result's capacity is its length: it is encoded into this thread's
+    /// scratch buffer and copied out once, so a profile larger than a first
+    /// guess is not moved as its buffer grows, and the encoded profile cache
+    /// keeps the very allocation a commit wrote, without slack it would not
+    /// count.
     pub fn encode(&self) -> Vec<u8> {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> =
+                std::cell::RefCell::new(Vec::with_capacity(SCRATCH_CAPACITY));
+        }
+        SCRATCH.with_borrow_mut(|scratch| {
+            scratch.clear();
+            self.encode_into(scratch);
+            let out = scratch.as_slice().to_vec();
+            if scratch.capacity() > 16 * SCRATCH_CAPACITY {
+                *scratch = Vec::with_capacity(SCRATCH_CAPACITY);
+            }
+            out
+        })
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
         let identity = self
             .identity
             .as_deref()
             .filter(|i| !i.is_empty())
             .map(|i| postcard::to_allocvec(i).unwrap_or_default());
-        let mut out = Vec::with_capacity(
-            ENCODED_CAPACITY
-                + self.sources.len() * 16
-                + identity.as_ref().map_or(0, |i| 4 + i.len()),
-        );
         out.push(ENVELOPE_VERSION);
         let flags = if self.known { FLAG_KNOWN } else { 0 }
             | if identity.is_some() { FLAG_IDENTITY } else { 0 };
@@ -107,8 +125,7 @@ impl Stored {
             out.extend_from_slice(&(i.len() as u32).to_le_bytes());
             out.extend_from_slice(&i);
         }
-        self.profile.encode_into(&mut out);
-        out
+        self.profile.encode_into(out);
     }
 
     /// Decodes what [`Stored::encode`] wrote, in this or an earlier envelope
