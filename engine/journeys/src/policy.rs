@@ -385,6 +385,10 @@ impl DeliveryPolicy {
         out.pending = pending;
     }
 
+    /// Judges one candidate, step by step: a suppression rule, consent (with
+    /// the journey's fallback), frequency caps, the event's competition by
+    /// priority, the control group, quiet hours; an action that passes them
+    /// all is sent. Every outcome is a decision with its reason.
     fn judge(
         &self,
         p: &mut Profile,
@@ -393,46 +397,10 @@ impl DeliveryPolicy {
         out: &mut Output,
         (emotion, depth): (&EmotionConfig, u32),
     ) {
-        let now = c.now_ms;
-        let purpose = c.purpose;
-        let journey = c.action.journey.as_str();
-
-        for rule in &self.suppress {
-            match rule {
-                Suppress::State { state, purposes }
-                    if *state == p.emotion.state && purposes[purpose.index()] =>
-                {
-                    let reason = format!(
-                        "customer is {} since {}: no {} actions in that state",
-                        state.as_str(),
-                        time(p.emotion.since_ms),
-                        purpose.as_str()
-                    );
-                    return decide(out, &c, Outcome::SuppressedState, reason);
-                }
-                Suppress::Journey {
-                    journey: by,
-                    suppresses,
-                } if suppresses.iter().any(|s| s == journey) => {
-                    let inside = p.journey_runs.iter().any(|r| r.journey == by.as_str());
-                    let acted = round.acted.iter().any(|j| j == by);
-                    if inside || acted {
-                        let reason = format!(
-                            "journey {by} {} and suppresses {journey}",
-                            if acted {
-                                "acted on this event"
-                            } else {
-                                "is in progress for this customer"
-                            }
-                        );
-                        return decide(out, &c, Outcome::SuppressedPriority, reason);
-                    }
-                }
-                _ => {}
-            }
+        if let Some((outcome, reason)) = self.suppressed(p, &c, round) {
+            return decide(out, &c, outcome, reason);
         }
-
-        let (granted, consent) = self.consent(p, purpose, c.action.channel);
+        let (granted, consent) = self.consent(p, c.purpose, c.action.channel);
         if !granted {
             return match c.fallback.take() {
                 Some(fb) if depth < 8 => {
@@ -449,96 +417,41 @@ impl DeliveryPolicy {
                 _ => decide(out, &c, Outcome::NoConsent, consent),
             };
         }
-
-        let mut caps_note = String::new();
-        for cap in self.caps.iter().filter(|k| k.applies(&c.action, purpose)) {
-            let since = now.saturating_sub(cap.window_ms);
-            let mut count = 0u32;
-            let mut oldest = i64::MAX;
-            for s in p.delivery.sent.iter().filter(|s| s.at_ms > since) {
-                if cap.counts(s, &c.action, purpose) {
-                    count += 1;
-                    oldest = oldest.min(s.at_ms);
-                }
-            }
-            if count >= cap.max {
-                let reason = format!(
-                    "{} reached: {count} sent since {}; allowed again from {}",
-                    cap.label,
-                    time(oldest),
-                    time(oldest.saturating_add(cap.window_ms))
-                );
-                return decide(out, &c, Outcome::Capped, reason);
-            }
-            let _ = write!(caps_note, "; {}: {count} used", cap.label);
-        }
-
+        let caps_note = match self.caps_used(p, &c) {
+            Ok(note) => note,
+            Err(reason) => return decide(out, &c, Outcome::Capped, reason),
+        };
         // A deferred action already won its event's competition when it was
         // decided; at the end of quiet hours it only passes consent and caps.
-        let competes = self.compete[purpose.index()] && !c.redo;
-        if competes {
-            if let Some((winner, prio)) = round.slot[purpose.index()]
-                .as_ref()
-                .filter(|(w, _)| w != journey)
-            {
-                let reason = format!(
-                    "journey {winner} (priority {prio}) has this event's {} action; {journey} has priority {}",
-                    purpose.as_str(),
-                    c.priority
-                );
-                return decide(out, &c, Outcome::SuppressedPriority, reason);
-            }
+        let competes = self.compete[c.purpose.index()] && !c.redo;
+        if let Some(reason) = competes.then(|| outranked(round, &c)).flatten() {
+            return decide(out, &c, Outcome::SuppressedPriority, reason);
         }
-
-        if !c.redo && c.control_bp > 0 && held_out(&c.action.customer_id, journey, c.control_bp) {
+        if let Some(reason) = control_group(&c) {
             round.take(&c, competes);
-            let reason = format!(
-                "customer is in the control group of {journey} ({}, bucket {} of 10000)",
-                share(c.control_bp),
-                control_bucket(&c.action.customer_id, journey)
-            );
             return decide(out, &c, Outcome::HeldOut, reason);
         }
-
-        if let Some(q) = &self.quiet {
-            let mode = if c.redo { QuietMode::Defer } else { c.quiet };
-            if mode != QuietMode::Ignore
-                && q.purposes[purpose.index()]
-                && q.channels[c.action.channel.index()]
-            {
-                let (tz, tz_note) = customer_zone(p, q.default_tz);
-                if let Some(end) = quiet_until(q, tz, now) {
-                    let local = local_time(tz, now);
-                    let window = format!(
-                        "{local} in {}{tz_note} is within quiet hours {}-{}",
-                        tz.name(),
-                        q.start.format("%H:%M"),
-                        q.end.format("%H:%M")
-                    );
-                    if mode == QuietMode::Drop {
-                        return decide(out, &c, Outcome::DroppedQuietHours, window);
-                    }
-                    round.take(&c, competes);
-                    let reason = format!("{window}: deferred to {}", time(end));
-                    let mut d = decision(&c, Outcome::DeferredQuietHours, reason);
-                    d.deferred_until = Some(end);
-                    out.decisions.push(d);
-                    add_emotion_reasons(p, &mut c, emotion);
-                    defer(p, c, end);
-                    return;
-                }
+        if let Some((mode, window, end)) = self.quiet_hours(p, &c) {
+            if mode == QuietMode::Drop {
+                return decide(out, &c, Outcome::DroppedQuietHours, window);
             }
+            round.take(&c, competes);
+            let reason = format!("{window}: deferred to {}", time(end));
+            let mut d = decision(&c, Outcome::DeferredQuietHours, reason);
+            d.deferred_until = Some(end);
+            out.decisions.push(d);
+            add_emotion_reasons(p, &mut c, emotion);
+            return defer(p, c, end);
         }
-
-        if self.caps.iter().any(|k| k.applies(&c.action, purpose)) {
+        if self.caps.iter().any(|k| k.applies(&c.action, c.purpose)) {
             p.delivery.record_sent(
                 SentMark {
-                    at_ms: now,
-                    journey: journey.into(),
-                    purpose,
+                    at_ms: c.now_ms,
+                    journey: c.action.journey.as_str().into(),
+                    purpose: c.purpose,
                     channel: c.action.channel,
                 },
-                now.saturating_sub(self.longest_window_ms),
+                c.now_ms.saturating_sub(self.longest_window_ms),
             );
         }
         round.take(&c, competes);
@@ -546,6 +459,95 @@ impl DeliveryPolicy {
         out.decisions.push(decision(&c, Outcome::Sent, reason));
         add_emotion_reasons(p, &mut c, emotion);
         out.actions.push(c.action);
+    }
+
+    /// The suppression rule that holds `c` back, if one does: the customer's
+    /// emotional state, or a suppressing journey in progress or acting on
+    /// this event.
+    fn suppressed(&self, p: &Profile, c: &Candidate, round: &Round) -> Option<(Outcome, String)> {
+        let (purpose, journey) = (c.purpose, c.action.journey.as_str());
+        self.suppress.iter().find_map(|rule| match rule {
+            Suppress::State { state, purposes }
+                if *state == p.emotion.state && purposes[purpose.index()] =>
+            {
+                let reason = format!(
+                    "customer is {} since {}: no {} actions in that state",
+                    state.as_str(),
+                    time(p.emotion.since_ms),
+                    purpose.as_str()
+                );
+                Some((Outcome::SuppressedState, reason))
+            }
+            Suppress::Journey {
+                journey: by,
+                suppresses,
+            } if suppresses.iter().any(|s| s == journey) => {
+                let inside = p.journey_runs.iter().any(|r| r.journey == by.as_str());
+                let acted = round.acted.iter().any(|j| j == by);
+                (inside || acted).then(|| {
+                    let reason = format!(
+                        "journey {by} {} and suppresses {journey}",
+                        if acted {
+                            "acted on this event"
+                        } else {
+                            "is in progress for this customer"
+                        }
+                    );
+                    (Outcome::SuppressedPriority, reason)
+                })
+            }
+            _ => None,
+        })
+    }
+
+    /// What the caps that apply to `c` have used (for the decision's reason),
+    /// or why one of them is reached.
+    fn caps_used(&self, p: &Profile, c: &Candidate) -> Result<String, String> {
+        let mut note = String::new();
+        for cap in self.caps.iter().filter(|k| k.applies(&c.action, c.purpose)) {
+            let since = c.now_ms.saturating_sub(cap.window_ms);
+            let mut count = 0u32;
+            let mut oldest = i64::MAX;
+            for s in p.delivery.sent.iter().filter(|s| s.at_ms > since) {
+                if cap.counts(s, &c.action, c.purpose) {
+                    count += 1;
+                    oldest = oldest.min(s.at_ms);
+                }
+            }
+            if count >= cap.max {
+                return Err(format!(
+                    "{} reached: {count} sent since {}; allowed again from {}",
+                    cap.label,
+                    time(oldest),
+                    time(oldest.saturating_add(cap.window_ms))
+                ));
+            }
+            let _ = write!(note, "; {}: {count} used", cap.label);
+        }
+        Ok(note)
+    }
+
+    /// When `c` falls in quiet hours: how they apply to it, the reason, and
+    /// when they end.
+    fn quiet_hours(&self, p: &Profile, c: &Candidate) -> Option<(QuietMode, String, i64)> {
+        let q = self.quiet.as_ref()?;
+        let mode = if c.redo { QuietMode::Defer } else { c.quiet };
+        if mode == QuietMode::Ignore
+            || !q.purposes[c.purpose.index()]
+            || !q.channels[c.action.channel.index()]
+        {
+            return None;
+        }
+        let (tz, tz_note) = customer_zone(p, q.default_tz);
+        let end = quiet_until(q, tz, c.now_ms)?;
+        let window = format!(
+            "{} in {}{tz_note} is within quiet hours {}-{}",
+            local_time(tz, c.now_ms),
+            tz.name(),
+            q.start.format("%H:%M"),
+            q.end.format("%H:%M")
+        );
+        Some((mode, window, end))
     }
 
     /// Takes the deferred actions of `p` due at `now_ms` (and their timers),
@@ -609,6 +611,35 @@ impl Round {
             self.acted.push(j.clone());
         }
     }
+}
+
+/// Why `c` loses its event's competition for its purpose, if another
+/// journey already has it.
+fn outranked(round: &Round, c: &Candidate) -> Option<String> {
+    let journey = c.action.journey.as_str();
+    let (winner, prio) = round.slot[c.purpose.index()]
+        .as_ref()
+        .filter(|(w, _)| w != journey)?;
+    Some(format!(
+        "journey {winner} (priority {prio}) has this event's {} action; {journey} has priority {}",
+        c.purpose.as_str(),
+        c.priority
+    ))
+}
+
+/// Why the customer of `c` is held out of its journey, if they are in the
+/// journey's control group (never for a deferred action judged again).
+fn control_group(c: &Candidate) -> Option<String> {
+    let journey = c.action.journey.as_str();
+    (!c.redo && c.control_bp > 0 && held_out(&c.action.customer_id, journey, c.control_bp)).then(
+        || {
+            format!(
+                "customer is in the control group of {journey} ({}, bucket {} of 10000)",
+                share(c.control_bp),
+                control_bucket(&c.action.customer_id, journey)
+            )
+        },
+    )
 }
 
 fn decision(c: &Candidate, outcome: Outcome, reason: String) -> Decision {
