@@ -327,33 +327,9 @@ impl Profile {
     /// Applies one validated touchpoint.
     pub fn apply(&mut self, t: &Touchpoint) {
         let at = t.event_time;
-        if self.events == 0 || at < self.first_seen_ms {
-            self.first_seen_ms = at;
-        }
-        self.last_seen_ms = self.last_seen_ms.max(at);
-        self.events += 1;
-        let ch = &mut self.channels[t.channel.index()];
-        ch.count += 1;
-        ch.last_ms = ch.last_ms.max(at);
-
-        if let Some(anon) = t.anonymous_id.as_deref() {
-            if t.customer_id.is_some()
-                && anon != self.id
-                && !self.anonymous_ids.iter().any(|a| a == anon)
-            {
-                self.anonymous_ids.push(anon.to_owned());
-            }
-        }
-
-        if matches!(
-            t.event_type,
-            EventType::PageView | EventType::ProductView | EventType::Search
-        ) && t.web.as_ref().is_some_and(|w| {
-            [w.url.as_deref(), w.query.as_deref()]
-                .into_iter()
-                .flatten()
-                .any(mentions_reviews)
-        }) {
+        self.count(t, at);
+        self.link_anonymous(t);
+        if is_review_read(t) {
             push_bounded(&mut self.review_reads_ms, at, RECENT_SIGNALS);
         }
         match t.event_type {
@@ -362,42 +338,14 @@ impl Profile {
                     self.product(sku, at).push_view(at);
                 }
             }
-            EventType::Purchase => {
-                self.orders += 1;
-                self.last_purchase_ms = self.last_purchase_ms.max(at);
-                if let Some(c) = &t.commerce {
-                    self.lifetime_value += c.amount.unwrap_or(0.0);
-                    if let Some(sku) = c.sku.as_deref() {
-                        let p = self.product(sku, at);
-                        p.purchased_ms = p.purchased_ms.max(at);
-                    }
-                }
-            }
+            EventType::Purchase => self.purchase(t, at),
             EventType::Return => {
                 self.returns += 1;
                 if let Some(a) = t.commerce.as_ref().and_then(|c| c.amount) {
                     self.lifetime_value = (self.lifetime_value - a).max(0.0);
                 }
             }
-            EventType::SurveyResponse => {
-                if let Some(s) = &t.survey {
-                    let slot = match s.kind {
-                        SurveyKind::Nps => &mut self.nps,
-                        SurveyKind::Csat => &mut self.csat,
-                        SurveyKind::Ces => &mut self.ces,
-                    };
-                    // A late answer does not overwrite a newer one.
-                    if slot.is_none_or(|old| old.at_ms <= at) {
-                        let before = slot.replace(Score {
-                            score: s.score,
-                            at_ms: at,
-                        });
-                        if before.is_some() {
-                            self.previous_surveys[s.kind.index()] = before;
-                        }
-                    }
-                }
-            }
+            EventType::SurveyResponse => self.survey_answer(t, at),
             EventType::DeliveryFailed | EventType::RefundRequested | EventType::TicketOpened => {
                 self.open_issues += 1;
             }
@@ -410,24 +358,95 @@ impl Profile {
             _ => {}
         }
         if let Some(wait) = t.call.as_ref().and_then(|c| c.wait_seconds) {
-            self.max_wait_seconds = self.max_wait_seconds.max(wait);
-            if wait > 0 {
-                let w = CallWait {
-                    at_ms: at,
-                    seconds: wait,
-                };
-                let pos = self.call_waits.partition_point(|c| c.at_ms <= at);
-                self.call_waits.insert(pos, w);
-                if self.call_waits.len() > RECENT_SIGNALS {
-                    self.call_waits.remove(0);
-                }
-            }
+            self.call_wait(wait, at);
         }
         if let Some(s) = t.chat.as_ref().and_then(|c| c.sentiment) {
             self.sentiment = 0.7 * self.sentiment + 0.3 * s;
             self.sentiment_ms = self.sentiment_ms.max(at);
         }
+        self.remember(t, at);
+        self.windows.record(t.event_type, t.channel, at);
+        self.delivery.apply(t);
+    }
 
+    /// Counts the touchpoint: first and last seen, events, its channel.
+    fn count(&mut self, t: &Touchpoint, at: i64) {
+        if self.events == 0 || at < self.first_seen_ms {
+            self.first_seen_ms = at;
+        }
+        self.last_seen_ms = self.last_seen_ms.max(at);
+        self.events += 1;
+        let ch = &mut self.channels[t.channel.index()];
+        ch.count += 1;
+        ch.last_ms = ch.last_ms.max(at);
+    }
+
+    /// Notes the anonymous id a customer's touchpoint also carries.
+    fn link_anonymous(&mut self, t: &Touchpoint) {
+        if let Some(anon) = t.anonymous_id.as_deref() {
+            if t.customer_id.is_some()
+                && anon != self.id
+                && !self.anonymous_ids.iter().any(|a| a == anon)
+            {
+                self.anonymous_ids.push(anon.to_owned());
+            }
+        }
+    }
+
+    /// An order: its amount, and the product bought.
+    fn purchase(&mut self, t: &Touchpoint, at: i64) {
+        self.orders += 1;
+        self.last_purchase_ms = self.last_purchase_ms.max(at);
+        if let Some(c) = &t.commerce {
+            self.lifetime_value += c.amount.unwrap_or(0.0);
+            if let Some(sku) = c.sku.as_deref() {
+                let p = self.product(sku, at);
+                p.purchased_ms = p.purchased_ms.max(at);
+            }
+        }
+    }
+
+    /// A survey answer replaces its survey's latest, unless that is newer;
+    /// the one it replaces is kept for the trend.
+    fn survey_answer(&mut self, t: &Touchpoint, at: i64) {
+        let Some(s) = &t.survey else {
+            return;
+        };
+        let slot = match s.kind {
+            SurveyKind::Nps => &mut self.nps,
+            SurveyKind::Csat => &mut self.csat,
+            SurveyKind::Ces => &mut self.ces,
+        };
+        // A late answer does not overwrite a newer one.
+        if slot.is_none_or(|old| old.at_ms <= at) {
+            let before = slot.replace(Score {
+                score: s.score,
+                at_ms: at,
+            });
+            if before.is_some() {
+                self.previous_surveys[s.kind.index()] = before;
+            }
+        }
+    }
+
+    /// A call's wait for an agent: the longest, and the recent ones in time order.
+    fn call_wait(&mut self, wait: i32, at: i64) {
+        self.max_wait_seconds = self.max_wait_seconds.max(wait);
+        if wait > 0 {
+            let w = CallWait {
+                at_ms: at,
+                seconds: wait,
+            };
+            let pos = self.call_waits.partition_point(|c| c.at_ms <= at);
+            self.call_waits.insert(pos, w);
+            if self.call_waits.len() > RECENT_SIGNALS {
+                self.call_waits.remove(0);
+            }
+        }
+    }
+
+    /// Keeps the touchpoint among the recent ones shown to agents.
+    fn remember(&mut self, t: &Touchpoint, at: i64) {
         // The oldest touch's id buffer is reused for the newest: no allocation
         // once the ring is full.
         if self.recent.len() == RECENT_TOUCHPOINTS {
@@ -439,8 +458,6 @@ impl Profile {
             event_type: t.event_type,
             at_ms: at,
         });
-        self.windows.record(t.event_type, t.channel, at);
-        self.delivery.apply(t);
     }
 
     /// The interest record for `sku`, created if missing (evicting the stalest).
@@ -557,6 +574,19 @@ impl ProductInterest {
         let pos = self.views_ms.partition_point(|&t| t <= at);
         self.views_ms.insert(pos, at);
     }
+}
+
+/// A page view, product view or search whose url or query mentions reviews.
+fn is_review_read(t: &Touchpoint) -> bool {
+    matches!(
+        t.event_type,
+        EventType::PageView | EventType::ProductView | EventType::Search
+    ) && t.web.as_ref().is_some_and(|w| {
+        [w.url.as_deref(), w.query.as_deref()]
+            .into_iter()
+            .flatten()
+            .any(mentions_reviews)
+    })
 }
 
 /// Whether a url or search query is about reviews ("review" in any case).
