@@ -73,6 +73,12 @@ fn changes_that_fill_the_profile_cache_are_committed_before_the_interval_is_up()
 /// grow with what the consumer had fetched ahead.
 #[test]
 fn a_commit_held_up_by_the_broker_stops_changes_at_the_profile_cache() {
+    // The engine runs in this process: its log is shown if the test fails
+    // (captured per test like its output; librdkafka's own lines left out).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn,rapport=info,librdkafka=off,rdkafka=off")
+        .with_test_writer()
+        .try_init();
     let _serial = heavy();
     let Some((broker, bootstrap)) = OwnBroker::start(19492) else {
         return;
