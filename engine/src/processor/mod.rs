@@ -390,10 +390,20 @@ impl Processor {
     ///
     /// The encodings move from `batch` into the encoded cache.
     pub fn committed(&mut self, commit: u64, batch: StateBatch) {
+        self.keep_committed(commit, batch.into_encoded_profiles());
+    }
+
+    /// [`Processor::committed`] for the profiles `written` by commit
+    /// `commit`: partition, id, encoding and decoded memory.
+    fn keep_committed<I: Into<compact_str::CompactString>, B: Into<Box<[u8]>>>(
+        &mut self,
+        commit: u64,
+        written: impl Iterator<Item = (i32, I, B, u32)>,
+    ) {
         let share = self.encoded_cache_bytes / self.tasks.len().max(1);
-        for (p, id, bytes, memory) in batch.into_encoded_profiles() {
+        for (p, id, bytes, memory) in written {
             if let Some(t) = self.tasks.get_mut(&p) {
-                t.committed(commit, id, bytes, memory, share);
+                t.committed(commit, id.into(), bytes, memory, share);
             }
         }
     }
@@ -410,12 +420,8 @@ impl Processor {
         let cut = self.cut();
         let commit = cut.commit();
         cut.write(batch, emit)?;
-        let share = self.encoded_cache_bytes / self.tasks.len().max(1);
-        for (p, id, bytes, memory) in batch.encoded_profiles() {
-            if let Some(t) = self.tasks.get_mut(&p) {
-                t.committed(commit, id.into(), bytes, memory, share);
-            }
-        }
+        // The caller still writes `batch`: the encodings are copied.
+        self.keep_committed(commit, batch.encoded_profiles());
         Ok(())
     }
 
