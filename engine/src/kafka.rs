@@ -72,6 +72,15 @@ const PREFETCH_FETCH_SHARE: usize = 32;
 /// `queued.min.messages`) are checked against, and the size of one fetch
 /// (`fetch.max.bytes`, `max.partition.fetch.bytes`) is bounded too, since a
 /// fetch is added whole once the queue is below those limits.
+///
+/// One partition may fill a whole fetch (`max.partition.fetch.bytes` equal to
+/// `fetch.max.bytes`), so the engine works through a backlog in long runs of
+/// one partition at a time: a run's customers are the partition's, and the
+/// profile cache holds more of them. Measured on 1M touchpoints of 100k
+/// customers (`cargo bench ... -- guarantees`), a 2 MiB fetch of one
+/// partition instead of 1 MiB of each of two found 550k-575k profiles
+/// decoded in the cache instead of 360k-373k, looked up 11k-15k in RocksDB
+/// instead of 38k-40k, and moved `exactly_once` from 100k to 119k-124k events/s.
 pub fn consumer_config(k: &KafkaConfig) -> ClientConfig {
     let budget = k.prefetch_mb.max(1) << 20;
     let queue = budget / PREFETCH_QUEUE_SHARE;
@@ -99,7 +108,7 @@ pub fn consumer_config(k: &KafkaConfig) -> ClientConfig {
         // that (and adds up to a second of latency).
         .set("fetch.queue.backoff.ms", "10")
         .set("fetch.max.bytes", fetch.to_string())
-        .set("max.partition.fetch.bytes", fetch.min(1 << 20).to_string())
+        .set("max.partition.fetch.bytes", fetch.to_string())
         // Per-partition positions and end offsets for rapport_consumer_lag_records.
         .set("statistics.interval.ms", "5000");
     for (key, v) in &k.consumer {
@@ -351,5 +360,36 @@ pub fn topic_partitions<C: rdkafka::client::ClientContext>(
             return Ok(partitions);
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setting(c: &ClientConfig, key: &str) -> usize {
+        c.get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{key} set to a number"))
+    }
+
+    #[test]
+    fn one_partition_may_fill_a_fetch_and_a_fetch_stays_a_share_of_the_prefetch() {
+        for mb in [1, 16, 64, 512, 4096] {
+            let k = KafkaConfig {
+                prefetch_mb: mb,
+                ..KafkaConfig::default()
+            };
+            let c = consumer_config(&k);
+            let fetch = setting(&c, "fetch.max.bytes");
+            assert_eq!(
+                setting(&c, "max.partition.fetch.bytes"),
+                fetch,
+                "prefetch_mb {mb}"
+            );
+            // A thirty-second of the budget, within librdkafka's own bounds.
+            let share = (mb << 20) / PREFETCH_FETCH_SHARE;
+            assert_eq!(fetch, share.clamp(1 << 20, 50 << 20), "prefetch_mb {mb}");
+        }
     }
 }
