@@ -553,6 +553,26 @@ impl Config {
 
     /// Checks the rules types cannot express; returns the offending key and a message.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        self.validate_kafka()?;
+        self.validate_engine()?;
+        self.validate_state()?;
+        if !self.http.listen.is_empty() && self.http.addr().is_none() {
+            return Err((
+                "http.listen",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:9464 (empty disables the server)",
+                    self.http.listen
+                ),
+            ));
+        }
+        self.privacy.validate(&self.kafka.touchpoint_topics)?;
+        self.identity.validate(&self.kafka.touchpoint_topics)?;
+        self.schema_registry.validate()
+    }
+
+    /// The `kafka` section: a broker and a group, distinct input and output
+    /// topics, and client buffers that hold what the engine sends.
+    fn validate_kafka(&self) -> Result<(), (&'static str, String)> {
         let k = &self.kafka;
         if k.bootstrap_servers.trim().is_empty() {
             return Err((
@@ -604,6 +624,31 @@ impl Config {
                 ),
             ));
         }
+        if k.touchpoint_topics.contains(&k.decisions_topic) {
+            return Err((
+                "kafka.decisions_topic",
+                format!(
+                    "{:?} is also a touchpoint topic; output would be read back as input",
+                    k.decisions_topic
+                ),
+            ));
+        }
+        let changelog = k.changelog();
+        if k.touchpoint_topics.contains(&changelog)
+            || changelog == k.action_topic
+            || changelog == k.dead_letter_topic
+        {
+            return Err((
+                "kafka.changelog_topic",
+                format!("{changelog:?} is also an input or output topic; name a topic of its own"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The `engine` section: an instance name, and intervals and timeouts
+    /// within what Kafka and the engine's loop allow.
+    fn validate_engine(&self) -> Result<(), (&'static str, String)> {
         if self.engine.instance_id.trim().is_empty() {
             return Err((
                 "engine.instance_id",
@@ -630,25 +675,6 @@ impl Config {
                 ),
             ));
         }
-        if k.touchpoint_topics.contains(&k.decisions_topic) {
-            return Err((
-                "kafka.decisions_topic",
-                format!(
-                    "{:?} is also a touchpoint topic; output would be read back as input",
-                    k.decisions_topic
-                ),
-            ));
-        }
-        let changelog = k.changelog();
-        if k.touchpoint_topics.contains(&changelog)
-            || changelog == k.action_topic
-            || changelog == k.dead_letter_topic
-        {
-            return Err((
-                "kafka.changelog_topic",
-                format!("{changelog:?} is also an input or output topic; name a topic of its own"),
-            ));
-        }
         if !(10..=60_000).contains(&self.engine.commit_interval_ms) {
             return Err((
                 "engine.commit_interval_ms",
@@ -667,6 +693,11 @@ impl Config {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// The `state` section: a directory for RocksDB and memory settings in MiB.
+    fn validate_state(&self) -> Result<(), (&'static str, String)> {
         if self.state.path.as_os_str().is_empty() {
             return Err((
                 "state.path",
@@ -685,18 +716,7 @@ impl Config {
                 "block_cache_mb and write_buffer_mb must be at least 1".into(),
             ));
         }
-        if !self.http.listen.is_empty() && self.http.addr().is_none() {
-            return Err((
-                "http.listen",
-                format!(
-                    "{:?} is not an address like 127.0.0.1:9464 (empty disables the server)",
-                    self.http.listen
-                ),
-            ));
-        }
-        self.privacy.validate(&self.kafka.touchpoint_topics)?;
-        self.identity.validate(&self.kafka.touchpoint_topics)?;
-        self.schema_registry.validate()
+        Ok(())
     }
 }
 
