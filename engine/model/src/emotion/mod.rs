@@ -248,115 +248,143 @@ fn next_state(track: &EmotionTrack, now: i64, cfg: &EmotionConfig) -> EmotionalS
 /// touchpoint of that type can move (the scans of products and windows are
 /// the costly part, and most touchpoints are page views).
 fn observe(
-    o: &mut [f64; Signal::ALL.len()],
+    o: &mut Observed,
     p: &Profile,
     now: i64,
     cfg: &EmotionConfig,
     only: Option<(EventType, Option<&str>)>,
 ) {
-    use EventType as E;
-    let moves = |s: Signal| only.is_none_or(|(t, _)| s.moved_by(t));
-    let (most_before, compared_before) = (
-        o[Signal::RepeatViews.index()],
-        o[Signal::ComparedProducts.index()],
-    );
-    let mut set = |s: Signal, v: f64| o[s.index()] = v;
-    let count = |t: EventType, since: i64| p.windows.count(t, since, now) as f64;
+    let look = Look { p, now, only };
+    browsing(o, &look, cfg);
+    contacts(o, &look, cfg);
+    feedback(o, &look, cfg);
+    // Engagement: distinct days with customer touchpoints.
+    o[Signal::Engagement.index()] = f64::from(active_days(p, now, cfg));
+    value(o, &look, cfg);
+}
 
-    // Browsing: views of each product after its latest purchase, within the window.
+/// The value of each signal, indexed by [`Signal::index`].
+type Observed = [f64; Signal::ALL.len()];
+
+/// What an observation reads: the profile at `now`, and the event that moved
+/// it (`None`: every signal is observed afresh).
+struct Look<'a> {
+    p: &'a Profile,
+    now: i64,
+    only: Option<(EventType, Option<&'a str>)>,
+}
+
+impl Look<'_> {
+    /// Whether signal `s` may have moved since it was last observed.
+    fn moves(&self, s: Signal) -> bool {
+        self.only.is_none_or(|(t, _)| s.moved_by(t))
+    }
+
+    /// Events of type `t` from `since` to now.
+    fn count(&self, t: EventType, since: i64) -> f64 {
+        self.p.windows.count(t, since, self.now) as f64
+    }
+}
+
+/// Browsing: views of each product after its latest purchase, reviews read and
+/// carts left, within the browse window.
+fn browsing(o: &mut Observed, l: &Look<'_>, cfg: &EmotionConfig) {
+    use EventType as E;
+    let (p, now) = (l.p, l.now);
     let browse = now - cfg.browse_window_ms;
     let views_of = |pi: &crate::profile::ProductInterest| pi.unbought_views(browse, now);
-    if let Some((E::ProductView, Some(sku))) = only {
+    if let Some((E::ProductView, Some(sku))) = l.only {
         // One more view of one product: only its count moved.
         if let Some(views) = p.products.iter().find(|pi| pi.sku == sku).map(views_of) {
-            set(Signal::RepeatViews, most_before.max(views as f64));
+            let most = &mut o[Signal::RepeatViews.index()];
+            *most = most.max(views as f64);
             if views == 1 {
-                set(Signal::ComparedProducts, compared_before + 1.0);
+                o[Signal::ComparedProducts.index()] += 1.0;
             }
         }
-    } else if moves(Signal::RepeatViews) {
+    } else if l.moves(Signal::RepeatViews) {
         let (mut most, mut products) = (0usize, 0usize);
         for pi in &p.products {
             let views = views_of(pi);
             most = most.max(views);
             products += usize::from(views > 0);
         }
-        set(Signal::RepeatViews, most as f64);
-        set(Signal::ComparedProducts, products as f64);
+        o[Signal::RepeatViews.index()] = most as f64;
+        o[Signal::ComparedProducts.index()] = products as f64;
     }
     let reviews = p
         .review_reads_ms
         .iter()
         .filter(|&&t| t >= browse && t <= now)
         .count();
-    set(Signal::ReviewsRead, reviews as f64);
-    if moves(Signal::CartsWithoutPurchase) {
-        set(
-            Signal::CartsWithoutPurchase,
-            count(
-                E::AddToCart,
-                browse.max(p.last_purchase_ms.saturating_add(1)),
-            ),
+    o[Signal::ReviewsRead.index()] = reviews as f64;
+    if l.moves(Signal::CartsWithoutPurchase) {
+        o[Signal::CartsWithoutPurchase.index()] = l.count(
+            E::AddToCart,
+            browse.max(p.last_purchase_ms.saturating_add(1)),
         );
     }
+}
 
-    // Contacts.
-    let contact = now - cfg.contact_window_ms;
-    if moves(Signal::HelpSearches) {
-        set(Signal::HelpSearches, count(E::HelpSearch, contact));
+/// Contacts: help searches, repeated calls and chats, call waits and
+/// abandoned checkouts within the contact window.
+fn contacts(o: &mut Observed, l: &Look<'_>, cfg: &EmotionConfig) {
+    use EventType as E;
+    let contact = l.now - cfg.contact_window_ms;
+    if l.moves(Signal::HelpSearches) {
+        o[Signal::HelpSearches.index()] = l.count(E::HelpSearch, contact);
     }
-    if moves(Signal::RepeatContacts) {
-        set(
-            Signal::RepeatContacts,
-            count(E::CallStarted, contact) + count(E::ChatHandoff, contact),
-        );
+    if l.moves(Signal::RepeatContacts) {
+        o[Signal::RepeatContacts.index()] =
+            l.count(E::CallStarted, contact) + l.count(E::ChatHandoff, contact);
     }
-    let wait = p
-        .call_waits
-        .iter()
-        .filter(|w| w.at_ms >= contact && w.at_ms <= now)
-        .map(|w| w.seconds)
-        .max()
-        .unwrap_or(0);
-    set(Signal::CallWait, f64::from(wait.max(0)));
-    if moves(Signal::AbandonedCheckouts) {
-        set(
-            Signal::AbandonedCheckouts,
-            count(E::CheckoutAbandoned, contact),
-        );
+    let wait =
+        l.p.call_waits
+            .iter()
+            .filter(|w| w.at_ms >= contact && w.at_ms <= l.now)
+            .map(|w| w.seconds)
+            .max()
+            .unwrap_or(0);
+    o[Signal::CallWait.index()] = f64::from(wait.max(0));
+    if l.moves(Signal::AbandonedCheckouts) {
+        o[Signal::AbandonedCheckouts.index()] = l.count(E::CheckoutAbandoned, contact);
     }
+}
 
-    // Feedback: survey answers and chat sentiment while recent enough.
-    let feedback = now - cfg.feedback_window_ms;
+/// Feedback: survey answers and chat sentiment while recent enough.
+fn feedback(o: &mut Observed, l: &Look<'_>, cfg: &EmotionConfig) {
+    let p = l.p;
+    let feedback = l.now - cfg.feedback_window_ms;
     let recent = |s: Option<crate::profile::Score>| {
         s.filter(|s| s.at_ms >= feedback)
             .map_or(-1.0, |s| f64::from(s.score))
     };
     let nps = recent(p.nps);
     let csat = recent(p.csat);
-    set(Signal::NpsDetractor, nps);
-    set(Signal::NpsPromoter, nps);
-    set(Signal::CsatLow, csat);
-    set(Signal::CsatHigh, csat);
-    set(Signal::CesLow, recent(p.ces));
     let sentiment = if p.sentiment_ms > 0 && p.sentiment_ms >= feedback {
         p.sentiment
     } else {
         0.0
     };
-    set(Signal::NegativeSentiment, sentiment);
-    set(Signal::PositiveSentiment, sentiment);
+    for (s, v) in [
+        (Signal::NpsDetractor, nps),
+        (Signal::NpsPromoter, nps),
+        (Signal::CsatLow, csat),
+        (Signal::CsatHigh, csat),
+        (Signal::CesLow, recent(p.ces)),
+        (Signal::NegativeSentiment, sentiment),
+        (Signal::PositiveSentiment, sentiment),
+    ] {
+        o[s.index()] = v;
+    }
+}
 
-    // Engagement: distinct days with customer touchpoints.
-    set(Signal::Engagement, f64::from(active_days(p, now, cfg)));
-
-    // Value.
-    set(Signal::LifetimeValue, p.lifetime_value);
-    if moves(Signal::OrderFrequency) {
-        set(
-            Signal::OrderFrequency,
-            count(E::Purchase, now - cfg.order_window_ms),
-        );
+/// Value: lifetime value and purchases within the order window.
+fn value(o: &mut Observed, l: &Look<'_>, cfg: &EmotionConfig) {
+    o[Signal::LifetimeValue.index()] = l.p.lifetime_value;
+    if l.moves(Signal::OrderFrequency) {
+        o[Signal::OrderFrequency.index()] =
+            l.count(EventType::Purchase, l.now - cfg.order_window_ms);
     }
 }
 
