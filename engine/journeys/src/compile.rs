@@ -85,21 +85,7 @@ impl<'a> Compiler<'a> {
     /// The journey `raw` compiled, or `None` with its problems recorded.
     pub(crate) fn journey(&mut self, raw: RawJourney) -> Option<Journey> {
         let before = self.problems.len();
-        if raw.id.get_ref().trim().is_empty() {
-            self.fail(
-                &raw.id.span(),
-                "journey id is empty".into(),
-                "give the journey a stable id such as \"cart_recovery\"",
-            );
-        }
-        let version = u32::try_from(*raw.version.get_ref()).unwrap_or_else(|_| {
-            self.fail(
-                &raw.version.span(),
-                "version must be a non-negative integer".into(),
-                "use 1, then 2 when steps change",
-            );
-            0
-        });
+        let version = self.id_and_version(&raw);
         let (trigger_events, trigger_channels) = self.trigger(&raw.trigger);
         let full = Scope {
             event: true,
@@ -142,23 +128,7 @@ impl<'a> Compiler<'a> {
                 "add an [[journey.steps]] with an action",
             );
         }
-        let mut fallbacks = Vec::with_capacity(raw.fallbacks.len());
-        for (i, f) in raw.fallbacks.iter().enumerate() {
-            if f.get_ref().name.is_none() {
-                self.fail(
-                    &f.span(),
-                    "a fallback action has no name".into(),
-                    "give it a name = \"...\" that actions name in fallback = \"...\"",
-                );
-            }
-            let scope = Scope {
-                event: !after_wait,
-                key: true,
-            };
-            if let Some(a) = self.action(f, scope, Named::Fallback(i)) {
-                fallbacks.push(a);
-            }
-        }
+        let fallbacks = self.fallbacks(&raw.fallbacks, after_wait);
         self.check_fallbacks(raw.id.get_ref());
         let named = self
             .named
@@ -166,16 +136,10 @@ impl<'a> Compiler<'a> {
             .map(|(name, at, _)| (name, at))
             .collect();
         let priority = raw.priority.as_ref().map_or(0, |p| *p.get_ref());
-        let control_group_bp = raw.control_group.as_ref().map_or(0, |c| {
-            crate::policy::parse_share(c.get_ref()).unwrap_or_else(|e| {
-                self.fail(
-                    &c.span(),
-                    e,
-                    "give the share of customers to hold out, 0-100%, e.g. control_group = \"10%\"",
-                );
-                0
-            })
-        });
+        let control_group_bp = raw
+            .control_group
+            .as_ref()
+            .map_or(0, |c| self.control_group(c));
         let reason_scope = Scope {
             event: !after_wait,
             key: true,
@@ -208,6 +172,61 @@ impl<'a> Compiler<'a> {
             reasons,
             explain,
             actions,
+        })
+    }
+
+    /// The journey's version; an empty id or a negative version is recorded
+    /// as a problem.
+    fn id_and_version(&mut self, raw: &RawJourney) -> u32 {
+        if raw.id.get_ref().trim().is_empty() {
+            self.fail(
+                &raw.id.span(),
+                "journey id is empty".into(),
+                "give the journey a stable id such as \"cart_recovery\"",
+            );
+        }
+        u32::try_from(*raw.version.get_ref()).unwrap_or_else(|_| {
+            self.fail(
+                &raw.version.span(),
+                "version must be a non-negative integer".into(),
+                "use 1, then 2 when steps change",
+            );
+            0
+        })
+    }
+
+    /// The journey's fallback actions, each named; after a wait they cannot
+    /// read the event (`after_wait`).
+    fn fallbacks(&mut self, raw: &[Spanned<RawAction>], after_wait: bool) -> Vec<ActionStep> {
+        let scope = Scope {
+            event: !after_wait,
+            key: true,
+        };
+        let mut fallbacks = Vec::with_capacity(raw.len());
+        for (i, f) in raw.iter().enumerate() {
+            if f.get_ref().name.is_none() {
+                self.fail(
+                    &f.span(),
+                    "a fallback action has no name".into(),
+                    "give it a name = \"...\" that actions name in fallback = \"...\"",
+                );
+            }
+            if let Some(a) = self.action(f, scope, Named::Fallback(i)) {
+                fallbacks.push(a);
+            }
+        }
+        fallbacks
+    }
+
+    /// The control group's share in basis points, from a percentage such as "10%".
+    fn control_group(&mut self, c: &Spanned<String>) -> u16 {
+        crate::policy::parse_share(c.get_ref()).unwrap_or_else(|e| {
+            self.fail(
+                &c.span(),
+                e,
+                "give the share of customers to hold out, 0-100%, e.g. control_group = \"10%\"",
+            );
+            0
         })
     }
 
