@@ -199,41 +199,11 @@ fn run_on(bootstrap: &str, opts: &DemoOptions) -> anyhow::Result<()> {
     let state = Arc::new(StateStore::open(&cfg.state)?);
     let metrics = Metrics::new();
     let engine = runtime::start(cfg.clone(), state.clone(), metrics.clone())?;
-    if let Some(addr) = cfg.http.addr() {
-        let app = crate::http::AppState {
-            owners: crate::owners::Owners::new(&cfg, engine.key_rule)
-                .ok()
-                .map(Arc::new),
-            ..crate::http::AppState::local(
-                &cfg,
-                state.clone(),
-                metrics.clone(),
-                engine.progress.clone(),
-            )
-        };
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            if let Ok(rt) = rt {
-                // A busy port only costs the demo its metrics page.
-                let _ = rt.block_on(crate::http::serve(addr, app));
-            }
-        });
-        println!("metrics: http://{addr}/metrics   profiles: http://{addr}/v1/profiles/c-000128\n");
-    }
+    serve_http(&cfg, &engine, state, metrics);
 
     let seen = Arc::new(Mutex::new(Seen::default()));
     let stop_readers = Arc::new(AtomicBool::new(false));
-    let readers = [
-        cfg.kafka.action_topic.clone(),
-        cfg.kafka.dead_letter_topic.clone(),
-    ]
-    .map(|topic| {
-        let (seen, stop, bootstrap) = (seen.clone(), stop_readers.clone(), bootstrap.to_owned());
-        let is_actions = topic == cfg.kafka.action_topic;
-        std::thread::spawn(move || read_outputs(&bootstrap, &topic, is_actions, &seen, &stop))
-    });
+    let readers = start_readers(bootstrap, &cfg, &seen, &stop_readers);
 
     let (collector_rt, collector) = start_collector(&cfg)?;
     println!(
@@ -242,21 +212,7 @@ fn run_on(bootstrap: &str, opts: &DemoOptions) -> anyhow::Result<()> {
         web::WRITE_KEY
     );
     let stop_sim = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let sim = {
-        let (stop, sent, bootstrap) = (stop_sim.clone(), sent.clone(), bootstrap.to_owned());
-        let topic = cfg.kafka.touchpoint_topics[0].clone();
-        let (customers, rate) = (opts.customers, opts.rate);
-        let mut door = web::WebDoor::new(collector.addr);
-        std::thread::spawn(move || {
-            let mut sim = Simulator::new(SimConfig {
-                customers,
-                ..SimConfig::default()
-            });
-            let n = web::feed(&bootstrap, &topic, &mut sim, rate, &stop, &sent, &mut door)?;
-            Ok::<_, anyhow::Error>((n, door.sent, door.refused))
-        })
-    };
+    let sim = start_simulator(bootstrap, &cfg, opts, collector.addr, &stop_sim);
 
     let started = Instant::now();
     let mut last = (Instant::now(), 0u64);
@@ -289,6 +245,84 @@ fn run_on(bootstrap: &str, opts: &DemoOptions) -> anyhow::Result<()> {
     let s = seen
         .lock()
         .map_err(|_| anyhow::anyhow!("reader panicked"))?;
+    print_totals(published, through_collector, refused, &s);
+    Ok(())
+}
+
+/// Serves metrics and the profile API of the demo's engine on `http.listen`,
+/// on a thread of its own; a busy port only costs the demo its metrics page.
+fn serve_http(
+    cfg: &Config,
+    engine: &runtime::EngineHandle,
+    state: Arc<StateStore>,
+    metrics: Metrics,
+) {
+    let Some(addr) = cfg.http.addr() else {
+        return;
+    };
+    let app = crate::http::AppState {
+        owners: crate::owners::Owners::new(cfg, engine.key_rule)
+            .ok()
+            .map(Arc::new),
+        ..crate::http::AppState::local(cfg, state, metrics, engine.progress.clone())
+    };
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        if let Ok(rt) = rt {
+            let _ = rt.block_on(crate::http::serve(addr, app));
+        }
+    });
+    println!("metrics: http://{addr}/metrics   profiles: http://{addr}/v1/profiles/c-000128\n");
+}
+
+/// Readers of the action and dead-letter topics, counting into `seen` until `stop`.
+fn start_readers(
+    bootstrap: &str,
+    cfg: &Config,
+    seen: &Arc<Mutex<Seen>>,
+    stop: &Arc<AtomicBool>,
+) -> [std::thread::JoinHandle<anyhow::Result<()>>; 2] {
+    [
+        cfg.kafka.action_topic.clone(),
+        cfg.kafka.dead_letter_topic.clone(),
+    ]
+    .map(|topic| {
+        let (seen, stop, bootstrap) = (seen.clone(), stop.clone(), bootstrap.to_owned());
+        let is_actions = topic == cfg.kafka.action_topic;
+        std::thread::spawn(move || read_outputs(&bootstrap, &topic, is_actions, &seen, &stop))
+    })
+}
+
+/// Simulated customers' touchpoints, web page and product views through the
+/// collector at `collector` and the rest straight to the touchpoint topic,
+/// until `stop`. The thread returns the touchpoints published, those that went
+/// through the collector, and those it refused (then sent to Kafka directly).
+fn start_simulator(
+    bootstrap: &str,
+    cfg: &Config,
+    opts: &DemoOptions,
+    collector: std::net::SocketAddr,
+    stop: &Arc<AtomicBool>,
+) -> std::thread::JoinHandle<anyhow::Result<(u64, u64, u64)>> {
+    let (stop, bootstrap) = (stop.clone(), bootstrap.to_owned());
+    let sent = Arc::new(AtomicU64::new(0));
+    let topic = cfg.kafka.touchpoint_topics[0].clone();
+    let (customers, rate) = (opts.customers, opts.rate);
+    let mut door = web::WebDoor::new(collector);
+    std::thread::spawn(move || {
+        let mut sim = Simulator::new(SimConfig {
+            customers,
+            ..SimConfig::default()
+        });
+        let n = web::feed(&bootstrap, &topic, &mut sim, rate, &stop, &sent, &mut door)?;
+        Ok((n, door.sent, door.refused))
+    })
+}
+
+/// What the demo ends with: touchpoints published, actions by kind and dead letters.
+fn print_totals(published: u64, through_collector: u64, refused: u64, s: &Seen) {
     println!(
         "\ndone: {published} touchpoints published ({through_collector} of them through the collector{}), {} actions, {} dead letters",
         if refused > 0 {
@@ -305,7 +339,6 @@ fn run_on(bootstrap: &str, opts: &DemoOptions) -> anyhow::Result<()> {
     if let Some(r) = &s.latest_dead_letter {
         println!("  latest dead-letter reason: {r}");
     }
-    Ok(())
 }
 
 /// Starts the collector for the demo's touchpoint topic on a free local port,
