@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rapport::config::Partitioner;
 use rapport::ingest::route::KeyRule;
@@ -182,9 +182,17 @@ fn a_broker_restarted_twice_under_load_does_not_stop_the_engine() {
     let mut engine = Instance::spawn(&cfg, dir.path(), "engine");
     let end = end_total_on(&bootstrap, &topics.input);
     for fraction in [0.15, 0.55] {
+        // Bounded, so an engine that stops committing fails here with its
+        // log instead of holding the suite up.
+        let deadline = Instant::now() + Duration::from_secs(180);
         while (committed_total_on(&bootstrap, &group, &topics.input) as f64) < end as f64 * fraction
         {
             engine.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "nothing committed up to {fraction} of the input within 180 s; log:\n{}",
+                engine.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         let done = committed_total_on(&bootstrap, &group, &topics.input);
