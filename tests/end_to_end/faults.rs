@@ -214,6 +214,68 @@ fn a_broker_restarted_twice_under_load_does_not_stop_the_engine() {
     assert_like_a_clean_run(&topics, &group, 4);
 }
 
+/// A broker away for longer than the group session: the consumer's session
+/// times out on its side and its partitions are revoked as lost. When the
+/// broker is back, the engine must rejoin the group and finish the input, not
+/// sit outside the group with nothing assigned.
+#[test]
+fn a_broker_away_longer_than_the_group_session_does_not_keep_the_engine_out() {
+    let _serial = heavy();
+    let Some((broker, bootstrap)) = OwnBroker::start(19192) else {
+        return;
+    };
+    let topics = Topics::on(&bootstrap, "broker-away", 4);
+    let group = unique("broker-away");
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = simulator(50_000, 59);
+    feed_from(&bootstrap, &topics.input, &mut sim, 0..200_000);
+    let mut cfg = topics.config(&dir.path().join("state"), &group);
+    cfg.engine.instance_id = "away".into();
+    cfg.engine.commit_interval_ms = 1000;
+    // The broker's smallest session, so the outage below outlasts it.
+    cfg.kafka
+        .consumer
+        .insert("session.timeout.ms".into(), "6000".into());
+    cfg.kafka
+        .consumer
+        .insert("heartbeat.interval.ms".into(), "1000".into());
+    let mut engine = Instance::spawn(&cfg, dir.path(), "engine");
+    let end = end_total_on(&bootstrap, &topics.input);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while committed_total_on(&bootstrap, &group, &topics.input) < end / 5 {
+        engine.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "nothing committed within 180 s; log:\n{}",
+            engine.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(committed_total_on(&bootstrap, &group, &topics.input) < end);
+    broker.kafka_sh("stop");
+    // Three sessions long: the consumer gives its assignment up as lost.
+    std::thread::sleep(Duration::from_secs(18));
+    broker.kafka_sh("start");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while committed_total_on(&bootstrap, &group, &topics.input) < end {
+        engine.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "the engine did not finish the input within 180 s of the broker's return; log:\n{}",
+            engine.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = engine.log_text();
+    engine.terminate();
+    // The case this test is for did happen: the partitions were lost.
+    assert!(
+        log.contains("considered this instance gone"),
+        "the outage did not cost the engine its assignment; log:\n{log}"
+    );
+    assert_like_a_clean_run(&topics, &group, 4);
+}
+
 /// Headers of a dead letter by name.
 fn header(m: &OwnedMessage, k: &str) -> Option<String> {
     m.headers().and_then(|h| {
