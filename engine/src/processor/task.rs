@@ -300,20 +300,51 @@ impl Task {
         }
     }
 
-    /// Lets clean profiles leave the cache, in the table's order, until about
-    /// `excess` bytes have left or only dirty ones and those started afresh
-    /// after an erasure not yet committed remain (RocksDB still has the old
-    /// profile). Returns the bytes that left.
+    /// Lets clean profiles leave the cache, those written longest ago first,
+    /// until about `excess` bytes have left or only dirty ones and those
+    /// started afresh after an erasure not yet committed remain (RocksDB still
+    /// has the old profile). Returns the bytes that left.
+    ///
+    /// A profile's [`Slot::cut`] is the commit that last wrote it, so the
+    /// oldest cuts are the profiles least recently changed (a profile only
+    /// read has none and goes first). Touchpoints come in sessions, so the
+    /// customers changed lately are the ones most likely to come back; letting
+    /// them go in the table's order instead, measured on 1M touchpoints of
+    /// 100k customers (`cargo bench ... -- guarantees`), found fewer profiles
+    /// decoded (README, Results).
     pub fn evict(&mut self, excess: usize) -> usize {
         let erased = &self.privacy.tombstones;
+        let pinned = |id: &CompactString, s: &Slot| {
+            s.dirty || erased.iter().any(|(e, _)| e.as_str() == id.as_str())
+        };
+        let mut ages: Vec<(u64, u32)> = self
+            .profiles
+            .iter()
+            .filter(|(id, s)| !pinned(id, s))
+            .map(|(_, s)| (s.cut, s.bytes))
+            .collect();
+        ages.sort_unstable_by_key(|&(cut, _)| cut);
+        // Every profile cut before `oldest_kept` leaves, and those cut by it
+        // while `excess` is not reached.
+        let (mut oldest_kept, mut counted) = (0, 0usize);
+        for (cut, bytes) in ages {
+            if counted >= excess {
+                break;
+            }
+            counted += bytes as usize;
+            oldest_kept = cut;
+        }
+        if counted == 0 {
+            return 0;
+        }
         let mut freed = 0;
         self.profiles.retain(|id, s| {
-            let keep =
-                freed >= excess || s.dirty || erased.iter().any(|(e, _)| e.as_str() == id.as_str());
-            if !keep {
+            let leaves =
+                !pinned(id, s) && (s.cut < oldest_kept || (s.cut == oldest_kept && freed < excess));
+            if leaves {
                 freed += s.bytes as usize;
             }
-            keep
+            !leaves
         });
         self.cached_bytes -= freed.min(self.cached_bytes);
         // A table left far larger than its profiles (a burst of changes in one
@@ -516,6 +547,56 @@ mod tests {
         assert!(task.profiles["c-dirty"].dirty);
         assert_eq!(task.cached_bytes, task.profiles["c-dirty"].bytes as usize);
         assert_eq!(freed + task.cached_bytes, sum);
+    }
+
+    /// Eviction lets the profiles written longest ago go first: those changed
+    /// in the latest commit stay while older ones leave.
+    #[test]
+    fn eviction_lets_the_profiles_written_longest_ago_go_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = store(dir.path());
+        let mut task = Task::load(&state, 0).unwrap();
+        // Ids chosen so that the table's own order is not the commit order.
+        let rounds: Vec<Vec<String>> = (0..4)
+            .map(|r| {
+                (0..25)
+                    .map(|i| format!("c-{}", (i * 7 + r * 13) % 97 + r * 100))
+                    .collect()
+            })
+            .collect();
+        for (commit, ids) in rounds.iter().enumerate() {
+            for id in ids {
+                task.update(&state, id, |_| true).unwrap();
+            }
+            let commit = commit as u64 + 1;
+            let written = task.cut(commit).encode();
+            for w in &written.profiles {
+                task.committed(commit, w.id.clone(), &w.bytes[..], w.memory, 0);
+            }
+        }
+        let of = |task: &Task, ids: &[String]| -> usize {
+            ids.iter()
+                .map(|id| task.profiles[id.as_str()].bytes as usize)
+                .sum()
+        };
+        // Exactly the two oldest commits' profiles.
+        let excess = of(&task, &rounds[0]) + of(&task, &rounds[1]);
+        let freed = task.evict(excess);
+        assert_eq!(freed, excess);
+        for (r, ids) in rounds.iter().enumerate() {
+            for id in ids {
+                assert_eq!(
+                    task.profiles.contains_key(id.as_str()),
+                    r >= 2,
+                    "{id} of commit {}",
+                    r + 1
+                );
+            }
+        }
+        assert_eq!(
+            task.cached_bytes,
+            of(&task, &rounds[2]) + of(&task, &rounds[3])
+        );
     }
 
     /// Each lookup is counted by where the profile was: new, held decoded,
