@@ -308,7 +308,7 @@ fn guarantees(bootstrap: &str, events: u64) -> anyhow::Result<()> {
         let run = engine_run(bootstrap, &input, events, g, &format!("{name}.{s}"), None)?;
         let found = |f: &str| run.metrics.profile_lookups.with_label_values(&[f]).get();
         println!(
-            "| engine, {name}, {events} touchpoints, 100k customers, 4 partitions, {} worker threads | {:.0} events/s ({:.0}% of passthrough), {:.1} µs CPU per event ({}), {:.2} cores busy, peak RSS {} MiB; profiles found decoded {}, encoded {}, in RocksDB {}, new {}; {} |",
+            "| engine, {name}, {events} touchpoints, 100k customers, 4 partitions, {} worker threads | {:.0} events/s ({:.0}% of passthrough), {:.1} µs CPU per event ({}), {:.2} cores busy, peak RSS {} MiB; profiles found decoded {}, encoded {}, in RocksDB {}, new {}; {} commits, {} of them early; {} |",
             run.workers,
             run.rate,
             100.0 * run.rate / bare,
@@ -320,6 +320,8 @@ fn guarantees(bootstrap: &str, events: u64) -> anyhow::Result<()> {
             found("encoded"),
             found("rocksdb"),
             found("new"),
+            run.metrics.commits.get(),
+            run.metrics.early_commits.get(),
             run.broker_us_per_event.map_or("the broker is not a local process".into(), |us| format!(
                 "the broker beside it {us:.1} µs CPU per event"
             )),
