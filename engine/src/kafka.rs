@@ -6,6 +6,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, Top
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::metadata::Metadata;
 
 use anyhow::Context;
 
@@ -185,65 +186,122 @@ pub async fn prepare_topics(
     max_compaction_lag_ms: u64,
 ) -> anyhow::Result<TopicLayout> {
     let admin: AdminClient<DefaultClientContext> = client_config(k).create()?;
+    let md = metadata_with(&admin, &k.touchpoint_topics).await?;
+    let partitions = input_partitions(&md, &k.touchpoint_topics)?;
+    let changelog = k.changelog();
+    if partitions_of(&md, &changelog).is_some() {
+        check_changelog(&admin, &md, &changelog, partitions).await?;
+    }
+    let create = missing_topics(&md, k, partitions, max_record_bytes, max_compaction_lag_ms);
+    create_topics(client_config(k), &create).await?;
+    let dead_letter_max_bytes = topic_config(&admin, &k.dead_letter_topic, "max.message.bytes")
+        .await?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(BROKER_DEFAULT_MAX_MESSAGE_BYTES);
+    Ok(TopicLayout {
+        partitions,
+        dead_letter_max_bytes,
+    })
+}
+
+/// The cluster's metadata once it lists every one of `topics` with its
+/// partitions, or after about five seconds of asking: a topic created a moment
+/// ago may not be in every broker's metadata yet.
+async fn metadata_with(
+    admin: &AdminClient<DefaultClientContext>,
+    topics: &[String],
+) -> anyhow::Result<Metadata> {
     let timeout = Duration::from_secs(30);
-    // A topic created a moment ago may not be in every broker's metadata yet.
-    let mut md = admin
-        .inner()
-        .fetch_metadata(None, timeout)
-        .context("fetching cluster metadata")?;
+    let fetch = || {
+        admin
+            .inner()
+            .fetch_metadata(None, timeout)
+            .context("fetching cluster metadata")
+    };
+    let mut md = fetch()?;
     for _ in 0..20 {
         let known = |name: &String| {
             md.topics()
                 .iter()
                 .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
         };
-        if k.touchpoint_topics.iter().all(known) {
+        if topics.iter().all(known) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
-        md = admin
-            .inner()
-            .fetch_metadata(None, timeout)
-            .context("fetching cluster metadata")?;
+        md = fetch()?;
     }
-    let count = |name: &str| {
-        md.topics()
-            .iter()
-            .find(|t| t.name() == name && t.error().is_none())
-            .map(|t| t.partitions().len() as i32)
-    };
+    Ok(md)
+}
+
+/// The partition count of `name` in `md`; `None` when the topic is not there.
+fn partitions_of(md: &Metadata, name: &str) -> Option<i32> {
+    md.topics()
+        .iter()
+        .find(|t| t.name() == name && t.error().is_none())
+        .map(|t| t.partitions().len() as i32)
+}
+
+/// The touchpoint topics' one partition count: each must exist, and all must
+/// have the same count (a customer's records meet in one partition task).
+fn input_partitions(md: &Metadata, topics: &[String]) -> anyhow::Result<i32> {
     let mut counts = Vec::new();
-    for t in &k.touchpoint_topics {
-        match count(t) {
+    for t in topics {
+        match partitions_of(md, t) {
             Some(n) if n > 0 => counts.push((t.as_str(), n)),
             _ => anyhow::bail!("touchpoint topic {t:?} does not exist; create it (keyed by customer id) before starting Rapport"),
         }
     }
-    let partitions = counts[0].1;
+    let Some(&(first, partitions)) = counts.first() else {
+        anyhow::bail!(
+            "no touchpoint topics are configured; name at least one in kafka.touchpoint_topics"
+        );
+    };
     if let Some((t, n)) = counts.iter().find(|(_, n)| *n != partitions) {
         anyhow::bail!(
-            "touchpoint topics are not co-partitioned: {:?} has {partitions} partitions but {t:?} has {n}; give every touchpoint topic the same partition count",
-            counts[0].0
+            "touchpoint topics are not co-partitioned: {first:?} has {partitions} partitions but {t:?} has {n}; give every touchpoint topic the same partition count"
         );
     }
-    let changelog = k.changelog();
-    match count(&changelog) {
-        Some(n) if n != partitions => anyhow::bail!(
+    Ok(partitions)
+}
+
+/// Refuses an existing changelog that is not partitioned like the input or
+/// not compacted.
+async fn check_changelog(
+    admin: &AdminClient<DefaultClientContext>,
+    md: &Metadata,
+    changelog: &str,
+    partitions: i32,
+) -> anyhow::Result<()> {
+    if let Some(n) = partitions_of(md, changelog).filter(|n| *n != partitions) {
+        anyhow::bail!(
             "changelog topic {changelog:?} has {n} partitions but the touchpoint topics have {partitions}; \
              state is partitioned like the input, so recreate the changelog with {partitions} partitions"
-        ),
-        Some(_) => {
-            let policy = topic_config(&admin, &changelog, "cleanup.policy")
-                .await?
-                .unwrap_or_default();
-            if !policy.contains("compact") {
-                anyhow::bail!("changelog topic {changelog:?} has cleanup.policy={policy}; it must be compacted (cleanup.policy=compact)");
-            }
-        }
-        None => {}
+        );
     }
+    let policy = topic_config(admin, changelog, "cleanup.policy")
+        .await?
+        .unwrap_or_default();
+    if !policy.contains("compact") {
+        anyhow::bail!("changelog topic {changelog:?} has cleanup.policy={policy}; it must be compacted (cleanup.policy=compact)");
+    }
+    Ok(())
+}
+
+/// The topics to create, partitioned like the input: the changelog
+/// (compacted, with erased values bounded in age by `max_compaction_lag_ms`)
+/// and the action, dead-letter and decisions topics, whichever are missing.
+/// The dead-letter topic takes a whole `max_record_bytes` record.
+fn missing_topics(
+    md: &Metadata,
+    k: &KafkaConfig,
+    partitions: i32,
+    max_record_bytes: usize,
+    max_compaction_lag_ms: u64,
+) -> Vec<TopicSpec> {
     let mut create = Vec::new();
-    if count(&changelog).is_none() {
+    let changelog = k.changelog();
+    if partitions_of(md, &changelog).is_none() {
         let mut spec = TopicSpec::new(&changelog, partitions);
         spec.replication = k.replication_factor;
         spec.configs
@@ -260,7 +318,7 @@ pub async fn prepare_topics(
         .into_iter()
         .chain(decisions)
     {
-        if count(out).is_none() {
+        if partitions_of(md, out).is_none() {
             let mut spec = TopicSpec::new(out, partitions);
             spec.replication = k.replication_factor;
             if out == &k.dead_letter_topic {
@@ -272,15 +330,7 @@ pub async fn prepare_topics(
             create.push(spec);
         }
     }
-    create_topics(client_config(k), &create).await?;
-    let dead_letter_max_bytes = topic_config(&admin, &k.dead_letter_topic, "max.message.bytes")
-        .await?
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(BROKER_DEFAULT_MAX_MESSAGE_BYTES);
-    Ok(TopicLayout {
-        partitions,
-        dead_letter_max_bytes,
-    })
+    create
 }
 
 /// The effective value of one config of `topic` (its own setting or the broker's default).
