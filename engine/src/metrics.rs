@@ -87,6 +87,15 @@ pub struct Metrics {
     pub identity_routed: IntCounterVec,
     /// 1 when the engine is consuming, 0 otherwise.
     pub ready: IntGauge,
+    /// 1 while the consumer is a settled member of its group (librdkafka's
+    /// group handler `up`, its join `steady`), from the consumer's statistics
+    /// every 5 s; 0 while it looks for the coordinator, joins or rebalances,
+    /// or is out of the group. A member with no partitions (more instances
+    /// than partitions) is settled.
+    pub group_member: IntGauge,
+    /// Partitions the group has assigned this instance, as librdkafka counts
+    /// them (every touchpoint topic's, and the internal topics').
+    pub group_partitions: IntGauge,
 }
 
 impl Metrics {
@@ -262,6 +271,16 @@ impl Metrics {
             .expect("valid metric"),
             ready: IntGauge::new("rapport_ready", "1 when the engine is consuming")
                 .expect("valid metric"),
+            group_member: IntGauge::new(
+                "rapport_consumer_group_member",
+                "1 while the consumer is a settled member of its group (not joining, rebalancing or out of it)",
+            )
+            .expect("valid metric"),
+            group_partitions: IntGauge::new(
+                "rapport_consumer_group_partitions",
+                "Partitions the group has assigned this instance",
+            )
+            .expect("valid metric"),
             erasures: IntCounter::new("rapport_erasures_total", "Erasure requests applied")
                 .expect("valid metric"),
             erased_touchpoints: IntCounter::new(
@@ -315,6 +334,8 @@ impl Metrics {
             Box::new(m.encoded_cache_bytes.clone()),
             Box::new(m.pending_waits.clone()),
             Box::new(m.ready.clone()),
+            Box::new(m.group_member.clone()),
+            Box::new(m.group_partitions.clone()),
             Box::new(m.erasures.clone()),
             Box::new(m.erased_touchpoints.clone()),
             Box::new(m.identity_events.clone()),

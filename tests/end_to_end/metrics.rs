@@ -189,6 +189,19 @@ fn metrics_show_lag_latency_commits_and_restores_and_ready_agrees_with_readyz() 
         n as f64 - value(&m, "rapport_dead_letters_total")
     );
     assert_eq!(value(&m, "rapport_ready"), 1.0);
+    // A settled member of its group, holding the input's two partitions
+    // (librdkafka counts the internal topics' too), once the consumer's
+    // statistics (every 5 s) have said so.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let m = loop {
+        let (_, m) = get(&addr, "/metrics");
+        if value(&m, "rapport_consumer_group_member") == 1.0 || Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(value(&m, "rapport_consumer_group_member"), 1.0, "{m}");
+    assert!(value(&m, "rapport_consumer_group_partitions") >= 2.0, "{m}");
     a.terminate();
 
     // A new instance with an empty disk restores the changelog, and says so.

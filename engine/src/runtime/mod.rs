@@ -530,7 +530,7 @@ fn subscribe(cfg: &Config, core: Arc<Mutex<Core>>) -> anyhow::Result<BaseConsume
         cc.set("partition.assignment.strategy", "range");
     }
     let consumer: BaseConsumer<EngineContext> = cc
-        .create_with_context(EngineContext { core })
+        .create_with_context(EngineContext::new(core))
         .context("creating the Kafka consumer")?;
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer
