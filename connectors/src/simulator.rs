@@ -160,71 +160,67 @@ impl Simulator {
         now: i64,
     ) -> Touchpoint {
         // Each customer has a favourite product, so hesitation is about one thing.
-        let fav = SKUS[(i as usize * 7) % SKUS.len()];
-        let any = SKUS[self.rng.random_range(0..SKUS.len())];
-        let order = format!("o-{i}");
-        let store = format!("store-{:02}", i % 17);
-        let web = |url: &str| Web {
-            url: Some(url.to_owned()),
-            query: None,
-            referrer: None,
+        let d = Draft {
+            id,
+            c,
+            now,
+            fav: SKUS[(i as usize * 7) % SKUS.len()],
+            any: SKUS[self.rng.random_range(0..SKUS.len())],
+            order: format!("o-{i}"),
+            store: format!("store-{:02}", i % 17),
         };
-        match (persona, step) {
-            (Persona::Hesitating, 0..=3) => {
-                let ch = if step.is_multiple_of(2) {
-                    Channel::Web
-                } else {
-                    Channel::App
-                };
-                let mut t = tp(id, c, ch, EventType::ProductView, now).with_sku(fav);
-                t.web = Some(web(&format!("https://shop.example/p/{fav}")));
-                t
-            }
-            (Persona::Hesitating, _) => {
-                let mut t = tp(id, c, Channel::Web, EventType::Search, now);
-                t.web = Some(Web {
-                    url: None,
-                    query: Some(format!("{fav} reviews")),
-                    referrer: None,
-                });
-                t
-            }
-            (Persona::HappyBuyer, 0) => {
-                tp(id, c, Channel::Web, EventType::ProductView, now).with_sku(any)
-            }
-            (Persona::HappyBuyer, 1) => {
-                tp(id, c, Channel::App, EventType::AddToCart, now).with_sku(any)
-            }
-            (Persona::HappyBuyer, 2) => {
+        match persona {
+            Persona::Hesitating => d.hesitating(step),
+            Persona::HappyBuyer => self.happy_buyer(d, step),
+            Persona::Unlucky => self.unlucky(d, step),
+            Persona::Anxious => self.anxious(d, step),
+            Persona::Browser => d.browser(step),
+        }
+    }
+
+    /// Buys, gets the parcel, and is asked: CSAT, then NPS.
+    fn happy_buyer(&mut self, d: Draft<'_>, step: u32) -> Touchpoint {
+        let Draft {
+            id, c, now, any, ..
+        } = d;
+        match step {
+            0 => tp(id, c, Channel::Web, EventType::ProductView, now).with_sku(any),
+            1 => tp(id, c, Channel::App, EventType::AddToCart, now).with_sku(any),
+            2 => {
                 let mut t = tp(id, c, Channel::Store, EventType::Purchase, now)
                     .with_sku(any)
                     .with_amount(f64::from(self.rng.random_range(20..900)))
-                    .with_order(&order);
-                t.store_id = Some(store);
+                    .with_order(&d.order);
+                t.store_id = Some(d.store);
                 t
             }
-            (Persona::HappyBuyer, 3) => {
-                tp(id, c, Channel::System, EventType::Delivered, now).with_order(&order)
-            }
-            (Persona::HappyBuyer, 4) => {
+            3 => tp(id, c, Channel::System, EventType::Delivered, now).with_order(&d.order),
+            4 => {
                 let score = self.rng.random_range(4..=5);
                 tp(id, c, Channel::Email, EventType::SurveyResponse, now)
                     .with_survey(SurveyKind::Csat, score)
             }
-            (Persona::HappyBuyer, _) => {
+            _ => {
                 let score = self.rng.random_range(8..=10);
                 tp(id, c, Channel::Email, EventType::SurveyResponse, now)
                     .with_survey(SurveyKind::Nps, score)
             }
-            (Persona::Unlucky, 0) => tp(id, c, Channel::Web, EventType::Purchase, now)
+        }
+    }
+
+    /// Buys, the delivery fails, calls and chats in vain, and detracts.
+    fn unlucky(&mut self, d: Draft<'_>, step: u32) -> Touchpoint {
+        let Draft {
+            id, c, now, any, ..
+        } = d;
+        match step {
+            0 => tp(id, c, Channel::Web, EventType::Purchase, now)
                 .with_sku(any)
                 .with_amount(f64::from(self.rng.random_range(20..400)))
-                .with_order(&order),
-            (Persona::Unlucky, 1) => {
-                tp(id, c, Channel::System, EventType::DeliveryFailed, now).with_order(&order)
-            }
-            (Persona::Unlucky, 2) => tp(id, c, Channel::CallCenter, EventType::CallStarted, now),
-            (Persona::Unlucky, 3) => {
+                .with_order(&d.order),
+            1 => tp(id, c, Channel::System, EventType::DeliveryFailed, now).with_order(&d.order),
+            2 => tp(id, c, Channel::CallCenter, EventType::CallStarted, now),
+            3 => {
                 let mut t = tp(id, c, Channel::CallCenter, EventType::CallEnded, now);
                 t.call = Some(Call {
                     wait_seconds: Some(self.rng.random_range(120..1500)),
@@ -235,7 +231,7 @@ impl Simulator {
                 });
                 t
             }
-            (Persona::Unlucky, 4) => {
+            4 => {
                 let mut t = tp(id, c, Channel::Chat, EventType::ChatMessage, now);
                 t.chat = Some(Chat {
                     text: Some("Still no parcel. This is the third time I ask.".into()),
@@ -244,13 +240,20 @@ impl Simulator {
                 });
                 t
             }
-            (Persona::Unlucky, 5) => {
+            5 => {
                 let score = self.rng.random_range(0..=4);
                 tp(id, c, Channel::Email, EventType::SurveyResponse, now)
                     .with_survey(SurveyKind::Nps, score)
             }
-            (Persona::Unlucky, _) => tp(id, c, Channel::System, EventType::TicketOpened, now),
-            (Persona::Anxious, 0..=2) => {
+            _ => tp(id, c, Channel::System, EventType::TicketOpened, now),
+        }
+    }
+
+    /// Searches for help, is handed over from the bot, and waits on the phone.
+    fn anxious(&mut self, d: Draft<'_>, step: u32) -> Touchpoint {
+        let Draft { id, c, now, .. } = d;
+        match step {
+            0..=2 => {
                 let mut t = tp(id, c, Channel::Web, EventType::HelpSearch, now);
                 t.web = Some(Web {
                     url: None,
@@ -259,8 +262,8 @@ impl Simulator {
                 });
                 t
             }
-            (Persona::Anxious, 3) => tp(id, c, Channel::Chat, EventType::ChatHandoff, now),
-            (Persona::Anxious, _) => {
+            3 => tp(id, c, Channel::Chat, EventType::ChatHandoff, now),
+            _ => {
                 let mut t = tp(id, c, Channel::CallCenter, EventType::CallEnded, now);
                 t.call = Some(Call {
                     wait_seconds: Some(self.rng.random_range(300..1200)),
@@ -269,22 +272,8 @@ impl Simulator {
                 });
                 t
             }
-            (Persona::Browser, 0) => {
-                let mut t = tp(id, c, Channel::Web, EventType::PageView, now);
-                t.web = Some(web("https://shop.example/"));
-                t
-            }
-            (Persona::Browser, 1) => {
-                let mut t = tp(id, c, Channel::Store, EventType::ProductView, now).with_sku(any);
-                t.store_id = Some(store);
-                t
-            }
-            (Persona::Browser, _) => {
-                tp(id, c, Channel::App, EventType::ProductView, now).with_sku(any)
-            }
         }
     }
-
     fn malformed(&mut self, customer: &str, now: i64) -> Vec<u8> {
         match self.rng.random_range(0..4) {
             0 => format!(r#"{{"event_id":"bad-{}","customer_id":"{customer}","channel":"web""#, self.seq).into_bytes(),
@@ -292,6 +281,79 @@ impl Simulator {
             2 => format!(r#"{{"event_id":"bad-{}","channel":"web","event_type":"page_view","event_time":{now}}}"#, self.seq).into_bytes(),
             _ => format!(r#"{{"event_id":"bad-{}","customer_id":"{customer}","channel":"web","event_type":"teleported","event_time":{now}}}"#, self.seq).into_bytes(),
         }
+    }
+}
+
+/// What one simulated touchpoint is made of: whose it is, when, and the
+/// customer's products, order and store.
+struct Draft<'a> {
+    id: &'a str,
+    c: &'a str,
+    now: i64,
+    /// The customer's favourite product, so hesitation is about one thing.
+    fav: &'static str,
+    /// A product drawn for this touchpoint.
+    any: &'static str,
+    order: String,
+    store: String,
+}
+
+impl Draft<'_> {
+    /// Views the favourite product again and again, then reads its reviews.
+    fn hesitating(self, step: u32) -> Touchpoint {
+        let Draft {
+            id, c, now, fav, ..
+        } = self;
+        match step {
+            0..=3 => {
+                let ch = if step.is_multiple_of(2) {
+                    Channel::Web
+                } else {
+                    Channel::App
+                };
+                let mut t = tp(id, c, ch, EventType::ProductView, now).with_sku(fav);
+                t.web = Some(web(&format!("https://shop.example/p/{fav}")));
+                t
+            }
+            _ => {
+                let mut t = tp(id, c, Channel::Web, EventType::Search, now);
+                t.web = Some(Web {
+                    url: None,
+                    query: Some(format!("{fav} reviews")),
+                    referrer: None,
+                });
+                t
+            }
+        }
+    }
+
+    /// Looks around the shop, in a store and in the app.
+    fn browser(self, step: u32) -> Touchpoint {
+        let Draft {
+            id, c, now, any, ..
+        } = self;
+        match step {
+            0 => {
+                let mut t = tp(id, c, Channel::Web, EventType::PageView, now);
+                t.web = Some(web("https://shop.example/"));
+                t
+            }
+            1 => {
+                let mut t = tp(id, c, Channel::Store, EventType::ProductView, now).with_sku(any);
+                t.store_id = Some(self.store);
+                t
+            }
+            _ => tp(id, c, Channel::App, EventType::ProductView, now).with_sku(any),
+        }
+    }
+}
+
+/// A page visit at `url`.
+fn web(url: &str) -> Web {
+    Web {
+        url: Some(url.to_owned()),
+        query: None,
+        referrer: None,
     }
 }
 
