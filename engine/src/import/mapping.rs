@@ -325,82 +325,11 @@ impl Mapping {
                 "source is empty; name the exporting system (e.g. \"store-pos\"): derived event ids depend on it".into(),
             ));
         }
-        let known = || {
-            FIELDS
-                .iter()
-                .map(|(f, _)| *f)
-                .chain(["attributes.<name>"])
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let mut columns = Vec::new();
-        for (field, cols) in &raw.columns {
-            let kind = kind_of(field).ok_or_else(|| {
-                invalid(format!(
-                    "columns.{field:?} is not a touchpoint field; fields are {}",
-                    known()
-                ))
-            })?;
-            if cols.names().is_empty() || cols.names().iter().any(|c| c.is_empty()) {
-                return Err(invalid(format!("columns.{field:?} names no column")));
-            }
-            columns.push((field.clone(), kind, cols.clone()));
-        }
-        let mut constants = Vec::new();
-        for (field, v) in &raw.constants {
-            let kind = kind_of(field).ok_or_else(|| {
-                invalid(format!(
-                    "constants.{field:?} is not a touchpoint field; fields are {}",
-                    known()
-                ))
-            })?;
-            if raw.columns.contains_key(field) {
-                return Err(invalid(format!(
-                    "{field:?} is both a column and a constant; keep one"
-                )));
-            }
-            let json = serde_json::to_value(v)
-                .map_err(|e| invalid(format!("constants.{field:?}: {e}")))?;
-            let json = match (kind, json) {
-                (Kind::Text, Value::String(s)) => Value::String(s),
-                (Kind::Text, other) => Value::String(other.to_string()),
-                (_, other) => other,
-            };
-            constants.push((field.clone(), json));
-        }
-        for field in raw.values.keys() {
-            if !raw.columns.contains_key(field) {
-                return Err(invalid(format!(
-                    "values.{field:?} translates a field that is not read from a column; add columns.{field:?}"
-                )));
-            }
-        }
-        let has = |f: &str| raw.columns.contains_key(f) || raw.constants.contains_key(f);
-        for required in ["channel", "event_type", "event_time"] {
-            if !has(required) {
-                return Err(invalid(format!(
-                    "no {required}: give it a column (columns.{required}) or a constant (constants.{required})"
-                )));
-            }
-        }
-        if !has("customer_id") && !has("anonymous_id") {
-            return Err(invalid(
-                "no identity: map customer_id (or anonymous_id) to a column".into(),
-            ));
-        }
+        let columns = columns_of(&raw).map_err(invalid)?;
+        let constants = constants_of(&raw).map_err(invalid)?;
+        check_fields(&raw).map_err(invalid)?;
         let time = time_rule(&raw.time).map_err(invalid)?;
-        if !matches!(raw.amount.decimal_separator, '.' | ',') {
-            return Err(invalid(format!(
-                "amount.decimal_separator {:?} must be \".\" or \",\"",
-                raw.amount.decimal_separator
-            )));
-        }
-        if !raw.csv.delimiter.is_ascii() {
-            return Err(invalid(format!(
-                "csv.delimiter {:?} must be one ASCII character",
-                raw.csv.delimiter
-            )));
-        }
+        check_formats(&raw).map_err(invalid)?;
         Ok(Mapping {
             source: raw.source,
             format: raw.format,
@@ -699,6 +628,104 @@ fn put(obj: &mut Map<String, Value>, field: &str, value: Value) {
             }
         }
     }
+}
+
+/// The touchpoint fields a mapping may name, for its messages.
+fn known_fields() -> String {
+    FIELDS
+        .iter()
+        .map(|(f, _)| *f)
+        .chain(["attributes.<name>"])
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The mapping's columns with the kind of field each fills: every field a
+/// touchpoint field, each naming at least one column.
+fn columns_of(raw: &Raw) -> Result<Vec<(String, Kind, Columns)>, String> {
+    let mut columns = Vec::new();
+    for (field, cols) in &raw.columns {
+        let kind = kind_of(field).ok_or_else(|| {
+            format!(
+                "columns.{field:?} is not a touchpoint field; fields are {}",
+                known_fields()
+            )
+        })?;
+        if cols.names().is_empty() || cols.names().iter().any(|c| c.is_empty()) {
+            return Err(format!("columns.{field:?} names no column"));
+        }
+        columns.push((field.clone(), kind, cols.clone()));
+    }
+    Ok(columns)
+}
+
+/// The mapping's constants as JSON values of their fields (text fields as
+/// text, whatever TOML type was written), none of them also a column.
+fn constants_of(raw: &Raw) -> Result<Vec<(String, Value)>, String> {
+    let mut constants = Vec::new();
+    for (field, v) in &raw.constants {
+        let kind = kind_of(field).ok_or_else(|| {
+            format!(
+                "constants.{field:?} is not a touchpoint field; fields are {}",
+                known_fields()
+            )
+        })?;
+        if raw.columns.contains_key(field) {
+            return Err(format!(
+                "{field:?} is both a column and a constant; keep one"
+            ));
+        }
+        let json = serde_json::to_value(v).map_err(|e| format!("constants.{field:?}: {e}"))?;
+        let json = match (kind, json) {
+            (Kind::Text, Value::String(s)) => Value::String(s),
+            (Kind::Text, other) => Value::String(other.to_string()),
+            (_, other) => other,
+        };
+        constants.push((field.clone(), json));
+    }
+    Ok(constants)
+}
+
+/// Every translated field is read from a column, and the fields every
+/// touchpoint needs (channel, type, time and an identity) are mapped.
+fn check_fields(raw: &Raw) -> Result<(), String> {
+    for field in raw.values.keys() {
+        if !raw.columns.contains_key(field) {
+            return Err(format!(
+                "values.{field:?} translates a field that is not read from a column; add columns.{field:?}"
+            ));
+        }
+    }
+    let has = |f: &str| raw.columns.contains_key(f) || raw.constants.contains_key(f);
+    for required in ["channel", "event_type", "event_time"] {
+        if !has(required) {
+            return Err(format!(
+                "no {required}: give it a column (columns.{required}) or a constant (constants.{required})"
+            ));
+        }
+    }
+    if !has("customer_id") && !has("anonymous_id") {
+        return Err("no identity: map customer_id (or anonymous_id) to a column".into());
+    }
+    Ok(())
+}
+
+/// The amount's decimal separator and the CSV delimiter are ones the reader
+/// understands.
+fn check_formats(raw: &Raw) -> Result<(), String> {
+    if !matches!(raw.amount.decimal_separator, '.' | ',') {
+        return Err(format!(
+            "amount.decimal_separator {:?} must be \".\" or \",\"",
+            raw.amount.decimal_separator
+        ));
+    }
+    if !raw.csv.delimiter.is_ascii() {
+        return Err(format!(
+            "csv.delimiter {:?} must be one ASCII character",
+            raw.csv.delimiter
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
