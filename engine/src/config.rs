@@ -233,6 +233,12 @@ pub struct EngineConfig {
     /// network partition) before it stops, ms. Commits that fail meanwhile are
     /// aborted and redone from the last commit.
     pub kafka_unavailable_timeout_ms: u64,
+    /// How long the consumer may be out of a settled membership of its group
+    /// (looking for the coordinator, joining, stuck in a rebalance) before
+    /// `/healthz` answers 503, ms: an instance that left its group and does
+    /// not come back processes nothing and fails nothing, and a restart joins
+    /// afresh.
+    pub out_of_group_timeout_ms: u64,
     /// Threads that process a batch's partitions in parallel; 0 (the default)
     /// uses every core. Commits stay one transaction per interval.
     pub worker_threads: usize,
@@ -258,6 +264,7 @@ impl Default for EngineConfig {
             transaction_timeout_ms: 10_000,
             wall_clock_timers: true,
             kafka_unavailable_timeout_ms: 300_000,
+            out_of_group_timeout_ms: 300_000,
             worker_threads: 0,
             dedup_event_ids: rapport_model::seen::DEFAULT_MAX_IDS,
             dedup_max_age_ms: rapport_model::seen::DEFAULT_MAX_AGE_MS as u64,
@@ -672,6 +679,15 @@ impl Config {
                 format!(
                     "{} is outside 1000..=86400000; 300000 (five minutes) is a good default",
                     self.engine.kafka_unavailable_timeout_ms
+                ),
+            ));
+        }
+        if !(5_000..=86_400_000).contains(&self.engine.out_of_group_timeout_ms) {
+            return Err((
+                "engine.out_of_group_timeout_ms",
+                format!(
+                    "{} is outside 5000..=86400000; 300000 (five minutes, longer than a rebalance with a group session of 45 s) is a good default",
+                    self.engine.out_of_group_timeout_ms
                 ),
             ));
         }

@@ -71,10 +71,20 @@ impl AppState {
 pub fn router(app: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(health))
         .route("/readyz", get(ready))
         .route("/v1/profiles/{id}", get(profile))
         .with_state(app)
+}
+
+/// `/healthz`: 200 while the instance is alive and well, 503 with the reason
+/// when it has been out of its consumer group for too long
+/// ([`Progress::health`]): a restart joins afresh.
+async fn health(State(app): State<AppState>) -> Response {
+    match app.progress.health(chrono::Utc::now().timestamp_millis()) {
+        Ok(()) => "ok\n".into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+    }
 }
 
 /// Serves the router on `addr` until the process ends.

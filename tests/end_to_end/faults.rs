@@ -276,6 +276,79 @@ fn a_broker_away_longer_than_the_group_session_does_not_keep_the_engine_out() {
     assert_like_a_clean_run(&topics, &group, 4);
 }
 
+/// An instance whose consumer stays out of its group longer than
+/// `engine.out_of_group_timeout_ms` says so on `/healthz` (503, with the
+/// reason), so an orchestrator restarts it; once it is back in the group it
+/// is healthy again and processes what arrives. Idle, it has nothing to
+/// commit, so nothing in it fails meanwhile: the probe is what notices.
+#[test]
+fn an_instance_out_of_its_group_too_long_is_unhealthy_until_it_is_back() {
+    let _serial = heavy();
+    let Some((broker, bootstrap)) = OwnBroker::start(19192) else {
+        return;
+    };
+    let topics = Topics::on(&bootstrap, "out-of-group", 2);
+    let group = unique("out-of-group");
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = simulator(1_000, 61);
+    feed_from(&bootstrap, &topics.input, &mut sim, 0..2_000);
+    let mut cfg = topics.config(&dir.path().join("state"), &group);
+    cfg.engine.instance_id = "out".into();
+    cfg.engine.out_of_group_timeout_ms = 8_000;
+    for (k, v) in [
+        ("session.timeout.ms", "6000"),
+        ("heartbeat.interval.ms", "1000"),
+        ("statistics.interval.ms", "500"),
+    ] {
+        cfg.kafka.consumer.insert(k.into(), v.into());
+    }
+    let addr = format!("127.0.0.1:{}", free_port());
+    cfg.http.listen = addr.clone();
+    let mut engine = Instance::spawn(&cfg, dir.path(), "engine");
+    engine.wait_ready(2);
+    wait_caught_up_on(&bootstrap, &group, &topics.input, &mut [&mut engine]);
+    assert_eq!(crate::metrics::get(&addr, "/healthz").0, 200);
+
+    // From before the stop: the engine loses the broker while it stops.
+    let stopped = Instant::now();
+    broker.kafka_sh("stop");
+    // The coordinator is gone, then the limit (8 s) passes.
+    let why = loop {
+        engine.assert_running();
+        let (status, body) = crate::metrics::get(&addr, "/healthz");
+        if status == 503 {
+            break body;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(60),
+            "/healthz still answers {status} 60 s into the outage; log:\n{}",
+            engine.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        stopped.elapsed() >= Duration::from_secs(8),
+        "unhealthy before the limit: {why}"
+    );
+    assert!(why.contains("out of its group"), "{why}");
+    assert!(why.contains("engine.out_of_group_timeout_ms"), "{why}");
+
+    broker.kafka_sh("start");
+    let started = Instant::now();
+    while crate::metrics::get(&addr, "/healthz").0 != 200 {
+        engine.assert_running();
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "/healthz not back to 200 within 120 s of the broker's return; log:\n{}",
+            engine.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    feed_from(&bootstrap, &topics.input, &mut sim, 2_000..4_000);
+    wait_caught_up_on(&bootstrap, &group, &topics.input, &mut [&mut engine]);
+    engine.terminate();
+}
+
 /// Headers of a dead letter by name.
 fn header(m: &OwnedMessage, k: &str) -> Option<String> {
     m.headers().and_then(|h| {

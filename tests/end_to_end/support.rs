@@ -438,7 +438,7 @@ pub fn write_config(cfg: &Config, path: &Path) {
          [kafka.client]\n{client}\n\
          [kafka.consumer]\n{consumer}\n\
          [state]\npath = {:?}\nblock_cache_mb = 16\nwrite_buffer_mb = 16\n\n\
-         [engine]\nguarantee = {guarantee:?}\ninstance_id = {:?}\nwall_clock_timers = {}\ncommit_interval_ms = {}\n\n\
+         [engine]\nguarantee = {guarantee:?}\ninstance_id = {:?}\nwall_clock_timers = {}\ncommit_interval_ms = {}\nout_of_group_timeout_ms = {}\n\n\
          [http]\nlisten = {:?}\n",
         journeys.join(", "),
         cfg.kafka.bootstrap_servers,
@@ -451,6 +451,7 @@ pub fn write_config(cfg: &Config, path: &Path) {
         cfg.engine.instance_id,
         cfg.engine.wall_clock_timers,
         cfg.engine.commit_interval_ms,
+        cfg.engine.out_of_group_timeout_ms,
         cfg.http.listen,
     );
     let text = match &cfg.http.advertised_url {

@@ -47,7 +47,7 @@ mod rebalance;
 mod restore;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -93,9 +93,49 @@ pub struct Progress {
     pub restoring: Mutex<Vec<RestoreStatus>>,
     /// Partitions restored and consuming here.
     pub owned: Mutex<BTreeSet<i32>>,
+    /// Since when the consumer has been out of a settled membership of its
+    /// group, epoch ms, as its statistics report it; 0 while it is settled
+    /// (or before the first report).
+    pub out_of_group_since_ms: AtomicI64,
+    /// How long it may stay out before the instance calls itself unhealthy
+    /// (`engine.out_of_group_timeout_ms`); 0: no limit.
+    pub out_of_group_limit_ms: AtomicU64,
 }
 
 impl Progress {
+    /// Whether the instance is alive and well at `now_ms` (epoch ms), for
+    /// `/healthz`: not when its consumer has been out of a settled group
+    /// membership for longer than the limit. An instance that left its group
+    /// and does not come back processes nothing, and nothing in it fails;
+    /// restarting it joins the group afresh. The message says why.
+    pub fn health(&self, now_ms: i64) -> Result<(), String> {
+        let since = self.out_of_group_since_ms.load(Ordering::SeqCst);
+        let limit = self.out_of_group_limit_ms.load(Ordering::SeqCst);
+        let out = u64::try_from(now_ms - since).unwrap_or(0);
+        if since == 0 || limit == 0 || out <= limit {
+            return Ok(());
+        }
+        Err(format!(
+            "the consumer has been out of its group for {} s, longer than engine.out_of_group_timeout_ms ({} s); a restart joins the group afresh",
+            out / 1000,
+            limit / 1000
+        ))
+    }
+
+    /// Records a report of the group membership at `now_ms`.
+    pub(crate) fn group_settled(&self, settled: bool, now_ms: i64) {
+        if settled {
+            self.out_of_group_since_ms.store(0, Ordering::SeqCst);
+        } else {
+            let _ = self.out_of_group_since_ms.compare_exchange(
+                0,
+                now_ms.max(1),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+        }
+    }
+
     /// True when partition `p` is restored and consuming here.
     pub fn owns(&self, p: i32) -> bool {
         self.owned.lock().is_ok_and(|o| o.contains(&p))
@@ -200,6 +240,9 @@ pub fn start(
         ))?;
     }
     let progress = Arc::new(Progress::default());
+    progress
+        .out_of_group_limit_ms
+        .store(cfg.engine.out_of_group_timeout_ms, Ordering::SeqCst);
     let stop = Arc::new(AtomicBool::new(false));
     let key_rule = KeyRule::new(cfg.kafka.partitioner, layout.partitions);
     let worker = Worker::new(cfg, layout, state, metrics, progress.clone(), receipts)?;
@@ -537,4 +580,34 @@ fn subscribe(cfg: &Config, core: Arc<Mutex<Core>>) -> anyhow::Result<BaseConsume
         .subscribe(&topics)
         .context("subscribing to the touchpoint topics")?;
     Ok(consumer)
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+
+    /// Healthy while settled, before any report, and within the limit out of
+    /// the group; unhealthy past it, and healthy again once settled.
+    #[test]
+    fn out_of_the_group_past_the_limit_is_unhealthy() {
+        let p = Progress::default();
+        p.out_of_group_limit_ms.store(10_000, Ordering::SeqCst);
+        let t0 = 1_764_000_000_000;
+        assert!(p.health(t0).is_ok(), "no report yet");
+        p.group_settled(true, t0);
+        assert!(p.health(t0 + 60_000).is_ok(), "settled");
+        p.group_settled(false, t0 + 1_000);
+        // A later report while still out keeps the first time.
+        p.group_settled(false, t0 + 8_000);
+        assert!(p.health(t0 + 11_000).is_ok(), "10 s out");
+        let e = p.health(t0 + 12_000).unwrap_err();
+        assert!(e.contains("out of its group for 11 s"), "{e}");
+        assert!(e.contains("engine.out_of_group_timeout_ms (10 s)"), "{e}");
+        p.group_settled(true, t0 + 13_000);
+        assert!(p.health(t0 + 30_000).is_ok(), "settled again");
+        // No limit: never unhealthy.
+        p.out_of_group_limit_ms.store(0, Ordering::SeqCst);
+        p.group_settled(false, t0 + 31_000);
+        assert!(p.health(t0 + 10_000_000).is_ok());
+    }
 }

@@ -33,6 +33,8 @@ impl EngineContext {
     /// membership for long (it processes nothing meanwhile).
     fn group_stats(&self, core: &Core, g: &rdkafka::statistics::ConsumerGroup) {
         let settled = g.state == "up" && g.join_state == "steady";
+        core.progress
+            .group_settled(settled, chrono::Utc::now().timestamp_millis());
         core.metrics.group_member.set(i64::from(settled));
         core.metrics.group_partitions.set(g.assignment_size.into());
         let out = self
