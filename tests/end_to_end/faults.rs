@@ -182,19 +182,15 @@ fn a_broker_restarted_twice_under_load_does_not_stop_the_engine() {
     let mut engine = Instance::spawn(&cfg, dir.path(), "engine");
     let end = end_total_on(&bootstrap, &topics.input);
     for fraction in [0.15, 0.55] {
-        // Bounded, so an engine that stops committing fails here with its
-        // log instead of holding the suite up.
-        let deadline = Instant::now() + Duration::from_secs(180);
-        while (committed_total_on(&bootstrap, &group, &topics.input) as f64) < end as f64 * fraction
-        {
-            engine.assert_running();
-            assert!(
-                Instant::now() < deadline,
-                "nothing committed up to {fraction} of the input within 180 s; log:\n{}",
-                engine.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        engine.wait_until(
+            &format!("{fraction} of the input committed"),
+            Duration::from_secs(180),
+            Duration::from_millis(20),
+            |_| {
+                committed_total_on(&bootstrap, &group, &topics.input) as f64
+                    >= end as f64 * fraction
+            },
+        );
         let done = committed_total_on(&bootstrap, &group, &topics.input);
         assert!(done < end, "the broker stops mid-stream ({done} of {end})");
         broker.kafka_sh("stop");
@@ -241,31 +237,23 @@ fn a_broker_away_longer_than_the_group_session_does_not_keep_the_engine_out() {
         .insert("heartbeat.interval.ms".into(), "1000".into());
     let mut engine = Instance::spawn(&cfg, dir.path(), "engine");
     let end = end_total_on(&bootstrap, &topics.input);
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while committed_total_on(&bootstrap, &group, &topics.input) < end / 5 {
-        engine.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "nothing committed within 180 s; log:\n{}",
-            engine.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    engine.wait_until(
+        "a fifth of the input committed",
+        Duration::from_secs(180),
+        Duration::from_millis(20),
+        |_| committed_total_on(&bootstrap, &group, &topics.input) >= end / 5,
+    );
     assert!(committed_total_on(&bootstrap, &group, &topics.input) < end);
     broker.kafka_sh("stop");
     // Three sessions long: the consumer gives its assignment up as lost.
     std::thread::sleep(Duration::from_secs(18));
     broker.kafka_sh("start");
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while committed_total_on(&bootstrap, &group, &topics.input) < end {
-        engine.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "the engine did not finish the input within 180 s of the broker's return; log:\n{}",
-            engine.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    engine.wait_until(
+        "the whole input committed after the broker's return",
+        Duration::from_secs(180),
+        Duration::from_millis(100),
+        |_| committed_total_on(&bootstrap, &group, &topics.input) >= end,
+    );
     let log = engine.log_text();
     engine.terminate();
     // The case this test is for did happen: the partitions were lost.
@@ -313,19 +301,17 @@ fn an_instance_out_of_its_group_too_long_is_unhealthy_until_it_is_back() {
     let stopped = Instant::now();
     broker.kafka_sh("stop");
     // The coordinator is gone, then the limit (8 s) passes.
-    let why = loop {
-        engine.assert_running();
-        let (status, body) = crate::metrics::get(&addr, "/healthz");
-        if status == 503 {
-            break body;
-        }
-        assert!(
-            stopped.elapsed() < Duration::from_secs(60),
-            "/healthz still answers {status} 60 s into the outage; log:\n{}",
-            engine.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let mut why = String::new();
+    engine.wait_until(
+        "/healthz answering 503 in the outage",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        |_| {
+            let (status, body) = crate::metrics::get(&addr, "/healthz");
+            why = body;
+            status == 503
+        },
+    );
     assert!(
         stopped.elapsed() >= Duration::from_secs(8),
         "unhealthy before the limit: {why}"
@@ -334,16 +320,12 @@ fn an_instance_out_of_its_group_too_long_is_unhealthy_until_it_is_back() {
     assert!(why.contains("engine.out_of_group_timeout_ms"), "{why}");
 
     broker.kafka_sh("start");
-    let started = Instant::now();
-    while crate::metrics::get(&addr, "/healthz").0 != 200 {
-        engine.assert_running();
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "/healthz not back to 200 within 120 s of the broker's return; log:\n{}",
-            engine.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    engine.wait_until(
+        "/healthz back to 200 after the broker's return",
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+        |_| crate::metrics::get(&addr, "/healthz").0 == 200,
+    );
     feed_from(&bootstrap, &topics.input, &mut sim, 2_000..4_000);
     wait_caught_up_on(&bootstrap, &group, &topics.input, &mut [&mut engine]);
     engine.terminate();

@@ -525,15 +525,36 @@ impl Instance {
 
     /// Waits until the instance's log has `times` lines containing `what`.
     pub fn wait_log(&mut self, what: &str, times: usize) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while self.log_text().matches(what).count() < times {
+        let done = |i: &Instance| i.log_text().matches(what).count() >= times;
+        self.wait_until(
+            &format!("{what:?} logged {times} times"),
+            Duration::from_secs(120),
+            Duration::from_millis(10),
+            done,
+        );
+    }
+
+    /// Waits until `done` holds, asking `every` so often, failing the test
+    /// with `what` and the instance's log if the instance exits or `limit`
+    /// passes first, so a stuck engine fails with its log instead of holding
+    /// the suite up.
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        every: Duration,
+        mut done: impl FnMut(&Instance) -> bool,
+    ) {
+        let deadline = Instant::now() + limit;
+        while !done(self) {
             self.assert_running();
             assert!(
                 Instant::now() < deadline,
-                "{what:?} not logged {times} times; log:\n{}",
+                "not within {} s: {what}; log:\n{}",
+                limit.as_secs(),
                 self.log_text()
             );
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(every);
         }
     }
 
