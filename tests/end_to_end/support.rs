@@ -183,9 +183,7 @@ pub fn drain_on(bootstrap: &str, topic: &str) -> Vec<OwnedMessage> {
     // once every transaction in the partition is decided.
     let uncommitted = read_uncommitted(bootstrap);
     for &p in &partitions {
-        let (lo, hi) = uncommitted
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .unwrap();
+        let (lo, hi) = watermarks(&uncommitted, topic, p);
         if hi > lo {
             ends.insert(p, hi);
             tpl.add_partition_offset(topic, p, Offset::Beginning)
@@ -391,21 +389,26 @@ pub fn ends_on(bootstrap: &str, topic: &str) -> Vec<i64> {
         .unwrap();
     let mut ids: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
     ids.sort();
-    // A broker restarted a moment ago answers NotLeaderForPartition until it
-    // has loaded its partitions: ask again for a while.
-    let deadline = Instant::now() + Duration::from_secs(30);
     ids.into_iter()
-        .map(|p| loop {
-            match c.fetch_watermarks(topic, p, Duration::from_secs(10)) {
-                Ok((_, hi)) => break hi,
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("end offset of {topic} [{p}]: {e}; asking again");
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => panic!("end offset of {topic} [{p}]: {e}"),
-            }
-        })
+        .map(|p| watermarks(&c, topic, p).1)
         .collect()
+}
+
+/// The low and high watermarks of `topic` [`p`]. A broker restarted a moment
+/// ago, or a topic created a moment ago, answers NotLeaderForPartition until
+/// the partition's leader is known: ask again for a while.
+fn watermarks(c: &BaseConsumer, topic: &str, p: i32) -> (i64, i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match c.fetch_watermarks(topic, p, Duration::from_secs(10)) {
+            Ok(w) => return w,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("watermarks of {topic} [{p}]: {e}; asking again");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("watermarks of {topic} [{p}]: {e}"),
+        }
+    }
 }
 
 /// Writes `cfg` as a TOML file for `rapport run`.
