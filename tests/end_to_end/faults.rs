@@ -225,16 +225,9 @@ fn a_broker_away_longer_than_the_group_session_does_not_keep_the_engine_out() {
     let dir = tempfile::tempdir().unwrap();
     let mut sim = simulator(50_000, 59);
     feed_from(&bootstrap, &topics.input, &mut sim, 0..200_000);
-    let mut cfg = topics.config(&dir.path().join("state"), &group);
-    cfg.engine.instance_id = "away".into();
-    cfg.engine.commit_interval_ms = 1000;
     // The broker's smallest session, so the outage below outlasts it.
-    cfg.kafka
-        .consumer
-        .insert("session.timeout.ms".into(), "6000".into());
-    cfg.kafka
-        .consumer
-        .insert("heartbeat.interval.ms".into(), "1000".into());
+    let mut cfg = group_member(&topics, dir.path(), &group, "away");
+    cfg.engine.commit_interval_ms = 1000;
     let mut engine = Instance::spawn(&cfg, dir.path(), "engine");
     let end = end_total_on(&bootstrap, &topics.input);
     engine.wait_until(
@@ -280,16 +273,11 @@ fn an_instance_out_of_its_group_too_long_is_unhealthy_until_it_is_back() {
     let dir = tempfile::tempdir().unwrap();
     let mut sim = simulator(1_000, 61);
     feed_from(&bootstrap, &topics.input, &mut sim, 0..2_000);
-    let mut cfg = topics.config(&dir.path().join("state"), &group);
-    cfg.engine.instance_id = "out".into();
+    let mut cfg = group_member(&topics, dir.path(), &group, "out");
     cfg.engine.out_of_group_timeout_ms = 8_000;
-    for (k, v) in [
-        ("session.timeout.ms", "6000"),
-        ("heartbeat.interval.ms", "1000"),
-        ("statistics.interval.ms", "500"),
-    ] {
-        cfg.kafka.consumer.insert(k.into(), v.into());
-    }
+    cfg.kafka
+        .consumer
+        .insert("statistics.interval.ms".into(), "500".into());
     let addr = format!("127.0.0.1:{}", free_port());
     cfg.http.listen = addr.clone();
     let mut engine = Instance::spawn(&cfg, dir.path(), "engine");
