@@ -6,9 +6,11 @@
 //! CARGO_TARGET_DIR=~/.cache/rapport/target cargo bench --profile dev --bench pipeline -- all
 //! ```
 //! (`journeys`, `replay`, `restore`, `guarantees` or `collector` run one part;
-//! `peers` runs the side-by-side comparison with the Kafka Streams peer and the
-//! latency at half of Rapport's rate, `latency` the latency alone, `scale` memory
-//! and state size at 10k, 1M and 10M customers, `stitching` throughput with
+//! `peers` runs the side-by-side comparison with the Kafka Streams peer, the
+//! latency at half of Rapport's rate under each guarantee and memory and state
+//! size at 10k, 1M and 10M customers, and writes its rows into the README's
+//! results block with the machine and date; `latency` runs the latency alone,
+//! `scale` the memory and state size alone, `stitching` throughput with
 //! identity stitching on against off.) The broker is
 //! `RAPPORT_KAFKA_BOOTSTRAP`, or the local one from `deploy/kafka.sh`. Numbers are
 //! printed as a Markdown table for the README.
@@ -45,6 +47,8 @@ mod measure;
 use measure::{
     cpu_seconds, local_broker, process_cpu_seconds, reset_peak_rss, status_mib, ThreadCpu,
 };
+#[path = "report/mod.rs"]
+mod report;
 #[path = "scale/mod.rs"]
 mod scale;
 #[path = "stitching/mod.rs"]
@@ -85,10 +89,17 @@ fn main() -> anyhow::Result<()> {
     }
     if which == "peers" {
         let bootstrap = rapport::broker::ensure()?.bootstrap;
+        let machine = report::machine(&bootstrap, local_broker(&bootstrap).is_some());
+        let date = report::now();
         peers(&bootstrap, bench_events(ISSUE_INPUT_EVENTS)?)?;
-        // Latency at half of Rapport's exactly_once maximum on its workload.
-        let g = Guarantee::ExactlyOnce;
-        latency::latency(&bootstrap, half_of_max(&bootstrap, g)?, 20, g)?;
+        // Latency at half of Rapport's maximum on its workload, each guarantee.
+        for g in [Guarantee::ExactlyOnce, Guarantee::AtLeastOnce] {
+            latency::latency(&bootstrap, half_of_max(&bootstrap, g)?, 20, g)?;
+        }
+        for customers in scale_counts()? {
+            scale::scale(&bootstrap, customers)?;
+        }
+        write_results(&machine, &date)?;
     }
     if which == "latency" {
         let bootstrap = rapport::broker::ensure()?.bootstrap;
@@ -98,11 +109,7 @@ fn main() -> anyhow::Result<()> {
     }
     if which == "scale" {
         let bootstrap = rapport::broker::ensure()?.bootstrap;
-        let counts = match std::env::var("RAPPORT_BENCH_CUSTOMERS") {
-            Ok(n) => vec![n.parse()?],
-            Err(_) => vec![10_000, 1_000_000, 10_000_000],
-        };
-        for customers in counts {
+        for customers in scale_counts()? {
             scale::scale(&bootstrap, customers)?;
         }
     }
@@ -125,6 +132,32 @@ fn main() -> anyhow::Result<()> {
             guarantees(&bootstrap, bench_events(ISSUE_INPUT_EVENTS)?)?;
         }
     }
+    Ok(())
+}
+
+/// The customer counts `-- scale` and `-- peers` measure memory and state
+/// size at: 10k, 1M and 10M, or `RAPPORT_BENCH_CUSTOMERS`.
+fn scale_counts() -> anyhow::Result<Vec<u64>> {
+    Ok(match std::env::var("RAPPORT_BENCH_CUSTOMERS") {
+        Ok(n) => vec![n.parse()?],
+        Err(_) => vec![10_000, 1_000_000, 10_000_000],
+    })
+}
+
+/// Writes this run's rows into the README's results block, headed by the
+/// machine and the date (`RAPPORT_BENCH_README=off` leaves the README alone).
+fn write_results(machine: &str, date: &str) -> anyhow::Result<()> {
+    if std::env::var("RAPPORT_BENCH_README").is_ok_and(|v| v == "off") {
+        return Ok(());
+    }
+    let command =
+        "CARGO_TARGET_DIR=~/.cache/rapport/target cargo bench --profile dev --bench pipeline -- peers";
+    let readme = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    report::write_readme(
+        &readme,
+        &report::block(command, machine, date, &report::rows()),
+    )?;
+    eprintln!("wrote this run's results into {}", readme.display());
     Ok(())
 }
 
@@ -231,7 +264,7 @@ fn restore(bootstrap: &str, profiles: u64) -> anyhow::Result<()> {
         n += restore_partition(&mut consumer, &topic, &state, p)?;
     }
     let secs = started.elapsed().as_secs_f64();
-    println!(
+    report::row!(
         "| changelog restore, {n} profile records (about {} bytes each) into a fresh RocksDB | {:.0} profiles/s |",
         BYTES.load(Ordering::Relaxed) / 1000,
         n as f64 / secs
@@ -300,14 +333,14 @@ fn guarantees(bootstrap: &str, events: u64) -> anyhow::Result<()> {
     let (input, s) = bench_input(bootstrap, events)?;
     let secs = passthrough(bootstrap, &input, events, &s, &[])?;
     let bare = events as f64 / secs;
-    println!("| bare rdkafka consume-produce passthrough, {events} records, 4 partitions | {bare:.0} records/s |");
+    report::row!("| bare rdkafka consume-produce passthrough, {events} records, 4 partitions | {bare:.0} records/s |");
     for (name, g) in [
         ("at_least_once", Guarantee::AtLeastOnce),
         ("exactly_once", Guarantee::ExactlyOnce),
     ] {
         let run = engine_run(bootstrap, &input, events, g, &format!("{name}.{s}"), None)?;
         let found = |f: &str| run.metrics.profile_lookups.with_label_values(&[f]).get();
-        println!(
+        report::row!(
             "| engine, {name}, {events} touchpoints, 100k customers, 4 partitions, {} worker threads | {:.0} events/s ({:.0}% of passthrough), {:.1} µs CPU per event ({}), {:.2} cores busy, peak RSS {} MiB; profiles found decoded {}, encoded {}, in RocksDB {}, new {}; {} commits, {} of them early; {} |",
             run.workers,
             run.rate,
@@ -530,10 +563,11 @@ fn count_committed(bootstrap: &str, topic: &str) -> anyhow::Result<u64> {
 /// the Kafka Streams peer (`benches/peer.sh`) under exactly_once_v2 and
 /// at_least_once, and Rapport under exactly_once and at_least_once running the
 /// same three journeys as the peer (no delivery policy), with the actions each
-/// produced.
-/// Returns Rapport's exactly_once rate, events/s.
-fn peers(bootstrap: &str, events: u64) -> anyhow::Result<f64> {
+/// produced and the ratios between them.
+fn peers(bootstrap: &str, events: u64) -> anyhow::Result<()> {
     let (input, s) = bench_input(bootstrap, events)?;
+    // The last passthrough is the tuned one: the real ceiling.
+    let mut tuned = f64::NAN;
     for (label, extra) in [
         ("librdkafka defaults", &[][..]),
         (
@@ -551,15 +585,17 @@ fn peers(bootstrap: &str, events: u64) -> anyhow::Result<f64> {
             &format!("{s}.{}", extra.len()),
             extra,
         )?;
-        println!(
+        report::row!(
             "| bare rdkafka passthrough, {label}, {events} records, 4 partitions | {:.0} records/s |",
             events as f64 / secs
         );
+        tuned = events as f64 / secs;
     }
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/peer.sh");
     // The peer's action counts (read_committed), from its report on stderr:
     // `peer.actions.<guarantee>.<run>: N records {...}`.
     let mut counts: Vec<u64> = Vec::new();
+    let mut peer: Vec<PeerRow> = Vec::new();
     match std::process::Command::new("bash")
         .arg(&script)
         .args([bootstrap, &input, &events.to_string()])
@@ -573,18 +609,23 @@ fn peers(bootstrap: &str, events: u64) -> anyhow::Result<f64> {
                 .filter(|l| l.starts_with("peer.actions."))
                 .filter_map(|l| l.split(": ").nth(1)?.split(' ').next()?.parse().ok())
                 .collect();
-            print!("{}", String::from_utf8_lossy(&out.stdout));
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some(m) = PeerRow::parse(line) {
+                    peer.push(m);
+                }
+                report::push(line.to_owned());
+            }
         }
         Ok(out) => {
             eprint!("{}", String::from_utf8_lossy(&out.stderr));
-            println!(
+            report::row!(
                 "| Kafka Streams peer | not run: benches/peer.sh exited with {} |",
                 out.status
             );
         }
-        Err(e) => println!("| Kafka Streams peer | not run: {e} |"),
+        Err(e) => report::row!("| Kafka Streams peer | not run: {e} |"),
     }
-    let mut eos_rate = f64::NAN;
+    let mut rapport: Vec<(f64, f64)> = Vec::new();
     let three = [
         "hesitation_guide.toml",
         "recovery_offer.toml",
@@ -602,21 +643,50 @@ fn peers(bootstrap: &str, events: u64) -> anyhow::Result<f64> {
             &format!("peers.{name}.{s}"),
             Some(&three),
         )?;
-        println!(
+        report::row!(
             "| Rapport, {name}, {events} touchpoints, 4 partitions, the peer's three journeys, {} worker threads | {:.0} events/s, {:.1} µs CPU per event, {:.2} cores busy, peak RSS {} MiB, {} actions |",
             run.workers, run.rate, run.cpu_us_per_event, run.cores, run.peak_mib, run.actions
         );
         counts.push(run.actions);
-        if g == Guarantee::ExactlyOnce {
-            eos_rate = run.rate;
-        }
+        rapport.push((run.rate, run.cpu_us_per_event));
     }
     let agree = counts.len() == 4 && counts.iter().all(|&n| n == counts[0]);
-    println!(
+    report::row!(
         "| actions produced, read_committed (peer exactly_once_v2, at_least_once; Rapport exactly_once, at_least_once) | {counts:?}: {} |",
         if agree { "they agree" } else { "they DIFFER" }
     );
-    Ok(eos_rate)
+    if let ([eos, alos], [peer_eos, peer_alos]) = (&rapport[..], &peer[..]) {
+        report::row!(
+            "| ratios: Rapport against the Kafka Streams peer, exactly_once / exactly_once_v2 and at_least_once / at_least_once | {:.1}x / {:.1}x the events/s, {:.1}x / {:.1}x less CPU per event; Rapport exactly_once at {:.0}% of the tuned passthrough |",
+            eos.0 / peer_eos.rate,
+            alos.0 / peer_alos.rate,
+            peer_eos.cpu_us / eos.1,
+            peer_alos.cpu_us / alos.1,
+            100.0 * eos.0 / tuned
+        );
+    }
+    Ok(())
+}
+
+/// The numbers of one of the Kafka Streams peer's rows: `| ... | N events/s,
+/// X µs CPU per event, ...`.
+struct PeerRow {
+    rate: f64,
+    cpu_us: f64,
+}
+
+impl PeerRow {
+    fn parse(line: &str) -> Option<PeerRow> {
+        let result = line.trim_end_matches('|').rsplit('|').next()?;
+        let mut parts = result.split(',').map(str::trim);
+        let rate = parts.next()?.strip_suffix(" events/s")?.parse().ok()?;
+        let cpu_us = parts
+            .next()?
+            .strip_suffix(" µs CPU per event")?
+            .parse()
+            .ok()?;
+        Some(PeerRow { rate, cpu_us })
+    }
 }
 
 fn passthrough(

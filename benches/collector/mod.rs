@@ -89,7 +89,7 @@ pub fn collector(bootstrap: &str, events: usize, clients: usize) -> anyhow::Resu
         bodies.len() * BATCH
     );
     let sent = bodies.len() * BATCH;
-    println!(
+    crate::report::row!(
         "| collector: Segment /v1/batch, {BATCH} track events per call, {clients} HTTP clients, {sent} events, 4 partitions (clients in the same process) | {:.0} events/s acknowledged, {:.1} CPU s per million (collector and clients) |",
         sent as f64 / secs,
         cpu / sent as f64 * 1e6

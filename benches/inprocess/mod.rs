@@ -68,7 +68,7 @@ pub fn journey_cost(n: usize, events: usize) -> anyhow::Result<()> {
         fired += out.actions.len();
         out.clear();
     }
-    println!(
+    crate::report::row!(
         "| journey evaluation, {n} journeys loaded, {events} events, 10k customers | {:.2} µs/event ({fired} actions) |",
         spent.as_secs_f64() * 1e6 / events as f64
     );
@@ -111,7 +111,7 @@ pub fn breakdown(events: usize) -> anyhow::Result<()> {
             }
         }
         let secs = started.elapsed().as_secs_f64();
-        println!(
+        crate::report::row!(
             "| {stage}, {events} events, 10k customers | {:.2} µs/event |",
             secs * 1e6 / events as f64
         );
@@ -167,7 +167,7 @@ pub fn profile_codec(customers: u64, per_customer: usize) -> anyhow::Result<()> 
     }
     let decode_us = started.elapsed().as_secs_f64() * 1e6 / profiles.len() as f64;
     let bytes: usize = encoded.iter().map(Vec::len).sum();
-    println!(
+    crate::report::row!(
         "| profile codec, {} profiles of {per_customer} touchpoints on average ({decoded} events), mean {} bytes stored | encode {encode_us:.2} µs, decode {decode_us:.2} µs per profile |",
         profiles.len(),
         bytes / profiles.len().max(1),
@@ -199,7 +199,7 @@ pub fn replay(events: usize, customers: u64) -> anyhow::Result<()> {
         fired = actions;
     }
     rates.sort_by(f64::total_cmp);
-    println!(
+    crate::report::row!(
         "| replay through the processor, {events} JSON events, {customers} customers (decode + profile + emotional state + the 8 shipped journeys and policy, one core) | {:.0} events/s median of 3 ({:.0}-{:.0}; {:.2} µs/event, {fired} actions) |",
         rates[1],
         rates[0],

@@ -116,15 +116,15 @@ pub fn latency(bootstrap: &str, rate: u64, seconds: u64, g: Guarantee) -> anyhow
         Guarantee::ExactlyOnce => ("exactly_once", format!("commit_interval_ms {commit_ms}")),
         Guarantee::AtLeastOnce => ("at_least_once", format!("commit_interval_ms {commit_ms}")),
     };
-    println!(
+    crate::report::row!(
         "| event to action latency, {name}, {rate} events/s for {seconds} s after {WARMUP_SECONDS} s of warm-up at that rate ({produced} touchpoints measured, 4 partitions, {batching}, bench producer linger.ms {PRODUCER_LINGER_MS}, lz4), the shipped journeys and policy | {} |",
         summary(&mut samples)
     );
-    println!(
+    crate::report::row!(
         "| touchpoint produced to readable by a plain consumer, partition 0 of the input, during the {name} run (the broker's part of the latency, the engine left out) | {} |",
         probe_summary(readable)
     );
-    println!(
+    crate::report::row!(
         "| where the engine spent the time, {name} (rapport_commit_phase_seconds: mean, and the bucket bound p99 is under) | {} |",
         phases(&metrics)
     );

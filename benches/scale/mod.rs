@@ -65,7 +65,7 @@ pub fn scale(bootstrap: &str, customers: u64) -> anyhow::Result<()> {
     }
     delete_topics(bootstrap, &topics);
     outcome?;
-    println!(
+    crate::report::row!(
         "| `rapport run` in its own process, {customers} customers, {events} events, the shipped journeys and policy, default memory settings | peak RSS {} MiB, RSS at the end {} MiB, RocksDB on disk after a clean stop {state_mib:.0} MiB, {:.0} events/s from start (incl. start-up) |",
         peak / 1024,
         now / 1024,

@@ -363,7 +363,7 @@ fn measured(runs: &[Report]) -> String {
 
 fn print_rows(input: &Input, off: &[Report], on: &[Report]) {
     let workers = off.first().map_or(0, |r| r.workers);
-    println!(
+    crate::report::row!(
         "| engine, exactly_once, identity stitching off, {} touchpoints of 100k customers, 4 partitions: 30% browse anonymously first ({} anonymous touchpoints, {} identifies, {} of {} later touchpoints with the anonymous id alone), {workers} worker threads, passes alternating with the next row's | {}; {} merges, {} held in all (none expected: stitching off) |",
         input.events,
         input.anonymous,
@@ -374,7 +374,7 @@ fn print_rows(input: &Input, off: &[Report], on: &[Report]) {
         off.iter().map(|r| r.merged).sum::<u64>(),
         off.iter().map(|r| r.held).sum::<u64>(),
     );
-    println!(
+    crate::report::row!(
         "| engine, exactly_once, identity stitching on, the same input, done when the input and the repartition topic are consumed | {} (of each run a median {:.2} s after its input was committed); {} merges for {} identifies, {} conflicts, {} touchpoints held and as many released, {} forwarded |",
         measured(on),
         spread(on, |r| r.tail_secs.unwrap_or(f64::NAN)).0,
@@ -385,7 +385,7 @@ fn print_rows(input: &Input, off: &[Report], on: &[Report]) {
         range(on, |r| r.forwarded),
     );
     let (_, lo, hi) = median_range(off.iter().zip(on).map(|(f, n)| n.rate / f.rate).collect());
-    println!(
+    crate::report::row!(
         "| identity stitching on against off, exactly_once, the same input | {:.0}% of the throughput (medians; pass by pass {:.0}-{:.0}%), {:.2}× the CPU per event |",
         100.0 * spread(on, |r| r.rate).0 / spread(off, |r| r.rate).0,
         100.0 * lo,
