@@ -96,8 +96,8 @@ fn main() -> anyhow::Result<()> {
         for g in [Guarantee::ExactlyOnce, Guarantee::AtLeastOnce] {
             latency::latency(&bootstrap, half_of_max(&bootstrap, g)?, 20, g)?;
         }
-        for customers in scale_counts()? {
-            scale::scale(&bootstrap, customers)?;
+        for (customers, events) in scale_counts()? {
+            scale::scale(&bootstrap, customers, events)?;
         }
         write_results(&machine, &date)?;
     }
@@ -109,8 +109,8 @@ fn main() -> anyhow::Result<()> {
     }
     if which == "scale" {
         let bootstrap = rapport::broker::ensure()?.bootstrap;
-        for customers in scale_counts()? {
-            scale::scale(&bootstrap, customers)?;
+        for (customers, events) in scale_counts()? {
+            scale::scale(&bootstrap, customers, events)?;
         }
     }
     if which == "stitching" {
@@ -135,12 +135,24 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The customer counts `-- scale` and `-- peers` measure memory and state
-/// size at: 10k, 1M and 10M, or `RAPPORT_BENCH_CUSTOMERS`.
-fn scale_counts() -> anyhow::Result<Vec<u64>> {
+/// The customers (and events) `-- scale` and `-- peers` measure memory and
+/// state size at: 10k, 100k (ten events each, the input's shape), 1M
+/// and 10M (one each); or `RAPPORT_BENCH_CUSTOMERS` with at least 200k events.
+fn scale_counts() -> anyhow::Result<Vec<(u64, u64)>> {
     Ok(match std::env::var("RAPPORT_BENCH_CUSTOMERS") {
-        Ok(n) => vec![n.parse()?],
-        Err(_) => vec![10_000, 1_000_000, 10_000_000],
+        Ok(n) => {
+            let n: u64 = n.parse()?;
+            vec![(n, bench_events(n.max(200_000))?)]
+        }
+        Err(_) => [
+            (10_000, 200_000),
+            (100_000, 1_000_000),
+            (1_000_000, 1_000_000),
+            (10_000_000, 10_000_000),
+        ]
+        .into_iter()
+        .map(|(c, e)| Ok((c, bench_events(e)?)))
+        .collect::<anyhow::Result<_>>()?,
     })
 }
 
@@ -644,7 +656,7 @@ fn peers(bootstrap: &str, events: u64) -> anyhow::Result<()> {
             Some(&three),
         )?;
         report::row!(
-            "| Rapport, {name}, {events} touchpoints, 4 partitions, the peer's three journeys, {} worker threads | {:.0} events/s, {:.1} µs CPU per event, {:.2} cores busy, peak RSS {} MiB, {} actions |",
+            "| Rapport, {name}, {events} touchpoints, 4 partitions, the peer's three journeys, {} worker threads | {:.0} events/s, {:.1} µs CPU per event, {:.2} cores busy, peak RSS {} MiB (the bench's process, which also ran the passthroughs; `rapport run` alone in the rows at the end), {} actions |",
             run.workers, run.rate, run.cpu_us_per_event, run.cores, run.peak_mib, run.actions
         );
         counts.push(run.actions);

@@ -26,6 +26,9 @@
 #   RAPPORT_CACHE                    cache root (default $HOME/.cache/rapport)
 #   RAPPORT_KAFKA_VERSION            Kafka version from Maven Central (default 4.4.0)
 #   RAPPORT_KAFKA_HEAP               broker heap, -Xms and -Xmx (default 512m)
+#   RAPPORT_KAFKA_GC_OPTS            the broker JVM's collector options, instead of
+#                                    G1 with a 20 ms pause goal (e.g. "-XX:+UseZGC";
+#                                    its pauses are in $INSTANCE/gc.log either way)
 #   RAPPORT_KAFKA_START_TIMEOUT      seconds to wait for the broker (default 90)
 set -euo pipefail
 
@@ -60,6 +63,7 @@ DATA_DIR="$INSTANCE/data"
 PID_FILE="$INSTANCE/kafka.pid"
 LOG_FILE="$INSTANCE/kafka.log"          # log4j2 output of the broker
 STDOUT_FILE="$INSTANCE/kafka.stdout.log" # JVM stdout/stderr (crashes, GC errors)
+GC_LOG="$INSTANCE/gc.log"                # the JVM's GC pauses, epoch-ms stamped (benches read it)
 SERVER_PROPERTIES="$INSTANCE/server.properties"
 LOCK_FILE="$KAFKA_ROOT/kafka.lock"
 
@@ -82,7 +86,7 @@ usage: deploy/kafka.sh start|stop|status|bootstrap|topics [ARGS...]
 
 environment: RAPPORT_KAFKA_BOOTSTRAP, RAPPORT_KAFKA_PORT, RAPPORT_KAFKA_CONTROLLER_PORT,
              RAPPORT_CACHE, RAPPORT_KAFKA_VERSION, RAPPORT_KAFKA_HEAP,
-             RAPPORT_KAFKA_START_TIMEOUT
+             RAPPORT_KAFKA_GC_OPTS, RAPPORT_KAFKA_START_TIMEOUT
 EOF
 }
 
@@ -443,11 +447,16 @@ launch_broker() {
     # started it and no terminal signal reaches it. The inner shell writes
     # its own pid and execs java, so the pid file names the JVM. fd 9 (the
     # start lock) is closed so the broker does not hold the lock.
+    local -a GC_OPTS=(-XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35)
+    if [[ -n "${RAPPORT_KAFKA_GC_OPTS:-}" ]]; then
+        read -r -a GC_OPTS <<<"$RAPPORT_KAFKA_GC_OPTS"
+    fi
     # shellcheck disable=SC2016 # $0/$@ expand in the inner bash
     nohup setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PID_FILE" \
         "$JAVA" "-Xms$HEAP" "-Xmx$HEAP" \
-        -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
+        "${GC_OPTS[@]}" \
         -XX:+ExplicitGCInvokesConcurrent -XX:+ExitOnOutOfMemoryError \
+        "-Xlog:gc:file=$GC_LOG:timemillis:filecount=2,filesize=20m" \
         -Djava.awt.headless=true \
         -Dlog4j2.configurationFile="$CONFIG_DIR/log4j2-broker.xml" \
         -Drapport.kafka.log="$LOG_FILE" \

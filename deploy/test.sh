@@ -13,4 +13,12 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${RAPPORT_CACHE:-$HOME/.cache/rappo
 if ! deploy/registry.sh status >/dev/null 2>&1; then
     trap 'deploy/registry.sh stop >/dev/null 2>&1 || true' EXIT
 fi
+# Every end-to-end test makes topics of its own (test.<name>.<pid>.<n>.<time>)
+# and leaves them for a failure to be looked at. On the local broker, those of
+# earlier runs are deleted first: thousands of topics kept on one broker fill
+# its heap with their metadata and metrics and lengthen its GC pauses.
+if [[ -z "${RAPPORT_KAFKA_BOOTSTRAP:-}" ]]; then
+    deploy/kafka.sh start >/dev/null
+    deploy/kafka.sh topics --delete --topic 'test\..*' >/dev/null 2>&1 || true
+fi
 cargo test --workspace "$@"

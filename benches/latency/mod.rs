@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::measure::broker_gc_pauses;
 use rapport::config::{Config, Guarantee};
 use rapport::kafka::{ensure_topics, TopicSpec};
 use rapport::metrics::Metrics;
@@ -101,10 +102,17 @@ pub fn latency(bootstrap: &str, rate: u64, seconds: u64, g: Guarantee) -> anyhow
         let stop = stop.clone();
         std::thread::spawn(move || read_probe(&probe, &stop))
     };
+    let started_ms = chrono::Utc::now().timestamp_millis();
     let produced = produce(bootstrap, &input, rate, seconds, &sent)?;
     // Let the last commit intervals drain before the reader stops.
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::SeqCst);
+    let measured_ms = started_ms + 1000 * WARMUP_SECONDS as i64;
+    let gc = broker_gc_pauses(
+        bootstrap,
+        measured_ms,
+        chrono::Utc::now().timestamp_millis(),
+    );
     let mut samples = reading
         .join()
         .map_err(|_| anyhow::anyhow!("action reader panicked"))??;
@@ -125,10 +133,36 @@ pub fn latency(bootstrap: &str, rate: u64, seconds: u64, g: Guarantee) -> anyhow
         probe_summary(readable)
     );
     crate::report::row!(
+        "| the local broker's stop-the-world GC pauses during the measured {name} run and its 3 s drain (its GC log) | {} |",
+        gc_summary(gc, measured_ms)
+    );
+    crate::report::row!(
         "| where the engine spent the time, {name} (rapport_commit_phase_seconds: mean, and the bucket bound p99 is under) | {} |",
         phases(&metrics)
     );
     Ok(())
+}
+
+/// How many GC pauses the broker made, how long in all and at most, and the
+/// seconds of the measured run (counted from `measured_ms`) the long ones
+/// began in, to set beside the probe's slowest records.
+fn gc_summary(pauses: Option<Vec<(i64, f64)>>, measured_ms: i64) -> String {
+    let Some(pauses) = pauses else {
+        return "not known: the broker is not a local deploy/kafka.sh broker writing a GC log"
+            .into();
+    };
+    let total: f64 = pauses.iter().map(|p| p.1).sum();
+    let longest = pauses.iter().map(|p| p.1).fold(0.0, f64::max);
+    let long: Vec<i64> = pauses
+        .iter()
+        .filter(|p| p.1 >= 20.0)
+        .map(|p| (p.0 - measured_ms) / 1000)
+        .collect();
+    format!(
+        "{} pauses, {total:.0} ms in all, longest {longest:.1} ms; {} of 20 ms or more, begun in seconds {long:?}",
+        pauses.len(),
+        long.len()
+    )
 }
 
 /// Each phase of `rapport_commit_phase_seconds`: how often, its mean, and the

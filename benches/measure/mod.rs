@@ -100,6 +100,55 @@ pub fn local_broker(bootstrap: &str) -> Option<u32> {
     found
 }
 
+/// The stop-the-world garbage collection pauses of the local broker (see
+/// [`local_broker`]) that began between `from_ms` and `to_ms` (epoch ms), as
+/// `(start ms, pause ms)`, read from the GC log `deploy/kafka.sh` has the JVM
+/// write (`gc.log` in its `kafka.logs.dir`). `None` when the broker is not
+/// local or writes no GC log.
+pub fn broker_gc_pauses(bootstrap: &str, from_ms: i64, to_ms: i64) -> Option<Vec<(i64, f64)>> {
+    let pid = local_broker(bootstrap)?;
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let dir = String::from_utf8_lossy(&cmd)
+        .split('\0')
+        .find_map(|a| a.strip_prefix("-Dkafka.logs.dir=").map(str::to_owned))?;
+    let dir = std::path::Path::new(&dir);
+    // The log rotates to gc.log.0, .1, ...: read them all, the window decides.
+    let mut pauses = Vec::new();
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with("gc.log") {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        pauses.extend(
+            text.lines()
+                .filter_map(gc_pause)
+                .filter(|&(at, _)| (from_ms..=to_ms).contains(&at)),
+        );
+    }
+    pauses.sort_by_key(|&(at, _)| at);
+    Some(pauses)
+}
+
+/// A pause line of the JVM's unified GC log with the `timemillis` decorator:
+/// `[1764260000000ms] GC(12) Pause Young (Normal) (G1 Evacuation Pause) 300M->40M(512M) 5.123ms`.
+/// The decorator stamps the line when the pause ended; the start is that less
+/// the pause.
+fn gc_pause(line: &str) -> Option<(i64, f64)> {
+    let (stamp, rest) = line.strip_prefix('[')?.split_once("ms]")?;
+    if !rest.contains(" Pause ") {
+        return None;
+    }
+    let ended: i64 = stamp.parse().ok()?;
+    let ms: f64 = rest
+        .trim()
+        .rsplit(' ')
+        .next()?
+        .strip_suffix("ms")?
+        .parse()
+        .ok()?;
+    Some((ended - ms as i64, ms))
+}
+
 /// CPU time (user and system) process `pid` has used, seconds.
 pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
     read_stat(format!("/proc/{pid}/stat")).map(|(_, ticks)| ticks as f64 / 100.0)

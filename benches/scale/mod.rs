@@ -1,6 +1,6 @@
 //! Memory and state size against the number of customers: `rapport run` in a
-//! process of its own (so its RSS is the engine's alone) over one event per
-//! customer on average, the shipped journeys and policy, the default memory
+//! process of its own (so its RSS is the engine's alone) over simulated
+//! touchpoints of a given number of customers, the shipped journeys and policy, the default memory
 //! settings; timed from outside, from its start until its group's committed
 //! offsets reach the end of the input. Reports peak and final RSS and the
 //! RocksDB directory's size after a clean stop. The run's topics are deleted afterwards.
@@ -18,10 +18,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::TopicPartitionList;
 
-/// One run with `customers` customers.
-pub fn scale(bootstrap: &str, customers: u64) -> anyhow::Result<()> {
+/// One run over `events` touchpoints of `customers` customers.
+pub fn scale(bootstrap: &str, customers: u64, events: u64) -> anyhow::Result<()> {
     let s = super::suffix();
-    let events = super::bench_events(customers.max(200_000))?;
     // RAPPORT_BENCH_SCALE_INPUT names an input topic to create once and keep, so
     // that runs with other settings (RAPPORT_BENCH_SCALE_CONFIG) read the same input.
     let kept = std::env::var("RAPPORT_BENCH_SCALE_INPUT").ok();

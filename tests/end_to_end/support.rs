@@ -172,10 +172,7 @@ pub fn drain_on(bootstrap: &str, topic: &str) -> Vec<OwnedMessage> {
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let partitions: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let partitions = partition_ids(&c, topic);
     let mut ends = HashMap::new();
     let mut tpl = TopicPartitionList::new();
     // The true end (a read_committed client answers with the last stable offset,
@@ -331,12 +328,9 @@ fn group_reader(bootstrap: &str, group: &str) -> BaseConsumer {
 
 /// [`committed_on`]'s reading, on `c`.
 fn read_committed_offsets(c: &BaseConsumer, group: &str, topic: &str) -> Vec<i64> {
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
     let mut tpl = TopicPartitionList::new();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition(topic, p.id());
+    for p in partition_ids(c, topic) {
+        tpl.add_partition(topic, p);
     }
     // Right after a broker restart the group coordinator may not be loaded yet.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -384,14 +378,42 @@ pub fn end_total_on(bootstrap: &str, topic: &str) -> i64 {
 /// The end offset of each partition of `topic`, open transactions included.
 pub fn ends_on(bootstrap: &str, topic: &str) -> Vec<i64> {
     let c = read_uncommitted(bootstrap);
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let mut ids: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
-    ids.sort();
-    ids.into_iter()
+    partition_ids(&c, topic)
+        .into_iter()
         .map(|p| watermarks(&c, topic, p).1)
         .collect()
+}
+
+/// The partition ids of `topic`, in order. A broker restarted a moment ago, or
+/// a topic created a moment ago, may answer without the topic's partitions or
+/// with an error for it: ask again for a while, as [`watermarks`] does.
+fn partition_ids(c: &BaseConsumer, topic: &str) -> Vec<i32> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = c
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(|e| e.to_string())
+            .and_then(|md| {
+                let t = md.topics().first().ok_or("no topic in the answer")?;
+                if let Some(e) = t.error() {
+                    return Err(format!("{e:?}"));
+                }
+                let mut ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+                ids.sort();
+                if ids.is_empty() {
+                    return Err("no partitions yet".into());
+                }
+                Ok(ids)
+            });
+        match answer {
+            Ok(ids) => return ids,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("partitions of {topic}: {e}; asking again");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("partitions of {topic}: {e}"),
+        }
+    }
 }
 
 /// The low and high watermarks of `topic` [`p`]. A broker restarted a moment
