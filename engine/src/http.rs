@@ -105,6 +105,10 @@ pub async fn serve_router(addr: SocketAddr, router: Router) -> anyhow::Result<()
 }
 
 async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    app.metrics
+        .consumer_poll_age
+        .set(app.progress.poll_age_seconds(now_ms));
     (
         [("content-type", "text/plain; version=0.0.4")],
         app.metrics.render(),

@@ -1,8 +1,8 @@
 //! Prometheus metrics: what the engine did, per outcome, so ops can see it.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 /// The engine's metrics, registered in their own registry.
@@ -96,6 +96,11 @@ pub struct Metrics {
     /// Partitions the group has assigned this instance, as librdkafka counts
     /// them (every touchpoint topic's, and the internal topics').
     pub group_partitions: IntGauge,
+    /// Seconds since the main loop last polled its consumer, taken when the
+    /// metrics are read. The consumer's rebalance callbacks, statistics and
+    /// errors are served only by that poll: a loop held up in a call that
+    /// blocks shows here, however its other metrics stand still.
+    pub consumer_poll_age: Gauge,
 }
 
 impl Metrics {
@@ -281,6 +286,11 @@ impl Metrics {
                 "Partitions the group has assigned this instance",
             )
             .expect("valid metric"),
+            consumer_poll_age: Gauge::new(
+                "rapport_consumer_poll_age_seconds",
+                "Seconds since the main loop last polled its consumer (which serves its rebalance callbacks and statistics)",
+            )
+            .expect("valid metric"),
             erasures: IntCounter::new("rapport_erasures_total", "Erasure requests applied")
                 .expect("valid metric"),
             erased_touchpoints: IntCounter::new(
@@ -336,6 +346,7 @@ impl Metrics {
             Box::new(m.ready.clone()),
             Box::new(m.group_member.clone()),
             Box::new(m.group_partitions.clone()),
+            Box::new(m.consumer_poll_age.clone()),
             Box::new(m.erasures.clone()),
             Box::new(m.erased_touchpoints.clone()),
             Box::new(m.identity_events.clone()),

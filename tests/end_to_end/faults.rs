@@ -561,3 +561,74 @@ fn at_least_once_loses_no_action_when_the_action_topic_refuses_records_for_a_whi
         missing.first()
     );
 }
+
+/// Under load, a broker that goes away for longer than the group session
+/// fails the commit in flight, and the engine rewinds while the cluster is
+/// still away: aborting the transactions and replacing a producer each wait on
+/// the broker. Meanwhile the main loop must go on polling its consumer (which
+/// serves its rebalance callbacks, statistics and errors), not sit in one call
+/// for tens of seconds: `rapport_consumer_poll_age_seconds` stays low through
+/// the outage.
+#[test]
+fn the_consumer_is_polled_while_the_engine_rewinds_without_its_broker() {
+    let _serial = heavy();
+    let Some((broker, bootstrap)) = OwnBroker::start(19192) else {
+        return;
+    };
+    let topics = Topics::on(&bootstrap, "polled", 4);
+    let group = unique("polled");
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = simulator(50_000, 67);
+    feed_from(&bootstrap, &topics.input, &mut sim, 0..300_000);
+    // The broker's smallest session, so the outage below outlasts it.
+    let mut cfg = group_member(&topics, dir.path(), &group, "polled");
+    cfg.engine.commit_interval_ms = 1000;
+    let addr = format!("127.0.0.1:{}", free_port());
+    cfg.http.listen = addr.clone();
+    let mut engine = Instance::spawn(&cfg, dir.path(), "engine");
+    let end = end_total_on(&bootstrap, &topics.input);
+    engine.wait_until(
+        "a tenth of the input committed",
+        Duration::from_secs(180),
+        Duration::from_millis(20),
+        |_| committed_total_on(&bootstrap, &group, &topics.input) >= end / 10,
+    );
+    assert!(committed_total_on(&bootstrap, &group, &topics.input) < end);
+    let poll_age = || {
+        let (_, text) = crate::metrics::get(&addr, "/metrics");
+        assert!(text.contains("rapport_consumer_poll_age_seconds"), "{text}");
+        crate::metrics::value(&text, "rapport_consumer_poll_age_seconds")
+    };
+    broker.kafka_sh("stop");
+    // Five sessions: the assignment is lost, the commit fails, and the
+    // rewind runs into the outage.
+    let stopped = Instant::now();
+    let mut ages = Vec::new();
+    while stopped.elapsed() < Duration::from_secs(30) {
+        ages.push(poll_age());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    broker.kafka_sh("start");
+    engine.wait_until(
+        "the whole input committed after the broker's return",
+        Duration::from_secs(240),
+        Duration::from_millis(100),
+        |_| committed_total_on(&bootstrap, &group, &topics.input) >= end,
+    );
+    let log = engine.log_text();
+    engine.terminate();
+    // The case this test is for did happen: the engine rewound.
+    assert!(
+        log.contains("commit failed: dropping uncommitted work"),
+        "no rewind during the outage; log:\n{log}"
+    );
+    let longest = ages.iter().copied().fold(0.0, f64::max);
+    eprintln!(
+        "longest the main loop went without polling its consumer in the outage: {longest:.1} s"
+    );
+    assert!(
+        longest < 15.0,
+        "the main loop went {longest:.1} s without polling its consumer during the outage (every 250 ms: {ages:?}); log:\n{log}"
+    );
+    assert_like_a_clean_run(&topics, &group, 4);
+}

@@ -15,19 +15,23 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadata};
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::producer::{
-    BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext, PurgeConfig,
-};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
 use rdkafka::{ClientContext, Message, TopicPartitionList};
 
 use crate::metrics::Metrics;
 use crate::processor::CommitCut;
 use crate::state::{StateBatch, StateStore};
 
+mod abort;
+pub(super) use abort::Abort;
+
 use super::background::{Background, Job};
 use super::rebalance::EngineContext;
 use super::LoopError;
+
+/// How long a producer made at start-up may take to prepare.
+const INIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The engine's producers.
 pub(super) type Producer = BaseProducer<DeliveryContext>;
@@ -107,8 +111,9 @@ pub enum CommitError {
 pub(super) trait CommitProtocol: Send + Sync {
     /// Producer settings for producer `n` of this instance.
     fn configure(&self, producer: &mut ClientConfig, n: usize);
-    /// Prepares a new producer (under exactly-once: fences an earlier incarnation).
-    fn init(&self, p: &Producer) -> KafkaResult<()>;
+    /// Prepares a new producer (under exactly-once: fences an earlier
+    /// incarnation), waiting up to `timeout`; a retriable error may be retried.
+    fn init(&self, p: &Producer, timeout: Duration) -> KafkaResult<()>;
     /// Opens an interval on `p`.
     fn begin(&self, p: &Producer) -> KafkaResult<()>;
     /// Whether [`CommitProtocol::seal`] needs the consumer group's metadata.
@@ -130,8 +135,9 @@ pub(super) trait CommitProtocol: Send + Sync {
     ) -> Result<(), CommitError>;
     /// After the interval's state is in RocksDB.
     fn after_state(&self, consumer: &BaseConsumer<EngineContext>, offsets: &TopicPartitionList);
-    /// Drops an interval that will not commit.
-    fn abort(&self, p: &Producer) -> KafkaResult<()>;
+    /// Drops an interval that will not commit, waiting up to `timeout`; a
+    /// retriable error may be retried.
+    fn abort(&self, p: &Producer, timeout: Duration) -> KafkaResult<()>;
 }
 
 /// Actions, dead letters, changelog records and the consumed offsets commit in
@@ -150,8 +156,8 @@ impl CommitProtocol for ExactlyOnce {
             .set("transaction.timeout.ms", self.timeout_ms.to_string());
     }
 
-    fn init(&self, p: &Producer) -> KafkaResult<()> {
-        p.init_transactions(Duration::from_secs(30))
+    fn init(&self, p: &Producer, timeout: Duration) -> KafkaResult<()> {
+        p.init_transactions(timeout)
     }
 
     fn begin(&self, p: &Producer) -> KafkaResult<()> {
@@ -193,8 +199,8 @@ impl CommitProtocol for ExactlyOnce {
 
     fn after_state(&self, _: &BaseConsumer<EngineContext>, _: &TopicPartitionList) {}
 
-    fn abort(&self, p: &Producer) -> KafkaResult<()> {
-        p.abort_transaction(Duration::from_secs(10))
+    fn abort(&self, p: &Producer, timeout: Duration) -> KafkaResult<()> {
+        p.abort_transaction(timeout)
     }
 }
 
@@ -205,7 +211,7 @@ pub(super) struct AtLeastOnce;
 impl CommitProtocol for AtLeastOnce {
     fn configure(&self, _: &mut ClientConfig, _: usize) {}
 
-    fn init(&self, _: &Producer) -> KafkaResult<()> {
+    fn init(&self, _: &Producer, _: Duration) -> KafkaResult<()> {
         Ok(())
     }
 
@@ -246,7 +252,7 @@ impl CommitProtocol for AtLeastOnce {
         }
     }
 
-    fn abort(&self, _: &Producer) -> KafkaResult<()> {
+    fn abort(&self, _: &Producer, _: Duration) -> KafkaResult<()> {
         Ok(())
     }
 }
@@ -493,33 +499,6 @@ impl Committer {
             })),
         }
     }
-
-    /// Drops everything not committed: waits for the background commit (returning
-    /// its interval if Kafka committed it after all), aborts both producers'
-    /// intervals, and replaces a producer that cannot abort (fenced, or in a fatal
-    /// state) with a new one, which fences the old.
-    pub fn abort(&mut self) -> anyhow::Result<Option<Interval>> {
-        let committed = self.finish().unwrap_or_default();
-        for n in 0..2 {
-            drop_unsent(&self.producers[n]);
-            match self.protocol.abort(&self.producers[n]) {
-                Ok(()) => {}
-                // Nothing was open on this producer.
-                Err(KafkaError::Transaction(e)) if e.code() == RDKafkaErrorCode::State => {}
-                // Anything else, also records still in flight that will not
-                // complete: a new producer with the same transactional id fences
-                // this one, and its init aborts the open transaction.
-                Err(e) => {
-                    tracing::warn!(error = %e, "replacing a producer that cannot abort its transaction");
-                    self.producers[n] =
-                        make_producer(self.protocol.as_ref(), &self.config, &self.changelog, n)?;
-                }
-            }
-            self.producers[n].context().reset();
-        }
-        self.open = false;
-        Ok(committed)
-    }
 }
 
 /// Encodes the changed profiles of `cut` and sends each (one record per profile,
@@ -543,17 +522,8 @@ fn write_changelog(
     })
 }
 
-/// Drops the records `p` has not sent yet and serves the delivery reports of those
-/// in flight (an abort waits for them, and only polling serves them), for up to ten
-/// seconds.
-fn drop_unsent(p: &Producer) {
-    p.purge(PurgeConfig::default().queue());
-    let started = Instant::now();
-    while p.in_flight_count() > 0 && started.elapsed() < Duration::from_secs(10) {
-        p.poll(Duration::from_millis(20));
-    }
-}
-
+/// A producer for slot `n`, created and prepared (under exactly-once:
+/// fencing an earlier incarnation, waiting up to [`INIT_TIMEOUT`]).
 fn make_producer(
     protocol: &dyn CommitProtocol,
     config: &ClientConfig,
@@ -561,16 +531,26 @@ fn make_producer(
     n: usize,
 ) -> anyhow::Result<Arc<Producer>> {
     use anyhow::Context as _;
-    let mut pc = config.clone();
-    protocol.configure(&mut pc, n);
-    let producer: Producer = pc
-        .create_with_context(DeliveryContext {
-            changelog: changelog.to_owned(),
-            ..Default::default()
-        })
-        .context("creating the Kafka producer")?;
+    let producer = create_producer(protocol, config, changelog, n)?;
     protocol
-        .init(&producer)
+        .init(&producer, INIT_TIMEOUT)
         .context("initialising Kafka transactions")?;
     Ok(Arc::new(producer))
+}
+
+/// A producer for slot `n`, not prepared yet.
+fn create_producer(
+    protocol: &dyn CommitProtocol,
+    config: &ClientConfig,
+    changelog: &str,
+    n: usize,
+) -> anyhow::Result<Producer> {
+    use anyhow::Context as _;
+    let mut pc = config.clone();
+    protocol.configure(&mut pc, n);
+    pc.create_with_context(DeliveryContext {
+        changelog: changelog.to_owned(),
+        ..Default::default()
+    })
+    .context("creating the Kafka producer")
 }

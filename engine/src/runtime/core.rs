@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::processor::Processor;
 use crate::state::{StateBatch, StateStore};
 
-use super::commit::{Committer, Interval};
+use super::commit::{Abort, Committer, Interval};
 use super::order::ActionOrder;
 use super::rebalance::{partitions_of, EngineContext};
 use super::restore::Restorer;
@@ -396,15 +396,24 @@ impl Core {
         Ok(())
     }
 
-    /// Drops everything not committed and goes back to the last commit: aborts the
-    /// open intervals, forgets the tasks' uncommitted changes, and pauses every
-    /// owned partition until the main loop has restored it from the changelog and
-    /// moved the consumer back to its committed offsets. What was dropped is
-    /// processed again, as after a crash, without one.
-    pub(super) fn rewind(&mut self, consumer: &BaseConsumer<EngineContext>) -> anyhow::Result<()> {
+    /// Drops everything not committed and goes back to the last commit, one
+    /// step of `abort` at a time (each waits on Kafka for at most a second, so
+    /// the main loop serves its consumer in between): aborts the open
+    /// intervals, then forgets the tasks' uncommitted changes and pauses every
+    /// owned partition until the main loop has restored it from the changelog
+    /// and moved the consumer back to its committed offsets. What was dropped
+    /// is processed again, as after a crash, without one. True once done.
+    pub(super) fn rewind_step(
+        &mut self,
+        consumer: &BaseConsumer<EngineContext>,
+        abort: &mut Abort,
+    ) -> anyhow::Result<bool> {
         self.progress.ready.store(false, Ordering::SeqCst);
         self.metrics.ready.set(0);
-        if let Some(done) = self.committer.abort()? {
+        if !self.committer.abort_step(abort)? {
+            return Ok(false);
+        }
+        if let Some(done) = abort.committed.take() {
             self.write_committed(consumer, done)?;
         }
         self.failure = None;
@@ -426,7 +435,7 @@ impl Core {
             .context("pausing the partitions")?;
         self.to_restore = partitions_of(&assignment).into_iter().collect();
         self.from_local = kept.intersection(&self.to_restore).copied().collect();
-        Ok(())
+        Ok(true)
     }
 }
 

@@ -63,7 +63,7 @@ use crate::metrics::Metrics;
 use crate::processor::Processor;
 use crate::state::StateStore;
 
-use self::commit::{AtLeastOnce, CommitProtocol, Committer, ExactlyOnce};
+use self::commit::{Abort, AtLeastOnce, CommitProtocol, Committer, ExactlyOnce};
 use self::core::{Core, PendingOffsets};
 use self::rebalance::{lock, EngineContext};
 pub use self::restore::{restore_partition, RestoreStatus, Restorer};
@@ -100,6 +100,9 @@ pub struct Progress {
     /// How long it may stay out before the instance calls itself unhealthy
     /// (`engine.out_of_group_timeout_ms`); 0: no limit.
     pub out_of_group_limit_ms: AtomicU64,
+    /// When the main loop last polled its consumer, epoch ms (0 before the
+    /// first poll).
+    pub polled_ms: AtomicI64,
 }
 
 impl Progress {
@@ -123,6 +126,21 @@ impl Progress {
     }
 
     /// Records a report of the group membership at `now_ms`.
+    /// Seconds since the main loop last polled its consumer, at `now_ms`
+    /// (0 before the first poll).
+    pub fn poll_age_seconds(&self, now_ms: i64) -> f64 {
+        match self.polled_ms.load(Ordering::Relaxed) {
+            0 => 0.0,
+            at => (now_ms - at).max(0) as f64 / 1000.0,
+        }
+    }
+
+    /// Notes that the main loop polled its consumer.
+    fn polled(&self) {
+        self.polled_ms
+            .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+
     pub(crate) fn group_settled(&self, settled: bool, now_ms: i64) {
         if settled {
             self.out_of_group_since_ms.store(0, Ordering::SeqCst);
@@ -261,6 +279,8 @@ pub fn start(
 struct Worker {
     consumer: BaseConsumer<EngineContext>,
     core: Arc<Mutex<Core>>,
+    /// The core's progress, for what the loop notes without the core's lock.
+    progress: Arc<Progress>,
     interval: Duration,
     /// How long Kafka may stay unreachable before the engine gives up.
     patience: Duration,
@@ -368,9 +388,11 @@ impl Worker {
             cfg: cfg.clone(),
         }));
         let consumer = subscribe(&cfg, core.clone())?;
+        let progress = lock(&core).progress.clone();
         Ok(Worker {
             consumer,
             core,
+            progress,
             interval: Duration::from_millis(cfg.engine.commit_interval_ms),
             patience: Duration::from_millis(cfg.engine.kafka_unavailable_timeout_ms),
             failing: None,
@@ -444,6 +466,7 @@ impl Worker {
         let mut batch = Vec::with_capacity(BATCH_RECORDS);
         while Instant::now() < deadline {
             let polled = self.consumer.poll(wait);
+            self.progress.polled();
             self.settle_rebalance()?;
             match polled {
                 Some(Ok(m)) => batch.push(m),
@@ -500,8 +523,10 @@ impl Worker {
         core.start_restores(&self.consumer)
     }
 
-    /// Rewinds to the last commit after `why`, retrying while Kafka is unreachable,
-    /// and gives up when commits have failed for longer than the configured patience.
+    /// Rewinds to the last commit after `why`, a step at a time with the
+    /// consumer served in between (`Core::rewind_step`), retrying while Kafka
+    /// is unreachable, and gives up when commits have failed for longer than
+    /// the configured patience.
     fn recover(&mut self, why: &str) -> anyhow::Result<()> {
         let commits = lock(&self.core).commits;
         let (since, _) = match self.failing {
@@ -518,16 +543,26 @@ impl Worker {
             );
         }
         tracing::warn!(reason = %why, "commit failed: dropping uncommitted work and redoing it from the last commit");
+        // Until the rewind is done, a revocation commits nothing (its work is
+        // being dropped), and no more records are fetched.
+        lock(&self.core)
+            .failure
+            .get_or_insert_with(|| LoopError::Rewind(why.to_owned()));
+        if let Ok(assignment) = self.consumer.assignment() {
+            let _ = self.consumer.pause(&assignment);
+        }
+        let mut abort = Abort::default();
         let mut backoff = Duration::from_millis(100);
         loop {
-            let rewound = lock(&self.core).rewind(&self.consumer);
-            match rewound {
-                Ok(()) => {
+            let step = lock(&self.core).rewind_step(&self.consumer, &mut abort);
+            match step {
+                Ok(true) => {
                     let core = lock(&self.core);
                     core.progress.rewinds.fetch_add(1, Ordering::SeqCst);
                     core.metrics.rewinds.inc();
                     return Ok(());
                 }
+                Ok(false) => self.serve_consumer(SERVE_WHILE_REWINDING)?,
                 Err(e) if since.elapsed() >= self.patience => {
                     return Err(e).with_context(|| {
                         format!(
@@ -538,13 +573,36 @@ impl Worker {
                 }
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "rewind failed; retrying");
-                    std::thread::sleep(backoff);
+                    abort = Abort::default();
+                    self.serve_consumer(backoff)?;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
     }
+
+    /// Polls the consumer for `wait` while a rewind is under way, so that its
+    /// rebalance callbacks, statistics (the group metrics, `/healthz`) and
+    /// errors are served. Records it returns are dropped: once the rewind is
+    /// done, every partition restarts from its committed offset.
+    fn serve_consumer(&self, wait: Duration) -> anyhow::Result<()> {
+        let until = Instant::now() + wait;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let polled = self.consumer.poll(left.min(Duration::from_millis(100)));
+            self.progress.polled();
+            if let Some(Err(e)) = polled {
+                consumer_error(e).map_err(|e| anyhow::anyhow!(e))?;
+            }
+            if Instant::now() >= until {
+                return Ok(());
+            }
+        }
+    }
 }
+
+/// How long the consumer is polled between two steps of a rewind.
+const SERVE_WHILE_REWINDING: Duration = Duration::from_millis(20);
 
 /// A consumer error: another instance with this instance's id is fatal; anything
 /// else (a broker away for a moment) the client recovers from by itself.
