@@ -220,41 +220,88 @@ fn a_broker_away_longer_than_the_group_session_does_not_keep_the_engine_out() {
     let Some((broker, bootstrap)) = OwnBroker::start(19192) else {
         return;
     };
-    let topics = Topics::on(&bootstrap, "broker-away", 4);
-    let group = unique("broker-away");
-    let dir = tempfile::tempdir().unwrap();
-    let mut sim = simulator(50_000, 59);
-    feed_from(&bootstrap, &topics.input, &mut sim, 0..200_000);
-    // The broker's smallest session, so the outage below outlasts it.
-    let mut cfg = group_member(&topics, dir.path(), &group, "away");
-    cfg.engine.commit_interval_ms = 1000;
-    let mut engine = Instance::spawn(&cfg, dir.path(), "engine");
-    let end = end_total_on(&bootstrap, &topics.input);
-    engine.wait_until(
-        "a fifth of the input committed",
-        Duration::from_secs(180),
-        Duration::from_millis(20),
-        |_| committed_total_on(&bootstrap, &group, &topics.input) >= end / 5,
-    );
-    assert!(committed_total_on(&bootstrap, &group, &topics.input) < end);
+    let run = Loaded::start(&bootstrap, "broker-away", 59, 200_000, 5, |_| {});
     broker.kafka_sh("stop");
     // Three sessions long: the consumer gives its assignment up as lost.
     std::thread::sleep(Duration::from_secs(18));
     broker.kafka_sh("start");
-    engine.wait_until(
-        "the whole input committed after the broker's return",
-        Duration::from_secs(180),
-        Duration::from_millis(100),
-        |_| committed_total_on(&bootstrap, &group, &topics.input) >= end,
-    );
-    let log = engine.log_text();
-    engine.terminate();
+    let (log, topics, group) = run.finish(Duration::from_secs(180));
     // The case this test is for did happen: the partitions were lost.
     assert!(
         log.contains("considered this instance gone"),
         "the outage did not cost the engine its assignment; log:\n{log}"
     );
     assert_like_a_clean_run(&topics, &group, 4);
+}
+
+/// An engine alone in its group on a broker of the test's own (the broker's
+/// smallest session, a commit every second), working through simulated
+/// touchpoints, for the tests that take the broker away under load.
+struct Loaded {
+    bootstrap: String,
+    topics: Topics,
+    group: String,
+    engine: Instance,
+    /// The input's end offsets, summed.
+    end: i64,
+    _dir: tempfile::TempDir,
+}
+
+impl Loaded {
+    /// Feeds `records` touchpoints of 50k customers (simulator `seed`),
+    /// starts the engine with `tweak` applied to its configuration, and
+    /// returns once a `part`th of the input is committed, but not all of it.
+    fn start(
+        bootstrap: &str,
+        name: &str,
+        seed: u64,
+        records: i64,
+        part: i64,
+        tweak: impl FnOnce(&mut rapport::config::Config),
+    ) -> Loaded {
+        let topics = Topics::on(bootstrap, name, 4);
+        let group = unique(name);
+        let dir = tempfile::tempdir().unwrap();
+        let mut sim = simulator(50_000, seed);
+        feed_from(bootstrap, &topics.input, &mut sim, 0..records);
+        let mut cfg = group_member(&topics, dir.path(), &group, name);
+        cfg.engine.commit_interval_ms = 1000;
+        tweak(&mut cfg);
+        let mut engine = Instance::spawn(&cfg, dir.path(), "engine");
+        let end = end_total_on(bootstrap, &topics.input);
+        engine.wait_until(
+            &format!("a {part}th of the input committed"),
+            Duration::from_secs(180),
+            Duration::from_millis(20),
+            |_| committed_total_on(bootstrap, &group, &topics.input) >= end / part,
+        );
+        assert!(committed_total_on(bootstrap, &group, &topics.input) < end);
+        Loaded {
+            bootstrap: bootstrap.to_owned(),
+            topics,
+            group,
+            engine,
+            end,
+            _dir: dir,
+        }
+    }
+
+    /// Waits up to `limit` for the whole input to be committed (the broker
+    /// back), stops the engine and returns its log, with the topics and the
+    /// group to compare with a clean run.
+    fn finish(mut self, limit: Duration) -> (String, Topics, String) {
+        let (bootstrap, group, input, end) =
+            (&self.bootstrap, &self.group, &self.topics.input, self.end);
+        self.engine.wait_until(
+            "the whole input committed after the broker's return",
+            limit,
+            Duration::from_millis(100),
+            |_| committed_total_on(bootstrap, group, input) >= end,
+        );
+        let log = self.engine.log_text();
+        self.engine.terminate();
+        (log, self.topics, self.group)
+    }
 }
 
 /// An instance whose consumer stays out of its group longer than
@@ -575,25 +622,10 @@ fn the_consumer_is_polled_while_the_engine_rewinds_without_its_broker() {
     let Some((broker, bootstrap)) = OwnBroker::start(19192) else {
         return;
     };
-    let topics = Topics::on(&bootstrap, "polled", 4);
-    let group = unique("polled");
-    let dir = tempfile::tempdir().unwrap();
-    let mut sim = simulator(50_000, 67);
-    feed_from(&bootstrap, &topics.input, &mut sim, 0..300_000);
-    // The broker's smallest session, so the outage below outlasts it.
-    let mut cfg = group_member(&topics, dir.path(), &group, "polled");
-    cfg.engine.commit_interval_ms = 1000;
     let addr = format!("127.0.0.1:{}", free_port());
-    cfg.http.listen = addr.clone();
-    let mut engine = Instance::spawn(&cfg, dir.path(), "engine");
-    let end = end_total_on(&bootstrap, &topics.input);
-    engine.wait_until(
-        "a tenth of the input committed",
-        Duration::from_secs(180),
-        Duration::from_millis(20),
-        |_| committed_total_on(&bootstrap, &group, &topics.input) >= end / 10,
-    );
-    assert!(committed_total_on(&bootstrap, &group, &topics.input) < end);
+    let run = Loaded::start(&bootstrap, "polled", 67, 300_000, 10, |cfg| {
+        cfg.http.listen = addr.clone();
+    });
     let poll_age = || {
         let (_, text) = crate::metrics::get(&addr, "/metrics");
         assert!(text.contains("rapport_consumer_poll_age_seconds"), "{text}");
@@ -609,14 +641,7 @@ fn the_consumer_is_polled_while_the_engine_rewinds_without_its_broker() {
         std::thread::sleep(Duration::from_millis(250));
     }
     broker.kafka_sh("start");
-    engine.wait_until(
-        "the whole input committed after the broker's return",
-        Duration::from_secs(240),
-        Duration::from_millis(100),
-        |_| committed_total_on(&bootstrap, &group, &topics.input) >= end,
-    );
-    let log = engine.log_text();
-    engine.terminate();
+    let (log, topics, group) = run.finish(Duration::from_secs(240));
     // The case this test is for did happen: the engine rewound.
     assert!(
         log.contains("commit failed: dropping uncommitted work"),
