@@ -14,6 +14,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::journeys::journey_dir;
@@ -342,9 +343,10 @@ pub fn ends_on(bootstrap: &str, topic: &str) -> Vec<i64> {
         .collect()
 }
 
-/// The partition ids of `topic`, in order. A broker restarted a moment ago, or
-/// a topic created a moment ago, may answer without the topic's partitions or
-/// with an error for it: ask again for a while, as [`watermarks`] does.
+/// The partition ids of `topic`, in order; none when there is no such topic.
+/// A broker restarted a moment ago, or a topic created a moment ago, may
+/// answer with an error for it (no leader yet), or not at all: ask again for
+/// a while, as [`watermarks`] does.
 fn partition_ids(c: &BaseConsumer, topic: &str) -> Vec<i32> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -353,14 +355,17 @@ fn partition_ids(c: &BaseConsumer, topic: &str) -> Vec<i32> {
             .map_err(|e| e.to_string())
             .and_then(|md| {
                 let t = md.topics().first().ok_or("no topic in the answer")?;
-                if let Some(e) = t.error() {
-                    return Err(format!("{e:?}"));
+                match t.error() {
+                    // No such topic (yet): no partitions, as callers that
+                    // wait for a topic to appear expect.
+                    Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => {
+                        return Ok(Vec::new())
+                    }
+                    Some(e) => return Err(format!("{e:?}")),
+                    None => {}
                 }
                 let mut ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
                 ids.sort();
-                if ids.is_empty() {
-                    return Err("no partitions yet".into());
-                }
                 Ok(ids)
             });
         match answer {
