@@ -257,6 +257,13 @@ impl CommitProtocol for AtLeastOnce {
     }
 }
 
+/// Whether a transactional call failed only for now (a request that timed
+/// out while a broker was away) and may be made again.
+fn may_retry(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::Transaction(e)
+        if e.is_retriable() && !e.txn_requires_abort() && !e.is_fatal())
+}
+
 /// Runs `op` until it succeeds, retrying errors Kafka marks retriable (a request
 /// that timed out while a broker was away) until `deadline`.
 fn retrying(
@@ -269,9 +276,7 @@ fn retrying(
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
-        let retriable = matches!(&err, KafkaError::Transaction(e)
-            if e.is_retriable() && !e.txn_requires_abort() && !e.is_fatal());
-        if !retriable {
+        if !may_retry(&err) {
             return Err(CommitError::Failed(format!("{what}: {err}")));
         }
         if Instant::now() >= deadline {

@@ -125,7 +125,6 @@ impl Progress {
         ))
     }
 
-    /// Records a report of the group membership at `now_ms`.
     /// Seconds since the main loop last polled its consumer, at `now_ms`
     /// (0 before the first poll).
     pub fn poll_age_seconds(&self, now_ms: i64) -> f64 {
@@ -141,6 +140,7 @@ impl Progress {
             .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
     }
 
+    /// Records a report of the group membership at `now_ms`.
     pub(crate) fn group_settled(&self, settled: bool, now_ms: i64) {
         if settled {
             self.out_of_group_since_ms.store(0, Ordering::SeqCst);
@@ -461,12 +461,14 @@ impl Worker {
             (false, true) => OVERDUE_SLICE,
             (false, false) => Duration::from_millis(20),
         };
+        // Noted once a step, not once a record: a step polls within
+        // milliseconds of its start, and a step held up shows as it should.
+        self.progress.polled();
         // Drain what is already fetched, up to the commit deadline, in batches
         // whose partitions are processed in parallel.
         let mut batch = Vec::with_capacity(BATCH_RECORDS);
         while Instant::now() < deadline {
             let polled = self.consumer.poll(wait);
-            self.progress.polled();
             self.settle_rebalance()?;
             match polled {
                 Some(Ok(m)) => batch.push(m),

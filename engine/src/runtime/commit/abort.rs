@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{Producer as _, PurgeConfig};
 
-use super::{create_producer, Committer, Interval, Producer};
+use super::{create_producer, may_retry, Committer, Interval, Producer};
 
 /// The longest one step waits on Kafka.
 pub(in crate::runtime) const STEP: Duration = Duration::from_secs(1);
@@ -83,7 +83,7 @@ impl Committer {
                 Err(KafkaError::Transaction(e)) if e.code() == RDKafkaErrorCode::State => {
                     self.aborted(n)
                 }
-                Err(e) if timed_out(&e) && since.elapsed() < ABORT_FOR => Stage::Abort { n, since },
+                Err(e) if may_retry(&e) && since.elapsed() < ABORT_FOR => Stage::Abort { n, since },
                 // Anything else, also records still in flight that will not
                 // complete: a new producer with the same transactional id
                 // fences this one, and its preparation aborts the transaction.
@@ -111,7 +111,7 @@ impl Committer {
                         self.producers[n] = p;
                         self.aborted(n)
                     }
-                    Err(e) if timed_out(&e) && since.elapsed() < INIT_FOR => Stage::Replace {
+                    Err(e) if may_retry(&e) && since.elapsed() < INIT_FOR => Stage::Replace {
                         n,
                         since,
                         new: Some(p),
@@ -156,9 +156,4 @@ impl Committer {
         self.open = false;
         Stage::Done
     }
-}
-
-/// Whether Kafka did not answer in time and the call may be made again.
-fn timed_out(e: &KafkaError) -> bool {
-    matches!(e, KafkaError::Transaction(t) if t.is_retriable())
 }
