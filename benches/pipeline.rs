@@ -395,7 +395,8 @@ struct EngineRun {
 
 /// Runs the engine in this process over `input` under `g` until all of it is
 /// committed, timed from its first record; with `journeys`, only those shipped
-/// journey files (and no delivery policy).
+/// journey files (and no delivery policy). The run's topics are deleted
+/// afterwards (its actions counted): the broker's disk is shared by the runs.
 fn engine_run(
     bootstrap: &str,
     input: &str,
@@ -405,7 +406,7 @@ fn engine_run(
     journeys: Option<&[&str]>,
 ) -> anyhow::Result<EngineRun> {
     let mut done = || Ok(true);
-    engine_run_with(
+    let run = engine_run_with(
         bootstrap,
         input,
         events,
@@ -414,7 +415,14 @@ fn engine_run(
         journeys,
         &|_| {},
         &mut done,
-    )
+    );
+    let mut topics: Vec<String> = ["actions", "dlq", "decisions"]
+        .iter()
+        .map(|kind| format!("bench.{kind}.{tag}"))
+        .collect();
+    topics.push(format!("bench-{tag}-profiles-changelog"));
+    scale::delete_topics(bootstrap, &topics);
+    run
 }
 
 /// [`engine_run`] with `tweak` applied to the configuration last, and `done`

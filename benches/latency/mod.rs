@@ -120,6 +120,17 @@ pub fn latency(bootstrap: &str, rate: u64, seconds: u64, g: Guarantee) -> anyhow
         .join()
         .map_err(|_| anyhow::anyhow!("input probe panicked"))??;
     engine.shutdown()?;
+    // The broker's disk is shared by the runs.
+    super::scale::delete_topics(
+        bootstrap,
+        &[
+            input.clone(),
+            actions.clone(),
+            format!("bench.latency.dlq.{s}"),
+            format!("bench.latency.decisions.{s}"),
+            format!("bench-latency-{s}-profiles-changelog"),
+        ],
+    );
     let (name, batching) = match g {
         Guarantee::ExactlyOnce => ("exactly_once", format!("commit_interval_ms {commit_ms}")),
         Guarantee::AtLeastOnce => ("at_least_once", format!("commit_interval_ms {commit_ms}")),

@@ -39,6 +39,9 @@ pub struct Metrics {
     /// Commits started before the commit interval was up, because the
     /// interval's changed profiles filled the profile cache.
     pub early_commits: IntCounter,
+    /// Times the input was paused because the changed profiles filled the
+    /// profile cache while a commit was still in flight.
+    pub input_holds: IntCounter,
     /// Times uncommitted work was dropped and redone from the last commit.
     pub rewinds: IntCounter,
     /// Records in each owned input partition not processed yet, by topic and partition.
@@ -188,6 +191,11 @@ impl Metrics {
                 "Commits started before the commit interval was up because the interval's changed profiles filled the profile cache (state.profile_cache_mb)",
             )
             .expect("valid metric"),
+            input_holds: IntCounter::new(
+                "rapport_input_holds_total",
+                "Times the input was paused because the interval's changed profiles filled the profile cache while a commit was still in flight (a slow broker)",
+            )
+            .expect("valid metric"),
             rewinds: IntCounter::new(
                 "rapport_rewinds_total",
                 "Times a failed commit (a rebalance, a broker restart) made the engine drop uncommitted work and redo it from the last commit",
@@ -324,6 +332,7 @@ impl Metrics {
             Box::new(m.actions.clone()),
             Box::new(m.commits.clone()),
             Box::new(m.early_commits.clone()),
+            Box::new(m.input_holds.clone()),
             Box::new(m.rewinds.clone()),
             Box::new(m.lag.clone()),
             Box::new(m.state_bytes.clone()),

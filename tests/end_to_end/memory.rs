@@ -79,7 +79,8 @@ fn changes_that_fill_the_profile_cache_are_committed_before_the_interval_is_up()
 /// While a commit cannot end (its broker gone), the engine takes records only
 /// until the profiles they change fill the profile cache, then waits for that
 /// commit: the changed profiles, which stay in memory until committed, do not
-/// grow with what the consumer had fetched ahead.
+/// grow with what the consumer had fetched ahead. It waits polling its
+/// consumer (its partitions paused), not sitting in the wait.
 #[test]
 fn a_commit_held_up_by_the_broker_stops_changes_at_the_profile_cache() {
     // The engine runs in this process: its log is shown if the test fails
@@ -112,20 +113,23 @@ fn a_commit_held_up_by_the_broker_stops_changes_at_the_profile_cache() {
         "records left to fetch when the broker goes ({handled} handled)"
     );
     broker.kafka_sh("stop");
-    // No commit can end for these seconds; what the consumer fetched before
-    // is in hand.
-    let mut most = 0;
-    let until = Instant::now() + Duration::from_secs(4);
+    // No commit can end for these seconds (fewer than the transaction
+    // timeout: the commit waits rather than fails); what the consumer
+    // fetched before is in hand.
+    let (mut most, mut poll_age) = (0, 0.0f64);
+    let until = Instant::now() + Duration::from_secs(8);
     while Instant::now() < until {
         assert!(
             !engine.is_finished(),
             "engine stopped while the broker was away"
         );
         most = most.max(metrics.changed_profile_bytes.get());
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        poll_age = poll_age.max(engine.progress.poll_age_seconds(now_ms));
         std::thread::sleep(Duration::from_millis(5));
     }
     let handled_while_away = engine.progress.handled.load(Ordering::SeqCst) - handled;
-    eprintln!("changed profiles peaked at {most} bytes; {handled_while_away} records handled while the broker was away");
+    eprintln!("changed profiles peaked at {most} bytes; {handled_while_away} records handled while the broker was away; the main loop polled its consumer at least every {poll_age:.1} s");
     broker.kafka_sh("start");
     wait_committed(&engine, 150_000);
     engine.shutdown().expect("clean shutdown");
@@ -137,4 +141,8 @@ fn a_commit_held_up_by_the_broker_stops_changes_at_the_profile_cache() {
         "changed profiles took {most} bytes while a commit waited for the broker ({handled_while_away} records handled meanwhile), over the 1 MiB cache and a batch ({bound})"
     );
     assert!(most > 0, "the gauge counts the changed profiles");
+    assert!(
+        poll_age < 3.0,
+        "the main loop went {poll_age:.1} s without polling its consumer while the commit waited"
+    );
 }

@@ -26,6 +26,8 @@ pub(super) struct Background {
 pub(super) struct Job<T> {
     result: mpsc::Receiver<std::thread::Result<T>>,
     finished: Arc<AtomicBool>,
+    /// The outcome, once [`Job::wait`] has received it.
+    received: Option<std::thread::Result<T>>,
 }
 
 impl Background {
@@ -61,7 +63,11 @@ impl Background {
         if self.tasks.send(task).is_err() {
             finished.store(true, Ordering::Release);
         }
-        Job { result, finished }
+        Job {
+            result,
+            finished,
+            received: None,
+        }
     }
 }
 
@@ -71,12 +77,32 @@ impl<T> Job<T> {
         self.finished.load(Ordering::Acquire)
     }
 
+    /// Waits up to `limit` for the task to run; whether it has (or can no
+    /// longer run).
+    pub fn wait(&mut self, limit: std::time::Duration) -> bool {
+        if self.received.is_some() {
+            return true;
+        }
+        match self.result.recv_timeout(limit) {
+            Ok(r) => {
+                self.received = Some(r);
+                true
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => false,
+            Err(mpsc::RecvTimeoutError::Disconnected) => true,
+        }
+    }
+
     /// Waits for the task; its value, or its panic (also when the thread
     /// ended before running it).
     pub fn join(self) -> std::thread::Result<T> {
-        self.result
-            .recv()
-            .unwrap_or_else(|_| Err(Box::new("the commit thread has ended")))
+        match self.received {
+            Some(r) => r,
+            None => self
+                .result
+                .recv()
+                .unwrap_or_else(|_| Err(Box::new("the commit thread has ended"))),
+        }
     }
 }
 
@@ -103,6 +129,20 @@ mod tests {
         assert!(bad.join().is_err());
         let good = bg.run(|| 7);
         assert_eq!(good.join().unwrap(), 7);
+    }
+
+    /// A wait that runs out reports the task not run; one that sees it run
+    /// keeps its value for the join.
+    #[test]
+    fn a_wait_runs_out_or_keeps_the_value_for_the_join() {
+        let bg = Background::start("rapport-test-wait").unwrap();
+        let (go, wait) = mpsc::channel::<()>();
+        let mut job = bg.run(move || wait.recv().map(|()| 7).unwrap_or(0));
+        assert!(!job.wait(std::time::Duration::from_millis(20)));
+        go.send(()).unwrap();
+        assert!(job.wait(std::time::Duration::from_secs(10)));
+        assert!(job.wait(std::time::Duration::ZERO), "still received");
+        assert_eq!(job.join().unwrap(), 7);
     }
 
     #[test]

@@ -484,6 +484,12 @@ impl Committer {
         self.in_flight.as_ref().is_some_and(|f| f.job.is_finished())
     }
 
+    /// Waits up to `limit` for the background commit to end; whether none is
+    /// running then.
+    pub fn wait_in_flight(&mut self, limit: Duration) -> bool {
+        self.in_flight.as_mut().is_none_or(|f| f.job.wait(limit))
+    }
+
     /// Waits for the background commit; returns its interval once Kafka has
     /// committed it and its state is in RocksDB.
     pub fn finish(&mut self) -> Result<Option<Interval>, LoopError> {

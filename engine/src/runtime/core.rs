@@ -3,7 +3,7 @@
 //! (a newly assigned partition) and rewind (drop everything uncommitted and go back
 //! to the last commit, after a commit failed).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +21,7 @@ use crate::state::{StateBatch, StateStore};
 use super::commit::{Abort, Committer, Interval};
 use super::order::ActionOrder;
 use super::rebalance::{partitions_of, EngineContext};
+use super::restart::{lock_owned, KafkaWait};
 use super::restore::Restorer;
 use super::{LoopError, Progress};
 
@@ -63,6 +64,14 @@ pub(crate) struct Core {
     /// Of those, the ones a rewind takes back from this instance's own RocksDB
     /// state instead of the changelog (see `CommitProtocol::rewinds_from_local_state`).
     pub(super) from_local: BTreeSet<i32>,
+    /// Partitions whose state is ready, waiting to be moved to their committed
+    /// offsets and resumed, with the changelog records their restore applied.
+    pub(super) to_start: BTreeMap<i32, u64>,
+    /// Restarts waiting on a Kafka that does not answer.
+    pub(super) kafka_wait: KafkaWait,
+    /// The partitions paused while a commit is in flight and the changed
+    /// profiles fill the profile cache (see `hold`).
+    pub(super) held: Option<TopicPartitionList>,
     /// Set by a rebalance callback whose commit failed: the main loop answers it.
     pub(super) failure: Option<LoopError>,
     pub(super) pending: PendingOffsets,
@@ -284,8 +293,7 @@ impl Core {
         for p in partitions {
             lock_owned(&self.progress).remove(p);
             self.processor.release(*p);
-            self.to_restore.remove(p);
-            self.from_local.remove(p);
+            self.forget_restart(*p);
             if let Err(e) = self.restorer.cancel(&self.state, *p) {
                 self.failure = Some(LoopError::Fatal(e));
             }
@@ -296,104 +304,6 @@ impl Core {
                 .remove_label_values(&[&p.to_string()]);
         }
         self.publish_readiness();
-    }
-
-    /// Newly assigned partitions (paused by the callback), restored by the main
-    /// loop before their records.
-    pub(super) fn queue_restore(&mut self, partitions: &[i32]) {
-        self.assigned = true;
-        self.to_restore.extend(partitions);
-    }
-
-    /// Begins the restores of the queued partitions; a partition whose local
-    /// state is already current starts at once.
-    pub(super) fn start_restores(
-        &mut self,
-        consumer: &BaseConsumer<EngineContext>,
-    ) -> Result<(), LoopError> {
-        while let Some(p) = self.to_restore.pop_first() {
-            if self.from_local.remove(&p) {
-                self.start_task(consumer, p, 0).map_err(rewind)?;
-                continue;
-            }
-            match self.restorer.begin(&self.changelog, &self.state, p) {
-                Ok(true) => tracing::info!(partition = p, "restoring partition from the changelog"),
-                Ok(false) => self.start_task(consumer, p, 0).map_err(rewind)?,
-                Err(e) => {
-                    self.to_restore.insert(p);
-                    return Err(rewind(e));
-                }
-            }
-        }
-        self.publish_readiness();
-        Ok(())
-    }
-
-    /// One slice of the restores in progress; partitions whose restore completes
-    /// start their tasks and resume consuming.
-    pub(super) fn restore_slice(
-        &mut self,
-        consumer: &BaseConsumer<EngineContext>,
-    ) -> Result<(), LoopError> {
-        if self.restorer.is_idle() {
-            return Ok(());
-        }
-        let done = self
-            .restorer
-            .step(&self.state, RESTORE_SLICE)
-            .with_context(|| format!("restoring from {}", self.changelog))
-            .map_err(rewind)?;
-        self.metrics.restored.inc_by(self.restorer.take_applied());
-        for (p, restored) in done {
-            self.start_task(consumer, p, restored).map_err(rewind)?;
-        }
-        self.publish_readiness();
-        Ok(())
-    }
-
-    /// Says where restores stand (metrics, `/readyz`), and whether the engine is
-    /// ready: in the group, with every owned partition restored and consuming.
-    fn publish_readiness(&self) {
-        let status = self.restorer.status();
-        for s in &status {
-            self.metrics
-                .restore_remaining
-                .with_label_values(&[&s.partition.to_string()])
-                .set(s.remaining);
-        }
-        let ready = self.assigned && self.to_restore.is_empty() && status.is_empty();
-        *self
-            .progress
-            .restoring
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = status;
-        self.progress.ready.store(ready, Ordering::SeqCst);
-        self.metrics.ready.set(i64::from(ready));
-    }
-
-    /// Starts partition `p`'s task on its restored state, moves the consumer to
-    /// the partition's committed offsets and resumes it.
-    fn start_task(
-        &mut self,
-        consumer: &BaseConsumer<EngineContext>,
-        p: i32,
-        restored: u64,
-    ) -> anyhow::Result<()> {
-        self.metrics
-            .restore_remaining
-            .with_label_values(&[&p.to_string()])
-            .set(0);
-        let timers = self.processor.start_partition(p)?;
-        let mut tpl = TopicPartitionList::new();
-        for topic in &super::erasure::input_topics(&self.cfg) {
-            tpl.add_partition(topic, p);
-        }
-        let from = seek_to_committed(consumer, tpl.clone(), self.cfg.kafka.starts_at_end())?;
-        let resume = self.hold_identity_messages(consumer, p, tpl, &from)?;
-        consumer.resume(&resume).context("resuming the partition")?;
-        lock_owned(&self.progress).insert(p);
-        tracing::info!(partition = p, restored, timers, "partition ready");
-        Ok(())
     }
 
     /// Drops everything not committed and goes back to the last commit, one
@@ -435,55 +345,10 @@ impl Core {
             .context("pausing the partitions")?;
         self.to_restore = partitions_of(&assignment).into_iter().collect();
         self.from_local = kept.intersection(&self.to_restore).copied().collect();
+        self.to_start.clear();
+        self.kafka_wait = KafkaWait::default();
+        // Every partition is paused above; each resumes once restarted.
+        self.held = None;
         Ok(true)
     }
-}
-
-/// The partitions restored and consuming, as the profile API sees them.
-fn lock_owned(progress: &Progress) -> std::sync::MutexGuard<'_, BTreeSet<i32>> {
-    progress.owned.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// How long one restore slice may take before the main loop polls the group again.
-const RESTORE_SLICE: Duration = Duration::from_millis(100);
-
-/// A failure the engine answers by going back to its last commit.
-fn rewind(e: anyhow::Error) -> LoopError {
-    LoopError::Rewind(format!("{e:#}"))
-}
-
-/// Moves the consumer to the group's committed offsets of `partitions` (where
-/// nothing was committed yet, to the beginning, or the end with `at_end`); records
-/// fetched past them are discarded by the client.
-/// Returns the offsets sought.
-fn seek_to_committed(
-    consumer: &BaseConsumer<EngineContext>,
-    partitions: TopicPartitionList,
-    at_end: bool,
-) -> anyhow::Result<TopicPartitionList> {
-    let committed = consumer
-        .committed_offsets(partitions, Duration::from_secs(30))
-        .context("reading the committed offsets")?;
-    let mut to = TopicPartitionList::new();
-    for e in committed.elements() {
-        let offset = match e.offset() {
-            Offset::Offset(o) => Offset::Offset(o),
-            _ if at_end => Offset::End,
-            _ => Offset::Beginning,
-        };
-        to.add_partition_offset(e.topic(), e.partition(), offset)?;
-    }
-    let result = consumer
-        .seek_partitions(to.clone(), Duration::from_secs(30))
-        .context("seeking to the committed offsets")?;
-    for e in result.elements() {
-        if let Err(err) = e.error() {
-            anyhow::bail!(
-                "seeking {} [{}] to the committed offset: {err}",
-                e.topic(),
-                e.partition()
-            );
-        }
-    }
-    Ok(to)
 }

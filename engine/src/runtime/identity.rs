@@ -3,8 +3,6 @@
 //! owns its id), and merges, conflicts and refused links to the identity-events
 //! topic, in the current interval (see [`crate::identity`]).
 
-use std::time::Duration;
-
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::BaseRecord;
@@ -58,7 +56,7 @@ impl Core {
         let mut targets = Vec::new();
         for topic in &self.cfg.kafka.touchpoint_topics {
             let (_, end) = consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(30))
+                .fetch_watermarks(topic, p, super::restart::KAFKA_READ)
                 .with_context(|| format!("reading the end of {topic} [{p}]"))?;
             let start = match from.find_partition(topic, p).map(|e| e.offset()) {
                 Some(rdkafka::Offset::Offset(o)) => o,
@@ -117,8 +115,7 @@ impl Core {
             owned && !caught_up
         });
         if resume.count() > 0 {
-            consumer
-                .resume(&resume)
+            self.resume_or_hold(consumer, &resume)
                 .map_err(|e| LoopError::Rewind(format!("resuming the repartition topic: {e}")))?;
         }
         Ok(())

@@ -41,9 +41,12 @@ mod core;
 mod emit;
 pub mod encode;
 mod erasure;
+mod hold;
 mod identity;
 mod order;
 mod rebalance;
+mod renew;
+mod restart;
 mod restore;
 
 use std::collections::BTreeSet;
@@ -103,6 +106,9 @@ pub struct Progress {
     /// When the main loop last polled its consumer, epoch ms (0 before the
     /// first poll).
     pub polled_ms: AtomicI64,
+    /// Since when the consumer's statistics have shown it without a group
+    /// coordinator, epoch ms; 0 while it has one (see `renew`).
+    pub coordinator_missing_since_ms: AtomicI64,
 }
 
 impl Progress {
@@ -146,6 +152,20 @@ impl Progress {
             self.out_of_group_since_ms.store(0, Ordering::SeqCst);
         } else {
             let _ = self.out_of_group_since_ms.compare_exchange(
+                0,
+                now_ms.max(1),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+        }
+    }
+
+    /// Records whether the consumer had a group coordinator at `now_ms`.
+    pub(crate) fn coordinator_known(&self, known: bool, now_ms: i64) {
+        if known {
+            self.coordinator_missing_since_ms.store(0, Ordering::SeqCst);
+        } else {
+            let _ = self.coordinator_missing_since_ms.compare_exchange(
                 0,
                 now_ms.max(1),
                 Ordering::SeqCst,
@@ -287,6 +307,8 @@ struct Worker {
     /// Since when every rewind has been followed by another failure, and the
     /// number of commits when that streak started.
     failing: Option<(Instant, u64)>,
+    /// Whether to replace a consumer without a group coordinator (see `renew`).
+    renewal: renew::Renewal,
 }
 
 /// The committer for the configured guarantee.
@@ -372,6 +394,9 @@ impl Worker {
             progress,
             to_restore: Default::default(),
             from_local: Default::default(),
+            to_start: Default::default(),
+            kafka_wait: Default::default(),
+            held: None,
             failure: None,
             pending: PendingOffsets::default(),
             pending_records: 0,
@@ -396,6 +421,7 @@ impl Worker {
             interval: Duration::from_millis(cfg.engine.commit_interval_ms),
             patience: Duration::from_millis(cfg.engine.kafka_unavailable_timeout_ms),
             failing: None,
+            renewal: Default::default(),
         })
     }
 
@@ -427,6 +453,7 @@ impl Worker {
     fn run_until(&mut self, stop: &AtomicBool) -> anyhow::Result<()> {
         let mut last_commit = Instant::now();
         while !stop.load(Ordering::SeqCst) {
+            self.renew_stuck_consumer()?;
             match self.step(&mut last_commit) {
                 Ok(()) => {}
                 Err(LoopError::Rewind(why)) => self.recover(&why)?,
@@ -482,10 +509,15 @@ impl Worker {
                 batch.clear();
                 if core.processor.changes_fill_cache() {
                     // The changed profiles stay in memory until committed: with
-                    // a commit still in flight (a slow broker), take no more
-                    // records until it has ended, so they do not grow with
-                    // what the consumer fetched ahead.
-                    core.finish_in_flight(&self.consumer)?;
+                    // a commit still in flight, take no more records until the
+                    // next commit has taken them, so they do not grow with what
+                    // the consumer fetched ahead. A commit about to end is
+                    // waited for; one held up (a slow broker) holds the input.
+                    if core.committer.wait_in_flight(HOLD_AFTER) {
+                        core.finish_in_flight(&self.consumer)?;
+                    } else {
+                        core.hold_input(&self.consumer)?;
+                    }
                     break;
                 }
             }
@@ -513,6 +545,7 @@ impl Worker {
             core.commit(&self.consumer, CommitMode::Async)?;
             *last_commit = Instant::now();
         }
+        core.release_input(&self.consumer)?;
         Ok(())
     }
 
@@ -602,6 +635,11 @@ impl Worker {
         }
     }
 }
+
+/// How long the loop waits for a commit in flight when the changed profiles
+/// fill the profile cache, before it pauses its input and goes on polling
+/// (see `hold`).
+const HOLD_AFTER: Duration = Duration::from_secs(1);
 
 /// How long the consumer is polled between two steps of a rewind.
 const SERVE_WHILE_REWINDING: Duration = Duration::from_millis(20);

@@ -5,6 +5,7 @@
 //! state is restored.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,9 @@ pub(crate) struct EngineContext {
     pub(super) core: Arc<Mutex<Core>>,
     /// How long the consumer has been out of a settled group membership.
     pub(super) group: Mutex<GroupWatch>,
+    /// The consumer has been replaced (see `renew`): its last callbacks, as
+    /// it closes, leave the core alone.
+    retired: AtomicBool,
 }
 
 impl EngineContext {
@@ -25,7 +29,17 @@ impl EngineContext {
         EngineContext {
             core,
             group: Mutex::new(GroupWatch::default()),
+            retired: AtomicBool::new(false),
         }
+    }
+
+    /// Cuts this context's consumer off from the core: it has been replaced.
+    pub(super) fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+    }
+
+    fn retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
     }
 
     /// The group membership as librdkafka's statistics report it: the
@@ -33,8 +47,9 @@ impl EngineContext {
     /// membership for long (it processes nothing meanwhile).
     fn group_stats(&self, core: &Core, g: &rdkafka::statistics::ConsumerGroup) {
         let settled = g.state == "up" && g.join_state == "steady";
-        core.progress
-            .group_settled(settled, chrono::Utc::now().timestamp_millis());
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        core.progress.group_settled(settled, now_ms);
+        core.progress.coordinator_known(g.state == "up", now_ms);
         core.metrics.group_member.set(i64::from(settled));
         core.metrics.group_partitions.set(g.assignment_size.into());
         let out = self
@@ -95,6 +110,9 @@ impl ClientContext for EngineContext {
     /// owned partition, from its last stable offset and the consumer's
     /// position, and the group membership.
     fn stats(&self, statistics: rdkafka::Statistics) {
+        if self.retired() {
+            return;
+        }
         let core = lock(&self.core);
         if let Some(g) = &statistics.cgrp {
             self.group_stats(&core, g);
@@ -118,6 +136,9 @@ impl ClientContext for EngineContext {
 
 impl ConsumerContext for EngineContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if self.retired() {
+            return;
+        }
         if let Rebalance::Revoke(tpl) = rebalance {
             let partitions = partitions_of(tpl);
             let lost = consumer.assignment_lost();
@@ -131,6 +152,9 @@ impl ConsumerContext for EngineContext {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if self.retired() {
+            return;
+        }
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let partitions = partitions_of(tpl);

@@ -104,7 +104,7 @@ impl Restorer {
         let checkpoint = state.checkpoint(p)?;
         let (low, high) = self
             .ends
-            .fetch_watermarks(changelog, p, Duration::from_secs(30))
+            .fetch_watermarks(changelog, p, super::restart::KAFKA_READ)
             .with_context(|| format!("reading the end of {changelog} [{p}]"))?;
         let next = checkpoint.unwrap_or(0).max(low);
         if high <= next {
