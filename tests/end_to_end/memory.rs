@@ -117,7 +117,7 @@ fn a_commit_held_up_by_the_broker_stops_changes_at_the_profile_cache() {
     // timeout: the commit waits rather than fails); what the consumer
     // fetched before is in hand.
     let (mut most, mut poll_age) = (0, 0.0f64);
-    let until = Instant::now() + Duration::from_secs(8);
+    let until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < until {
         assert!(
             !engine.is_finished(),

@@ -74,7 +74,9 @@ impl ProducerContext for DeliveryContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
-            Ok(m) if m.topic() == self.changelog => {
+            // A touch is no profile: the partition's checkpoint is where its
+            // restore gets to.
+            Ok(m) if m.topic() == self.changelog && m.key() != Some(super::TOUCH_KEY) => {
                 if let Ok(mut o) = self.changelog_offsets.lock() {
                     let e = o.entry(m.partition()).or_insert(0);
                     *e = (*e).max(m.offset() + 1);

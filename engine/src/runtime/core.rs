@@ -156,6 +156,31 @@ impl Core {
         Ok(())
     }
 
+    /// Starts the commit that is due: the interval is up, or the changed
+    /// profiles fill the profile cache (early). Only one commit runs at a
+    /// time: a due one starts once the one in flight has ended instead of
+    /// stopping the loop until it does (the interval grows by the wait).
+    pub(super) fn commit_when_due(
+        &mut self,
+        consumer: &BaseConsumer<EngineContext>,
+        interval: Duration,
+        last_commit: &mut Instant,
+    ) -> Result<(), LoopError> {
+        let up = last_commit.elapsed() >= interval;
+        let early = !up && self.processor.changes_fill_cache();
+        if !(up || early) || self.committer.committing() {
+            return Ok(());
+        }
+        if early {
+            self.metrics.early_commits.inc();
+        }
+        self.fire_idle_timers()?;
+        self.touch_stalled_changelogs()?;
+        self.commit(consumer, CommitMode::Async)?;
+        *last_commit = Instant::now();
+        Ok(())
+    }
+
     /// In live mode, partitions that received nothing this interval fire their due
     /// timers on wall-clock time, so a quiet partition is not stuck.
     pub(super) fn fire_idle_timers(&mut self) -> Result<(), LoopError> {

@@ -13,6 +13,8 @@
 //! the next commit has taken the changes. A partition started meanwhile joins
 //! the held ones instead of resuming.
 
+use std::time::Duration;
+
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::TopicPartitionList;
 
@@ -20,12 +22,27 @@ use super::core::Core;
 use super::rebalance::EngineContext;
 use super::LoopError;
 
+/// How long the loop waits for a commit in flight when the changed profiles
+/// fill the profile cache, before it holds its input and goes on polling.
+const HOLD_AFTER: Duration = Duration::from_secs(1);
+
 impl Core {
-    /// Pauses the partitions being consumed, if they are not held already.
-    pub(super) fn hold_input(
+    /// With the changed profiles filling the profile cache: finishes the
+    /// commit in flight if it ends within [`HOLD_AFTER`] (the next commit
+    /// then takes the changes), or holds the input until it has.
+    pub(super) fn make_room(
         &mut self,
         consumer: &BaseConsumer<EngineContext>,
     ) -> Result<(), LoopError> {
+        if self.committer.wait_in_flight(HOLD_AFTER) {
+            self.finish_in_flight(consumer)
+        } else {
+            self.hold_input(consumer)
+        }
+    }
+
+    /// Pauses the partitions being consumed, if they are not held already.
+    fn hold_input(&mut self, consumer: &BaseConsumer<EngineContext>) -> Result<(), LoopError> {
         if self.held.is_some() {
             return Ok(());
         }

@@ -78,6 +78,17 @@ const BATCH_RECORDS: usize = 2048;
 /// start, while the previous one is still in flight.
 const OVERDUE_SLICE: Duration = Duration::from_millis(5);
 
+/// Key of the record written to a changelog partition whose restore has
+/// stalled (a tombstone, skipped when restored; older versions delete a
+/// profile that does not exist). After a broker restart, a transaction was
+/// seen left open on a changelog partition although its coordinator had
+/// completed it (a hanging transaction): its last stable offset then stays
+/// below the end, and a read_committed restore waits forever. A commit
+/// marker of the same producer id closes it, and the restoring engine's own
+/// producers write one with the next commit that includes the partition,
+/// which this record makes happen.
+pub const TOUCH_KEY: &[u8] = b"\0rapport.touch";
+
 /// Changelog key that carries a partition's event-time watermark.
 pub const WATERMARK_KEY: &[u8] = b"\0rapport.watermark";
 
@@ -472,27 +483,45 @@ impl Worker {
     /// Processes what arrives until the commit interval is up, restores a slice
     /// of the partitions being restored, and commits when the interval is up.
     fn step(&mut self, last_commit: &mut Instant) -> Result<(), LoopError> {
+        let (deadline, wait) = self.slice(*last_commit);
+        // Noted once a step, not once a record: a step polls within
+        // milliseconds of its start, and a step held up shows as it should.
+        self.progress.polled();
+        self.drain(deadline, wait)?;
+        let mut core = lock(&self.core);
+        core.finish_ended(&self.consumer)?;
+        core.restore_slice(&self.consumer)?;
+        core.release_identity_messages(&self.consumer)?;
+        core.committer.producer().poll(Duration::ZERO);
+        core.commit_when_due(&self.consumer, self.interval, last_commit)?;
+        core.release_input(&self.consumer)
+    }
+
+    /// Until when this step takes records, and how long its first poll may
+    /// wait for one. A commit that is due waits for the one still in flight:
+    /// meanwhile the loop goes on consuming, a slice at a time, into the open
+    /// interval, until the changed profiles fill the profile cache.
+    fn slice(&self, last_commit: Instant) -> (Instant, Duration) {
         let (restoring, committing) = {
             let core = lock(&self.core);
             (!core.restorer.is_idle(), core.committer.committing())
         };
-        // A commit that is due waits for the one still in flight: meanwhile the
-        // loop goes on consuming, a slice at a time, into the open interval,
-        // until the changed profiles fill the profile cache (below).
-        let mut deadline = *last_commit + self.interval;
+        let mut deadline = last_commit + self.interval;
         if committing {
             deadline = deadline.max(Instant::now() + OVERDUE_SLICE);
         }
-        let mut wait = match (restoring, committing) {
+        let wait = match (restoring, committing) {
             (true, _) => Duration::ZERO,
             (false, true) => OVERDUE_SLICE,
             (false, false) => Duration::from_millis(20),
         };
-        // Noted once a step, not once a record: a step polls within
-        // milliseconds of its start, and a step held up shows as it should.
-        self.progress.polled();
-        // Drain what is already fetched, up to the commit deadline, in batches
-        // whose partitions are processed in parallel.
+        (deadline, wait)
+    }
+
+    /// Takes what the consumer has fetched, up to `deadline`, in batches whose
+    /// partitions are processed in parallel; stops once the changed profiles
+    /// fill the profile cache (see `hold`).
+    fn drain(&mut self, deadline: Instant, mut wait: Duration) -> Result<(), LoopError> {
         let mut batch = Vec::with_capacity(BATCH_RECORDS);
         while Instant::now() < deadline {
             let polled = self.consumer.poll(wait);
@@ -508,16 +537,7 @@ impl Worker {
                 core.finish_ended(&self.consumer)?;
                 batch.clear();
                 if core.processor.changes_fill_cache() {
-                    // The changed profiles stay in memory until committed: with
-                    // a commit still in flight, take no more records until the
-                    // next commit has taken them, so they do not grow with what
-                    // the consumer fetched ahead. A commit about to end is
-                    // waited for; one held up (a slow broker) holds the input.
-                    if core.committer.wait_in_flight(HOLD_AFTER) {
-                        core.finish_in_flight(&self.consumer)?;
-                    } else {
-                        core.hold_input(&self.consumer)?;
-                    }
+                    core.make_room(&self.consumer)?;
                     break;
                 }
             }
@@ -525,27 +545,7 @@ impl Worker {
         }
         if !batch.is_empty() {
             lock(&self.core).handle_batch(&batch)?;
-            batch.clear();
         }
-        let mut core = lock(&self.core);
-        core.finish_ended(&self.consumer)?;
-        core.restore_slice(&self.consumer)?;
-        core.release_identity_messages(&self.consumer)?;
-        core.committer.producer().poll(Duration::ZERO);
-        // Only one commit runs at a time; a due one starts once the one in
-        // flight has ended instead of stopping the loop until it does (the
-        // interval grows by the wait). Changes that fill the profile cache make
-        // a commit due early.
-        let early = last_commit.elapsed() < self.interval && core.processor.changes_fill_cache();
-        if (early || last_commit.elapsed() >= self.interval) && !core.committer.committing() {
-            if early {
-                core.metrics.early_commits.inc();
-            }
-            core.fire_idle_timers()?;
-            core.commit(&self.consumer, CommitMode::Async)?;
-            *last_commit = Instant::now();
-        }
-        core.release_input(&self.consumer)?;
         Ok(())
     }
 
@@ -635,11 +635,6 @@ impl Worker {
         }
     }
 }
-
-/// How long the loop waits for a commit in flight when the changed profiles
-/// fill the profile cache, before it pauses its input and goes on polling
-/// (see `hold`).
-const HOLD_AFTER: Duration = Duration::from_secs(1);
 
 /// How long the consumer is polled between two steps of a rewind.
 const SERVE_WHILE_REWINDING: Duration = Duration::from_millis(20);

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::producer::BaseRecord;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::core::Core;
@@ -29,6 +30,10 @@ pub(super) const KAFKA_READ: Duration = Duration::from_secs(2);
 
 /// How long after a Kafka read went unanswered the restart tries again.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
+
+/// How long a restore may make no progress before its changelog partition is
+/// touched (see [`super::TOUCH_KEY`]).
+const STALLED_AFTER: Duration = Duration::from_secs(5);
 
 /// How long one restore slice may take before the main loop polls the group again.
 const RESTORE_SLICE: Duration = Duration::from_millis(100);
@@ -181,6 +186,27 @@ impl Core {
                 Err(e) if from_kafka(&e) => return self.kafka_wait.failed(now, self.patience(), e),
                 Err(e) => return Err(rewind(e)),
             }
+        }
+        Ok(())
+    }
+
+    /// Writes a touch (see [`super::TOUCH_KEY`]) to the changelog partition
+    /// of every stalled restore, in the interval about to be committed: each
+    /// producer's next commit then ends any transaction of its own left open
+    /// there.
+    pub(super) fn touch_stalled_changelogs(&mut self) -> Result<(), LoopError> {
+        for (p, first) in self.restorer.stalled(STALLED_AFTER) {
+            if first {
+                tracing::warn!(
+                    partition = p,
+                    "the changelog restore makes no progress: a transaction may be left open on the partition; writing to it so that the next commits end it"
+                );
+            }
+            self.committer.send(
+                BaseRecord::<[u8], [u8]>::to(&self.changelog)
+                    .partition(p)
+                    .key(super::TOUCH_KEY),
+            )?;
         }
         Ok(())
     }

@@ -19,7 +19,7 @@ use crate::config::KafkaConfig;
 use crate::kafka::client_config;
 use crate::state::{StateBatch, StateStore, Stored};
 
-use super::WATERMARK_KEY;
+use super::{TOUCH_KEY, WATERMARK_KEY};
 
 /// How long a changelog partition may make no progress (waiting for a dead
 /// instance's transaction to be aborted, or for the broker) before its restore fails.
@@ -59,6 +59,8 @@ struct Job {
     batch: StateBatch,
     /// When `next` last moved.
     moved: Instant,
+    /// The restore has been reported stalled (see [`Restorer::stalled`]).
+    stalled: bool,
 }
 
 /// Where one partition's restore stands.
@@ -120,6 +122,7 @@ impl Restorer {
                 applied: 0,
                 batch: StateBatch::default(),
                 moved: Instant::now(),
+                stalled: false,
             },
         );
         self.reassign = true;
@@ -166,6 +169,21 @@ impl Restorer {
             .collect()
     }
 
+    /// The partitions whose restore has not moved for `after` below its end,
+    /// each with whether this is the first time it is reported. Their
+    /// changelog's last stable offset may be held by a transaction no
+    /// coordinator will end (see [`super::TOUCH_KEY`]).
+    pub fn stalled(&mut self, after: Duration) -> Vec<(i32, bool)> {
+        let mut out = Vec::new();
+        for (p, j) in self.jobs.iter_mut() {
+            if j.next < j.high && j.moved.elapsed() >= after {
+                out.push((*p, !j.stalled));
+                j.stalled = true;
+            }
+        }
+        out
+    }
+
     /// Records applied since the last call.
     pub fn take_applied(&mut self) -> u64 {
         std::mem::take(&mut self.applied)
@@ -193,6 +211,11 @@ impl Restorer {
                     if apply_message(&mut self.jobs, state, &m)? {
                         self.applied += 1;
                     }
+                }
+                // A broker away for a moment: the client reconnects by itself,
+                // and the restore goes on where it was (no rewind for it).
+                Some(Err(e)) if transient(&e) => {
+                    tracing::debug!(error = %e, "changelog reader");
                 }
                 Some(Err(e)) => return Err(e).context("reading the changelog"),
                 None => self.follow_positions()?,
@@ -277,6 +300,16 @@ impl Job {
     }
 }
 
+/// Whether a reader's error is the client losing a broker for a while, which
+/// it recovers from by itself.
+fn transient(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode::{AllBrokersDown, BrokerTransportFailure};
+    matches!(
+        e.rdkafka_error_code(),
+        Some(BrokerTransportFailure | AllBrokersDown)
+    )
+}
+
 /// Applies changelog record `m` to its partition's restore; false when it is not
 /// one a restore waits for (left over from an earlier assignment of the reader).
 fn apply_message(
@@ -342,6 +375,9 @@ fn apply(
     value: Option<&[u8]>,
     fresh: bool,
 ) -> anyhow::Result<()> {
+    if key == TOUCH_KEY {
+        return Ok(());
+    }
     if key == WATERMARK_KEY {
         if let Some(v) = value.and_then(|v| <[u8; 8]>::try_from(v).ok()) {
             batch.set_watermark(p, i64::from_be_bytes(v));
