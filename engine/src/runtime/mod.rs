@@ -159,30 +159,12 @@ impl Progress {
 
     /// Records a report of the group membership at `now_ms`.
     pub(crate) fn group_settled(&self, settled: bool, now_ms: i64) {
-        if settled {
-            self.out_of_group_since_ms.store(0, Ordering::SeqCst);
-        } else {
-            let _ = self.out_of_group_since_ms.compare_exchange(
-                0,
-                now_ms.max(1),
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            );
-        }
+        note_since(&self.out_of_group_since_ms, !settled, now_ms);
     }
 
     /// Records whether the consumer had a group coordinator at `now_ms`.
     pub(crate) fn coordinator_known(&self, known: bool, now_ms: i64) {
-        if known {
-            self.coordinator_missing_since_ms.store(0, Ordering::SeqCst);
-        } else {
-            let _ = self.coordinator_missing_since_ms.compare_exchange(
-                0,
-                now_ms.max(1),
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            );
-        }
+        note_since(&self.coordinator_missing_since_ms, !known, now_ms);
     }
 
     /// True when partition `p` is restored and consuming here.
@@ -195,6 +177,16 @@ impl Progress {
         self.restoring
             .lock()
             .is_ok_and(|r| r.iter().any(|s| s.partition == p))
+    }
+}
+
+/// Keeps in `since` when a condition began (epoch ms): set at `now_ms` when it
+/// holds and was not noted yet, 0 when it does not hold.
+fn note_since(since: &AtomicI64, holds: bool, now_ms: i64) {
+    if holds {
+        let _ = since.compare_exchange(0, now_ms.max(1), Ordering::SeqCst, Ordering::SeqCst);
+    } else {
+        since.store(0, Ordering::SeqCst);
     }
 }
 
