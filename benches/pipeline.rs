@@ -8,8 +8,10 @@
 //! (`journeys`, `replay`, `restore`, `guarantees` or `collector` run one part;
 //! `peers` runs the side-by-side comparison with the Kafka Streams peer, the
 //! latency at half of Rapport's rate under each guarantee and memory and state
-//! size at 10k, 1M and 10M customers, and writes its rows into the README's
-//! results block with the machine and date; `latency` runs the latency alone,
+//! size at 10k, 1M and 10M customers (with what the machine allows
+//! `exactly_once`: the Kafka work alone plus the processor's CPU), and writes
+//! its rows into the README's results block with the machine and date;
+//! `ceiling` runs that bound alone, `latency` the latency alone,
 //! `scale` the memory and state size alone, `stitching` throughput with
 //! identity stitching on against off.) The broker is
 //! `RAPPORT_KAFKA_BOOTSTRAP`, or the local one from `deploy/kafka.sh`. Numbers are
@@ -35,6 +37,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::Message;
 use std::path::PathBuf;
 
+#[path = "ceiling/mod.rs"]
+mod ceiling;
 #[path = "collector/mod.rs"]
 mod collector;
 #[path = "inprocess/mod.rs"]
@@ -100,6 +104,13 @@ fn main() -> anyhow::Result<()> {
             scale::scale(&bootstrap, customers, events)?;
         }
         write_results(&machine, &date)?;
+    }
+    if which == "ceiling" {
+        let bootstrap = rapport::broker::ensure()?.bootstrap;
+        let events = bench_events(ISSUE_INPUT_EVENTS)?;
+        let (input, s) = bench_input(&bootstrap, events)?;
+        ceiling::ceiling(&bootstrap, &input, events, &s)?;
+        scale::delete_topics(&bootstrap, &[input]);
     }
     if which == "latency" {
         let bootstrap = rapport::broker::ensure()?.bootstrap;
@@ -685,6 +696,8 @@ fn peers(bootstrap: &str, events: u64) -> anyhow::Result<()> {
             100.0 * eos.0 / tuned
         );
     }
+    // What the machine allows: the Kafka work alone plus the processor's CPU.
+    ceiling::ceiling(bootstrap, &input, events, &s)?;
     Ok(())
 }
 

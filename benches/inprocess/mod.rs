@@ -119,12 +119,10 @@ pub fn breakdown(events: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What storing and reading back a profile costs: `customers` profiles built
-/// from `per_customer` simulated touchpoints each (the `-- guarantees` input's
-/// shape), encoded and then decoded, one core. Every event whose profile left
-/// the decoded cache pays one decode, and every commit one encode per changed
-/// profile.
-pub fn profile_codec(customers: u64, per_customer: usize) -> anyhow::Result<()> {
+/// The profiles of `customers` simulated customers after `per_customer`
+/// touchpoints each on average, as a commit stores them (with the source
+/// offset they reflect).
+pub fn stored_profiles(customers: u64, per_customer: usize) -> anyhow::Result<Vec<Stored>> {
     let mut sim = Simulator::new(SimConfig {
         customers,
         seed: 1,
@@ -145,7 +143,7 @@ pub fn profile_codec(customers: u64, per_customer: usize) -> anyhow::Result<()> 
         out.clear();
     }
     // As a commit stores them: with the source offset they reflect.
-    let profiles: Vec<Stored> = profiles
+    Ok(profiles
         .into_values()
         .map(|profile| {
             let mut s = Stored {
@@ -156,7 +154,16 @@ pub fn profile_codec(customers: u64, per_customer: usize) -> anyhow::Result<()> 
             s.advance(topic_hash("touchpoints"), 0, 1_000_000);
             s
         })
-        .collect();
+        .collect())
+}
+
+/// What storing and reading back a profile costs: `customers` profiles built
+/// from `per_customer` simulated touchpoints each (the `-- guarantees` input's
+/// shape), encoded and then decoded, one core. Every event whose profile left
+/// the decoded cache pays one decode, and every commit one encode per changed
+/// profile.
+pub fn profile_codec(customers: u64, per_customer: usize) -> anyhow::Result<()> {
+    let profiles = stored_profiles(customers, per_customer)?;
     let started = Instant::now();
     let encoded: Vec<Vec<u8>> = profiles.iter().map(Stored::encode).collect();
     let encode_us = started.elapsed().as_secs_f64() * 1e6 / profiles.len() as f64;
@@ -179,7 +186,8 @@ pub fn profile_codec(customers: u64, per_customer: usize) -> anyhow::Result<()> 
 /// (decode, profile, emotional state, the shipped journeys and delivery policy,
 /// timers) on one core, with the
 /// profiles in RocksDB behind a cache.
-pub fn replay(events: usize, customers: u64) -> anyhow::Result<()> {
+/// Returns the median µs per event.
+pub fn replay(events: usize, customers: u64) -> anyhow::Result<f64> {
     let mut sim = Simulator::new(SimConfig {
         customers,
         seed: 1,
@@ -193,10 +201,10 @@ pub fn replay(events: usize, customers: u64) -> anyhow::Result<()> {
     let mut rates = Vec::new();
     let mut fired = 0;
     for _ in 0..3 {
-        let (secs, actions) = replay_pass(&records, customers)?;
-        rates.push(events as f64 / secs);
-        eprintln!("replay pass: {:.0} events/s", events as f64 / secs);
-        fired = actions;
+        let pass = replay_pass(&records, customers)?;
+        rates.push(events as f64 / pass.secs);
+        eprintln!("replay pass: {:.0} events/s", events as f64 / pass.secs);
+        fired = pass.actions;
     }
     rates.sort_by(f64::total_cmp);
     crate::report::row!(
@@ -206,11 +214,17 @@ pub fn replay(events: usize, customers: u64) -> anyhow::Result<()> {
         rates[2],
         1e6 / rates[1]
     );
-    Ok(())
+    Ok(1e6 / rates[1])
 }
 
-/// One pass of [`replay`]: seconds taken and actions emitted.
-fn replay_pass(records: &[Vec<u8>], customers: u64) -> anyhow::Result<(f64, usize)> {
+/// One pass of [`replay`].
+struct Pass {
+    secs: f64,
+    actions: usize,
+}
+
+/// One pass of [`replay`] with fresh state.
+fn replay_pass(records: &[Vec<u8>], customers: u64) -> anyhow::Result<Pass> {
     let dir = tempfile::tempdir()?;
     let state = Arc::new(StateStore::open(&StateConfig {
         path: dir.path().to_owned(),
@@ -263,5 +277,8 @@ fn replay_pass(records: &[Vec<u8>], customers: u64) -> anyhow::Result<(f64, usiz
         bytes / count,
         encoding.elapsed().as_secs_f64() * 1e9 / count as f64
     );
-    Ok((secs, fired))
+    Ok(Pass {
+        secs,
+        actions: fired,
+    })
 }
