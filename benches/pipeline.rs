@@ -379,7 +379,8 @@ fn guarantees(bootstrap: &str, events: u64) -> anyhow::Result<()> {
             run.metrics.commits.get(),
             run.metrics.early_commits.get(),
             run.broker_us_per_event.map_or("the broker is not a local process".into(), |us| format!(
-                "the broker beside it {us:.1} µs CPU per event"
+                "the broker beside it {us:.1} µs CPU per event ({})",
+                run.broker_split.as_deref().unwrap_or_default()
             )),
         );
     }
@@ -398,6 +399,9 @@ struct EngineRun {
     /// CPU the local broker's JVM used meanwhile, µs per event (none when
     /// the broker is not a process on this machine).
     broker_us_per_event: Option<f64>,
+    /// Where the local broker's CPU went, µs per event by thread group
+    /// ([`measure::broker_split`]).
+    broker_split: Option<String>,
     /// Actions on the run's action topic, read with read_committed.
     actions: u64,
     /// The engine's metrics at the end of the run.
@@ -531,6 +535,7 @@ fn engine_run_with(
     let threads_before = ThreadCpu::now();
     let broker = local_broker(bootstrap);
     let broker_before = broker.and_then(process_cpu_seconds);
+    let broker_threads = broker.map(|pid| ThreadCpu::of(&pid.to_string()));
     reset_peak_rss();
     while engine.progress.committed.load(Ordering::SeqCst) < events || !done()? {
         anyhow::ensure!(!engine.is_finished(), "engine stopped");
@@ -544,6 +549,9 @@ fn engine_run_with(
         .and_then(process_cpu_seconds)
         .zip(broker_before)
         .map(|(after, before)| (after - before) * 1e6 / events as f64);
+    let broker_split = broker.zip(broker_threads).map(|(pid, before)| {
+        measure::broker_split(&ThreadCpu::of(&pid.to_string()), &before, events)
+    });
     engine.shutdown()?;
     Ok(EngineRun {
         workers,
@@ -553,6 +561,7 @@ fn engine_run_with(
         peak_mib: peak,
         cpu_split,
         broker_us_per_event,
+        broker_split,
         actions: count_committed(bootstrap, &action_topic)?,
         metrics,
     })

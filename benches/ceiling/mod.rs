@@ -18,7 +18,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use crate::measure::{cpu_seconds, local_broker, process_cpu_seconds};
+use crate::measure::{broker_split, cpu_seconds, local_broker, process_cpu_seconds, ThreadCpu};
 
 /// The commit interval Rapport ships with.
 const COMMIT_INTERVAL_MS: u64 = 100;
@@ -37,6 +37,8 @@ pub struct KafkaWork {
     pub process_us: f64,
     /// The broker's CPU per touchpoint, µs (none when it is not a local process).
     pub broker_us: Option<f64>,
+    /// Where the broker's CPU went ([`broker_split`]).
+    pub broker_split: Option<String>,
     /// Changelog records written per touchpoint (one per changed customer and transaction).
     pub changelog_per_event: f64,
     /// Transactions committed.
@@ -118,7 +120,11 @@ pub fn kafka_work(
             let m = m?;
             if started.is_none() {
                 started = Some(Instant::now());
-                before = Some((cpu_seconds(), broker.and_then(process_cpu_seconds)));
+                before = Some((
+                    cpu_seconds(),
+                    broker.and_then(process_cpu_seconds),
+                    broker.map(|pid| ThreadCpu::of(&pid.to_string())),
+                ));
             }
             changed.insert(m.key().unwrap_or_default().to_vec());
             next.insert(m.partition(), m.offset() + 1);
@@ -130,17 +136,21 @@ pub fn kafka_work(
         }
     }
     let secs = started.map_or(f64::NAN, |s| s.elapsed().as_secs_f64());
-    let (cpu_before, broker_before) = before.unwrap_or_default();
+    let (cpu_before, broker_before, threads_before) = before.unwrap_or_default();
     let process_us = (cpu_seconds() - cpu_before) * 1e6 / events as f64;
     let broker_us = broker
         .and_then(process_cpu_seconds)
         .zip(broker_before)
         .map(|(after, before)| (after - before) * 1e6 / events as f64);
+    let broker_split = broker
+        .zip(threads_before)
+        .map(|(pid, before)| broker_split(&ThreadCpu::of(&pid.to_string()), &before, events));
     crate::scale::delete_topics(bootstrap, &[changelog]);
     Ok(KafkaWork {
         rate: events as f64 / secs,
         process_us,
         broker_us,
+        broker_split,
         changelog_per_event: written as f64 / events as f64,
         transactions,
     })
@@ -183,7 +193,12 @@ pub fn ceiling(bootstrap: &str, input: &str, events: u64, s: &str) -> anyhow::Re
     drop(encoded);
     let broker = work.broker_us.map_or(
         "not measured (the broker is not a local process)".into(),
-        |us| format!("{us:.1} µs"),
+        |us| {
+            format!(
+                "{us:.1} µs ({})",
+                work.broker_split.as_deref().unwrap_or_default()
+            )
+        },
     );
     crate::report::row!(
         "| the Kafka work of exactly_once alone, a bare rdkafka loop over the same input: {events} touchpoints consumed read_committed, {} transactions each of {PER_TRANSACTION} touchpoints ({COMMIT_INTERVAL_MS} ms at {FLOOR_RATE} events/s) with their offsets, each customer changed in one written once to a compacted 4-partition changelog ({:.2} records per touchpoint; its stored profile from this input's shape, mean {mean} bytes, LZ4) | {:.0} events/s (its commits block it); CPU per touchpoint: the loop's process {:.1} µs (librdkafka's threads included), the broker {broker} |",

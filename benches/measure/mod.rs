@@ -31,8 +31,13 @@ pub struct ThreadCpu(HashMap<u64, (String, u64)>);
 
 impl ThreadCpu {
     pub fn now() -> ThreadCpu {
+        Self::of("self")
+    }
+
+    /// The threads of process `pid` ("self" for this one).
+    pub fn of(pid: &str) -> ThreadCpu {
         let mut threads = HashMap::new();
-        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
             return ThreadCpu(threads);
         };
         for task in tasks.flatten() {
@@ -75,6 +80,46 @@ impl ThreadCpu {
         parts.push(format!("other {:.1}", us(secs[GROUPS.len()])));
         parts.join(", ")
     }
+}
+
+/// Where a local broker's CPU went since `before`, µs per event over
+/// `events`, by thread group: request handling and the network (Kafka's
+/// `data-plane-kafka-*` threads, whose names the kernel cuts to the same
+/// fifteen characters), garbage collection, the KRaft metadata and
+/// controller threads, the log cleaner, and the rest.
+pub fn broker_split(after: &ThreadCpu, before: &ThreadCpu, events: u64) -> String {
+    const GROUPS: [(&[&str], &str); 4] = [
+        (&["data-plane-kafk"], "requests and network"),
+        (&["G1 ", "GC Thread", "VM Thread"], "GC"),
+        (
+            &[
+                "kafka-1-raft",
+                "quorum-controll",
+                "kafka-1-metadat",
+                "controller-",
+                "broker-1-to-con",
+            ],
+            "KRaft",
+        ),
+        (&["kafka-log-clean"], "log cleaner"),
+    ];
+    let mut secs = [0.0f64; GROUPS.len() + 1];
+    for (tid, (name, ticks)) in &after.0 {
+        let was = before.0.get(tid).map_or(0, |(_, t)| *t);
+        let group = GROUPS
+            .iter()
+            .position(|(prefixes, _)| prefixes.iter().any(|p| name.starts_with(p)))
+            .unwrap_or(GROUPS.len());
+        secs[group] += ticks.saturating_sub(was) as f64 / 100.0;
+    }
+    let us = |s: f64| s * 1e6 / events.max(1) as f64;
+    let mut parts: Vec<String> = GROUPS
+        .iter()
+        .zip(secs)
+        .map(|((_, label), s)| format!("{label} {:.1}", us(s)))
+        .collect();
+    parts.push(format!("other {:.1}", us(secs[GROUPS.len()])));
+    parts.join(", ")
 }
 
 /// The process id of the Kafka broker serving `bootstrap`, when it is a JVM
