@@ -194,6 +194,30 @@ fn gc_pause(line: &str) -> Option<(i64, f64)> {
     Some((ended - ms as i64, ms))
 }
 
+/// The machine's CPU time so far from `/proc/stat`, in clock ticks: (idle,
+/// including waiting for I/O; all). Two readings give the share of the
+/// machine's cores nobody used in between ([`idle_share`]).
+pub fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().next().and_then(|l| l.strip_prefix("cpu ")) else {
+        return (0, 0);
+    };
+    let f: Vec<u64> = cpu
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is in user).
+    let all = f.iter().take(8).sum();
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    (idle, all)
+}
+
+/// The share of the machine's CPU left idle between two [`machine_ticks`].
+pub fn idle_share(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let all = after.1.saturating_sub(before.1);
+    after.0.saturating_sub(before.0) as f64 / all.max(1) as f64
+}
+
 /// CPU time (user and system) process `pid` has used, seconds.
 pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
     read_stat(format!("/proc/{pid}/stat")).map(|(_, ticks)| ticks as f64 / 100.0)
