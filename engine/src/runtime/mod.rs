@@ -117,9 +117,6 @@ pub struct Progress {
     /// When the main loop last polled its consumer, epoch ms (0 before the
     /// first poll).
     pub polled_ms: AtomicI64,
-    /// Since when the consumer's statistics have shown it without a group
-    /// coordinator, epoch ms; 0 while it has one (see `renew`).
-    pub coordinator_missing_since_ms: AtomicI64,
 }
 
 impl Progress {
@@ -160,11 +157,6 @@ impl Progress {
     /// Records a report of the group membership at `now_ms`.
     pub(crate) fn group_settled(&self, settled: bool, now_ms: i64) {
         note_since(&self.out_of_group_since_ms, !settled, now_ms);
-    }
-
-    /// Records whether the consumer had a group coordinator at `now_ms`.
-    pub(crate) fn coordinator_known(&self, known: bool, now_ms: i64) {
-        note_since(&self.coordinator_missing_since_ms, !known, now_ms);
     }
 
     /// True when partition `p` is restored and consuming here.
@@ -310,8 +302,32 @@ struct Worker {
     /// Since when every rewind has been followed by another failure, and the
     /// number of commits when that streak started.
     failing: Option<(Instant, u64)>,
-    /// Whether to replace a consumer without a group coordinator (see `renew`).
+    /// Whether to replace a consumer out of its group (see `renew`).
     renewal: renew::Renewal,
+}
+
+/// How long a stopping engine waits for its consumer's handle to close.
+const CLOSE_WITHIN: Duration = Duration::from_secs(10);
+
+/// Closes `consumer` on a thread of its own and waits for it at most
+/// [`CLOSE_WITHIN`]: a handle the cluster left wedged (seen after a broker
+/// restart: the consumer out of its group for good, and one of its broker
+/// threads never ending, so closing waited forever) must not keep the engine
+/// from stopping. Such a handle is left to its thread.
+fn close(consumer: BaseConsumer<EngineContext>) {
+    let (done, closed) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("rapport-close".into())
+        .spawn(move || {
+            drop(consumer);
+            let _ = done.send(());
+        });
+    if spawned.is_ok() && closed.recv_timeout(CLOSE_WITHIN).is_err() {
+        tracing::warn!(
+            seconds = CLOSE_WITHIN.as_secs(),
+            "the Kafka consumer did not close in time; the engine stops without waiting for it"
+        );
+    }
 }
 
 /// The committer for the configured guarantee.
@@ -450,6 +466,7 @@ impl Worker {
             let _ = lock(&self.core).committer.abort();
             tracing::error!(error = %format!("{e:#}"), "engine stopped on an error");
         }
+        close(self.consumer);
         result
     }
 

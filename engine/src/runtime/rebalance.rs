@@ -49,7 +49,6 @@ impl EngineContext {
         let settled = g.state == "up" && g.join_state == "steady";
         let now_ms = chrono::Utc::now().timestamp_millis();
         core.progress.group_settled(settled, now_ms);
-        core.progress.coordinator_known(g.state == "up", now_ms);
         core.metrics.group_member.set(i64::from(settled));
         core.metrics.group_partitions.set(g.assignment_size.into());
         let out = self

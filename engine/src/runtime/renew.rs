@@ -1,14 +1,18 @@
-//! Replacing a group consumer that no longer finds its group.
+//! Replacing a group consumer that no longer finds its way into its group.
 //!
 //! After a broker restart, a consumer has been seen to stay in librdkafka's
 //! coordinator query for minutes while the same broker answered every other
-//! client (the group's committed offsets, the producers' transactions): out of
-//! its group, it processes nothing, and nothing fails. When the consumer's
-//! statistics have shown it without a group coordinator for
-//! [`RENEW_AFTER`] and a fresh client gets an answer from the cluster, the
-//! main loop replaces it with a new consumer: the uncommitted work is dropped
-//! (as after any failure), and the new consumer joins the group under the same
-//! static member id and takes the partitions back.
+//! client (the group's committed offsets, the producers' transactions), and
+//! another to stay out of its group for good while the coordinator listed the
+//! group with no member at all (its handle then never finished closing):
+//! out of its group, it processes nothing, and nothing fails. When the
+//! consumer's statistics have shown it out of a settled membership (no
+//! coordinator, or a join that does not settle) for [`RENEW_AFTER`] and a
+//! fresh client gets answers from the cluster, the main loop replaces it with
+//! a new consumer: the uncommitted work is dropped (as after any failure), and
+//! the new consumer joins the group under the same static member id and takes
+//! the partitions back. A rebalance settles within seconds; a member that
+//! died leaves the others settled until its session ends.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -21,13 +25,13 @@ use crate::kafka::client_config;
 use super::rebalance::lock;
 use super::{subscribe, LoopError, Worker};
 
-/// How long the consumer may be without a group coordinator before the engine
-/// looks into replacing it.
-const RENEW_AFTER: Duration = Duration::from_secs(60);
+/// How long the consumer may be out of a settled group membership before the
+/// engine looks into replacing it.
+const RENEW_AFTER: Duration = Duration::from_secs(45);
 
 /// How long the cluster must have been answering, with the consumer still
-/// without a coordinator, before it is replaced: a consumer whose broker has
-/// just come back finds the coordinator by itself within seconds.
+/// out of its group, before it is replaced: a consumer whose broker has just
+/// come back finds its group by itself within seconds.
 const ANSWERING_FOR: Duration = Duration::from_secs(15);
 
 /// How often the cluster is asked meanwhile.
@@ -36,20 +40,23 @@ const CHECK_EVERY: Duration = Duration::from_secs(5);
 /// How long the cluster has to answer one check.
 const CLUSTER_CHECK: Duration = Duration::from_secs(2);
 
-/// Whether to replace a consumer without a group coordinator: it has been
-/// without one for [`RENEW_AFTER`], and meanwhile a client of its own has
-/// had answers from the cluster for [`ANSWERING_FOR`], asking every
-/// [`CHECK_EVERY`].
+/// Whether to replace a consumer out of its group: it has been out for
+/// [`RENEW_AFTER`], and meanwhile a client of its own has had answers from
+/// the cluster for [`ANSWERING_FOR`], asking every [`CHECK_EVERY`].
 #[derive(Debug, Default)]
 pub(super) struct Renewal {
     checked_ms: Option<i64>,
     answering_since_ms: Option<i64>,
+    /// When the consumer was last replaced: the next replacement is counted
+    /// from here, while the time out of the group (for `/healthz`) still
+    /// runs from when the first consumer left it.
+    renewed_ms: Option<i64>,
 }
 
 impl Renewal {
-    /// At `now_ms`, with the consumer without a coordinator since
-    /// `missing_since_ms` (0: it has one), asks `cluster_answers` when a
-    /// check is due; true when the consumer is to be replaced.
+    /// At `now_ms`, with the consumer out of its group since
+    /// `missing_since_ms` (0: it is a settled member), asks `cluster_answers`
+    /// when a check is due; true when the consumer is to be replaced.
     pub(super) fn due(
         &mut self,
         missing_since_ms: i64,
@@ -57,8 +64,14 @@ impl Renewal {
         cluster_answers: impl FnOnce() -> bool,
     ) -> bool {
         let ms = |d: Duration| d.as_millis() as i64;
-        if missing_since_ms == 0 || now_ms - missing_since_ms < ms(RENEW_AFTER) {
+        if missing_since_ms == 0 {
             *self = Renewal::default();
+            return false;
+        }
+        let since = missing_since_ms.max(self.renewed_ms.unwrap_or(0));
+        if now_ms - since < ms(RENEW_AFTER) {
+            self.checked_ms = None;
+            self.answering_since_ms = None;
             return false;
         }
         if self
@@ -76,20 +89,20 @@ impl Renewal {
         if now_ms - since < ms(ANSWERING_FOR) {
             return false;
         }
-        *self = Renewal::default();
+        *self = Renewal {
+            renewed_ms: Some(now_ms),
+            ..Renewal::default()
+        };
         true
     }
 }
 
 impl Worker {
-    /// Replaces the consumer when it has been without a group coordinator for
+    /// Replaces the consumer when it has been out of its group for
     /// [`RENEW_AFTER`] while the cluster answers (see the module's doc).
     pub(super) fn renew_stuck_consumer(&mut self) -> anyhow::Result<()> {
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let since = self
-            .progress
-            .coordinator_missing_since_ms
-            .load(Ordering::SeqCst);
+        let since = self.progress.out_of_group_since_ms.load(Ordering::SeqCst);
         let core = &self.core;
         let answers = || {
             // Not under the core's lock: the check may wait for seconds.
@@ -108,7 +121,7 @@ impl Worker {
         let cfg = lock(&self.core).cfg.clone();
         tracing::warn!(
             seconds = (now_ms - since) / 1000,
-            "the consumer has found no coordinator for its group for a while, though the cluster answers: replacing it (the uncommitted work is redone)"
+            "the consumer has been out of its group for a while, though the cluster answers: replacing it (the uncommitted work is redone)"
         );
         // The work in hand was consumed under the old consumer's assignment:
         // the loop drops it and goes back to the last commit before it takes
@@ -125,9 +138,6 @@ impl Worker {
         let _ = std::thread::Builder::new()
             .name("rapport-old-consumer".into())
             .spawn(move || drop(old));
-        self.progress
-            .coordinator_missing_since_ms
-            .store(0, Ordering::SeqCst);
         Ok(())
     }
 }
@@ -148,20 +158,20 @@ mod tests {
     const T0: i64 = 1_764_000_000_000;
     const S: i64 = 1_000;
 
-    /// Nothing is asked with a coordinator, or within a minute of losing it.
+    /// Nothing is asked of a settled member, or within 45 s of leaving.
     #[test]
-    fn a_consumer_with_a_coordinator_or_without_one_briefly_is_kept() {
+    fn a_consumer_in_its_group_or_out_of_it_briefly_is_kept() {
         let mut r = Renewal::default();
         let never = || -> bool { panic!("the cluster is not asked") };
         assert!(!r.due(0, T0 + 3_600 * S, never));
-        assert!(!r.due(T0, T0 + 59 * S, never));
+        assert!(!r.due(T0, T0 + 44 * S, never));
     }
 
-    /// Replaced once the cluster has answered for 15 s with the coordinator
-    /// still missing, asked every 5 s; an unanswered check starts the 15 s
-    /// over; after a replacement, the watch starts afresh.
+    /// Replaced once the cluster has answered for 15 s with the consumer
+    /// still out of its group, asked every 5 s; an unanswered check starts
+    /// the 15 s over; after a replacement, the next one is counted from it.
     #[test]
-    fn a_consumer_is_replaced_after_the_cluster_answers_for_a_while_without_a_coordinator() {
+    fn a_consumer_is_replaced_after_the_cluster_answers_for_a_while_with_it_out_of_its_group() {
         let mut r = Renewal::default();
         let mut asked = 0;
         let mut at = |t: i64, answers: bool, r: &mut Renewal| {
@@ -170,16 +180,18 @@ mod tests {
                 answers
             })
         };
-        assert!(!at(60, true, &mut r), "answering since 60 s");
-        assert!(!at(62, true, &mut r), "not asked again within 5 s");
-        assert!(!at(65, false, &mut r), "no answer: starts over");
-        assert!(!at(70, true, &mut r), "answering since 70 s");
-        assert!(!at(80, true, &mut r));
-        assert!(at(85, true, &mut r), "15 s of answers");
-        assert!(!at(86, true, &mut r), "afresh: answering since 86 s");
-        assert_eq!(asked, 6);
-        // The coordinator found meanwhile: nothing pending.
-        assert!(!r.due(0, T0 + 90 * S, || true));
-        assert!(!r.due(T0, T0 + 100 * S, || true), "answering since 100 s");
+        assert!(!at(45, true, &mut r), "answering since 45 s");
+        assert!(!at(47, true, &mut r), "not asked again within 5 s");
+        assert!(!at(50, false, &mut r), "no answer: starts over");
+        assert!(!at(55, true, &mut r), "answering since 55 s");
+        assert!(!at(65, true, &mut r));
+        assert!(at(70, true, &mut r), "15 s of answers");
+        assert!(!at(114, true, &mut r), "44 s after the replacement");
+        assert!(!at(115, true, &mut r), "answering since 115 s");
+        assert!(at(130, true, &mut r), "15 s of answers again");
+        assert_eq!(asked, 7);
+        // Back in its group meanwhile: nothing pending.
+        assert!(!r.due(0, T0 + 75 * S, || true));
+        assert!(!r.due(T0, T0 + 85 * S, || true), "answering since 85 s");
     }
 }
