@@ -11,7 +11,6 @@ pub mod emotion;
 pub mod policy;
 pub mod prefetch;
 pub mod profile;
-pub mod room;
 pub mod seen;
 pub mod testing;
 pub mod touchpoint;

@@ -94,19 +94,18 @@ impl Serialize for SeenEvents {
 
 impl<'de> Deserialize<'de> for SeenEvents {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // With room for the next events' ids (see `crate::room`).
+        let packed = Vec::<([u8; 8], i64)>::deserialize(d)?;
         let mut prev = 0i64;
-        let entries = crate::room::decode_seq(
-            d,
-            |len| len + crate::room::ROOM,
-            |(hash, gap): ([u8; 8], i64)| {
+        let entries = packed
+            .into_iter()
+            .map(|(hash, gap)| {
                 prev = prev.wrapping_add(gap);
                 SeenEvent {
                     hash: u64::from_le_bytes(hash),
                     at_ms: prev,
                 }
-            },
-        )?;
+            })
+            .collect();
         Ok(SeenEvents {
             entries,
             filter: Filter::default(),
@@ -191,12 +190,6 @@ impl SeenEvents {
     /// Whether no event is remembered.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
-    }
-
-    /// How many ids fit before the list grows.
-    #[cfg(test)]
-    pub(crate) fn capacity(&self) -> usize {
-        self.entries.capacity()
     }
 
     /// Whether an event whose id hashes to `hash` is remembered.

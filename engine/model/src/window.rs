@@ -62,9 +62,9 @@ pub struct Series {
 /// epoch milliseconds alone took seven.
 mod packed {
     use serde::ser::SerializeSeq;
-    use serde::{Deserializer, Serializer};
+    use serde::{Deserialize, Deserializer, Serializer};
 
-    use super::{Bucket, MAX_BUCKETS, MINUTE_MS};
+    use super::{Bucket, MINUTE_MS};
 
     pub fn serialize<S: Serializer>(buckets: &[Bucket], s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(buckets.len()))?;
@@ -79,13 +79,12 @@ mod packed {
         seq.end()
     }
 
-    /// With room for one more bucket, up to the bound (see `crate::room`).
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Bucket>, D::Error> {
+        let packed = Vec::<(i64, u32, u32)>::deserialize(d)?;
         let mut prev = 0i64;
-        crate::room::decode_seq(
-            d,
-            |len| (len + 1).min(MAX_BUCKETS),
-            |(minutes, rest, count): (i64, u32, u32)| {
+        Ok(packed
+            .into_iter()
+            .map(|(minutes, rest, count)| {
                 prev = prev
                     .wrapping_add(minutes.wrapping_mul(MINUTE_MS))
                     .wrapping_add(i64::from(rest));
@@ -93,8 +92,8 @@ mod packed {
                     start_ms: prev,
                     count,
                 }
-            },
-        )
+            })
+            .collect())
     }
 }
 

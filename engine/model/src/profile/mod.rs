@@ -173,8 +173,7 @@ pub struct Profile {
     pub max_wait_seconds: i32,
     /// Products the customer looked at.
     pub products: Vec<ProductInterest>,
-    /// The last few touchpoints, oldest first (decoded with room for the next).
-    #[serde(deserialize_with = "recent_with_room")]
+    /// The last few touchpoints, oldest first.
     pub recent: VecDeque<RecentTouch>,
     /// Journey firings, for cooldowns and caps.
     pub journeys: Vec<JourneyMark>,
@@ -220,18 +219,6 @@ pub struct Profile {
     /// ([`crate::seen`]).
     #[serde(default)]
     pub seen_events: SeenEvents,
-}
-
-/// Decodes [`Profile::recent`] with room for the next touch, up to the bound
-/// ([`crate::room`]).
-fn recent_with_room<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<VecDeque<RecentTouch>, D::Error> {
-    crate::room::decode_seq(
-        d,
-        |len| (len + crate::room::ROOM).min(RECENT_TOUCHPOINTS),
-        |t: RecentTouch| t,
-    )
 }
 
 /// A customer inside a journey: where they are and since when. Kept in the
