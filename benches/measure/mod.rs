@@ -51,6 +51,22 @@ impl ThreadCpu {
         ThreadCpu(threads)
     }
 
+    /// CPU seconds since `before` of the threads whose names start with one
+    /// of each group's prefixes, in the groups' order, and last of those in
+    /// no group.
+    fn seconds_by_group(&self, before: &ThreadCpu, groups: &[&[&str]]) -> Vec<f64> {
+        let mut secs = vec![0.0f64; groups.len() + 1];
+        for (tid, (name, ticks)) in &self.0 {
+            let was = before.0.get(tid).map_or(0, |(_, t)| *t);
+            let group = groups
+                .iter()
+                .position(|prefixes| prefixes.iter().any(|p| name.starts_with(p)))
+                .unwrap_or(groups.len());
+            secs[group] += ticks.saturating_sub(was) as f64 / 100.0;
+        }
+        secs
+    }
+
     /// µs per event by thread group since `before`, of `cpu_seconds` the
     /// whole process used over `events`.
     pub fn split_since(&self, before: &ThreadCpu, cpu_seconds: f64, events: u64) -> String {
@@ -60,24 +76,18 @@ impl ThreadCpu {
             ("rdk:", "librdkafka"),
             ("rocksdb:", "RocksDB"),
         ];
-        let mut secs = [0.0f64; GROUPS.len() + 1];
-        for (tid, (name, ticks)) in &self.0 {
-            let was = before.0.get(tid).map_or(0, |(_, t)| *t);
-            let group = GROUPS
-                .iter()
-                .position(|(prefix, _)| name.starts_with(prefix))
-                .unwrap_or(GROUPS.len());
-            secs[group] += ticks.saturating_sub(was) as f64 / 100.0;
-        }
-        let ended = (cpu_seconds - secs.iter().sum::<f64>()).max(0.0);
-        let us = |s: f64| s * 1e6 / events.max(1) as f64;
-        let mut parts: Vec<String> = GROUPS
+        let prefixes: Vec<&[&str]> = GROUPS
             .iter()
-            .zip(secs)
-            .map(|((_, label), s)| format!("{label} {:.1}", us(s)))
+            .map(|(p, _)| std::slice::from_ref(p))
             .collect();
-        parts.push(format!("workers that ended {:.1}", us(ended)));
-        parts.push(format!("other {:.1}", us(secs[GROUPS.len()])));
+        let secs = self.seconds_by_group(before, &prefixes);
+        let ended = (cpu_seconds - secs.iter().sum::<f64>()).max(0.0);
+        let labels = GROUPS.iter().map(|(_, label)| *label);
+        let mut parts = per_event(labels, &secs, events);
+        parts.insert(
+            GROUPS.len(),
+            per_event(["workers that ended"], &[ended], events).remove(0),
+        );
         parts.join(", ")
     }
 }
@@ -103,23 +113,26 @@ pub fn broker_split(after: &ThreadCpu, before: &ThreadCpu, events: u64) -> Strin
         ),
         (&["kafka-log-clean"], "log cleaner"),
     ];
-    let mut secs = [0.0f64; GROUPS.len() + 1];
-    for (tid, (name, ticks)) in &after.0 {
-        let was = before.0.get(tid).map_or(0, |(_, t)| *t);
-        let group = GROUPS
-            .iter()
-            .position(|(prefixes, _)| prefixes.iter().any(|p| name.starts_with(p)))
-            .unwrap_or(GROUPS.len());
-        secs[group] += ticks.saturating_sub(was) as f64 / 100.0;
-    }
+    let prefixes: Vec<&[&str]> = GROUPS.iter().map(|(p, _)| *p).collect();
+    let secs = after.seconds_by_group(before, &prefixes);
+    let labels = GROUPS.iter().map(|(_, label)| *label);
+    per_event(labels, &secs, events).join(", ")
+}
+
+/// "label µs" for each of `secs` over `events`, the labels in order and "other"
+/// for the one past them.
+fn per_event<'a>(
+    labels: impl IntoIterator<Item = &'a str>,
+    secs: &[f64],
+    events: u64,
+) -> Vec<String> {
     let us = |s: f64| s * 1e6 / events.max(1) as f64;
-    let mut parts: Vec<String> = GROUPS
-        .iter()
+    labels
+        .into_iter()
+        .chain(std::iter::once("other"))
         .zip(secs)
-        .map(|((_, label), s)| format!("{label} {:.1}", us(s)))
-        .collect();
-    parts.push(format!("other {:.1}", us(secs[GROUPS.len()])));
-    parts.join(", ")
+        .map(|(label, &s)| format!("{label} {:.1}", us(s)))
+        .collect()
 }
 
 /// The process id of the Kafka broker serving `bootstrap`, when it is a JVM
