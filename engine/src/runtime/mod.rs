@@ -51,7 +51,7 @@ mod restore;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -309,20 +309,27 @@ struct Worker {
 /// How long a stopping engine waits for its consumer's handle to close.
 const CLOSE_WITHIN: Duration = Duration::from_secs(10);
 
-/// Closes `consumer` on a thread of its own and waits for it at most
-/// [`CLOSE_WITHIN`]: a handle the cluster left wedged (seen after a broker
-/// restart: the consumer out of its group for good, and one of its broker
-/// threads never ending, so closing waited forever) must not keep the engine
-/// from stopping. Such a handle is left to its thread.
-fn close(consumer: BaseConsumer<EngineContext>) {
-    let (done, closed) = std::sync::mpsc::channel();
-    let spawned = std::thread::Builder::new()
+/// Closes `consumer` on a thread of its own, so that a handle the cluster
+/// left wedged (seen after a broker restart: the consumer out of its group
+/// for good, and one of its broker threads never ending, so closing waited
+/// forever) is left to that thread. The receiver hears when it has closed;
+/// none when no thread could be started (it closed here).
+fn close_aside(consumer: BaseConsumer<EngineContext>) -> Option<mpsc::Receiver<()>> {
+    let (done, closed) = mpsc::channel();
+    std::thread::Builder::new()
         .name("rapport-close".into())
         .spawn(move || {
             drop(consumer);
             let _ = done.send(());
-        });
-    if spawned.is_ok() && closed.recv_timeout(CLOSE_WITHIN).is_err() {
+        })
+        .ok()
+        .map(|_| closed)
+}
+
+/// Closes `consumer` aside ([`close_aside`]) and waits for it at most
+/// [`CLOSE_WITHIN`]: a wedged handle must not keep the engine from stopping.
+fn close(consumer: BaseConsumer<EngineContext>) {
+    if close_aside(consumer).is_some_and(|closed| closed.recv_timeout(CLOSE_WITHIN).is_err()) {
         tracing::warn!(
             seconds = CLOSE_WITHIN.as_secs(),
             "the Kafka consumer did not close in time; the engine stops without waiting for it"

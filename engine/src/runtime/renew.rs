@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::kafka::client_config;
 
 use super::rebalance::lock;
-use super::{subscribe, LoopError, Worker};
+use super::{close_aside, subscribe, LoopError, Worker};
 
 /// How long the consumer may be out of a settled group membership before the
 /// engine looks into replacing it.
@@ -133,11 +133,9 @@ impl Worker {
         let old = std::mem::replace(&mut self.consumer, fresh);
         old.context().retire();
         // Closing serves the old consumer's queue until its group handle has
-        // terminated, which a stuck handle may never do: on a thread of its
-        // own, so the main loop goes on.
-        let _ = std::thread::Builder::new()
-            .name("rapport-old-consumer".into())
-            .spawn(move || drop(old));
+        // terminated, which a stuck handle may never do: aside, so the main
+        // loop goes on.
+        let _ = close_aside(old);
         Ok(())
     }
 }
