@@ -68,8 +68,98 @@ struct Sample {
     visible_ms: i64,
 }
 
+/// How long a trial of a rate runs ([`keeps_up`]), after its warm-up.
+const TRIAL_SECONDS: u64 = 8;
+
+/// How long after the last touchpoint is produced the engine may take to have
+/// committed all of them, besides one commit interval, and still count as
+/// keeping up with the rate.
+const KEPT_UP_WITHIN: Duration = Duration::from_secs(1);
+
+/// What one paced run found.
+struct Run {
+    /// Touchpoints produced after the warm-up.
+    produced: u64,
+    /// How long after the last touchpoint was produced the engine had
+    /// committed them all (`None`: not within a minute).
+    drained: Option<Duration>,
+    /// The engine's commit interval.
+    commit_ms: u64,
+    samples: Vec<Sample>,
+    readable: Vec<(i64, i64)>,
+    gc: Option<Vec<(i64, f64)>>,
+    measured_ms: i64,
+    metrics: Metrics,
+}
+
+/// Whether the engine keeps up with `rate` touchpoints/s under `g`, paced, with
+/// the latency run's producer, action reader and input probe beside it on the
+/// machine: once the last touchpoint of a short run is produced, it has
+/// committed them all within a commit interval and [`KEPT_UP_WITHIN`]. An
+/// engine that falls behind measures its backlog, not its latency.
+pub fn keeps_up(bootstrap: &str, rate: u64, g: Guarantee) -> anyhow::Result<bool> {
+    let within = |commit_ms| Duration::from_millis(commit_ms) + KEPT_UP_WITHIN;
+    let run = paced(bootstrap, rate, TRIAL_SECONDS, g, within(100))?;
+    let within = within(run.commit_ms);
+    eprintln!(
+        "{g:?} at {rate} events/s: all committed {} after the last was produced",
+        run.drained.map_or(
+            format!("not within {} ms", within.as_millis()),
+            |d| format!("{} ms", d.as_millis())
+        )
+    );
+    Ok(run.drained.is_some_and(|d| d <= within))
+}
+
 /// Runs the latency measurement for `seconds` at `rate` events/s under `g`.
 pub fn latency(bootstrap: &str, rate: u64, seconds: u64, g: Guarantee) -> anyhow::Result<()> {
+    let Run {
+        produced,
+        drained,
+        commit_ms,
+        mut samples,
+        readable,
+        gc,
+        measured_ms,
+        metrics,
+    } = paced(bootstrap, rate, seconds, g, Duration::from_secs(60))?;
+    let (name, batching) = match g {
+        Guarantee::ExactlyOnce => ("exactly_once", format!("commit_interval_ms {commit_ms}")),
+        Guarantee::AtLeastOnce => ("at_least_once", format!("commit_interval_ms {commit_ms}")),
+    };
+    let drained = drained.map_or("not within a minute after".into(), |d| {
+        format!("{} ms after", d.as_millis())
+    });
+    crate::report::row!(
+        "| event to action latency, {name}, {rate} events/s for {seconds} s after {WARMUP_SECONDS} s of warm-up at that rate ({produced} touchpoints measured, 4 partitions, {batching}, bench producer linger.ms {PRODUCER_LINGER_MS}, lz4), the shipped journeys and policy | {}; every touchpoint committed {drained} the last was produced |",
+        summary(&mut samples)
+    );
+    crate::report::row!(
+        "| touchpoint produced to readable by a plain consumer, partition 0 of the input, during the {name} run (the broker's part of the latency, the engine left out) | {} |",
+        probe_summary(readable)
+    );
+    crate::report::row!(
+        "| the local broker's stop-the-world GC pauses during the measured {name} run and its 3 s drain (its GC log) | {} |",
+        gc_summary(gc, measured_ms)
+    );
+    crate::report::row!(
+        "| where the engine spent the time, {name} (rapport_commit_phase_seconds: mean, and the bucket bound p99 is under) | {} |",
+        phases(&metrics)
+    );
+    Ok(())
+}
+
+/// Produces at `rate` for [`WARMUP_SECONDS`] and then `seconds` to an engine
+/// under `g`, with the action reader and the input probe running, and
+/// collects what they saw, waiting at most `patience` after the last
+/// touchpoint for the engine to commit them all.
+fn paced(
+    bootstrap: &str,
+    rate: u64,
+    seconds: u64,
+    g: Guarantee,
+    patience: Duration,
+) -> anyhow::Result<Run> {
     let s = super::suffix();
     let input = format!("bench.latency.{s}");
     let actions = format!("bench.latency.actions.{s}");
@@ -104,6 +194,7 @@ pub fn latency(bootstrap: &str, rate: u64, seconds: u64, g: Guarantee) -> anyhow
     };
     let started_ms = chrono::Utc::now().timestamp_millis();
     let produced = produce(bootstrap, &input, rate, seconds, &sent)?;
+    let drained = all_committed(&engine, produced + rate * WARMUP_SECONDS, patience);
     // Let the last commit intervals drain before the reader stops.
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::SeqCst);
@@ -113,7 +204,7 @@ pub fn latency(bootstrap: &str, rate: u64, seconds: u64, g: Guarantee) -> anyhow
         measured_ms,
         chrono::Utc::now().timestamp_millis(),
     );
-    let mut samples = reading
+    let samples = reading
         .join()
         .map_err(|_| anyhow::anyhow!("action reader panicked"))??;
     let readable = probing
@@ -131,27 +222,33 @@ pub fn latency(bootstrap: &str, rate: u64, seconds: u64, g: Guarantee) -> anyhow
             format!("bench-latency-{s}-profiles-changelog"),
         ],
     );
-    let (name, batching) = match g {
-        Guarantee::ExactlyOnce => ("exactly_once", format!("commit_interval_ms {commit_ms}")),
-        Guarantee::AtLeastOnce => ("at_least_once", format!("commit_interval_ms {commit_ms}")),
-    };
-    crate::report::row!(
-        "| event to action latency, {name}, {rate} events/s for {seconds} s after {WARMUP_SECONDS} s of warm-up at that rate ({produced} touchpoints measured, 4 partitions, {batching}, bench producer linger.ms {PRODUCER_LINGER_MS}, lz4), the shipped journeys and policy | {} |",
-        summary(&mut samples)
-    );
-    crate::report::row!(
-        "| touchpoint produced to readable by a plain consumer, partition 0 of the input, during the {name} run (the broker's part of the latency, the engine left out) | {} |",
-        probe_summary(readable)
-    );
-    crate::report::row!(
-        "| the local broker's stop-the-world GC pauses during the measured {name} run and its 3 s drain (its GC log) | {} |",
-        gc_summary(gc, measured_ms)
-    );
-    crate::report::row!(
-        "| where the engine spent the time, {name} (rapport_commit_phase_seconds: mean, and the bucket bound p99 is under) | {} |",
-        phases(&metrics)
-    );
-    Ok(())
+    Ok(Run {
+        produced,
+        drained,
+        commit_ms,
+        samples,
+        readable,
+        gc,
+        measured_ms,
+        metrics,
+    })
+}
+
+/// How long the engine takes from now to have committed `records` records
+/// (`None`: not within `patience`).
+fn all_committed(
+    engine: &runtime::EngineHandle,
+    records: u64,
+    patience: Duration,
+) -> Option<Duration> {
+    let started = Instant::now();
+    while engine.progress.committed.load(Ordering::SeqCst) < records {
+        if started.elapsed() > patience || engine.is_finished() {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Some(started.elapsed())
 }
 
 /// How many GC pauses the broker made, how long in all and at most, and the
