@@ -198,6 +198,9 @@ impl Profile {
     }
 }
 
+/// The longest piece of output [`Append`] copies byte by byte.
+const SHORT: usize = 16;
+
 /// A postcard output that appends to a borrowed `Vec`.
 struct Append<'a>(&'a mut Vec<u8>);
 
@@ -210,7 +213,17 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
     }
 
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
+        // Most of a profile goes out as varints and short strings of a few
+        // bytes each; copied byte by byte they stay inline, where a call to
+        // `memcpy` for each took a third of encoding's time.
+        if data.len() <= SHORT {
+            self.0.reserve(SHORT);
+            for &b in data {
+                self.0.push(b);
+            }
+        } else {
+            self.0.extend_from_slice(data);
+        }
         Ok(())
     }
 

@@ -517,6 +517,9 @@ mod tests {
         let mut p = Profile::new("c1");
         p.apply(&tp("e1", "c1", Channel::Chat, EventType::ChatMessage, 1_000).with_sentiment(-0.5));
         p.mark_journey("recovery", "", 1_000);
+        // Longer than the pieces encoding copies byte by byte.
+        p.anonymous_ids
+            .push("anonymous-device-0123456789abcdef".into());
         let mut consent = tp("e2", "c1", Channel::Web, EventType::ConsentChanged, 2_000);
         for (k, v) in [
             ("purpose", "marketing"),
@@ -538,6 +541,9 @@ mod tests {
         assert!(!p.delivery.consent.is_empty() && p.delivery.timezone.is_some());
         let bytes = p.encode();
         assert_eq!(bytes[0], PROFILE_ENCODING_VERSION);
+        // Encoding's own output (short pieces copied byte by byte) writes what
+        // postcard's writes.
+        assert_eq!(&bytes[1..], &postcard::to_allocvec(&p).unwrap()[..]);
         assert_eq!(Profile::decode(&bytes).unwrap(), p);
         let mut newer = bytes.clone();
         newer[0] = PROFILE_ENCODING_VERSION + 1;
