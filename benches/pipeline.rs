@@ -217,12 +217,9 @@ fn half_of_max(bootstrap: &str, g: Guarantee) -> anyhow::Result<u64> {
         tried.push(rate);
         rate = rate * 4 / 5;
     }
-    let name = match g {
-        Guarantee::ExactlyOnce => "exactly_once",
-        Guarantee::AtLeastOnce => "at_least_once",
-    };
     report::row!(
-        "| Rapport's maximum on the latency workload, {name} | {:.0} events/s over a backlog of {EVENTS} touchpoints; paced with the latency run's producer, reader and probe beside it, kept up at {rate} events/s (not at {tried:?}): latency is measured at half of that |",
+        "| Rapport's maximum on the latency workload, {} | {:.0} events/s over a backlog of {EVENTS} touchpoints; paced with the latency run's producer, reader and probe beside it, kept up at {rate} events/s (not at {tried:?}): latency is measured at half of that |",
+        g.as_str(),
         run.rate
     );
     Ok(rate / 2)
@@ -376,10 +373,8 @@ fn guarantees(bootstrap: &str, events: u64) -> anyhow::Result<()> {
     report::row!("| bare rdkafka consume-produce passthrough, {events} records, 4 partitions | {bare:.0} records/s |");
     // RAPPORT_BENCH_ONLY=exactly_once (or at_least_once) runs one guarantee.
     let only = std::env::var("RAPPORT_BENCH_ONLY").ok();
-    for (name, g) in [
-        ("at_least_once", Guarantee::AtLeastOnce),
-        ("exactly_once", Guarantee::ExactlyOnce),
-    ] {
+    for g in [Guarantee::AtLeastOnce, Guarantee::ExactlyOnce] {
+        let name = g.as_str();
         if only.as_deref().is_some_and(|o| o != name) {
             continue;
         }
@@ -699,10 +694,8 @@ fn peers(bootstrap: &str, events: u64) -> anyhow::Result<()> {
         "recovery_offer.toml",
         "post_delivery_survey.toml",
     ];
-    for (name, g) in [
-        ("exactly_once", Guarantee::ExactlyOnce),
-        ("at_least_once", Guarantee::AtLeastOnce),
-    ] {
+    for g in [Guarantee::ExactlyOnce, Guarantee::AtLeastOnce] {
+        let name = g.as_str();
         let run = engine_run(
             bootstrap,
             &input,

@@ -99,7 +99,7 @@ struct Run {
 /// engine that falls behind measures its backlog, not its latency.
 pub fn keeps_up(bootstrap: &str, rate: u64, g: Guarantee) -> anyhow::Result<bool> {
     let within = |commit_ms| Duration::from_millis(commit_ms) + KEPT_UP_WITHIN;
-    let run = paced(bootstrap, rate, TRIAL_SECONDS, g, within(100))?;
+    let run = paced(bootstrap, rate, TRIAL_SECONDS, g, &within)?;
     let within = within(run.commit_ms);
     eprintln!(
         "{g:?} at {rate} events/s: all committed {} after the last was produced",
@@ -122,16 +122,13 @@ pub fn latency(bootstrap: &str, rate: u64, seconds: u64, g: Guarantee) -> anyhow
         gc,
         measured_ms,
         metrics,
-    } = paced(bootstrap, rate, seconds, g, Duration::from_secs(60))?;
-    let (name, batching) = match g {
-        Guarantee::ExactlyOnce => ("exactly_once", format!("commit_interval_ms {commit_ms}")),
-        Guarantee::AtLeastOnce => ("at_least_once", format!("commit_interval_ms {commit_ms}")),
-    };
+    } = paced(bootstrap, rate, seconds, g, &|_| Duration::from_secs(60))?;
+    let name = g.as_str();
     let drained = drained.map_or("not within a minute after".into(), |d| {
         format!("{} ms after", d.as_millis())
     });
     crate::report::row!(
-        "| event to action latency, {name}, {rate} events/s for {seconds} s after {WARMUP_SECONDS} s of warm-up at that rate ({produced} touchpoints measured, 4 partitions, {batching}, bench producer linger.ms {PRODUCER_LINGER_MS}, lz4), the shipped journeys and policy | {}; every touchpoint committed {drained} the last was produced |",
+        "| event to action latency, {name}, {rate} events/s for {seconds} s after {WARMUP_SECONDS} s of warm-up at that rate ({produced} touchpoints measured, 4 partitions, commit_interval_ms {commit_ms}, bench producer linger.ms {PRODUCER_LINGER_MS}, lz4), the shipped journeys and policy | {}; every touchpoint committed {drained} the last was produced |",
         summary(&mut samples)
     );
     crate::report::row!(
@@ -151,14 +148,14 @@ pub fn latency(bootstrap: &str, rate: u64, seconds: u64, g: Guarantee) -> anyhow
 
 /// Produces at `rate` for [`WARMUP_SECONDS`] and then `seconds` to an engine
 /// under `g`, with the action reader and the input probe running, and
-/// collects what they saw, waiting at most `patience` after the last
-/// touchpoint for the engine to commit them all.
+/// collects what they saw, waiting at most `patience(commit interval in ms)`
+/// after the last touchpoint for the engine to commit them all.
 fn paced(
     bootstrap: &str,
     rate: u64,
     seconds: u64,
     g: Guarantee,
-    patience: Duration,
+    patience: &dyn Fn(u64) -> Duration,
 ) -> anyhow::Result<Run> {
     let s = super::suffix();
     let input = format!("bench.latency.{s}");
@@ -194,7 +191,11 @@ fn paced(
     };
     let started_ms = chrono::Utc::now().timestamp_millis();
     let produced = produce(bootstrap, &input, rate, seconds, &sent)?;
-    let drained = all_committed(&engine, produced + rate * WARMUP_SECONDS, patience);
+    let drained = all_committed(
+        &engine,
+        produced + rate * WARMUP_SECONDS,
+        patience(commit_ms),
+    );
     // Let the last commit intervals drain before the reader stops.
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::SeqCst);

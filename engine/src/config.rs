@@ -209,6 +209,16 @@ pub enum Guarantee {
     ExactlyOnce,
 }
 
+impl Guarantee {
+    /// The guarantee as the configuration names it (`engine.guarantee`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Guarantee::AtLeastOnce => "at_least_once",
+            Guarantee::ExactlyOnce => "exactly_once",
+        }
+    }
+}
+
 /// The processing loop.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -785,6 +795,14 @@ mod tests {
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::parse(s, Path::new("rapport.toml"))
+    }
+
+    #[test]
+    fn a_guarantee_is_named_as_the_configuration_names_it() {
+        for g in [Guarantee::AtLeastOnce, Guarantee::ExactlyOnce] {
+            let c = parse(&format!("[engine]\nguarantee = {:?}\n", g.as_str())).unwrap();
+            assert_eq!(c.engine.guarantee, g);
+        }
     }
 
     #[test]

@@ -28,10 +28,7 @@ pub fn write_config(cfg: &Config, path: &Path) {
         .iter()
         .map(|(k, v)| format!("{k:?} = {v:?}\n"))
         .collect();
-    let guarantee = match cfg.engine.guarantee {
-        rapport::config::Guarantee::ExactlyOnce => "exactly_once",
-        rapport::config::Guarantee::AtLeastOnce => "at_least_once",
-    };
+    let guarantee = cfg.engine.guarantee.as_str();
     let journeys: Vec<String> = cfg.journeys.iter().map(|j| format!("{j:?}")).collect();
     let text = format!(
         "journeys = [{}]\n\n[kafka]\nbootstrap_servers = {:?}\ngroup_id = {:?}\ntouchpoint_topics = [{}]\naction_topic = {:?}\ndead_letter_topic = {:?}\ndecisions_topic = {:?}\n\n\
