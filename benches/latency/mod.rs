@@ -298,6 +298,13 @@ fn phases(metrics: &Metrics) -> String {
             });
         out.push(format!("{phase} {n}x mean {mean_ms:.1} ms p99 <= {p99}"));
     }
+    // A commit started early, or the input held, because the changed profiles
+    // filled the profile cache: the loop waited for the commit in flight.
+    out.push(format!(
+        "{} commits early, {} input holds",
+        metrics.early_commits.get(),
+        metrics.input_holds.get()
+    ));
     out.join("; ")
 }
 
