@@ -331,6 +331,17 @@ fn an_instance_out_of_its_group_too_long_is_unhealthy_until_it_is_back() {
     engine.wait_ready(2);
     wait_caught_up_on(&bootstrap, &group, &topics.input, &mut [&mut engine]);
     assert_eq!(crate::metrics::get(&addr, "/healthz").0, 200);
+    // A settled member by its own statistics before the broker goes: the
+    // time out of the group must count from the outage, not from the join.
+    engine.wait_until(
+        "the consumer's statistics reporting a settled member",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        |_| {
+            let (_, m) = crate::metrics::get(&addr, "/metrics");
+            crate::metrics::value(&m, "rapport_consumer_group_member") == 1.0
+        },
+    );
 
     // From before the stop: the engine loses the broker while it stops.
     let stopped = Instant::now();

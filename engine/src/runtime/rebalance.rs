@@ -163,7 +163,12 @@ impl ConsumerContext for EngineContext {
                 if let Err(e) = consumer.pause(tpl) {
                     tracing::warn!(error = %e, "pausing newly assigned partitions");
                 }
-                lock(&self.core).queue_restore(&partitions);
+                let mut core = lock(&self.core);
+                core.queue_restore(&partitions);
+                // An assignment is membership, whatever the last statistics
+                // said: time out of the group counts afresh from here.
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                core.progress.group_settled(true, now_ms);
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
