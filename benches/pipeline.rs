@@ -381,7 +381,7 @@ fn guarantees(bootstrap: &str, events: u64) -> anyhow::Result<()> {
         let run = engine_run(bootstrap, &input, events, g, &format!("{name}.{s}"), None)?;
         let found = |f: &str| run.metrics.profile_lookups.with_label_values(&[f]).get();
         report::row!(
-            "| engine, {name}, {events} touchpoints, 100k customers, 4 partitions, {} worker threads | {:.0} events/s ({:.0}% of passthrough), {:.1} µs CPU per event ({}), {:.2} cores busy, peak RSS {} MiB; profiles found decoded {}, encoded {}, in RocksDB {}, new {}; {} commits, {} of them early; {}; the machine {:.0}% idle |",
+            "| engine, {name}, {events} touchpoints, 100k customers, 4 partitions, {} worker threads | {:.0} events/s ({:.0}% of passthrough), {:.1} µs CPU per event ({}), {:.2} cores busy, peak RSS {} MiB; profiles found decoded {}, encoded {}, in RocksDB {}, new {}; {} commits, {} of them early, {} changelog parts written ahead; {}; the machine {:.0}% idle |",
             run.workers,
             run.rate,
             100.0 * run.rate / bare,
@@ -395,6 +395,10 @@ fn guarantees(bootstrap: &str, events: u64) -> anyhow::Result<()> {
             found("new"),
             run.metrics.commits.get(),
             run.metrics.early_commits.get(),
+            run.metrics
+                .commit_phase_seconds
+                .with_label_values(&["ahead"])
+                .get_sample_count(),
             run.broker_us_per_event.map_or("the broker is not a local process".into(), |us| format!(
                 "the broker beside it {us:.1} µs CPU per event ({})",
                 run.broker_split.as_deref().unwrap_or_default()
@@ -403,6 +407,23 @@ fn guarantees(bootstrap: &str, events: u64) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `RAPPORT_BENCH_PRODUCER="linger.ms=1,..."` and `RAPPORT_BENCH_CONSUMER`
+/// add librdkafka settings to the engine's producers and consumer.
+fn client_overrides(cfg: &mut Config) {
+    for (var, map) in [
+        ("RAPPORT_BENCH_PRODUCER", &mut cfg.kafka.producer),
+        ("RAPPORT_BENCH_CONSUMER", &mut cfg.kafka.consumer),
+    ] {
+        if let Ok(extra) = std::env::var(var) {
+            for kv in extra.split(',').filter(|s| !s.is_empty()) {
+                if let Some((k, v)) = kv.split_once('=') {
+                    map.insert(k.into(), v.into());
+                }
+            }
+        }
+    }
 }
 
 /// One timed engine run.
@@ -522,18 +543,7 @@ fn engine_run_with(
         }
     }
     let workers = cfg.engine.workers();
-    for (var, map) in [
-        ("RAPPORT_BENCH_PRODUCER", &mut cfg.kafka.producer),
-        ("RAPPORT_BENCH_CONSUMER", &mut cfg.kafka.consumer),
-    ] {
-        if let Ok(extra) = std::env::var(var) {
-            for kv in extra.split(',').filter(|s| !s.is_empty()) {
-                if let Some((k, v)) = kv.split_once('=') {
-                    map.insert(k.into(), v.into());
-                }
-            }
-        }
-    }
+    client_overrides(&mut cfg);
     if let Some(ms) = std::env::var("RAPPORT_BENCH_COMMIT_MS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -346,8 +346,10 @@ pub fn simulation() -> SimConfig {
 
 /// The engine's work in the latency run: the shipped journeys and delivery
 /// policy (`deploy/journeys`), `RAPPORT_BENCH_COMMIT_MS` as the commit
-/// interval and `RAPPORT_BENCH_PROFILE_CACHE` as the profile cache's MiB.
+/// interval, `RAPPORT_BENCH_PROFILE_CACHE` as the profile cache's MiB and
+/// `RAPPORT_BENCH_PRODUCER` / `RAPPORT_BENCH_CONSUMER` as client settings.
 pub fn workload(cfg: &mut Config) -> anyhow::Result<()> {
+    super::client_overrides(cfg);
     if let Some(ms) = std::env::var("RAPPORT_BENCH_COMMIT_MS")
         .ok()
         .and_then(|v| v.parse().ok())

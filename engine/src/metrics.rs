@@ -54,7 +54,10 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     /// Where a record's way to a committed action spends its time, by phase:
     /// `process` (a batch through the processor), `prepare` (the interval's
-    /// changelog records handed to the producer), `flush` (the interval's
+    /// changed profiles cut for the commit), `encode` (their changelog
+    /// records encoded and handed to the producer), `ahead` (under
+    /// exactly-once, a part of them written ahead of the commit while the
+    /// engine is caught up), `flush` (the interval's
     /// records acknowledged), `offsets` (the consumed offsets added to the
     /// transaction), `transaction` (the transaction committed), `wait` (the
     /// processing loop waiting for the previous interval's commit) and `state`

@@ -81,6 +81,8 @@ pub struct Processor {
     workers: usize,
     /// Cuts taken ([`Processor::cut`]), which number the commits.
     commits: u64,
+    /// The last commit whose state is in RocksDB ([`Processor::committed`]).
+    written: u64,
 }
 
 /// What every partition's work reads, from any worker thread.
@@ -144,6 +146,7 @@ impl Processor {
             tasks: hashbrown::HashMap::new(),
             workers: 1,
             commits: 0,
+            written: 0,
         })
     }
 
@@ -226,7 +229,10 @@ impl Processor {
 
     /// The estimated memory of the profiles changed since the last cut.
     pub fn changed_bytes(&self) -> usize {
-        self.tasks.values().map(|t| t.dirty_bytes).sum()
+        self.tasks
+            .values()
+            .map(|t| t.dirty_bytes + t.ahead_bytes)
+            .sum()
     }
 
     /// Whether anything changed since the last [`Processor::changes`].
@@ -369,7 +375,20 @@ impl Processor {
     pub fn cut(&mut self) -> CommitCut {
         self.commits += 1;
         let commit = self.commits;
-        let tasks: Vec<task::Cut> = self.tasks.values_mut().map(|t| t.cut(commit)).collect();
+        self.cut_for(commit, |t| t.cut(commit))
+    }
+
+    /// Takes every partition's changes so far, like [`Processor::cut`], for
+    /// the commit that will end the open interval to write ahead of its cut:
+    /// numbered as that commit, so that what it wrote ahead and is unchanged
+    /// at its end counts as committed by it ([`Processor::committed`]).
+    pub fn cut_ahead(&mut self) -> CommitCut {
+        let commit = self.commits + 1;
+        self.cut_for(commit, |t| t.cut_ahead(commit))
+    }
+
+    fn cut_for(&mut self, commit: u64, cut: impl Fn(&mut Task) -> task::Cut) -> CommitCut {
+        let tasks: Vec<task::Cut> = self.tasks.values_mut().map(cut).collect();
         let dirty: usize = tasks.iter().map(task::Cut::len).sum();
         CommitCut {
             tasks,
@@ -400,6 +419,7 @@ impl Processor {
         commit: u64,
         written: impl Iterator<Item = (i32, I, B, u32)>,
     ) {
+        self.written = commit;
         let share = self.encoded_cache_bytes / self.tasks.len().max(1);
         for (p, id, bytes, memory) in written {
             if let Some(t) = self.tasks.get_mut(&p) {
@@ -439,7 +459,7 @@ impl Processor {
             let excess = bytes - self.profile_cache_bytes / 4 * 3;
             for t in self.tasks.values_mut() {
                 let share = (excess as u128 * t.cached_bytes as u128 / bytes as u128) as usize;
-                t.evict(share);
+                t.evict(share, self.written);
             }
         }
         let mut lookups = Lookups::default();

@@ -44,6 +44,9 @@ pub(crate) struct Task {
     /// The part of it taken by the profiles in `dirty`, which stay until the
     /// next commit.
     pub dirty_bytes: usize,
+    /// The part taken by profiles cut ahead of the next commit
+    /// ([`Task::cut_ahead`]), which stay until it has written them.
+    pub ahead_bytes: usize,
     /// Pending timers, `(fire_at, customer id)`.
     pub timers: BTreeSet<(i64, String)>,
     /// Highest event time seen.
@@ -122,6 +125,7 @@ impl Task {
             dirty: Vec::new(),
             cached_bytes: 0,
             dirty_bytes: 0,
+            ahead_bytes: 0,
             timers: state.timers(p)?.into_iter().collect(),
             watermark: state.watermark(p)?.unwrap_or(i64::MIN),
             watermark_dirty: false,
@@ -217,6 +221,7 @@ impl Task {
     pub fn cut(&mut self, commit: u64) -> Cut {
         let ids = std::mem::take(&mut self.dirty);
         self.dirty_bytes = 0;
+        self.ahead_bytes = 0;
         let mut profiles = Vec::with_capacity(ids.len());
         for id in ids {
             let Some(slot) = self.profiles.get_mut(id.as_str()) else {
@@ -245,6 +250,15 @@ impl Task {
             profiles,
             watermark,
         }
+    }
+
+    /// [`Task::cut`] ahead of commit `commit`, which will end the open
+    /// interval: the profiles' memory still counts as changed until it does.
+    pub fn cut_ahead(&mut self, commit: u64) -> Cut {
+        let held = self.dirty_bytes + self.ahead_bytes;
+        let cut = self.cut(commit);
+        self.ahead_bytes = held;
+        cut
     }
 
     /// Whether `id`'s cached profile is as commit `commit` wrote it: taken by
@@ -301,9 +315,11 @@ impl Task {
     }
 
     /// Lets clean profiles leave the cache, those written longest ago first,
-    /// until about `excess` bytes have left or only dirty ones and those
-    /// started afresh after an erasure not yet committed remain (RocksDB still
-    /// has the old profile). Returns the bytes that left.
+    /// until about `excess` bytes have left or only dirty ones, those cut by a
+    /// commit after `written` (the last commit whose state is in RocksDB: a
+    /// cut written ahead of its commit, [`super::Processor::cut_ahead`]) and
+    /// those started afresh after an erasure not yet committed remain (RocksDB
+    /// still has the old profile). Returns the bytes that left.
     ///
     /// A profile's [`Slot::cut`] is the commit that last wrote it, so the
     /// oldest cuts are the profiles least recently changed (a profile only
@@ -312,10 +328,10 @@ impl Task {
     /// them go in the table's order instead, measured on 1M touchpoints of
     /// 100k customers (`cargo bench ... -- guarantees`), found fewer profiles
     /// decoded (README, Results).
-    pub fn evict(&mut self, excess: usize) -> usize {
+    pub fn evict(&mut self, excess: usize, written: u64) -> usize {
         let erased = &self.privacy.tombstones;
         let pinned = |id: &CompactString, s: &Slot| {
-            s.dirty || erased.iter().any(|(e, _)| e.as_str() == id.as_str())
+            s.dirty || s.cut > written || erased.iter().any(|(e, _)| e.as_str() == id.as_str())
         };
         let mut ages: Vec<(u64, u32)> = self
             .profiles
@@ -518,6 +534,14 @@ mod tests {
     use super::*;
     use crate::state::test_store as store;
 
+    /// An update that sets the profile's event count to `n`.
+    fn events(n: u64) -> impl Fn(&mut Stored) -> bool {
+        move |s: &mut Stored| {
+            s.profile.events = n;
+            true
+        }
+    }
+
     /// Eviction frees bytes from clean profiles only: a profile changed since
     /// the last commit stays, whatever the cache's size.
     #[test]
@@ -542,7 +566,7 @@ mod tests {
         assert_eq!(task.cached_bytes, sum);
         assert!(sum >= 11 * std::mem::size_of::<Stored>());
 
-        let freed = task.evict(usize::MAX);
+        let freed = task.evict(usize::MAX, u64::MAX);
         assert_eq!(task.profiles.len(), 1);
         assert!(task.profiles["c-dirty"].dirty);
         assert_eq!(task.cached_bytes, task.profiles["c-dirty"].bytes as usize);
@@ -581,7 +605,7 @@ mod tests {
         };
         // Exactly the two oldest commits' profiles.
         let excess = of(&task, &rounds[0]) + of(&task, &rounds[1]);
-        let freed = task.evict(excess);
+        let freed = task.evict(excess, u64::MAX);
         assert_eq!(freed, excess);
         for (r, ids) in rounds.iter().enumerate() {
             for id in ids {
@@ -616,7 +640,7 @@ mod tests {
         let mut batch = StateBatch::default();
         written.add_to(&mut batch);
         state.write(&batch).unwrap();
-        task.evict(usize::MAX);
+        task.evict(usize::MAX, u64::MAX);
         assert!(task.profiles.is_empty());
         task.update(&state, "c-1", |_| false).unwrap();
         let counted = Lookups {
@@ -646,12 +670,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = store(dir.path());
         let mut task = Task::load(&state, 0).unwrap();
-        let events = |n| {
-            move |s: &mut Stored| {
-                s.profile.events = n;
-                true
-            }
-        };
         for id in ["c-1", "c-2", "c-3"] {
             task.update(&state, id, events(1)).unwrap();
         }
@@ -694,5 +712,47 @@ mod tests {
         assert_eq!(ids, vec!["c-1"]);
         let bytes = &next.profiles[0].bytes;
         assert_eq!(Stored::decode("c-1", 0, bytes).unwrap().profile.events, 2);
+    }
+
+    /// A cut taken ahead of commit 2 marks its profiles clean, but they stay
+    /// counted as changed and cannot leave the cache until commit 2 has
+    /// written them; a profile changed again after it goes to commit 2's own
+    /// cut, and once the commit's batch (ahead part first) is handed back the
+    /// encoded cache keeps the later encoding.
+    #[test]
+    fn a_cut_ahead_stays_changed_and_cached_until_its_commit_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = store(dir.path());
+        let mut task = Task::load(&state, 0).unwrap();
+        task.update(&state, "c-old", events(1)).unwrap();
+        for w in task.cut(1).encode().profiles {
+            task.committed(1, w.id, w.bytes, w.memory, 1 << 20);
+        }
+        for id in ["c-1", "c-2"] {
+            task.update(&state, id, events(1)).unwrap();
+        }
+        let changed = task.dirty_bytes;
+        let ahead = task.cut_ahead(2);
+        assert!(task.dirty.is_empty());
+        assert_eq!(task.dirty_bytes + task.ahead_bytes, changed);
+        // Commit 1 is the last one written: the cut-ahead profiles stay.
+        task.evict(usize::MAX, 1);
+        assert!(task.profiles.contains_key("c-1") && task.profiles.contains_key("c-2"));
+        assert!(!task.profiles.contains_key("c-old"));
+
+        task.update(&state, "c-1", events(2)).unwrap();
+        let rest = task.cut(2);
+        assert_eq!(task.dirty_bytes + task.ahead_bytes, 0);
+        let (ahead, rest) = (ahead.encode(), rest.encode());
+        let ids: Vec<&str> = rest.profiles.iter().map(|w| w.id.as_str()).collect();
+        assert_eq!(ids, vec!["c-1"]);
+        for w in ahead.profiles.iter().chain(&rest.profiles) {
+            task.committed(2, w.id.clone(), &w.bytes[..], w.memory, 1 << 20);
+        }
+        let kept = task.encoded.get("c-1").unwrap();
+        assert_eq!(Stored::decode("c-1", 0, kept).unwrap().profile.events, 2);
+        assert!(task.encoded.get("c-2").is_some());
+        task.evict(usize::MAX, 2);
+        assert!(task.profiles.is_empty());
     }
 }

@@ -120,6 +120,11 @@ pub(super) trait CommitProtocol: Send + Sync {
     fn begin(&self, p: &Producer) -> KafkaResult<()>;
     /// Whether [`CommitProtocol::seal`] needs the consumer group's metadata.
     fn wants_group_metadata(&self) -> bool;
+    /// Whether an interval's actions become readable only once it commits, so
+    /// that the commit's own duration is part of every action's latency: then
+    /// the interval's changelog is written ahead of its commit while the
+    /// engine is idle ([`Committer::write_ahead`]).
+    fn actions_wait_for_commit(&self) -> bool;
     /// Whether a rewind goes back to this instance's own RocksDB state of its
     /// last commit for the partitions it kept, instead of restoring from the
     /// changelog (which may hold records of the failed interval).
@@ -167,6 +172,11 @@ impl CommitProtocol for ExactlyOnce {
     }
 
     fn wants_group_metadata(&self) -> bool {
+        true
+    }
+
+    /// Actions are in the interval's transaction, readable with it.
+    fn actions_wait_for_commit(&self) -> bool {
         true
     }
 
@@ -222,6 +232,11 @@ impl CommitProtocol for AtLeastOnce {
     }
 
     fn wants_group_metadata(&self) -> bool {
+        false
+    }
+
+    /// Actions are readable once sent; the commit only makes them final.
+    fn actions_wait_for_commit(&self) -> bool {
         false
     }
 
@@ -360,6 +375,9 @@ pub(super) struct Committer {
     /// Whether the current producer has an interval open.
     open: bool,
     in_flight: Option<InFlight>,
+    /// Parts of the current interval's changelog written ahead of its commit
+    /// ([`Committer::write_ahead`]): their state changes, once written.
+    ahead: Vec<Job<Result<StateBatch, CommitError>>>,
     /// Where commits run, one after the other ([`super::background`]).
     thread: Background,
     patience: Duration,
@@ -388,6 +406,7 @@ impl Committer {
             current: 0,
             open: false,
             in_flight: None,
+            ahead: Vec::new(),
             thread: Background::start("rapport-commit")?,
             patience,
             metrics,
@@ -430,6 +449,27 @@ impl Committer {
             .map_err(|e| LoopError::Rewind(format!("producing to {topic}: {e}")))
     }
 
+    /// Encodes the profiles of `cut`, changed so far in the current interval,
+    /// and sends them to the changelog now, on the commit thread, as part of
+    /// the interval: the commit that ends it then has only the later changes
+    /// to encode and acknowledge before its transaction commits. A profile
+    /// changed again before the commit is written again by it (the changelog
+    /// is compacted, and RocksDB takes the later write of the batch).
+    pub fn write_ahead(&mut self, cut: CommitCut) -> Result<(), LoopError> {
+        self.open()?;
+        let producer = self.producers[self.current].clone();
+        let (changelog, metrics) = (self.changelog.clone(), self.metrics.clone());
+        let job = self.thread.run(move || {
+            let encoding = Instant::now();
+            let mut batch = StateBatch::default();
+            write_changelog(cut, &producer, &changelog, &mut batch)?;
+            metrics.phase_done("ahead", encoding);
+            Ok(batch)
+        });
+        self.ahead.push(job);
+        Ok(())
+    }
+
     /// Starts committing the current interval in the background and moves on to
     /// the other producer. The commit thread encodes the changed profiles of
     /// `cut` and sends them to the changelog, waits for the interval's records,
@@ -438,11 +478,12 @@ impl Committer {
     pub fn start(
         &mut self,
         interval: Interval,
-        mut batch: StateBatch,
+        batch: StateBatch,
         cut: CommitCut,
         meta: Option<ConsumerGroupMetadata>,
     ) -> Result<(), LoopError> {
         self.open()?;
+        let ahead = std::mem::take(&mut self.ahead);
         let producer = self.producers[self.current].clone();
         let protocol = self.protocol.clone();
         let offsets = interval.offsets.clone();
@@ -450,6 +491,11 @@ impl Committer {
         let (metrics, state) = (self.metrics.clone(), self.state.clone());
         let changelog = self.changelog.clone();
         let job = self.thread.run(move || {
+            // What was written ahead comes first: the interval's later changes
+            // (and erasures) follow it.
+            let mut written = written_ahead(ahead)?;
+            written.append(batch);
+            let mut batch = written;
             let encoding = Instant::now();
             write_changelog(cut, &producer, &changelog, &mut batch)?;
             metrics.phase_done("encode", encoding);
@@ -473,11 +519,13 @@ impl Committer {
         Ok(())
     }
 
-    /// Whether a background commit is still running.
+    /// Whether a background commit, or a part of the changelog written ahead,
+    /// is still running.
     pub fn committing(&self) -> bool {
         self.in_flight
             .as_ref()
             .is_some_and(|f| !f.job.is_finished())
+            || self.ahead.iter().any(|j| !j.is_finished())
     }
 
     /// Whether the background commit has ended (successfully or not), so
@@ -512,6 +560,22 @@ impl Committer {
             })),
         }
     }
+}
+
+/// The state changes of the parts of an interval's changelog written ahead,
+/// in order. They ran before the commit on the same thread, so they have
+/// ended.
+fn written_ahead(
+    ahead: Vec<Job<Result<StateBatch, CommitError>>>,
+) -> Result<StateBatch, CommitError> {
+    let mut batch = StateBatch::default();
+    for job in ahead {
+        let part = job
+            .join()
+            .map_err(|_| CommitError::Failed("writing the changelog ahead panicked".into()))??;
+        batch.append(part);
+    }
+    Ok(batch)
 }
 
 /// Encodes the changed profiles of `cut` and sends each (one record per profile,

@@ -96,6 +96,9 @@ pub(crate) struct Core {
     pub(super) receipts: Option<super::erasure::Receipts>,
     /// The identity stitching topics; `None` with stitching off.
     pub(super) identity: Option<super::identity::IdentityTopics>,
+    /// When a part of the open interval's changelog was last written ahead
+    /// of its commit ([`Core::write_ahead`]).
+    pub(super) written_ahead: Option<Instant>,
 }
 
 impl Core {
@@ -178,6 +181,38 @@ impl Core {
         self.touch_stalled_changelogs()?;
         self.commit(consumer, CommitMode::Async)?;
         *last_commit = Instant::now();
+        Ok(())
+    }
+
+    /// Writes the interval's changes so far to the changelog ahead of its
+    /// commit ([`Committer::write_ahead`]) when the guarantee makes actions
+    /// wait for the commit, the engine has caught up with its input (`step`
+    /// calls this then), the commit thread is idle and a quarter of `interval`
+    /// has passed since the interval began or its last part was written. The
+    /// commit that ends the interval then encodes and waits for a quarter of
+    /// its changes, not all of them: that wait is part of every action's
+    /// latency. Under load the engine is never caught up, and each changed
+    /// profile is encoded once per commit, as before.
+    pub(super) fn write_ahead(
+        &mut self,
+        interval: Duration,
+        last_commit: Instant,
+    ) -> Result<(), LoopError> {
+        let since = self
+            .written_ahead
+            .filter(|&t| t > last_commit)
+            .unwrap_or(last_commit);
+        if !self.committer.protocol().actions_wait_for_commit()
+            || since.elapsed() < interval / 4
+            || last_commit.elapsed() >= interval
+            || self.committer.committing()
+            || !self.processor.has_changes()
+        {
+            return Ok(());
+        }
+        let cut = self.processor.cut_ahead();
+        self.committer.write_ahead(cut)?;
+        self.written_ahead = Some(Instant::now());
         Ok(())
     }
 

@@ -436,6 +436,7 @@ impl Worker {
             decision_format: registry.decisions,
             receipts,
             identity: identity::IdentityTopics::of(&cfg),
+            written_ahead: None,
             cfg: cfg.clone(),
         }));
         let consumer = subscribe(&cfg, core.clone())?;
@@ -503,13 +504,16 @@ impl Worker {
         // Noted once a step, not once a record: a step polls within
         // milliseconds of its start, and a step held up shows as it should.
         self.progress.polled();
-        self.drain(deadline, wait)?;
+        let caught_up = self.drain(deadline, wait)?;
         let mut core = lock(&self.core);
         core.finish_ended(&self.consumer)?;
         core.restore_slice(&self.consumer)?;
         core.release_identity_messages(&self.consumer)?;
         core.committer.producer().poll(Duration::ZERO);
         core.commit_when_due(&self.consumer, self.interval, last_commit)?;
+        if caught_up {
+            core.write_ahead(self.interval, *last_commit)?;
+        }
         core.release_input(&self.consumer)
     }
 
@@ -536,16 +540,21 @@ impl Worker {
 
     /// Takes what the consumer has fetched, up to `deadline`, in batches whose
     /// partitions are processed in parallel; stops once the changed profiles
-    /// fill the profile cache (see `hold`).
-    fn drain(&mut self, deadline: Instant, mut wait: Duration) -> Result<(), LoopError> {
+    /// fill the profile cache (see `hold`). Whether it stopped because nothing
+    /// more had arrived: the engine has caught up with its input.
+    fn drain(&mut self, deadline: Instant, mut wait: Duration) -> Result<bool, LoopError> {
         let mut batch = Vec::with_capacity(BATCH_RECORDS);
+        let mut caught_up = false;
         while Instant::now() < deadline {
             let polled = self.consumer.poll(wait);
             self.settle_rebalance()?;
             match polled {
                 Some(Ok(m)) => batch.push(m),
                 Some(Err(e)) => consumer_error(e)?,
-                None => break,
+                None => {
+                    caught_up = true;
+                    break;
+                }
             }
             if batch.len() >= BATCH_RECORDS {
                 let mut core = lock(&self.core);
@@ -562,7 +571,7 @@ impl Worker {
         if !batch.is_empty() {
             lock(&self.core).handle_batch(&batch)?;
         }
-        Ok(())
+        Ok(caught_up)
     }
 
     /// Answers what the rebalance callbacks left: a failed commit, or partitions to restore.

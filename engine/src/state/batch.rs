@@ -152,6 +152,12 @@ impl StateBatch {
         b
     }
 
+    /// Adds `other`'s changes after this batch's, in their order.
+    pub fn append(&mut self, other: StateBatch) {
+        self.bytes += other.bytes;
+        self.ops.extend(other.ops);
+    }
+
     /// The profiles stored from their encodings
     /// ([`StateBatch::put_profile_encoded`]): partition, id, encoding and
     /// the memory given with it.

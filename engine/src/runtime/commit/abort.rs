@@ -61,6 +61,8 @@ impl Committer {
             Stage::AwaitCommit if self.committing() => Stage::AwaitCommit,
             Stage::AwaitCommit => {
                 a.committed = self.finish().unwrap_or_default();
+                // What was written ahead of the dropped interval's commit goes with it.
+                self.ahead.clear();
                 self.drain(0)
             }
             Stage::Drain { n, since } => {
