@@ -302,10 +302,12 @@ fn phases(metrics: &Metrics) -> String {
     }
     // A commit started early, or the input held, because the changed profiles
     // filled the profile cache: the loop waited for the commit in flight.
+    // An action held until the commit of its customer's earlier one.
     out.push(format!(
-        "{} commits early, {} input holds",
+        "{} commits early, {} input holds, {} actions held for their customer's earlier ones",
         metrics.early_commits.get(),
-        metrics.input_holds.get()
+        metrics.input_holds.get(),
+        metrics.actions_held.get()
     ));
     out.join("; ")
 }

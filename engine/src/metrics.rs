@@ -42,6 +42,10 @@ pub struct Metrics {
     /// Times the input was paused because the changed profiles filled the
     /// profile cache while a commit was still in flight.
     pub input_holds: IntCounter,
+    /// Actions held back until the interval carrying an earlier action of the
+    /// same customer had committed, so that a customer's actions arrive in
+    /// the order they were decided (the runtime's `order`).
+    pub actions_held: IntCounter,
     /// Times uncommitted work was dropped and redone from the last commit.
     pub rewinds: IntCounter,
     /// Records in each owned input partition not processed yet, by topic and partition.
@@ -55,9 +59,8 @@ pub struct Metrics {
     /// Where a record's way to a committed action spends its time, by phase:
     /// `process` (a batch through the processor), `prepare` (the interval's
     /// changed profiles cut for the commit), `encode` (their changelog
-    /// records encoded and handed to the producer), `ahead` (under
-    /// exactly-once, a part of them written ahead of the commit while the
-    /// engine is caught up), `flush` (the interval's
+    /// records encoded and handed to the producer), `ahead` (a part of
+    /// them written ahead of the commit while the engine is caught up), `flush` (the interval's
     /// records acknowledged), `offsets` (the consumed offsets added to the
     /// transaction), `transaction` (the transaction committed), `wait` (the
     /// processing loop waiting for the previous interval's commit) and `state`
@@ -199,6 +202,11 @@ impl Metrics {
                 "Times the input was paused because the interval's changed profiles filled the profile cache while a commit was still in flight (a slow broker)",
             )
             .expect("valid metric"),
+            actions_held: IntCounter::new(
+                "rapport_actions_held_total",
+                "Actions held back until the interval carrying an earlier action of the same customer had committed, to keep each customer's actions in decision order",
+            )
+            .expect("valid metric"),
             rewinds: IntCounter::new(
                 "rapport_rewinds_total",
                 "Times a failed commit (a rebalance, a broker restart) made the engine drop uncommitted work and redo it from the last commit",
@@ -336,6 +344,7 @@ impl Metrics {
             Box::new(m.commits.clone()),
             Box::new(m.early_commits.clone()),
             Box::new(m.input_holds.clone()),
+            Box::new(m.actions_held.clone()),
             Box::new(m.rewinds.clone()),
             Box::new(m.lag.clone()),
             Box::new(m.state_bytes.clone()),

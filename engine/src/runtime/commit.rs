@@ -9,7 +9,7 @@
 //! the engine then drops and redoes from the last commit (see `Core::rewind`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -120,11 +120,6 @@ pub(super) trait CommitProtocol: Send + Sync {
     fn begin(&self, p: &Producer) -> KafkaResult<()>;
     /// Whether [`CommitProtocol::seal`] needs the consumer group's metadata.
     fn wants_group_metadata(&self) -> bool;
-    /// Whether an interval's actions become readable only once it commits, so
-    /// that the commit's own duration is part of every action's latency: then
-    /// the interval's changelog is written ahead of its commit while the
-    /// engine is idle ([`Committer::write_ahead`]).
-    fn actions_wait_for_commit(&self) -> bool;
     /// Whether a rewind goes back to this instance's own RocksDB state of its
     /// last commit for the partitions it kept, instead of restoring from the
     /// changelog (which may hold records of the failed interval).
@@ -172,11 +167,6 @@ impl CommitProtocol for ExactlyOnce {
     }
 
     fn wants_group_metadata(&self) -> bool {
-        true
-    }
-
-    /// Actions are in the interval's transaction, readable with it.
-    fn actions_wait_for_commit(&self) -> bool {
         true
     }
 
@@ -232,11 +222,6 @@ impl CommitProtocol for AtLeastOnce {
     }
 
     fn wants_group_metadata(&self) -> bool {
-        false
-    }
-
-    /// Actions are readable once sent; the commit only makes them final.
-    fn actions_wait_for_commit(&self) -> bool {
         false
     }
 
@@ -362,6 +347,10 @@ pub(super) struct Interval {
 struct InFlight {
     job: Job<Result<StateBatch, CommitError>>,
     interval: Interval,
+    /// Set once every record of the interval is acknowledged, before the
+    /// interval is sealed: each has its place in its partition, so a record
+    /// sent from now on lands after it.
+    delivered: Arc<AtomicBool>,
 }
 
 /// Two producers used in turn: one commits an interval in the background while
@@ -490,6 +479,8 @@ impl Committer {
         let deadline = Instant::now() + self.patience;
         let (metrics, state) = (self.metrics.clone(), self.state.clone());
         let changelog = self.changelog.clone();
+        let delivered = Arc::new(AtomicBool::new(false));
+        let acknowledged = delivered.clone();
         let job = self.thread.run(move || {
             // What was written ahead comes first: the interval's later changes
             // (and erasures) follow it.
@@ -502,6 +493,7 @@ impl Committer {
             let started = Instant::now();
             flush(&producer, deadline)?;
             metrics.phase_done("flush", started);
+            acknowledged.store(true, Ordering::SeqCst);
             protocol.seal(&producer, &offsets, meta.as_ref(), deadline, &metrics)?;
             if let Ok(mut o) = producer.context().changelog_offsets.lock() {
                 for (p, next) in o.drain() {
@@ -513,7 +505,11 @@ impl Committer {
             metrics.phase_done("state", writing);
             Ok(batch)
         });
-        self.in_flight = Some(InFlight { job, interval });
+        self.in_flight = Some(InFlight {
+            job,
+            interval,
+            delivered,
+        });
         self.current = 1 - self.current;
         self.open = false;
         Ok(())
@@ -526,6 +522,14 @@ impl Committer {
             .as_ref()
             .is_some_and(|f| !f.job.is_finished())
             || self.ahead.iter().any(|j| !j.is_finished())
+    }
+
+    /// Whether every record of the interval being committed in the background
+    /// is acknowledged (its commit may still be sealing it).
+    pub fn in_flight_delivered(&self) -> bool {
+        self.in_flight
+            .as_ref()
+            .is_some_and(|f| f.delivered.load(Ordering::SeqCst))
     }
 
     /// Whether the background commit has ended (successfully or not), so

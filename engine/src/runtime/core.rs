@@ -185,14 +185,16 @@ impl Core {
     }
 
     /// Writes the interval's changes so far to the changelog ahead of its
-    /// commit ([`Committer::write_ahead`]) when the guarantee makes actions
-    /// wait for the commit, the engine has caught up with its input (`step`
-    /// calls this then), the commit thread is idle and a quarter of `interval`
-    /// has passed since the interval began or its last part was written. The
-    /// commit that ends the interval then encodes and waits for a quarter of
-    /// its changes, not all of them: that wait is part of every action's
-    /// latency. Under load the engine is never caught up, and each changed
-    /// profile is encoded once per commit, as before.
+    /// commit ([`Committer::write_ahead`]) when the engine has caught up with
+    /// its input (`step` calls this then), the commit thread is idle and a
+    /// quarter of `interval` has passed since the interval began or its last
+    /// part was written. The commit that ends the interval then encodes and
+    /// waits for a quarter of its changes, not all of them. Under
+    /// exactly-once that wait is part of every action's latency (an action is
+    /// readable once its transaction commits); under both guarantees, part of
+    /// the latency of an action held for its customer's earlier one
+    /// ([`ActionOrder`](super::order)). Under load the engine is never caught
+    /// up, and each changed profile is encoded once per commit, as before.
     pub(super) fn write_ahead(
         &mut self,
         interval: Duration,
@@ -202,8 +204,7 @@ impl Core {
             .written_ahead
             .filter(|&t| t > last_commit)
             .unwrap_or(last_commit);
-        if !self.committer.protocol().actions_wait_for_commit()
-            || since.elapsed() < interval / 4
+        if since.elapsed() < interval / 4
             || last_commit.elapsed() >= interval
             || self.committer.committing()
             || !self.processor.has_changes()
@@ -230,16 +231,28 @@ impl Core {
     }
 
     /// Finishes the background commit if it has ended, without waiting: its
-    /// state goes to RocksDB and the actions held for it go out now, not at the
-    /// end of the current interval.
+    /// state goes to RocksDB. The actions held for it go out as soon as its
+    /// records are acknowledged, not at the end of the current interval.
     pub(super) fn finish_ended(
         &mut self,
         consumer: &BaseConsumer<EngineContext>,
     ) -> Result<(), LoopError> {
-        match self.committer.in_flight_ended() {
-            true => self.finish_in_flight(consumer),
-            false => Ok(()),
+        if self.committer.in_flight_ended() {
+            return self.finish_in_flight(consumer);
         }
+        if self.committer.in_flight_delivered() {
+            self.release_held()?;
+        }
+        Ok(())
+    }
+
+    /// Sends the actions held for the customers of the interval committing,
+    /// whose records are acknowledged ([`ActionOrder`](super::order)).
+    fn release_held(&mut self) -> Result<(), LoopError> {
+        for a in self.order.delivered() {
+            self.send_action(&a)?;
+        }
+        Ok(())
     }
 
     /// Waits for the background commit and, once Kafka committed it, writes its
@@ -250,9 +263,7 @@ impl Core {
     ) -> Result<(), LoopError> {
         if let Some(done) = self.committer.finish()? {
             self.write_committed(consumer, done)?;
-            for a in self.order.committed() {
-                self.send_action(&a)?;
-            }
+            self.release_held()?;
         }
         self.send_receipts()
     }

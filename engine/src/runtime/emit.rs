@@ -83,8 +83,9 @@ impl Core {
     /// of customers whose earlier actions are still committing (see `order`).
     pub(super) fn emit_actions(&mut self) -> Result<(), LoopError> {
         for a in std::mem::take(&mut self.actions) {
-            if let Some(a) = self.order.admit(a) {
-                self.send_action(&a)?;
+            match self.order.admit(a) {
+                Some(a) => self.send_action(&a)?,
+                None => self.metrics.actions_held.inc(),
             }
         }
         self.emit_decisions()

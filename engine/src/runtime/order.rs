@@ -5,9 +5,11 @@
 //! a customer could land in the action topic before an earlier one for the same
 //! customer (an escalation before its alert ticket). An action whose customer had
 //! actions in the interval still committing is held, with every later action of
-//! that customer, until that interval has committed; then they go out in the
-//! order they were decided. Other customers' actions are not delayed, so the
-//! overlap that makes exactly-once fast stays.
+//! that customer, until every record of that interval is acknowledged (each
+//! has its offset then, so a record sent later lands after it; the interval's
+//! transaction may still be committing); then they go out in the order they
+//! were decided. Other customers' actions are not delayed, so the overlap that
+//! makes exactly-once fast stays.
 
 use compact_str::CompactString;
 use hashbrown::HashSet;
@@ -38,9 +40,12 @@ impl ActionOrder {
         Some(a)
     }
 
-    /// The committing interval has committed: the held actions, to send now (in
-    /// the current interval).
-    pub fn committed(&mut self) -> Vec<Action> {
+    /// The committing interval's records are acknowledged: the held actions,
+    /// to send now (in the current interval).
+    pub fn delivered(&mut self) -> Vec<Action> {
+        if self.committing.is_empty() && self.held.is_empty() {
+            return Vec::new();
+        }
         self.committing.clear();
         self.held_keys.clear();
         let held = std::mem::take(&mut self.held);
@@ -103,7 +108,7 @@ mod tests {
         assert!(o.admit(action("b1", "c-2")).is_some());
         assert!(o.admit(action("a3", "c-1")).is_none());
         assert_eq!(o.held(), 2);
-        let released: Vec<String> = o.committed().into_iter().map(|a| a.action_id).collect();
+        let released: Vec<String> = o.delivered().into_iter().map(|a| a.action_id).collect();
         assert_eq!(released, ["a2", "a3"]);
         // Released actions belong to the current interval now.
         o.interval_committing();
