@@ -538,10 +538,13 @@ impl Committer {
         self.in_flight.as_ref().is_some_and(|f| f.job.is_finished())
     }
 
-    /// Waits up to `limit` for the background commit to end; whether none is
-    /// running then.
+    /// Waits up to `limit` for the background commit, and the parts of the
+    /// changelog written ahead, to end; whether none is running then.
     pub fn wait_in_flight(&mut self, limit: Duration) -> bool {
-        self.in_flight.as_mut().is_none_or(|f| f.job.wait(limit))
+        let deadline = Instant::now() + limit;
+        let left = || deadline.saturating_duration_since(Instant::now());
+        self.in_flight.as_mut().is_none_or(|f| f.job.wait(left()))
+            && self.ahead.iter_mut().all(|j| j.wait(left()))
     }
 
     /// Waits for the background commit; returns its interval once Kafka has
