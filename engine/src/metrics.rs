@@ -63,8 +63,9 @@ pub struct Metrics {
     /// them written ahead of the commit while the engine is caught up), `flush` (the interval's
     /// records acknowledged), `offsets` (the consumed offsets added to the
     /// transaction), `transaction` (the transaction committed), `wait` (the
-    /// processing loop waiting for the previous interval's commit) and `state`
-    /// (RocksDB written after the commit).
+    /// processing loop waiting for the previous interval's commit), `state`
+    /// (RocksDB written after the commit) and `end` (on the loop's thread, the
+    /// committed encodings kept and the profile cache trimmed).
     pub commit_phase_seconds: HistogramVec,
     /// Profiles held decoded in memory.
     pub cached_profiles: IntGauge,

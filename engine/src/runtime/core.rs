@@ -279,9 +279,11 @@ impl Core {
             .protocol()
             .after_state(consumer, &done.offsets);
         self.commits += 1;
+        let ending = Instant::now();
         let written = std::mem::take(&mut done.written);
         self.processor.committed(done.cut, written);
         let cached = self.processor.trim_cache();
+        self.metrics.phase_done("end", ending);
         self.publish_memory(&cached);
         self.metrics.commits.inc();
         let took = done.started.elapsed();
