@@ -63,6 +63,8 @@ struct Produced {
 /// action record's timestamp (ms).
 #[derive(Clone, Copy)]
 struct Sample {
+    /// When its trigger touchpoint was handed to the producer, epoch ms.
+    sent_ms: i64,
     total_us: u64,
     decided_ms: i64,
     visible_ms: i64,
@@ -92,6 +94,8 @@ struct Run {
     gc: Option<Vec<(i64, f64)>>,
     measured_ms: i64,
     metrics: Metrics,
+    /// The share of the run during which a runnable thread waited for a core.
+    cpu_waited: Option<f64>,
 }
 
 /// Whether the engine keeps up with `rate` touchpoints/s under `g`, paced, with
@@ -124,6 +128,7 @@ pub fn latency(bootstrap: &str, rate: u64, seconds: u64, g: Guarantee) -> anyhow
         gc,
         measured_ms,
         metrics,
+        cpu_waited,
     } = paced(bootstrap, rate, seconds, g, &|_| Duration::from_secs(60))?;
     let name = g.as_str();
     let drained = drained.map_or("not within a minute after".into(), |d| {
@@ -135,7 +140,15 @@ pub fn latency(bootstrap: &str, rate: u64, seconds: u64, g: Guarantee) -> anyhow
     );
     crate::report::row!(
         "| touchpoint produced to readable by a plain consumer, partition 0 of the input, during the {name} run (the broker's part of the latency, the engine left out) | {} |",
-        probe_summary(readable)
+        probe_summary(&readable)
+    );
+    crate::report::row!(
+        "| the slowest 1% of actions by touchpoint to decided, {name}, beside the plain consumer | {}; {} |",
+        slowest_beside_probe(&samples, &readable),
+        cpu_waited.map_or("the machine's CPU pressure not readable".into(), |w| format!(
+            "a runnable thread waited for a core {:.0}% of the run (/proc/pressure/cpu)",
+            100.0 * w
+        ))
     );
     crate::report::row!(
         "| the local broker's stop-the-world GC pauses during the measured {name} run and its 3 s drain (its GC log) | {} |",
@@ -192,6 +205,7 @@ fn paced(
         std::thread::spawn(move || read_probe(&probe, &stop))
     };
     let started_ms = chrono::Utc::now().timestamp_millis();
+    let pressure = cpu_pressure_us();
     let produced = produce(bootstrap, &input, rate, seconds, &sent)?;
     let drained = all_committed(
         &engine,
@@ -201,6 +215,10 @@ fn paced(
     // Let the last commit intervals drain before the reader stops.
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::SeqCst);
+    let cpu_waited = pressure.zip(cpu_pressure_us()).map(|(before, after)| {
+        let ms = (chrono::Utc::now().timestamp_millis() - started_ms).max(1);
+        after.saturating_sub(before) as f64 / 1000.0 / ms as f64
+    });
     let measured_ms = started_ms + 1000 * WARMUP_SECONDS as i64;
     let gc = broker_gc_pauses(
         bootstrap,
@@ -214,6 +232,9 @@ fn paced(
         .join()
         .map_err(|_| anyhow::anyhow!("input probe panicked"))??;
     engine.shutdown()?;
+    if let Ok(dir) = std::env::var("RAPPORT_BENCH_DUMP") {
+        dump(&dir, g, &samples, &readable)?;
+    }
     // The broker's disk is shared by the runs.
     super::scale::delete_topics(
         bootstrap,
@@ -234,7 +255,71 @@ fn paced(
         gc,
         measured_ms,
         metrics,
+        cpu_waited,
     })
+}
+
+/// Microseconds during which some runnable thread of the machine waited for
+/// a core, since boot (Linux's pressure stall information), if readable.
+fn cpu_pressure_us() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/pressure/cpu").ok()?;
+    let some = text.lines().find(|l| l.starts_with("some"))?;
+    some.split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
+}
+
+/// How far before and after a slow action's touchpoint a stall of the plain
+/// consumer counts as the same stall.
+const BESIDE_MS: i64 = 20;
+
+/// Of the slowest hundredth of actions by touchpoint to decided, how many had
+/// their touchpoint handed over within [`BESIDE_MS`] of one the plain consumer
+/// (which reads without any engine) received at least 60% as late: the stall
+/// was before the engine had the record (the producer, the broker, or the
+/// machine's cores), not in the engine.
+fn slowest_beside_probe(samples: &[Sample], probe: &[(i64, i64)]) -> String {
+    let mut probe: Vec<(i64, i64)> = probe.iter().map(|&(delay, at)| (at, delay)).collect();
+    probe.sort_unstable();
+    let mut slow: Vec<&Sample> = samples.iter().collect();
+    slow.sort_unstable_by_key(|s| std::cmp::Reverse(s.decided_ms));
+    slow.truncate(samples.len().div_ceil(100));
+    let Some(fastest) = slow.last().map(|s| s.decided_ms) else {
+        return "no actions".into();
+    };
+    let beside = slow
+        .iter()
+        .filter(|s| {
+            let from = probe.partition_point(|p| p.0 < s.sent_ms - BESIDE_MS);
+            probe[from..]
+                .iter()
+                .take_while(|p| p.0 <= s.sent_ms + BESIDE_MS)
+                .any(|p| p.1 * 10 >= s.decided_ms * 6)
+        })
+        .count();
+    format!(
+        "{} actions, decided {fastest} ms or later: {beside} of them were handed to the producer within {BESIDE_MS} ms of a touchpoint the plain consumer received at least 60% as late (a stall before any engine had the record)",
+        slow.len()
+    )
+}
+
+/// Writes each action's sample (trigger sent, decided, total) and each probe
+/// record (produced, delay) to `dir` as CSV, for a look at where the slow ones
+/// lie in time (`RAPPORT_BENCH_DUMP=dir`).
+fn dump(dir: &str, g: Guarantee, samples: &[Sample], probe: &[(i64, i64)]) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    let mut a = String::from("sent_ms,decided_ms,total_us\n");
+    for s in samples {
+        let _ = writeln!(a, "{},{},{}", s.sent_ms, s.decided_ms, s.total_us);
+    }
+    std::fs::write(format!("{dir}/actions.{}.csv", g.as_str()), a)?;
+    let mut p = String::from("produced_ms,delay_ms\n");
+    for (delay, at) in probe {
+        let _ = writeln!(p, "{at},{delay}");
+    }
+    std::fs::write(format!("{dir}/probe.{}.csv", g.as_str()), p)?;
+    Ok(())
 }
 
 /// How long the engine takes from now to have committed `records` records
@@ -526,6 +611,7 @@ fn read_actions(c: &BaseConsumer, sent: &Sent, stop: &AtomicBool) -> anyhow::Res
         if let Some(&(when, wall, event_time)) = map.get(id) {
             if event_time == at {
                 samples.push(Sample {
+                    sent_ms: wall,
                     total_us: arrived.duration_since(when).as_micros() as u64,
                     decided_ms: decided - wall,
                     visible_ms: arrived_ms - decided,
@@ -565,7 +651,8 @@ fn read_probe(c: &BaseConsumer, stop: &AtomicBool) -> anyhow::Result<Vec<(i64, i
 
 /// p50, p99 and p999 of the probe's latencies after the warm-up, and the
 /// seconds of the run its slowest hundredth was produced in.
-fn probe_summary(mut samples: Vec<(i64, i64)>) -> String {
+fn probe_summary(samples: &[(i64, i64)]) -> String {
+    let mut samples = samples.to_vec();
     // The warm-up's records are left out, as they are from the actions'.
     let first = samples.iter().map(|s| s.1).min().unwrap_or(0);
     let measured = first + 1000 * WARMUP_SECONDS as i64;

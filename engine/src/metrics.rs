@@ -61,8 +61,9 @@ pub struct Metrics {
     /// changed profiles cut for the commit), `encode` (their changelog
     /// records encoded and handed to the producer), `ahead` (a part of
     /// them written ahead of the commit while the engine is caught up), `flush` (the interval's
-    /// records acknowledged), `offsets` (the consumed offsets added to the
-    /// transaction), `transaction` (the transaction committed), `wait` (the
+    /// records acknowledged, counted from their last send), `offsets` (the
+    /// consumed offsets added to the transaction, within `flush`: while the
+    /// records are in flight), `transaction` (the transaction committed), `wait` (the
     /// processing loop waiting for the previous interval's commit), `state`
     /// (RocksDB written after the commit) and `end` (on the loop's thread, the
     /// committed encodings kept and the profile cache trimmed).

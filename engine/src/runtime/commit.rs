@@ -124,10 +124,10 @@ pub(super) trait CommitProtocol: Send + Sync {
     /// last commit for the partitions it kept, instead of restoring from the
     /// changelog (which may hold records of the failed interval).
     fn rewinds_from_local_state(&self) -> bool;
-    /// Once every record of the interval is acknowledged: makes it durable with
-    /// the consumed `offsets`, noting its phases in `metrics`. Runs on the
-    /// commit thread.
-    fn seal(
+    /// Once every record of the interval is sent, while they are on their way:
+    /// adds the consumed `offsets` to the interval, noting the phase in
+    /// `metrics`. Runs on the commit thread.
+    fn add_offsets(
         &self,
         p: &Producer,
         offsets: &TopicPartitionList,
@@ -135,6 +135,9 @@ pub(super) trait CommitProtocol: Send + Sync {
         deadline: Instant,
         metrics: &Metrics,
     ) -> Result<(), CommitError>;
+    /// Once every record of the interval is acknowledged: makes it durable,
+    /// noting the phase in `metrics`. Runs on the commit thread.
+    fn seal(&self, p: &Producer, deadline: Instant, metrics: &Metrics) -> Result<(), CommitError>;
     /// After the interval's state is in RocksDB.
     fn after_state(&self, consumer: &BaseConsumer<EngineContext>, offsets: &TopicPartitionList);
     /// Drops an interval that will not commit, waiting up to `timeout`; a
@@ -176,7 +179,11 @@ impl CommitProtocol for ExactlyOnce {
         false
     }
 
-    fn seal(
+    /// The offsets go to the transaction's coordinator while the records are
+    /// in flight to their partitions' leaders: the commit waits for the
+    /// longer of the two instead of both in turn. Any of them failing aborts
+    /// the transaction, records and offsets alike.
+    fn add_offsets(
         &self,
         p: &Producer,
         offsets: &TopicPartitionList,
@@ -191,6 +198,10 @@ impl CommitProtocol for ExactlyOnce {
             })?;
             metrics.phase_done("offsets", started);
         }
+        Ok(())
+    }
+
+    fn seal(&self, p: &Producer, deadline: Instant, metrics: &Metrics) -> Result<(), CommitError> {
         let started = Instant::now();
         retrying("committing the Kafka transaction", deadline, |t| {
             p.commit_transaction(t)
@@ -232,7 +243,7 @@ impl CommitProtocol for AtLeastOnce {
         true
     }
 
-    fn seal(
+    fn add_offsets(
         &self,
         _: &Producer,
         _: &TopicPartitionList,
@@ -240,6 +251,10 @@ impl CommitProtocol for AtLeastOnce {
         _: Instant,
         _: &Metrics,
     ) -> Result<(), CommitError> {
+        Ok(())
+    }
+
+    fn seal(&self, _: &Producer, _: Instant, _: &Metrics) -> Result<(), CommitError> {
         Ok(())
     }
 
@@ -300,10 +315,14 @@ fn retrying(
 /// waking the client's threads every millisecond of a long flush.
 const FLUSH_STEP: Duration = Duration::from_millis(4);
 
+/// Asks the brokers to take what lingers on `p` now, without waiting.
+fn send_now(p: &Producer) {
+    let _ = p.flush(Duration::ZERO);
+}
+
 /// Waits until every record sent on `p` is acknowledged.
 fn flush(p: &Producer, deadline: Instant) -> Result<(), CommitError> {
-    // Asks the brokers to send what lingers now; it does not wait.
-    let _ = p.flush(Duration::ZERO);
+    send_now(p);
     let mut step = Duration::from_millis(1);
     loop {
         p.poll(step);
@@ -491,10 +510,12 @@ impl Committer {
             write_changelog(cut, &producer, &changelog, &mut batch)?;
             metrics.phase_done("encode", encoding);
             let started = Instant::now();
+            send_now(&producer);
+            protocol.add_offsets(&producer, &offsets, meta.as_ref(), deadline, &metrics)?;
             flush(&producer, deadline)?;
             metrics.phase_done("flush", started);
             acknowledged.store(true, Ordering::SeqCst);
-            protocol.seal(&producer, &offsets, meta.as_ref(), deadline, &metrics)?;
+            protocol.seal(&producer, deadline, &metrics)?;
             if let Ok(mut o) = producer.context().changelog_offsets.lock() {
                 for (p, next) in o.drain() {
                     batch.set_checkpoint(p, next);
