@@ -114,7 +114,11 @@ fn main() -> anyhow::Result<()> {
     }
     if which == "latency" {
         let bootstrap = rapport::broker::ensure()?.bootstrap;
+        let only = std::env::var("RAPPORT_BENCH_ONLY").ok();
         for g in [Guarantee::ExactlyOnce, Guarantee::AtLeastOnce] {
+            if only.as_deref().is_some_and(|o| o != g.as_str()) {
+                continue;
+            }
             latency::latency(&bootstrap, half_of_max(&bootstrap, g)?, 20, g)?;
         }
     }
