@@ -114,11 +114,7 @@ fn main() -> anyhow::Result<()> {
     }
     if which == "latency" {
         let bootstrap = rapport::broker::ensure()?.bootstrap;
-        let only = std::env::var("RAPPORT_BENCH_ONLY").ok();
-        for g in [Guarantee::ExactlyOnce, Guarantee::AtLeastOnce] {
-            if only.as_deref().is_some_and(|o| o != g.as_str()) {
-                continue;
-            }
+        for g in chosen([Guarantee::ExactlyOnce, Guarantee::AtLeastOnce]) {
             latency::latency(&bootstrap, half_of_max(&bootstrap, g)?, 20, g)?;
         }
     }
@@ -370,18 +366,22 @@ fn simulated_input(
     Ok((input, s))
 }
 
+/// The guarantees of `all` a run measures: `RAPPORT_BENCH_ONLY=exactly_once`
+/// (or `at_least_once`) picks one, in `-- guarantees` and `-- latency`.
+fn chosen(all: [Guarantee; 2]) -> Vec<Guarantee> {
+    let only = std::env::var("RAPPORT_BENCH_ONLY").ok();
+    all.into_iter()
+        .filter(|g| only.as_deref().is_none_or(|o| o == g.as_str()))
+        .collect()
+}
+
 fn guarantees(bootstrap: &str, events: u64) -> anyhow::Result<()> {
     let (input, s) = bench_input(bootstrap, events)?;
     let secs = passthrough(bootstrap, &input, events, &s, &[])?;
     let bare = events as f64 / secs;
     report::row!("| bare rdkafka consume-produce passthrough, {events} records, 4 partitions | {bare:.0} records/s |");
-    // RAPPORT_BENCH_ONLY=exactly_once (or at_least_once) runs one guarantee.
-    let only = std::env::var("RAPPORT_BENCH_ONLY").ok();
-    for g in [Guarantee::AtLeastOnce, Guarantee::ExactlyOnce] {
+    for g in chosen([Guarantee::AtLeastOnce, Guarantee::ExactlyOnce]) {
         let name = g.as_str();
-        if only.as_deref().is_some_and(|o| o != name) {
-            continue;
-        }
         let run = engine_run(bootstrap, &input, events, g, &format!("{name}.{s}"), None)?;
         let found = |f: &str| run.metrics.profile_lookups.with_label_values(&[f]).get();
         report::row!(
