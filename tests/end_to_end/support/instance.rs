@@ -181,6 +181,15 @@ impl Drop for Instance {
             let lines: Vec<&str> = log.lines().collect();
             let tail = lines[lines.len().saturating_sub(60)..].join("\n");
             eprintln!("last lines of {}:\n{tail}", self.log.display());
+            // The log lives in the test's temporary directory, gone once the
+            // test unwinds; RAPPORT_TEST_KEEP_LOGS=dir keeps all of it.
+            if let Some(dir) = std::env::var_os("RAPPORT_TEST_KEEP_LOGS") {
+                let name = self.log.file_name().unwrap_or_default().to_string_lossy();
+                let kept = Path::new(&dir).join(format!("{}.{name}", self.child.id()));
+                if std::fs::copy(&self.log, &kept).is_ok() {
+                    eprintln!("whole log kept in {}", kept.display());
+                }
+            }
         }
     }
 }
