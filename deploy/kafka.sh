@@ -9,6 +9,7 @@
 #   deploy/kafka.sh bootstrap   print the bootstrap address `start` would use
 #   deploy/kafka.sh sasl-bootstrap  print the SASL/PLAIN listener's address
 #   deploy/kafka.sh topics ...  kafka-topics (TopicCommand) against the bootstrap address
+#   deploy/kafka.sh logfile     print the path of the broker's log
 #
 # `start`, `status` and `bootstrap` print the bootstrap address as the only line
 # on stdout; every progress or error message goes to stderr.
@@ -74,7 +75,7 @@ die() { log "error: $*"; exit 1; }
 
 usage() {
     cat >&2 <<'EOF'
-usage: deploy/kafka.sh start|stop|status|bootstrap|topics [ARGS...]
+usage: deploy/kafka.sh start|stop|status|bootstrap|logfile|topics [ARGS...]
 
   start       start (or reuse) a local single-node Kafka; print its bootstrap address
   stop        stop the broker started by this script
@@ -244,7 +245,9 @@ write_log4j_configs() {
     <Logger name="org.apache.kafka.common.metrics" level="WARN"/>
     <Logger name="org.apache.kafka.clients" level="WARN"/>
     <Logger name="org.apache.kafka.storage" level="WARN"/>
-    <Logger name="org.apache.kafka.coordinator" level="WARN"/>
+    <!-- Coordinators at INFO: which group and transaction partitions load,
+         and when, after a restart. -->
+    <Logger name="org.apache.kafka.coordinator" level="INFO"/>
     <Logger name="org.apache.kafka.image" level="WARN"/>
     <Logger name="org.apache.kafka.metadata" level="WARN"/>
     <Logger name="org.apache.kafka.raft" level="WARN"/>
@@ -252,7 +255,7 @@ write_log4j_configs() {
     <Logger name="org.apache.kafka.server.log" level="WARN"/>
     <Logger name="kafka.log" level="WARN"/>
     <Logger name="kafka.cluster" level="WARN"/>
-    <Logger name="kafka.coordinator" level="WARN"/>
+    <Logger name="kafka.coordinator" level="INFO"/>
     <Logger name="kafka.network" level="WARN"/>
     <Logger name="kafka.request.logger" level="WARN"/>
     <Logger name="kafka.authorizer.logger" level="WARN"/>
@@ -658,6 +661,7 @@ main() {
     reset) cmd_reset ;;
     status) cmd_status ;;
     bootstrap) bootstrap_address ;;
+    logfile) printf '%s\n' "$LOG_FILE" ;;
     sasl-bootstrap) printf '%s\n' "$HOST:$SASL_PORT" ;;
     topics) cmd_topics "$@" ;;
     -h | --help | help)

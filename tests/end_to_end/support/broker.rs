@@ -51,5 +51,21 @@ impl OwnBroker {
 impl Drop for OwnBroker {
     fn drop(&mut self) {
         self.kafka_sh("stop");
+        // The broker's side of a failure (which coordinators loaded, when):
+        // its log, kept with the engine's under RAPPORT_TEST_KEEP_LOGS.
+        if let (true, Some(dir)) = (
+            std::thread::panicking(),
+            std::env::var_os("RAPPORT_TEST_KEEP_LOGS"),
+        ) {
+            let log = self.kafka_sh("logfile");
+            let kept = std::path::Path::new(&dir).join(format!(
+                "{}.kafka-{}.log",
+                std::process::id(),
+                self.port
+            ));
+            if std::fs::copy(&log, &kept).is_ok() {
+                eprintln!("the broker's log kept in {}", kept.display());
+            }
+        }
     }
 }
