@@ -83,6 +83,7 @@ usage: deploy/kafka.sh start|stop|status|bootstrap|logfile|topics [ARGS...]
               empty storage)
   status      exit 0 and print the bootstrap address if the broker is running
   bootstrap   print the bootstrap address `start` would use, without starting
+  logfile     print the path of the broker's log
   topics ...  run kafka-topics (TopicCommand) with --bootstrap-server set
 
 environment: RAPPORT_KAFKA_BOOTSTRAP, RAPPORT_KAFKA_PORT, RAPPORT_KAFKA_CONTROLLER_PORT,

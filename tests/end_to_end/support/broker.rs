@@ -51,21 +51,12 @@ impl OwnBroker {
 impl Drop for OwnBroker {
     fn drop(&mut self) {
         self.kafka_sh("stop");
-        // The broker's side of a failure (which coordinators loaded, when):
-        // its log, kept with the engine's under RAPPORT_TEST_KEEP_LOGS.
-        if let (true, Some(dir)) = (
-            std::thread::panicking(),
-            std::env::var_os("RAPPORT_TEST_KEEP_LOGS"),
-        ) {
+        // The broker's side of a failure (which coordinators loaded, when),
+        // kept with the engine's log.
+        if std::thread::panicking() {
             let log = self.kafka_sh("logfile");
-            let kept = std::path::Path::new(&dir).join(format!(
-                "{}.kafka-{}.log",
-                std::process::id(),
-                self.port
-            ));
-            if std::fs::copy(&log, &kept).is_ok() {
-                eprintln!("the broker's log kept in {}", kept.display());
-            }
+            let name = format!("{}.kafka-{}.log", std::process::id(), self.port);
+            super::keep_log(std::path::Path::new(&log), &name);
         }
     }
 }

@@ -182,14 +182,9 @@ impl Drop for Instance {
             let tail = lines[lines.len().saturating_sub(60)..].join("\n");
             eprintln!("last lines of {}:\n{tail}", self.log.display());
             // The log lives in the test's temporary directory, gone once the
-            // test unwinds; RAPPORT_TEST_KEEP_LOGS=dir keeps all of it.
-            if let Some(dir) = std::env::var_os("RAPPORT_TEST_KEEP_LOGS") {
-                let name = self.log.file_name().unwrap_or_default().to_string_lossy();
-                let kept = Path::new(&dir).join(format!("{}.{name}", self.child.id()));
-                if std::fs::copy(&self.log, &kept).is_ok() {
-                    eprintln!("whole log kept in {}", kept.display());
-                }
-            }
+            // test unwinds.
+            let name = self.log.file_name().unwrap_or_default().to_string_lossy();
+            keep_log(&self.log, &format!("{}.{name}", self.child.id()));
         }
     }
 }
@@ -255,4 +250,16 @@ pub fn validate(path: &Path) -> std::process::Output {
         .arg(path)
         .output()
         .unwrap()
+}
+
+/// Copies the log at `log` into the directory RAPPORT_TEST_KEEP_LOGS names,
+/// as `name`, so that a failing test's logs outlive it; nothing without it.
+pub fn keep_log(log: &Path, name: &str) {
+    let Some(dir) = std::env::var_os("RAPPORT_TEST_KEEP_LOGS") else {
+        return;
+    };
+    let kept = Path::new(&dir).join(name);
+    if std::fs::copy(log, &kept).is_ok() {
+        eprintln!("log kept in {}", kept.display());
+    }
 }
