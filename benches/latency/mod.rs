@@ -155,6 +155,10 @@ pub fn latency(bootstrap: &str, rate: u64, seconds: u64, g: Guarantee) -> anyhow
         gc_summary(gc, measured_ms)
     );
     crate::report::row!(
+        "| touchpoint timestamp to the engine, {name}: received from its consumer, and its actions decided (rapport_record_latency_seconds, warm-up included: the bucket bound each quantile is under) | {} |",
+        record_stages(&metrics)
+    );
+    crate::report::row!(
         "| where the engine spent the time, {name} (rapport_commit_phase_seconds: mean, and the bucket bound p99 is under) | {} |",
         phases(&metrics)
     );
@@ -359,6 +363,39 @@ fn gc_summary(pauses: Option<Vec<(i64, f64)>>, measured_ms: i64) -> String {
         pauses.len(),
         long.len()
     )
+}
+
+/// Each stage of `rapport_record_latency_seconds`: how often, and the
+/// smallest bucket bounds that half, 99% and 99.9% of the records are under;
+/// where the input's part of the latency ends and the engine's begins.
+fn record_stages(metrics: &Metrics) -> String {
+    use prometheus::core::Collector;
+    let mut out = Vec::new();
+    for m in metrics
+        .record_latency_seconds
+        .collect()
+        .iter()
+        .flat_map(|f| f.get_metric())
+    {
+        let stage = m.get_label().first().map_or("", |l| l.value());
+        let h = m.get_histogram();
+        let n = h.get_sample_count();
+        let under = |q: f64| {
+            h.get_bucket()
+                .iter()
+                .find(|b| b.cumulative_count() as f64 >= n as f64 * q)
+                .map_or("more".to_owned(), |b| {
+                    format!("{} ms", b.upper_bound() * 1e3)
+                })
+        };
+        out.push(format!(
+            "{stage} {n}x p50 <= {}, p99 <= {}, p999 <= {}",
+            under(0.5),
+            under(0.99),
+            under(0.999)
+        ));
+    }
+    out.join("; ")
 }
 
 /// Each phase of `rapport_commit_phase_seconds`: how often, its mean, and the

@@ -54,6 +54,16 @@ pub struct Metrics {
     pub state_bytes: IntGaugeVec,
     /// From a record's timestamp to the commit that made its effects visible.
     pub commit_latency_seconds: Histogram,
+    /// From a touchpoint record's timestamp (its producer's clock, or the
+    /// broker's for `LogAppendTime` topics) to a stage of its way through the
+    /// engine: `received` (the consumer handed it to the processing loop)
+    /// and `decided` (its actions decided and handed to the producer, or
+    /// held for their customer's earlier ones; records without actions are
+    /// not counted there). The first is the input's part of the latency
+    /// (the broker, the fetch, the local queue while the loop was busy), the
+    /// difference the engine's own; under `exactly_once` the commit follows
+    /// (`rapport_commit_latency_seconds`).
+    pub record_latency_seconds: HistogramVec,
     /// Duration of a commit.
     pub commit_seconds: Histogram,
     /// Where a record's way to a committed action spends its time, by phase:
@@ -240,6 +250,18 @@ impl Metrics {
                 ]),
             )
             .expect("valid metric"),
+            record_latency_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "rapport_record_latency_seconds",
+                    "From a touchpoint's timestamp to the engine having received it and having decided its actions",
+                )
+                .buckets(vec![
+                    0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2,
+                    0.3, 0.5, 1.0, 2.5, 10.0, 60.0,
+                ]),
+                &["stage"],
+            )
+            .expect("valid metric"),
             commit_seconds: Histogram::with_opts(
                 HistogramOpts::new("rapport_commit_seconds", "Duration of one commit").buckets(
                     vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0],
@@ -353,6 +375,7 @@ impl Metrics {
             Box::new(m.profile_lookups.clone()),
             Box::new(m.changed_profile_bytes.clone()),
             Box::new(m.commit_latency_seconds.clone()),
+            Box::new(m.record_latency_seconds.clone()),
             Box::new(m.timers_fired.clone()),
             Box::new(m.restored.clone()),
             Box::new(m.emotion_transitions.clone()),
@@ -399,12 +422,61 @@ impl Metrics {
             .observe(since.elapsed().as_secs_f64());
     }
 
+    /// Observations of [`Metrics::record_latency_seconds`] for a batch of
+    /// records the consumer handed over now, added to the metric at once.
+    pub fn batch_latency(&self) -> BatchLatency {
+        let stage = |s: &str| self.record_latency_seconds.with_label_values(&[s]).local();
+        BatchLatency {
+            received_us: chrono::Utc::now().timestamp_micros(),
+            received: stage("received"),
+            decided: stage("decided"),
+        }
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         prometheus::TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_default()
     }
+}
+
+/// A batch's observations of [`Metrics::record_latency_seconds`]
+/// ([`Metrics::batch_latency`]): one clock reading for the batch's
+/// `received`, one per record with actions for `decided`.
+pub struct BatchLatency {
+    received_us: i64,
+    received: prometheus::local::LocalHistogram,
+    decided: prometheus::local::LocalHistogram,
+}
+
+impl BatchLatency {
+    /// A record with timestamp `ts_ms` (none: not counted) was received with the batch.
+    pub fn received(&mut self, ts_ms: Option<i64>) {
+        if let Some(ts) = ts_ms {
+            self.received.observe(seconds_since(ts, self.received_us));
+        }
+    }
+
+    /// The actions of the record with timestamp `ts_ms` are decided, now.
+    pub fn decided(&mut self, ts_ms: Option<i64>) {
+        if let Some(ts) = ts_ms {
+            let now = chrono::Utc::now().timestamp_micros();
+            self.decided.observe(seconds_since(ts, now));
+        }
+    }
+
+    /// Adds the batch's observations to the metric.
+    pub fn flush(&mut self) {
+        self.received.flush();
+        self.decided.flush();
+    }
+}
+
+/// Seconds from `ts_ms` to `now_us`; none for a timestamp from a clock ahead
+/// of this one.
+fn seconds_since(ts_ms: i64, now_us: i64) -> f64 {
+    (now_us - ts_ms.saturating_mul(1000)).max(0) as f64 / 1e6
 }
 
 impl Default for Metrics {

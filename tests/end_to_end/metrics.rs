@@ -184,6 +184,25 @@ fn metrics_show_lag_latency_commits_and_restores_and_ready_agrees_with_readyz() 
         assert!(v["reason"].as_str().is_some_and(|r| !r.is_empty()), "{v}");
     }
     assert!(value(&m, "rapport_commit_latency_seconds_sum") > 0.0);
+    // Every touchpoint timed as the engine received it, and each one with
+    // actions as they were decided; the backlog waited for the engine.
+    let stage = |name: &str, stage: &str| {
+        let prefix = format!("{name}{{stage=\"{stage}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let received = stage("rapport_record_latency_seconds_count", "received");
+    assert!(received >= n as f64, "{received} of {n} received");
+    let decided = stage("rapport_record_latency_seconds_count", "decided");
+    assert!(
+        decided > 0.0 && decided <= value(&m, "rapport_actions_total"),
+        "{decided} touchpoints with actions decided"
+    );
+    assert!(
+        stage("rapport_record_latency_seconds_sum", "received") / received > 0.001,
+        "a touchpoint produced before the engine started waited for it"
+    );
     assert_eq!(
         value(&m, "rapport_events_total"),
         n as f64 - value(&m, "rapport_dead_letters_total")

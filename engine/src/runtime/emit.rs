@@ -23,6 +23,7 @@ impl Core {
     /// dead-lettered, and its offset joins the interval.
     pub(super) fn handle_batch(&mut self, batch: &[BorrowedMessage<'_>]) -> Result<(), LoopError> {
         let started = std::time::Instant::now();
+        let mut latency = self.metrics.batch_latency();
         let records: Vec<Record<'_>> = batch
             .iter()
             .map(|m| Record {
@@ -51,6 +52,8 @@ impl Core {
             .changed_profile_bytes
             .set(self.processor.changed_bytes() as i64);
         for ((m, record), p) in batch.iter().zip(&records).zip(processed) {
+            let ts = m.timestamp().to_millis();
+            latency.received(ts);
             match p.outcome {
                 Outcome::NotOwned => {
                     // Fetched before a revocation took effect; its new owner handles it.
@@ -65,15 +68,20 @@ impl Core {
                 Outcome::Rejected(r) => self.dead_letter(m, &r)?,
                 Outcome::Applied | Outcome::AlreadyApplied | Outcome::Duplicate => {}
             }
+            let acts = !p.actions.is_empty();
             self.actions.extend(p.actions);
             self.emit_actions()?;
-            if let Some(ts) = m.timestamp().to_millis() {
+            if acts {
+                latency.decided(ts);
+            }
+            if let Some(ts) = ts {
                 self.oldest_ms = Some(self.oldest_ms.map_or(ts, |o| o.min(ts)));
             }
             self.pending
                 .record(record.partition, record.topic, record.offset + 1);
             self.pending_records += 1;
         }
+        latency.flush();
         self.emit_identity()?;
         self.metrics.phase_done("process", started);
         Ok(())
