@@ -369,59 +369,29 @@ fn gc_summary(pauses: Option<Vec<(i64, f64)>>, measured_ms: i64) -> String {
 /// smallest bucket bounds that half, 99% and 99.9% of the records are under;
 /// where the input's part of the latency ends and the engine's begins.
 fn record_stages(metrics: &Metrics) -> String {
-    use prometheus::core::Collector;
-    let mut out = Vec::new();
-    for m in metrics
-        .record_latency_seconds
-        .collect()
-        .iter()
-        .flat_map(|f| f.get_metric())
-    {
-        let stage = m.get_label().first().map_or("", |l| l.value());
-        let h = m.get_histogram();
+    by_label(&metrics.record_latency_seconds, |stage, h| {
         let n = h.get_sample_count();
-        let under = |q: f64| {
-            h.get_bucket()
-                .iter()
-                .find(|b| b.cumulative_count() as f64 >= n as f64 * q)
-                .map_or("more".to_owned(), |b| {
-                    format!("{} ms", b.upper_bound() * 1e3)
-                })
-        };
-        out.push(format!(
+        format!(
             "{stage} {n}x p50 <= {}, p99 <= {}, p999 <= {}",
-            under(0.5),
-            under(0.99),
-            under(0.999)
-        ));
-    }
-    out.join("; ")
+            under(h, 0.5),
+            under(h, 0.99),
+            under(h, 0.999)
+        )
+    })
+    .join("; ")
 }
 
 /// Each phase of `rapport_commit_phase_seconds`: how often, its mean, and the
 /// smallest bucket bound that 99% of them are under.
 fn phases(metrics: &Metrics) -> String {
-    use prometheus::core::Collector;
-    let mut out = Vec::new();
-    for m in metrics
-        .commit_phase_seconds
-        .collect()
-        .iter()
-        .flat_map(|f| f.get_metric())
-    {
-        let phase = m.get_label().first().map_or("", |l| l.value());
-        let h = m.get_histogram();
+    let mut out = by_label(&metrics.commit_phase_seconds, |phase, h| {
         let n = h.get_sample_count();
         let mean_ms = h.get_sample_sum() * 1e3 / n.max(1) as f64;
-        let p99 = h
-            .get_bucket()
-            .iter()
-            .find(|b| b.cumulative_count() as f64 >= n as f64 * 0.99)
-            .map_or("more".to_owned(), |b| {
-                format!("{} ms", b.upper_bound() * 1e3)
-            });
-        out.push(format!("{phase} {n}x mean {mean_ms:.1} ms p99 <= {p99}"));
-    }
+        format!(
+            "{phase} {n}x mean {mean_ms:.1} ms p99 <= {}",
+            under(h, 0.99)
+        )
+    });
     // A commit started early, or the input held, because the changed profiles
     // filled the profile cache: the loop waited for the commit in flight.
     // An action held until the commit of its customer's earlier one.
@@ -432,6 +402,35 @@ fn phases(metrics: &Metrics) -> String {
         metrics.actions_held.get()
     ));
     out.join("; ")
+}
+
+/// `f` of each label value of histogram `vec` (its first label) and its histogram.
+fn by_label(
+    vec: &prometheus::HistogramVec,
+    f: impl Fn(&str, &prometheus::proto::Histogram) -> String,
+) -> Vec<String> {
+    use prometheus::core::Collector;
+    vec.collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .map(|m| {
+            f(
+                m.get_label().first().map_or("", |l| l.value()),
+                m.get_histogram(),
+            )
+        })
+        .collect()
+}
+
+/// The smallest bucket bound of `h` that a share `q` of its samples are under.
+fn under(h: &prometheus::proto::Histogram, q: f64) -> String {
+    let n = h.get_sample_count() as f64;
+    h.get_bucket()
+        .iter()
+        .find(|b| b.cumulative_count() as f64 >= n * q)
+        .map_or("more".to_owned(), |b| {
+            format!("{} ms", b.upper_bound() * 1e3)
+        })
 }
 
 /// The engine's configuration for a run under `g`.
