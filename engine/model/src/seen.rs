@@ -93,25 +93,29 @@ impl Serialize for SeenEvents {
 }
 
 impl<'de> Deserialize<'de> for SeenEvents {
+    /// Reads the entries with room for one more (a profile is mostly decoded
+    /// to take a touchpoint, whose id is remembered next), without a list of
+    /// the packed pairs first.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let packed = Vec::<([u8; 8], i64)>::deserialize(d)?;
         let mut prev = 0i64;
-        let entries = packed
-            .into_iter()
-            .map(|(hash, gap)| {
-                prev = prev.wrapping_add(gap);
-                SeenEvent {
-                    hash: u64::from_le_bytes(hash),
-                    at_ms: prev,
-                }
-            })
-            .collect();
+        let unpack = |(hash, gap): ([u8; 8], i64)| {
+            prev = prev.wrapping_add(gap);
+            SeenEvent {
+                hash: u64::from_le_bytes(hash),
+                at_ms: prev,
+            }
+        };
+        let entries = d.deserialize_seq(crate::profile::WithRoom::new(ROOM, unpack))?;
         Ok(SeenEvents {
             entries,
             filter: Filter::default(),
         })
     }
 }
+
+/// The most entries a decoded list makes room for at once (the bound is
+/// configurable; a stored list longer than this grows as it is read).
+const ROOM: usize = 1024;
 
 /// [`SeenEvents`] as profile encoding version 4 stored it. Only ever decoded.
 #[derive(Deserialize)]
@@ -356,6 +360,42 @@ mod tests {
             p.apply(t);
         }
         new
+    }
+
+    /// A decoded profile has room for its next touchpoint in its recent
+    /// touchpoints and remembered ids: taking it allocates no larger lists
+    /// (the lists were decoded to their exact length, and the first push grew
+    /// each one, a new allocation and a copy, on nearly every event of a
+    /// customer whose profile had left the cache). A full list gets none.
+    #[test]
+    fn a_decoded_profile_has_room_for_its_next_touchpoint() {
+        let limits = SeenLimits::default();
+        let mut p = Profile::new("c1");
+        for i in 0..3 {
+            assert!(offer(&mut p, &purchase(&format!("r-{i}"), T0 + i), &limits));
+        }
+        let mut decoded = Profile::decode(&p.encode()).unwrap();
+        assert_eq!(decoded, p);
+        assert!(decoded.recent.capacity() > decoded.recent.len());
+        assert!(decoded.seen_events.entries.capacity() > decoded.seen_events.len());
+        let (recent, seen) = (
+            decoded.recent.as_slices().0.as_ptr(),
+            decoded.seen_events.entries.as_slices().0.as_ptr(),
+        );
+        assert!(offer(&mut decoded, &purchase("r-next", T0 + 10), &limits));
+        assert_eq!(decoded.recent.as_slices().0.as_ptr(), recent, "not moved");
+        assert_eq!(
+            decoded.seen_events.entries.as_slices().0.as_ptr(),
+            seen,
+            "not moved"
+        );
+
+        for i in 3..20 {
+            assert!(offer(&mut p, &purchase(&format!("r-{i}"), T0 + i), &limits));
+        }
+        let full = Profile::decode(&p.encode()).unwrap();
+        assert_eq!(full.recent.len(), crate::profile::RECENT_TOUCHPOINTS);
+        assert_eq!(full.recent.capacity(), full.recent.len());
     }
 
     #[test]

@@ -198,6 +198,59 @@ impl Profile {
     }
 }
 
+/// Decodes the recent touchpoints with room for the next one.
+///
+/// A profile is mostly decoded to take a touchpoint, and a list decoded to
+/// its exact length grows for it: a new allocation, a copy, a free, for a
+/// list of fewer than [`RECENT_TOUCHPOINTS`] (which a customer's first ten
+/// touchpoints are). Only the encoding version 5 reads this way; the
+/// older ones read as before.
+pub(super) fn recent_with_room<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<VecDeque<RecentTouch>, D::Error> {
+    d.deserialize_seq(WithRoom::new(RECENT_TOUCHPOINTS, |t: RecentTouch| t))
+}
+
+/// Reads a sequence of `T` into a [`VecDeque`] of `U` (each item through
+/// `map`) with capacity for one more item, up to `room` in all.
+pub(crate) struct WithRoom<T, F> {
+    room: usize,
+    map: F,
+    item: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T, F> WithRoom<T, F> {
+    /// Room for `room` items at most; `map` makes each one.
+    pub(crate) fn new(room: usize, map: F) -> Self {
+        WithRoom {
+            room,
+            map,
+            item: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>, U, F: FnMut(T) -> U> serde::de::Visitor<'de> for WithRoom<T, F> {
+    type Value = VecDeque<U>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a sequence")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        mut self,
+        mut seq: A,
+    ) -> Result<Self::Value, A::Error> {
+        // The stored length is trusted no further than the room.
+        let len = seq.size_hint().unwrap_or(0).min(self.room);
+        let mut items = VecDeque::with_capacity((len + 1).min(self.room).max(len));
+        while let Some(item) = seq.next_element()? {
+            items.push_back((self.map)(item));
+        }
+        Ok(items)
+    }
+}
+
 /// The longest piece of output [`Append`] copies byte by byte.
 const SHORT: usize = 16;
 

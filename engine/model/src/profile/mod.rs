@@ -19,6 +19,7 @@ use crate::window::Windows;
 mod apply;
 mod encoding;
 mod merge;
+pub(crate) use encoding::WithRoom;
 pub use encoding::{DecodeError, PROFILE_ENCODING_VERSION};
 
 /// How many recent touchpoints a profile keeps, so no agent makes the customer repeat themselves.
@@ -174,6 +175,7 @@ pub struct Profile {
     /// Products the customer looked at.
     pub products: Vec<ProductInterest>,
     /// The last few touchpoints, oldest first.
+    #[serde(deserialize_with = "encoding::recent_with_room")]
     pub recent: VecDeque<RecentTouch>,
     /// Journey firings, for cooldowns and caps.
     pub journeys: Vec<JourneyMark>,
