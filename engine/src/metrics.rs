@@ -473,8 +473,8 @@ impl BatchLatency {
     }
 }
 
-/// Seconds from `ts_ms` to `now_us`; none for a timestamp from a clock ahead
-/// of this one.
+/// Seconds from `ts_ms` to `now_us`; 0 for a timestamp from a clock ahead of
+/// this one.
 fn seconds_since(ts_ms: i64, now_us: i64) -> f64 {
     (now_us - ts_ms.saturating_mul(1000)).max(0) as f64 / 1e6
 }
