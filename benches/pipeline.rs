@@ -410,7 +410,18 @@ fn guarantees(bootstrap: &str, events: u64) -> anyhow::Result<()> {
             100.0 * run.machine_idle,
         );
     }
+    delete_input(bootstrap, &input, &s);
     Ok(())
+}
+
+/// Deletes the input topic `bench_input` made and the passthroughs' output:
+/// a gigabyte or so a run, which the broker would otherwise keep, and carry
+/// into every later run's measurements.
+fn delete_input(bootstrap: &str, input: &str, s: &str) {
+    scale::delete_topics(
+        bootstrap,
+        &[input.to_owned(), format!("bench.passthrough.{s}")],
+    );
 }
 
 /// `RAPPORT_BENCH_PRODUCER="linger.ms=1,..."` and `RAPPORT_BENCH_CONSUMER`
@@ -480,7 +491,9 @@ fn engine_run(
         .iter()
         .map(|kind| format!("bench.{kind}.{tag}"))
         .collect();
-    topics.push(format!("bench-{tag}-profiles-changelog"));
+    for internal in ["profiles-changelog", "identity-repartition"] {
+        topics.push(format!("bench-{tag}-{internal}"));
+    }
     scale::delete_topics(bootstrap, &topics);
     run
 }
@@ -742,6 +755,7 @@ fn peers(bootstrap: &str, events: u64) -> anyhow::Result<()> {
     }
     // What the machine allows: the Kafka work alone plus the processor's CPU.
     ceiling::ceiling(bootstrap, &input, events, &s)?;
+    delete_input(bootstrap, &input, &s);
     Ok(())
 }
 

@@ -255,6 +255,7 @@ fn paced(
             format!("bench.latency.dlq.{s}"),
             format!("bench.latency.decisions.{s}"),
             format!("bench-latency-{s}-profiles-changelog"),
+            format!("bench-latency-{s}-identity-repartition"),
         ],
     );
     Ok(Run {

@@ -58,6 +58,7 @@ pub fn scale(bootstrap: &str, customers: u64, events: u64) -> anyhow::Result<()>
         format!("bench.scale.dlq.{s}"),
         format!("bench.scale.decisions.{s}"),
         format!("bench-scale-{s}-profiles-changelog"),
+        format!("bench-scale-{s}-identity-repartition"),
     ];
     if kept.is_none() {
         topics.push(input.clone());
