@@ -173,6 +173,13 @@ impl Instance {
 impl Drop for Instance {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
+            if std::thread::panicking() {
+                // A still running engine that failed its test may be stuck:
+                // where each of its threads waits says where.
+                let stacks = thread_stacks(self.child.id());
+                eprintln!("threads of rapport run {}:\n{stacks}", self.child.id());
+                keep_text(&stacks, &format!("{}.threads.txt", self.child.id()));
+            }
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
@@ -250,6 +257,59 @@ pub fn validate(path: &Path) -> std::process::Output {
         .arg(path)
         .output()
         .unwrap()
+}
+
+/// Every thread's stack of process `pid`, by gdb when the machine has it
+/// (within a minute), else each thread's name, state and the kernel function
+/// it waits in, from /proc.
+fn thread_stacks(pid: u32) -> String {
+    let gdb = std::process::Command::new("timeout")
+        .args(["60", "gdb", "-p", &pid.to_string(), "-batch", "-nx"])
+        .args(["-ex", "thread apply all bt 40"])
+        .output();
+    if let Ok(out) = gdb {
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.contains("Thread ") {
+            return text.into_owned();
+        }
+    }
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return String::from("(no /proc entry)");
+    };
+    let read = |task: &Path, f: &str| {
+        std::fs::read_to_string(task.join(f))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    tasks
+        .flatten()
+        .map(|t| {
+            let task = t.path();
+            let stat = read(&task, "stat");
+            let state = stat.rsplit(") ").next().and_then(|r| r.split(' ').next());
+            format!(
+                "{} {} {} {}",
+                t.file_name().to_string_lossy(),
+                read(&task, "comm"),
+                state.unwrap_or("?"),
+                read(&task, "wchan")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Writes `text` as `name` into the directory RAPPORT_TEST_KEEP_LOGS names;
+/// nothing without it.
+fn keep_text(text: &str, name: &str) {
+    let Some(dir) = std::env::var_os("RAPPORT_TEST_KEEP_LOGS") else {
+        return;
+    };
+    let kept = Path::new(&dir).join(name);
+    if std::fs::write(&kept, text).is_ok() {
+        eprintln!("kept in {}", kept.display());
+    }
 }
 
 /// Copies the log at `log` into the directory RAPPORT_TEST_KEEP_LOGS names,
