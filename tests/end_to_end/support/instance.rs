@@ -303,23 +303,24 @@ fn thread_stacks(pid: u32) -> String {
 /// Writes `text` as `name` into the directory RAPPORT_TEST_KEEP_LOGS names;
 /// nothing without it.
 fn keep_text(text: &str, name: &str) {
-    let Some(dir) = std::env::var_os("RAPPORT_TEST_KEEP_LOGS") else {
-        return;
-    };
-    let kept = Path::new(&dir).join(name);
-    if std::fs::write(&kept, text).is_ok() {
-        eprintln!("kept in {}", kept.display());
+    if let Some(kept) = kept_as(name) {
+        if std::fs::write(&kept, text).is_ok() {
+            eprintln!("kept in {}", kept.display());
+        }
     }
 }
 
 /// Copies the log at `log` into the directory RAPPORT_TEST_KEEP_LOGS names,
 /// as `name`, so that a failing test's logs outlive it; nothing without it.
 pub fn keep_log(log: &Path, name: &str) {
-    let Some(dir) = std::env::var_os("RAPPORT_TEST_KEEP_LOGS") else {
-        return;
-    };
-    let kept = Path::new(&dir).join(name);
-    if std::fs::copy(log, &kept).is_ok() {
-        eprintln!("log kept in {}", kept.display());
+    if let Some(kept) = kept_as(name) {
+        if std::fs::copy(log, &kept).is_ok() {
+            eprintln!("log kept in {}", kept.display());
+        }
     }
+}
+
+/// Where a kept file named `name` goes, if RAPPORT_TEST_KEEP_LOGS asks to keep any.
+fn kept_as(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("RAPPORT_TEST_KEEP_LOGS").map(|dir| Path::new(&dir).join(name))
 }
