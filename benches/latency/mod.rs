@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::measure::broker_gc_pauses;
+use crate::measure::{broker_gc_pauses, cpu_seconds, local_broker, Scheduled};
 use rapport::config::{Config, Guarantee};
 use rapport::kafka::{ensure_topics, TopicSpec};
 use rapport::metrics::Metrics;
@@ -99,6 +99,9 @@ struct Run {
     warm: Vec<Vec<u64>>,
     /// The share of the run during which a runnable thread waited for a core.
     cpu_waited: Option<f64>,
+    /// How the threads of this process and of a local broker were scheduled
+    /// over the measured run ([`scheduling`]).
+    scheduled: String,
 }
 
 /// Whether the engine keeps up with `rate` touchpoints/s under `g`, paced, with
@@ -133,6 +136,7 @@ pub fn latency(bootstrap: &str, rate: u64, seconds: u64, g: Guarantee) -> anyhow
         metrics,
         warm,
         cpu_waited,
+        scheduled,
     } = paced(bootstrap, rate, seconds, g, &|_| Duration::from_secs(60))?;
     let name = g.as_str();
     let drained = drained.map_or("not within a minute after".into(), |d| {
@@ -153,6 +157,9 @@ pub fn latency(bootstrap: &str, rate: u64, seconds: u64, g: Guarantee) -> anyhow
             "a runnable thread waited for a core {:.0}% of the run (/proc/pressure/cpu)",
             100.0 * w
         ))
+    );
+    crate::report::row!(
+        "| the threads on this machine's cores during the measured {name} run: seconds each ran and seconds it was ready to run but waited for a core (the kernel's scheduler statistics) | {scheduled} |"
     );
     crate::report::row!(
         "| the local broker's stop-the-world GC pauses during the measured {name} run and its 3 s drain (its GC log) | {} |",
@@ -215,9 +222,15 @@ fn paced(
     let started_ms = chrono::Utc::now().timestamp_millis();
     let pressure = cpu_pressure_us();
     let mut warm = Vec::new();
+    let broker = local_broker(bootstrap).map(|pid| pid.to_string());
+    let of_broker = || broker.as_deref().map(Scheduled::of);
+    let snapshot = || (Scheduled::of("self"), of_broker(), cpu_seconds());
+    let mut sched_warm = snapshot();
     let produced = produce(bootstrap, &input, rate, seconds, &sent, &mut || {
         warm = by_label(&metrics.record_latency_seconds, |_, h| counts(h));
+        sched_warm = snapshot();
     })?;
+    let scheduled = scheduling(&sched_warm, &snapshot());
     let drained = all_committed(
         &engine,
         produced + rate * WARMUP_SECONDS,
@@ -269,7 +282,49 @@ fn paced(
         metrics,
         warm,
         cpu_waited,
+        scheduled,
     })
+}
+
+/// How the engine's threads, the bench's own and a local broker's were
+/// scheduled between `before` and `after` (this process, the broker, this
+/// process's CPU seconds): seconds on a core and seconds waiting for one, by
+/// part. Threads that ended in between (the engine's workers for one batch)
+/// are not listed at the end; their CPU is what the process used beyond the
+/// listed threads'.
+fn scheduling(
+    before: &(Scheduled, Option<Scheduled>, f64),
+    after: &(Scheduled, Option<Scheduled>, f64),
+) -> String {
+    let part = |label: &str, (ran, waited): (f64, f64)| {
+        format!("{label} ran {ran:.1} s, waited {waited:.1} s")
+    };
+    let (b, a) = (&before.0, &after.0);
+    let mut parts = Vec::new();
+    let mut named = (0.0, 0.0);
+    for (prefix, label) in [
+        ("rapport-engine", "engine loop and workers"),
+        ("rapport-commit", "commit thread"),
+        ("rdk:", "librdkafka (the engine's clients and the bench's)"),
+        ("rocksdb:", "RocksDB"),
+    ] {
+        let (r, w) = a.since(b, prefix);
+        named = (named.0 + r, named.1 + w);
+        parts.push(part(label, (r, w)));
+    }
+    let (r, w) = a.since(b, "");
+    parts.push(part(
+        "the bench's producer, reader and probe",
+        (r - named.0, w - named.1),
+    ));
+    parts.push(format!(
+        "threads that ended ran {:.1} s",
+        (after.2 - before.2 - r).max(0.0)
+    ));
+    if let (Some(b), Some(a)) = (&before.1, &after.1) {
+        parts.push(part("the broker", a.since(b, "")));
+    }
+    parts.join("; ")
 }
 
 /// Microseconds during which some runnable thread of the machine waited for

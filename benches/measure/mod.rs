@@ -92,6 +92,53 @@ impl ThreadCpu {
     }
 }
 
+/// Time on a core and time waiting for one, per thread, from the kernel's
+/// scheduler statistics (`/proc/<pid>/task/<tid>/schedstat`: nanoseconds run,
+/// nanoseconds runnable but waiting in a run queue), by thread id with the
+/// thread's name. Says whether a latency is the engine's work or the engine
+/// waiting for a core the broker and the rest of the machine also want.
+pub struct Scheduled(HashMap<u64, (String, u64, u64)>);
+
+impl Scheduled {
+    /// The threads of process `pid` ("self" for this one).
+    pub fn of(pid: &str) -> Scheduled {
+        let mut threads = HashMap::new();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Scheduled(threads);
+        };
+        for task in tasks.flatten() {
+            let Ok(tid) = task.file_name().to_string_lossy().parse::<u64>() else {
+                continue;
+            };
+            let name = std::fs::read_to_string(task.path().join("comm"));
+            let sched = std::fs::read_to_string(task.path().join("schedstat"));
+            let (Ok(name), Ok(sched)) = (name, sched) else {
+                continue;
+            };
+            let mut f = sched.split_whitespace().map(str::parse::<u64>);
+            if let (Some(Ok(ran)), Some(Ok(waited))) = (f.next(), f.next()) {
+                threads.insert(tid, (name.trim().to_owned(), ran, waited));
+            }
+        }
+        Scheduled(threads)
+    }
+
+    /// Seconds run and seconds waited for a core since `before`, summed over
+    /// the threads whose names start with `prefix` ("" for all).
+    pub fn since(&self, before: &Scheduled, prefix: &str) -> (f64, f64) {
+        let (mut ran, mut waited) = (0u64, 0u64);
+        for (tid, (name, r, w)) in &self.0 {
+            if !name.starts_with(prefix) {
+                continue;
+            }
+            let (r0, w0) = before.0.get(tid).map_or((0, 0), |(_, r, w)| (*r, *w));
+            ran += r.saturating_sub(r0);
+            waited += w.saturating_sub(w0);
+        }
+        (ran as f64 / 1e9, waited as f64 / 1e9)
+    }
+}
+
 /// Where a local broker's CPU went since `before`, µs per event over
 /// `events`, by thread group: request handling and the network (Kafka's
 /// `data-plane-kafka-*` threads, whose names the kernel cuts to the same
