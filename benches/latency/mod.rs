@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::measure::{broker_gc_pauses, cpu_seconds, local_broker, Scheduled};
+use crate::measure::{broker_gc_pauses, local_broker, Scheduled, ENGINE_THREADS};
 use rapport::config::{Config, Guarantee};
 use rapport::kafka::{ensure_topics, TopicSpec};
 use rapport::metrics::Metrics;
@@ -224,7 +224,7 @@ fn paced(
     let mut warm = Vec::new();
     let broker = local_broker(bootstrap).map(|pid| pid.to_string());
     let of_broker = || broker.as_deref().map(Scheduled::of);
-    let snapshot = || (Scheduled::of("self"), of_broker(), cpu_seconds());
+    let snapshot = || (Scheduled::of("self"), of_broker());
     let mut sched_warm = snapshot();
     let produced = produce(bootstrap, &input, rate, seconds, &sent, &mut || {
         warm = by_label(&metrics.record_latency_seconds, |_, h| counts(h));
@@ -287,14 +287,12 @@ fn paced(
 }
 
 /// How the engine's threads, the bench's own and a local broker's were
-/// scheduled between `before` and `after` (this process, the broker, this
-/// process's CPU seconds): seconds on a core and seconds waiting for one, by
-/// part. Threads that ended in between (the engine's workers for one batch)
-/// are not listed at the end; their CPU is what the process used beyond the
-/// listed threads'.
+/// scheduled between `before` and `after` (this process, the broker):
+/// seconds on a core and seconds waiting for one, by part, of the threads
+/// alive at both ends (the engine starts none in between).
 fn scheduling(
-    before: &(Scheduled, Option<Scheduled>, f64),
-    after: &(Scheduled, Option<Scheduled>, f64),
+    before: &(Scheduled, Option<Scheduled>),
+    after: &(Scheduled, Option<Scheduled>),
 ) -> String {
     let part = |label: &str, (ran, waited): (f64, f64)| {
         format!("{label} ran {ran:.1} s, waited {waited:.1} s")
@@ -302,27 +300,26 @@ fn scheduling(
     let (b, a) = (&before.0, &after.0);
     let mut parts = Vec::new();
     let mut named = (0.0, 0.0);
-    for (prefix, label) in [
-        ("rapport-engine", "engine loop and workers"),
-        ("rapport-commit", "commit thread"),
-        ("rdk:", "librdkafka (the engine's clients and the bench's)"),
-        ("rocksdb:", "RocksDB"),
+    for (prefixes, label) in [
+        (ENGINE_THREADS, "engine loop and workers"),
+        (&["rapport-commit"], "commit thread"),
+        (
+            &["rdk:"],
+            "librdkafka (the engine's clients and the bench's)",
+        ),
+        (&["rocksdb:"], "RocksDB"),
     ] {
-        let (r, w) = a.since(b, prefix);
+        let (r, w) = a.since(b, prefixes);
         named = (named.0 + r, named.1 + w);
         parts.push(part(label, (r, w)));
     }
-    let (r, w) = a.since(b, "");
+    let (r, w) = a.since(b, &[""]);
     parts.push(part(
         "the bench's producer, reader and probe",
         (r - named.0, w - named.1),
     ));
-    parts.push(format!(
-        "threads that ended ran {:.1} s",
-        (after.2 - before.2 - r).max(0.0)
-    ));
     if let (Some(b), Some(a)) = (&before.1, &after.1) {
-        parts.push(part("the broker", a.since(b, "")));
+        parts.push(part("the broker", a.since(b, &[""])));
     }
     parts.join("; ")
 }

@@ -20,13 +20,15 @@ fn read_stat(path: impl AsRef<std::path::Path>) -> Option<(String, u64)> {
     Some((stat[open + 1..close].to_owned(), ticks))
 }
 
+/// The names of the engine's loop thread and of its processing workers.
+pub const ENGINE_THREADS: &[&str] = &["rapport-engine", "rapport-worker"];
+
 /// CPU time per thread of this process (user and system clock ticks by
 /// thread id, with the thread's name), to say which part of the engine a
 /// run's CPU went to: its loop and workers, its commit thread, librdkafka's
 /// threads (fetching, compressing, sending) or RocksDB's (flushes,
-/// compactions). Threads that ended during a run (the workers the engine
-/// starts for each batch beside its loop) are no longer listed; their time is
-/// what the process used beyond the listed threads'.
+/// compactions). Threads that ended during a run are no longer listed; their
+/// time is what the process used beyond the listed threads'.
 pub struct ThreadCpu(HashMap<u64, (String, u64)>);
 
 impl ThreadCpu {
@@ -70,16 +72,13 @@ impl ThreadCpu {
     /// µs per event by thread group since `before`, of `cpu_seconds` the
     /// whole process used over `events`.
     pub fn split_since(&self, before: &ThreadCpu, cpu_seconds: f64, events: u64) -> String {
-        const GROUPS: [(&str, &str); 4] = [
-            ("rapport-engine", "engine loop and workers"),
-            ("rapport-commit", "commit thread"),
-            ("rdk:", "librdkafka"),
-            ("rocksdb:", "RocksDB"),
+        const GROUPS: [(&[&str], &str); 4] = [
+            (ENGINE_THREADS, "engine loop and workers"),
+            (&["rapport-commit"], "commit thread"),
+            (&["rdk:"], "librdkafka"),
+            (&["rocksdb:"], "RocksDB"),
         ];
-        let prefixes: Vec<&[&str]> = GROUPS
-            .iter()
-            .map(|(p, _)| std::slice::from_ref(p))
-            .collect();
+        let prefixes: Vec<&[&str]> = GROUPS.iter().map(|(p, _)| *p).collect();
         let secs = self.seconds_by_group(before, &prefixes);
         let ended = (cpu_seconds - secs.iter().sum::<f64>()).max(0.0);
         let labels = GROUPS.iter().map(|(_, label)| *label);
@@ -124,11 +123,11 @@ impl Scheduled {
     }
 
     /// Seconds run and seconds waited for a core since `before`, summed over
-    /// the threads whose names start with `prefix` ("" for all).
-    pub fn since(&self, before: &Scheduled, prefix: &str) -> (f64, f64) {
+    /// the threads whose names start with one of `prefixes` ("" for all).
+    pub fn since(&self, before: &Scheduled, prefixes: &[&str]) -> (f64, f64) {
         let (mut ran, mut waited) = (0u64, 0u64);
         for (tid, (name, r, w)) in &self.0 {
-            if !name.starts_with(prefix) {
+            if !prefixes.iter().any(|p| name.starts_with(p)) {
                 continue;
             }
             let (r0, w0) = before.0.get(tid).map_or((0, 0), |(_, r, w)| (*r, *w));

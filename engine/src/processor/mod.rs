@@ -25,6 +25,7 @@ use rapport_journeys::{CompiledJourneys, Decision, Outcome as Judgement};
 use rapport_model::profile::Timer;
 use rapport_model::seen::SeenLimits;
 use rapport_model::{Action, Touchpoint};
+use rayon_core::ThreadPool;
 
 use crate::ingest::route::KeyRule;
 use crate::ingest::{Decoder, Rejection, SchemaError};
@@ -79,6 +80,9 @@ pub struct Processor {
     tasks: hashbrown::HashMap<i32, Task>,
     /// Threads a batch's partitions are processed on.
     workers: usize,
+    /// The threads besides the caller's that work on a batch's partitions and
+    /// a commit's encodings ([`on_threads`]); `None` with one worker.
+    pool: Option<Arc<ThreadPool>>,
     /// Cuts taken ([`Processor::cut`]), which number the commits.
     commits: u64,
     /// The last commit whose state is in RocksDB ([`Processor::committed`]).
@@ -145,16 +149,33 @@ impl Processor {
             encoded_cache_bytes: 0,
             tasks: hashbrown::HashMap::new(),
             workers: 1,
+            pool: None,
             commits: 0,
             written: 0,
         })
     }
 
     /// Processes the partitions of a batch ([`Processor::process_batch`]) on up
-    /// to `workers` threads.
-    pub fn with_workers(mut self, workers: usize) -> Self {
+    /// to `workers` threads: the caller's and `workers - 1` that live as long
+    /// as the processor (`rapport-worker-N`).
+    ///
+    /// Long-lived, not started for each batch: at 23k touchpoints/s a batch
+    /// holds a few hundred records, and a thread started for each one (about
+    /// 200 a second) began from an empty allocator heap and a fresh stack,
+    /// faulting in its pages, and unmapped them when it ended.
+    pub fn with_workers(mut self, workers: usize) -> std::io::Result<Self> {
         self.workers = workers.max(1);
-        self
+        self.pool = match self.workers {
+            1 => None,
+            n => Some(Arc::new(
+                rayon_core::ThreadPoolBuilder::new()
+                    .num_threads(n - 1)
+                    .thread_name(|i| format!("rapport-worker-{}", i + 1))
+                    .build()
+                    .map_err(std::io::Error::other)?,
+            )),
+        };
+        Ok(self)
     }
 
     /// Also reads Avro touchpoints in the Confluent wire format, with writer
@@ -299,7 +320,8 @@ impl Processor {
             }
             Ok::<_, StateError>(done)
         };
-        let finished = on_threads(work, self.workers, |(_, idx)| idx.len(), run);
+        let pool = self.pool.as_deref();
+        let finished = on_threads(pool, work, self.workers, |(_, idx)| idx.len(), run);
         for done in finished {
             for (i, p) in done? {
                 results[i] = Some(p);
@@ -398,14 +420,14 @@ impl Processor {
             } else {
                 self.workers.div_ceil(2)
             },
+            pool: self.pool.clone(),
         }
     }
 
     /// Once the commit of `batch` (written from a [`CommitCut`]) has ended:
     /// the profiles it wrote that are still cached and unchanged are counted
     /// at their committed size and their encodings kept in the encoded cache,
-    /// on this thread, the engine's (freed on the short-lived worker threads,
-    /// memory stays with their pages; see `trim_cache`).
+    /// on this thread, the engine's (see `trim_cache`).
     ///
     /// The encodings move from `batch` into the encoded cache.
     pub fn committed(&mut self, commit: u64, batch: StateBatch) {
@@ -450,9 +472,10 @@ impl Processor {
     /// they take three quarters of it, each partition's share of the excess from
     /// its own. Returns the profiles still cached and their estimated bytes.
     ///
-    /// The profiles are freed on the engine's thread: freed on the short-lived
-    /// worker threads instead, their memory stayed with those threads' pages
-    /// and peak RSS at 1M customers went from 397 to 800 MiB.
+    /// The profiles are freed on the engine's thread: freed on the worker
+    /// threads instead, when those were started for each batch, their memory
+    /// stayed with those threads' pages and peak RSS at 1M customers went
+    /// from 397 to 800 MiB.
     pub fn trim_cache(&mut self) -> CacheUsage {
         let bytes: usize = self.tasks.values().map(|t| t.cached_bytes).sum();
         if bytes > self.profile_cache_bytes {
@@ -482,6 +505,7 @@ pub struct CommitCut {
     tasks: Vec<task::Cut>,
     commit: u64,
     threads: usize,
+    pool: Option<Arc<ThreadPool>>,
 }
 
 impl CommitCut {
@@ -503,7 +527,8 @@ impl CommitCut {
         emit: impl Fn(ChangelogRecord<'_>) -> Result<(), E> + Sync,
     ) -> Result<(), E> {
         let emit = &emit;
-        let encoded = on_threads(self.tasks, self.threads, task::Cut::len, |chunk| {
+        let pool = self.pool.as_deref();
+        let encoded = on_threads(pool, self.tasks, self.threads, task::Cut::len, |chunk| {
             let mut out = Vec::with_capacity(chunk.len());
             for cut in chunk {
                 let c = cut.encode();
@@ -540,17 +565,19 @@ pub struct CacheUsage {
 
 /// Runs `work` over `items` on up to `threads` threads, the heaviest items
 /// first, each to the least loaded thread (by `weight`); one result per thread,
-/// in thread order. The caller's thread is one of them.
+/// in thread order. The caller's thread is one of them, the others come from
+/// `pool` (none without one).
 fn on_threads<T: Send, R: Send>(
+    pool: Option<&ThreadPool>,
     mut items: Vec<T>,
     threads: usize,
     weight: impl Fn(&T) -> usize,
     work: impl Fn(Vec<T>) -> R + Sync,
 ) -> Vec<R> {
     let threads = threads.min(items.len());
-    if threads <= 1 {
+    let Some(pool) = pool.filter(|_| threads > 1) else {
         return vec![work(items)];
-    }
+    };
     items.sort_by_key(|t| std::cmp::Reverse(weight(t)));
     let mut chunks: Vec<Vec<T>> = (0..threads).map(|_| Vec::new()).collect();
     let mut load = vec![0usize; threads];
@@ -560,22 +587,20 @@ fn on_threads<T: Send, R: Send>(
         chunks[t].push(item);
     }
     let work = &work;
-    // The calling thread takes the first share itself: one thread fewer to
-    // start, and what that share allocates belongs to a thread that lives on.
+    let mut results: Vec<Option<R>> = (0..threads).map(|_| None).collect();
+    // The calling thread takes the first share itself, and what that share
+    // allocates belongs to a thread that lives on. A panic in a share is
+    // raised again here once every share has ended.
     let mut chunks = chunks.into_iter();
     let first = chunks.next().unwrap_or_default();
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = chunks
-            .map(|chunk| scope.spawn(move || work(chunk)))
-            .collect();
-        let mut results = vec![work(first)];
-        results.extend(
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
-        );
-        results
-    })
+    let (mine, theirs) = results.split_at_mut(1);
+    pool.in_place_scope(|scope| {
+        for (chunk, slot) in chunks.zip(theirs.iter_mut()) {
+            scope.spawn(move |_| *slot = Some(work(chunk)));
+        }
+        mine[0] = Some(work(first));
+    });
+    results.into_iter().flatten().collect()
 }
 
 /// One partition's task at work on its records, with what every partition reads.
@@ -836,4 +861,84 @@ pub(crate) fn test_processor(dir: &std::path::Path, profile_cache_bytes: usize) 
     .expect("processor");
     p.start_partition(0).expect("partition starts");
     p
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+
+    fn pool(threads: usize) -> ThreadPool {
+        rayon_core::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("rapport-worker-{}", i + 1))
+            .build()
+            .expect("pool")
+    }
+
+    #[test]
+    fn every_item_is_worked_once_with_the_callers_share_first() {
+        let pool = pool(2);
+        let caller = std::thread::current().id();
+        let items: Vec<usize> = (1..=10).collect();
+        let shares = on_threads(
+            Some(&pool),
+            items,
+            3,
+            |&n| n,
+            |chunk: Vec<usize>| (std::thread::current().id(), chunk),
+        );
+        assert_eq!(shares.len(), 3);
+        assert_eq!(shares[0].0, caller, "the caller works the first share");
+        assert!(shares[1..].iter().all(|(t, _)| *t != caller));
+        let mut all: Vec<usize> = shares.iter().flat_map(|(_, c)| c.clone()).collect();
+        all.sort_unstable();
+        assert_eq!(all, (1..=10).collect::<Vec<_>>());
+        // Heaviest first, each to the least loaded share: 55 in all, no share
+        // more than the heaviest item above the even split.
+        assert!(shares
+            .iter()
+            .all(|(_, c)| c.iter().sum::<usize>() <= 55 / 3 + 10));
+    }
+
+    #[test]
+    fn without_a_pool_or_with_one_thread_the_caller_works_everything() {
+        let pool = pool(1);
+        for (pool, threads) in [(None, 4), (Some(&pool), 1)] {
+            let shares = on_threads(
+                pool,
+                vec![1, 2, 3],
+                threads,
+                |_| 1,
+                |c: Vec<usize>| (std::thread::current().id(), c),
+            );
+            assert_eq!(shares.len(), 1);
+            assert_eq!(shares[0].0, std::thread::current().id());
+            assert_eq!(shares[0].1.len(), 3);
+        }
+    }
+
+    #[test]
+    fn a_share_that_panics_is_raised_in_the_caller_after_the_others_end() {
+        let pool = pool(1);
+        let finished = std::sync::atomic::AtomicUsize::new(0);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            on_threads(
+                Some(&pool),
+                vec![1, 2],
+                2,
+                |&n| n,
+                |c: Vec<usize>| {
+                    if c == [1] {
+                        panic!("share of 1");
+                    }
+                    finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                },
+            )
+        }));
+        assert!(caught.is_err());
+        assert_eq!(finished.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // The pool still works afterwards.
+        let shares = on_threads(Some(&pool), vec![1, 2], 2, |&n| n, |c: Vec<usize>| c.len());
+        assert_eq!(shares, vec![1, 1]);
+    }
 }

@@ -388,7 +388,7 @@ impl Worker {
             metrics.clone(),
             cfg.state.profile_cache_mb << 20,
         )?
-        .with_workers(cfg.engine.workers())
+        .with_workers(cfg.engine.workers())?
         .with_encoded_cache(cfg.state.encoded_cache_mb << 20)
         .with_seen_limits(cfg.engine.seen_limits())
         .with_pseudonymizer(cfg.pseudonymizer.clone());
