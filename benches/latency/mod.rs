@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::measure::{broker_gc_pauses, local_broker, Scheduled, ENGINE_THREADS};
+use crate::measure::{broker_gc_pauses, local_broker, stolen_ticks, Scheduled, ENGINE_THREADS};
 use rapport::config::{Config, Guarantee};
 use rapport::kafka::{ensure_topics, TopicSpec};
 use rapport::metrics::Metrics;
@@ -224,7 +224,7 @@ fn paced(
     let mut warm = Vec::new();
     let broker = local_broker(bootstrap).map(|pid| pid.to_string());
     let of_broker = || broker.as_deref().map(Scheduled::of);
-    let snapshot = || (Scheduled::of("self"), of_broker());
+    let snapshot = || (Scheduled::of("self"), of_broker(), stolen_ticks());
     let mut sched_warm = snapshot();
     let produced = produce(bootstrap, &input, rate, seconds, &sent, &mut || {
         warm = by_label(&metrics.record_latency_seconds, |_, h| counts(h));
@@ -287,12 +287,13 @@ fn paced(
 }
 
 /// How the engine's threads, the bench's own and a local broker's were
-/// scheduled between `before` and `after` (this process, the broker):
-/// seconds on a core and seconds waiting for one, by part, of the threads
-/// alive at both ends (the engine starts none in between).
+/// scheduled between `before` and `after` (this process, the broker, the
+/// machine's [`stolen_ticks`]): seconds on a core and seconds waiting for
+/// one, by part, of the threads alive at both ends (the engine starts none in
+/// between), and the share of the machine's CPU time the hypervisor took.
 fn scheduling(
-    before: &(Scheduled, Option<Scheduled>),
-    after: &(Scheduled, Option<Scheduled>),
+    before: &(Scheduled, Option<Scheduled>, (u64, u64)),
+    after: &(Scheduled, Option<Scheduled>, (u64, u64)),
 ) -> String {
     let part = |label: &str, (ran, waited): (f64, f64)| {
         format!("{label} ran {ran:.1} s, waited {waited:.1} s")
@@ -321,6 +322,12 @@ fn scheduling(
     if let (Some(b), Some(a)) = (&before.1, &after.1) {
         parts.push(part("the broker", a.since(b, &[""])));
     }
+    let stolen = after.2 .0.saturating_sub(before.2 .0);
+    let all = after.2 .1.saturating_sub(before.2 .1);
+    parts.push(format!(
+        "the hypervisor took {:.0}% of the machine's CPU time (steal)",
+        100.0 * stolen as f64 / all.max(1) as f64
+    ));
     parts.join("; ")
 }
 

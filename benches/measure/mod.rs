@@ -271,6 +271,22 @@ pub fn machine_ticks() -> (u64, u64) {
     (idle, all)
 }
 
+/// The machine's CPU time so far from `/proc/stat`, in clock ticks: (stolen,
+/// all). Stolen time is when the hypervisor ran something else on a virtual
+/// machine's core while one of its threads was ready to run: to that thread
+/// it is waiting for a core like any other.
+pub fn stolen_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().next().and_then(|l| l.strip_prefix("cpu ")) else {
+        return (0, 0);
+    };
+    let f: Vec<u64> = cpu
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    (f.get(7).copied().unwrap_or(0), f.iter().take(8).sum())
+}
+
 /// The share of the machine's CPU left idle between two [`machine_ticks`].
 pub fn idle_share(before: (u64, u64), after: (u64, u64)) -> f64 {
     let all = after.1.saturating_sub(before.1);
