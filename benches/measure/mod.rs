@@ -253,38 +253,36 @@ fn gc_pause(line: &str) -> Option<(i64, f64)> {
     Some((ended - ms as i64, ms))
 }
 
-/// The machine's CPU time so far from `/proc/stat`, in clock ticks: (idle,
-/// including waiting for I/O; all). Two readings give the share of the
-/// machine's cores nobody used in between ([`idle_share`]).
-pub fn machine_ticks() -> (u64, u64) {
+/// The machine's CPU time so far from `/proc/stat`'s first line, in clock
+/// ticks: user nice system idle iowait irq softirq steal (guest time is in
+/// user); empty where it is not readable.
+fn cpu_ticks() -> Vec<u64> {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let Some(cpu) = stat.lines().next().and_then(|l| l.strip_prefix("cpu ")) else {
-        return (0, 0);
+        return Vec::new();
     };
-    let f: Vec<u64> = cpu
-        .split_whitespace()
+    cpu.split_whitespace()
+        .take(8)
         .filter_map(|v| v.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal (guest time is in user).
-    let all = f.iter().take(8).sum();
-    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
-    (idle, all)
+        .collect()
 }
 
-/// The machine's CPU time so far from `/proc/stat`, in clock ticks: (stolen,
-/// all). Stolen time is when the hypervisor ran something else on a virtual
-/// machine's core while one of its threads was ready to run: to that thread
-/// it is waiting for a core like any other.
+/// The machine's CPU time so far, in clock ticks: (idle, including waiting
+/// for I/O; all). Two readings give the share of the machine's cores nobody
+/// used in between ([`idle_share`]).
+pub fn machine_ticks() -> (u64, u64) {
+    let f = cpu_ticks();
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    (idle, f.iter().sum())
+}
+
+/// The machine's CPU time so far, in clock ticks: (stolen, all). Stolen time
+/// is when the hypervisor ran something else on a virtual machine's core
+/// while one of its threads was ready to run: to that thread it is waiting
+/// for a core like any other.
 pub fn stolen_ticks() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(cpu) = stat.lines().next().and_then(|l| l.strip_prefix("cpu ")) else {
-        return (0, 0);
-    };
-    let f: Vec<u64> = cpu
-        .split_whitespace()
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    (f.get(7).copied().unwrap_or(0), f.iter().take(8).sum())
+    let f = cpu_ticks();
+    (f.get(7).copied().unwrap_or(0), f.iter().sum())
 }
 
 /// The share of the machine's CPU left idle between two [`machine_ticks`].
