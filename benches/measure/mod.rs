@@ -20,6 +20,22 @@ fn read_stat(path: impl AsRef<std::path::Path>) -> Option<(String, u64)> {
     Some((stat[open + 1..close].to_owned(), ticks))
 }
 
+/// What `read` makes of each thread of process `pid` ("self" for this one)
+/// from its `/proc/<pid>/task/<tid>` directory, by thread id; threads it
+/// makes nothing of (ended while being read) are left out.
+fn per_thread<V>(pid: &str, read: impl Fn(&std::path::Path) -> Option<V>) -> HashMap<u64, V> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return HashMap::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let tid = task.file_name().to_string_lossy().parse::<u64>().ok()?;
+            Some((tid, read(&task.path())?))
+        })
+        .collect()
+}
+
 /// The names of the engine's loop thread and of its processing workers.
 pub const ENGINE_THREADS: &[&str] = &["rapport-engine", "rapport-worker"];
 
@@ -38,19 +54,7 @@ impl ThreadCpu {
 
     /// The threads of process `pid` ("self" for this one).
     pub fn of(pid: &str) -> ThreadCpu {
-        let mut threads = HashMap::new();
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            return ThreadCpu(threads);
-        };
-        for task in tasks.flatten() {
-            let Ok(tid) = task.file_name().to_string_lossy().parse::<u64>() else {
-                continue;
-            };
-            if let Some(named) = read_stat(task.path().join("stat")) {
-                threads.insert(tid, named);
-            }
-        }
-        ThreadCpu(threads)
+        ThreadCpu(per_thread(pid, |task| read_stat(task.join("stat"))))
     }
 
     /// CPU seconds since `before` of the threads whose names start with one
@@ -101,25 +105,13 @@ pub struct Scheduled(HashMap<u64, (String, u64, u64)>);
 impl Scheduled {
     /// The threads of process `pid` ("self" for this one).
     pub fn of(pid: &str) -> Scheduled {
-        let mut threads = HashMap::new();
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            return Scheduled(threads);
-        };
-        for task in tasks.flatten() {
-            let Ok(tid) = task.file_name().to_string_lossy().parse::<u64>() else {
-                continue;
-            };
-            let name = std::fs::read_to_string(task.path().join("comm"));
-            let sched = std::fs::read_to_string(task.path().join("schedstat"));
-            let (Ok(name), Ok(sched)) = (name, sched) else {
-                continue;
-            };
+        Scheduled(per_thread(pid, |task| {
+            let name = std::fs::read_to_string(task.join("comm")).ok()?;
+            let sched = std::fs::read_to_string(task.join("schedstat")).ok()?;
             let mut f = sched.split_whitespace().map(str::parse::<u64>);
-            if let (Some(Ok(ran)), Some(Ok(waited))) = (f.next(), f.next()) {
-                threads.insert(tid, (name.trim().to_owned(), ran, waited));
-            }
-        }
-        Scheduled(threads)
+            let (ran, waited) = (f.next()?.ok()?, f.next()?.ok()?);
+            Some((name.trim().to_owned(), ran, waited))
+        }))
     }
 
     /// Seconds run and seconds waited for a core since `before`, summed over
