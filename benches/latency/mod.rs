@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use crate::measure::{broker_gc_pauses, local_broker, stolen_ticks, Scheduled, ENGINE_THREADS};
 use rapport::config::{Config, Guarantee};
+use rapport::kafka::requests::{Counted, Requests};
 use rapport::kafka::{ensure_topics, TopicSpec};
 use rapport::metrics::Metrics;
 use rapport::runtime;
@@ -102,6 +103,8 @@ struct Run {
     /// How the threads of this process and of a local broker were scheduled
     /// over the measured run ([`scheduling`]).
     scheduled: String,
+    /// Requests to the broker over the measured run, by client ([`requests`]).
+    requests: String,
 }
 
 /// Whether the engine keeps up with `rate` touchpoints/s under `g`, paced, with
@@ -137,6 +140,7 @@ pub fn latency(bootstrap: &str, rate: u64, seconds: u64, g: Guarantee) -> anyhow
         warm,
         cpu_waited,
         scheduled,
+        requests,
     } = paced(bootstrap, rate, seconds, g, &|_| Duration::from_secs(60))?;
     let name = g.as_str();
     let drained = drained.map_or("not within a minute after".into(), |d| {
@@ -160,6 +164,9 @@ pub fn latency(bootstrap: &str, rate: u64, seconds: u64, g: Guarantee) -> anyhow
     );
     crate::report::row!(
         "| the threads on this machine's cores during the measured {name} run: seconds each ran and seconds it was ready to run but waited for a core (the kernel's scheduler statistics) | {scheduled} |"
+    );
+    crate::report::row!(
+        "| requests to the broker during the measured {name} run, per second, by client (each client's librdkafka statistics, every second: rapport_kafka_requests_total) | {requests} |"
     );
     crate::report::row!(
         "| the local broker's stop-the-world GC pauses during the measured {name} run and its 3 s drain (its GC log) | {} |",
@@ -200,6 +207,8 @@ fn paced(
     let state = Arc::new(StateStore::open(&cfg.state)?);
     let metrics = Metrics::new();
     let engine = runtime::start(cfg, state, metrics.clone())?;
+    // The bench's own clients count their requests here.
+    let bench = Metrics::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !engine.progress.ready.load(Ordering::SeqCst) {
         anyhow::ensure!(!engine.is_finished(), "engine stopped before it was ready");
@@ -209,12 +218,12 @@ fn paced(
 
     let sent: Sent = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let reader = reader(bootstrap, &actions)?;
+    let reader = reader(bootstrap, &actions, &bench)?;
     let reading = {
         let (sent, stop) = (sent.clone(), stop.clone());
         std::thread::spawn(move || read_actions(&reader, &sent, &stop))
     };
-    let probe = probe(bootstrap, &input)?;
+    let probe = probe(bootstrap, &input, &bench)?;
     let probing = {
         let stop = stop.clone();
         std::thread::spawn(move || read_probe(&probe, &stop))
@@ -226,11 +235,21 @@ fn paced(
     let of_broker = || broker.as_deref().map(Scheduled::of);
     let snapshot = || (Scheduled::of("self"), of_broker(), stolen_ticks());
     let mut sched_warm = snapshot();
-    let produced = produce(bootstrap, &input, rate, seconds, &sent, &mut || {
+    let asked = || [&metrics, &bench].map(requests_by_client);
+    let mut asked_warm = asked();
+    let produced = produce(bootstrap, &input, rate, seconds, &sent, &bench, &mut || {
         warm = by_label(&metrics.record_latency_seconds, |_, h| counts(h));
         sched_warm = snapshot();
+        asked_warm = asked();
     })?;
-    let scheduled = scheduling(&sched_warm, &snapshot());
+    let sched_end = snapshot();
+    let scheduled = scheduling(&sched_warm, &sched_end);
+    let broker_ran = sched_warm
+        .1
+        .as_ref()
+        .zip(sched_end.1.as_ref())
+        .map(|(b, a)| a.since(b, &[""]).0);
+    let requests = requests(&asked_warm, &asked(), seconds, broker_ran);
     let drained = all_committed(
         &engine,
         produced + rate * WARMUP_SECONDS,
@@ -283,7 +302,97 @@ fn paced(
         warm,
         cpu_waited,
         scheduled,
+        requests,
     })
+}
+
+/// Requests sent so far by each client counted in `m`
+/// (`rapport_kafka_requests_total`): client, then request type, then count.
+fn requests_by_client(m: &Metrics) -> Vec<(String, String, u64)> {
+    use prometheus::core::Collector;
+    let mut out = Vec::new();
+    for family in m.kafka_requests.collect() {
+        for metric in family.get_metric() {
+            let label = |name: &str| {
+                metric
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == name)
+                    .map(|l| l.value().to_owned())
+                    .unwrap_or_default()
+            };
+            out.push((
+                label("client"),
+                label("request"),
+                metric.get_counter().get_value() as u64,
+            ));
+        }
+    }
+    out
+}
+
+/// Requests per second over `seconds` between the counts `before` and
+/// `after` (the engine's clients', then the bench's), by client with its
+/// three most frequent request types, and the broker's CPU per request when
+/// its seconds on a core are known.
+fn requests(
+    before: &[Vec<(String, String, u64)>; 2],
+    after: &[Vec<(String, String, u64)>; 2],
+    seconds: u64,
+    broker_ran: Option<f64>,
+) -> String {
+    let names = [
+        ("consumer", "the engine's consumer"),
+        ("producer", "the engine's producers"),
+        ("bench producer", "the bench's producer"),
+        ("action reader", "the bench's action reader"),
+        ("plain consumer", "the plain consumer"),
+    ];
+    let mut parts = Vec::new();
+    let mut all = 0u64;
+    for (side_before, side_after) in before.iter().zip(after) {
+        let mut by_client: Vec<(String, Vec<(String, u64)>)> = Vec::new();
+        for (client, request, n) in side_after {
+            let was = side_before
+                .iter()
+                .find(|(c, r, _)| c == client && r == request)
+                .map_or(0, |e| e.2);
+            let grew = n.saturating_sub(was);
+            match by_client.iter_mut().find(|(c, _)| c == client) {
+                Some((_, v)) => v.push((request.clone(), grew)),
+                None => by_client.push((client.clone(), vec![(request.clone(), grew)])),
+            }
+        }
+        for (client, mut types) in by_client {
+            let total: u64 = types.iter().map(|t| t.1).sum();
+            all += total;
+            types.sort_by_key(|t| std::cmp::Reverse(t.1));
+            let top: Vec<String> = types
+                .iter()
+                .take(3)
+                .map(|(r, n)| (r, n / seconds.max(1)))
+                .filter(|t| t.1 > 0)
+                .map(|(r, n)| format!("{r} {n}"))
+                .collect();
+            let name = names
+                .iter()
+                .find(|(c, _)| *c == client)
+                .map_or(client.as_str(), |n| n.1);
+            parts.push(format!(
+                "{name} {} ({})",
+                total / seconds.max(1),
+                top.join(", ")
+            ));
+        }
+    }
+    let per_second = all / seconds.max(1);
+    let broker = broker_ran.map_or(String::new(), |ran| {
+        format!(
+            "; the broker ran {ran:.1} s, {:.0} µs a request",
+            ran * 1e6 / all.max(1) as f64
+        )
+    });
+    format!("{}; all {per_second}{broker}", parts.join("; "))
 }
 
 /// How the engine's threads, the bench's own and a local broker's were
@@ -548,6 +657,9 @@ fn config(
     cfg.http.listen = String::new();
     cfg.engine.guarantee = g;
     cfg.engine.wall_clock_timers = false;
+    for client in [&mut cfg.kafka.consumer, &mut cfg.kafka.producer] {
+        client.insert("statistics.interval.ms".into(), STATISTICS_MS.into());
+    }
     workload(&mut cfg)?;
     Ok(cfg)
 }
@@ -633,16 +745,18 @@ fn produce(
     rate: u64,
     seconds: u64,
     sent: &Sent,
+    bench: &Metrics,
     warmed_up: &mut dyn FnMut(),
 ) -> anyhow::Result<u64> {
     // The simulator's producer settings (murmur2, idempotent, lz4) but for linger.
-    let producer: BaseProducer = ClientConfig::new()
+    let producer: BaseProducer<Counted> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", PRODUCER_LINGER_MS.to_string())
         .set("compression.type", "lz4")
         .set("enable.idempotence", "true")
         .set("partitioner", "murmur2_random")
-        .create()?;
+        .set("statistics.interval.ms", STATISTICS_MS)
+        .create_with_context(Counted(Requests::new(bench, "bench producer")))?;
     producer
         .client()
         .fetch_metadata(Some(topic), Duration::from_secs(10))?;
@@ -779,16 +893,22 @@ fn eager(bootstrap: &str, role: &str) -> ClientConfig {
         )
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "5")
-        .set("fetch.queue.backoff.ms", "1");
+        .set("fetch.queue.backoff.ms", "1")
+        .set("statistics.interval.ms", STATISTICS_MS);
     c
 }
 
+/// How often the bench's clients and the engine's report their statistics
+/// (the requests they sent), ms: the measured run's counts are within a
+/// second of its ends.
+const STATISTICS_MS: &str = "1000";
+
 /// A read_committed consumer of `topic` that has its partitions.
-fn reader(bootstrap: &str, topic: &str) -> anyhow::Result<BaseConsumer> {
-    let c: BaseConsumer = eager(bootstrap, "reader")
+fn reader(bootstrap: &str, topic: &str, bench: &Metrics) -> anyhow::Result<BaseConsumer<Counted>> {
+    let c: BaseConsumer<Counted> = eager(bootstrap, "reader")
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest")
-        .create()?;
+        .create_with_context(Counted(Requests::new(bench, "action reader")))?;
     c.subscribe(&[topic])?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while c.assignment()?.count() == 0 {
@@ -802,7 +922,11 @@ fn reader(bootstrap: &str, topic: &str) -> anyhow::Result<BaseConsumer> {
 
 /// Reads actions with read_committed until `stop`; one sample for each action
 /// its trigger touchpoint fired at once.
-fn read_actions(c: &BaseConsumer, sent: &Sent, stop: &AtomicBool) -> anyhow::Result<Vec<Sample>> {
+fn read_actions(
+    c: &BaseConsumer<Counted>,
+    sent: &Sent,
+    stop: &AtomicBool,
+) -> anyhow::Result<Vec<Sample>> {
     let mut samples = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         let Some(m) = c.poll(Duration::from_millis(50)) else {
@@ -840,8 +964,9 @@ fn read_actions(c: &BaseConsumer, sent: &Sent, stop: &AtomicBool) -> anyhow::Res
 /// A plain read_uncommitted consumer of partition 0 of the touchpoint topic,
 /// fetching as eagerly as the engine does: what it sees is the latency the
 /// bench producer and the broker add before any engine could have a record.
-fn probe(bootstrap: &str, topic: &str) -> anyhow::Result<BaseConsumer> {
-    let c: BaseConsumer = eager(bootstrap, "probe").create()?;
+fn probe(bootstrap: &str, topic: &str, bench: &Metrics) -> anyhow::Result<BaseConsumer<Counted>> {
+    let c: BaseConsumer<Counted> = eager(bootstrap, "probe")
+        .create_with_context(Counted(Requests::new(bench, "plain consumer")))?;
     let mut tpl = rdkafka::TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, rdkafka::Offset::End)?;
     c.assign(&tpl)?;
@@ -850,7 +975,7 @@ fn probe(bootstrap: &str, topic: &str) -> anyhow::Result<BaseConsumer> {
 
 /// Milliseconds from each record's producer timestamp (set when the bench
 /// handed it over) to its receipt, with that timestamp, until `stop`.
-fn read_probe(c: &BaseConsumer, stop: &AtomicBool) -> anyhow::Result<Vec<(i64, i64)>> {
+fn read_probe(c: &BaseConsumer<Counted>, stop: &AtomicBool) -> anyhow::Result<Vec<(i64, i64)>> {
     let mut out = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         let Some(m) = c.poll(Duration::from_millis(50)) else {

@@ -12,6 +12,8 @@ use anyhow::Context;
 
 use crate::config::KafkaConfig;
 
+pub mod requests;
+
 /// Header naming the topic a dead-lettered record came from.
 pub const DLQ_TOPIC: &str = "rapport.dlq.topic";
 /// Header naming its partition.
@@ -110,8 +112,9 @@ pub fn consumer_config(k: &KafkaConfig) -> ClientConfig {
         .set("fetch.queue.backoff.ms", "10")
         .set("fetch.max.bytes", fetch.to_string())
         .set("max.partition.fetch.bytes", fetch.to_string())
-        // Per-partition positions and end offsets for rapport_consumer_lag_records.
-        .set("statistics.interval.ms", "5000");
+        // Per-partition positions and end offsets for rapport_consumer_lag_records,
+        // and the requests sent for rapport_kafka_requests_total.
+        .set("statistics.interval.ms", requests::STATISTICS_INTERVAL_MS);
     for (key, v) in &k.consumer {
         c.set(key, v);
     }

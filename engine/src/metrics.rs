@@ -122,6 +122,14 @@ pub struct Metrics {
     /// errors are served only by that poll: a loop held up in a call that
     /// blocks shows here, however its other metrics stand still.
     pub consumer_poll_age: Gauge,
+    /// Requests the engine's Kafka clients sent to the brokers, by client
+    /// (`consumer`, `producer`) and librdkafka's name of the request
+    /// (`Fetch`, `Produce`, `AddOffsetsToTxn`, ...), from the clients'
+    /// statistics ([`crate::kafka::requests`]).
+    pub kafka_requests: IntCounterVec,
+    /// Bytes the engine's Kafka clients sent to and received from the
+    /// brokers, by client and direction (`sent`, `received`).
+    pub kafka_bytes: IntCounterVec,
 }
 
 impl Metrics {
@@ -334,6 +342,22 @@ impl Metrics {
                 "Seconds since the main loop last polled its consumer (which serves its rebalance callbacks and statistics)",
             )
             .expect("valid metric"),
+            kafka_requests: IntCounterVec::new(
+                Opts::new(
+                    "rapport_kafka_requests_total",
+                    "Requests the engine's Kafka clients sent to the brokers, by client and request type",
+                ),
+                &["client", "request"],
+            )
+            .expect("valid metric"),
+            kafka_bytes: IntCounterVec::new(
+                Opts::new(
+                    "rapport_kafka_bytes_total",
+                    "Bytes the engine's Kafka clients sent to and received from the brokers",
+                ),
+                &["client", "direction"],
+            )
+            .expect("valid metric"),
             erasures: IntCounter::new("rapport_erasures_total", "Erasure requests applied")
                 .expect("valid metric"),
             erased_touchpoints: IntCounter::new(
@@ -393,6 +417,8 @@ impl Metrics {
             Box::new(m.group_member.clone()),
             Box::new(m.group_partitions.clone()),
             Box::new(m.consumer_poll_age.clone()),
+            Box::new(m.kafka_requests.clone()),
+            Box::new(m.kafka_bytes.clone()),
             Box::new(m.erasures.clone()),
             Box::new(m.erased_touchpoints.clone()),
             Box::new(m.identity_events.clone()),

@@ -77,9 +77,9 @@ fn metrics_show_lag_latency_commits_and_restores_and_ready_agrees_with_readyz() 
     produce_raw(&topics.input, &records);
     let mut cfg = topics.config(&dir.path().join("a"), &group);
     cfg.engine.instance_id = "metrics".into();
-    cfg.kafka
-        .consumer
-        .insert("statistics.interval.ms".into(), "200".into());
+    for client in [&mut cfg.kafka.consumer, &mut cfg.kafka.producer] {
+        client.insert("statistics.interval.ms".into(), "200".into());
+    }
     let addr = format!("127.0.0.1:{}", free_port());
     cfg.http.listen = addr.clone();
     let mut a = Instance::spawn(&cfg, dir.path(), "a");
@@ -221,6 +221,40 @@ fn metrics_show_lag_latency_commits_and_restores_and_ready_agrees_with_readyz() 
     };
     assert_eq!(value(&m, "rapport_consumer_group_member"), 1.0, "{m}");
     assert!(value(&m, "rapport_consumer_group_partitions") >= 2.0, "{m}");
+    // What the clients asked of the broker, from their statistics: the
+    // consumer's fetches and the bytes they brought, the producers' records
+    // and a transaction ended for every commit so far.
+    let commits = value(&m, "rapport_commits_total");
+    let requests = |m: &str, client: &str, request: &str| {
+        let prefix =
+            format!("rapport_kafka_requests_total{{client=\"{client}\",request=\"{request}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let m = loop {
+        let (_, m) = get(&addr, "/metrics");
+        let counted = requests(&m, "consumer", "Fetch") > 0.0
+            && requests(&m, "producer", "Produce") > 0.0
+            && requests(&m, "producer", "EndTxn") >= commits;
+        if counted || Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(requests(&m, "consumer", "Fetch") > 0.0, "{m}");
+    assert!(requests(&m, "producer", "Produce") > 0.0, "{m}");
+    assert!(
+        requests(&m, "producer", "EndTxn") >= commits,
+        "{commits} commits: {m}"
+    );
+    assert!(
+        m.lines().any(|l| l
+            .starts_with("rapport_kafka_bytes_total{client=\"consumer\",direction=\"received\"}")
+            && !l.ends_with(" 0")),
+        "{m}"
+    );
     a.terminate();
 
     // A new instance with an empty disk restores the changelog, and says so.

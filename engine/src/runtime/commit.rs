@@ -19,6 +19,7 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
 use rdkafka::{ClientContext, Message, TopicPartitionList};
 
+use crate::kafka::requests::Requests;
 use crate::metrics::Metrics;
 use crate::processor::CommitCut;
 use crate::state::{StateBatch, StateStore};
@@ -44,6 +45,8 @@ pub(super) struct DeliveryContext {
     failed: AtomicU64,
     last_error: Mutex<Option<String>>,
     changelog_offsets: Mutex<HashMap<i32, i64>>,
+    /// The engine's producers' requests to the brokers, from their statistics.
+    requests: Option<Arc<Requests>>,
 }
 
 impl DeliveryContext {
@@ -67,7 +70,13 @@ impl DeliveryContext {
     }
 }
 
-impl ClientContext for DeliveryContext {}
+impl ClientContext for DeliveryContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if let Some(r) = &self.requests {
+            r.observe(&statistics);
+        }
+    }
+}
 
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = ();
@@ -378,6 +387,8 @@ pub(super) struct Committer {
     protocol: Arc<dyn CommitProtocol>,
     config: ClientConfig,
     changelog: String,
+    /// The producers' requests to the brokers, counted from their statistics.
+    requests: Arc<Requests>,
     producers: [Arc<Producer>; 2],
     current: usize,
     /// Whether the current producer has an interval open.
@@ -404,12 +415,14 @@ impl Committer {
         metrics: Metrics,
         state: Arc<StateStore>,
     ) -> anyhow::Result<Self> {
-        let make = |n| make_producer(protocol.as_ref(), &config, &changelog, n);
+        let requests = Arc::new(Requests::new(&metrics, "producer"));
+        let make = |n| make_producer(protocol.as_ref(), &config, &changelog, n, &requests);
         let producers = [make(0)?, make(1)?];
         Ok(Committer {
             protocol,
             config,
             changelog,
+            requests,
             producers,
             current: 0,
             open: false,
@@ -435,6 +448,17 @@ impl Committer {
     /// The producer of the current interval.
     pub fn producer(&self) -> &Producer {
         &self.producers[self.current]
+    }
+
+    /// Serves the producers' callbacks (delivery reports, statistics) that
+    /// no flush is serving: the current producer's, and the other one's while
+    /// no commit runs on it (an idle producer's statistics would otherwise
+    /// wait for its next interval).
+    pub fn serve(&self) {
+        self.producer().poll(Duration::ZERO);
+        if self.in_flight.is_none() {
+            self.producers[1 - self.current].poll(Duration::ZERO);
+        }
     }
 
     fn open(&mut self) -> Result<(), LoopError> {
@@ -634,9 +658,10 @@ fn make_producer(
     config: &ClientConfig,
     changelog: &str,
     n: usize,
+    requests: &Arc<Requests>,
 ) -> anyhow::Result<Arc<Producer>> {
     use anyhow::Context as _;
-    let producer = create_producer(protocol, config, changelog, n)?;
+    let producer = create_producer(protocol, config, changelog, n, requests)?;
     protocol
         .init(&producer, INIT_TIMEOUT)
         .context("initialising Kafka transactions")?;
@@ -649,12 +674,14 @@ fn create_producer(
     config: &ClientConfig,
     changelog: &str,
     n: usize,
+    requests: &Arc<Requests>,
 ) -> anyhow::Result<Producer> {
     use anyhow::Context as _;
     let mut pc = config.clone();
     protocol.configure(&mut pc, n);
     pc.create_with_context(DeliveryContext {
         changelog: changelog.to_owned(),
+        requests: Some(requests.clone()),
         ..Default::default()
     })
     .context("creating the Kafka producer")

@@ -357,6 +357,13 @@ fn committer(
     if !cfg.kafka.producer.contains_key("message.max.bytes") {
         pc.set("message.max.bytes", max.to_string());
     }
+    // The producers' requests to the brokers (`rapport_kafka_requests_total`).
+    if !cfg.kafka.producer.contains_key("statistics.interval.ms") {
+        pc.set(
+            "statistics.interval.ms",
+            crate::kafka::requests::STATISTICS_INTERVAL_MS,
+        );
+    }
     Committer::new(
         protocol,
         pc,
@@ -509,7 +516,7 @@ impl Worker {
         core.finish_ended(&self.consumer)?;
         core.restore_slice(&self.consumer)?;
         core.release_identity_messages(&self.consumer)?;
-        core.committer.producer().poll(Duration::ZERO);
+        core.committer.serve();
         core.commit_when_due(&self.consumer, self.interval, last_commit)?;
         if caught_up {
             core.write_ahead(self.interval, *last_commit)?;

@@ -13,6 +13,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, TopicPartitionList};
 
 use super::core::Core;
+use crate::kafka::requests::Requests;
 
 /// The consumer's context, sharing the engine's core with the main loop.
 pub(crate) struct EngineContext {
@@ -22,11 +23,15 @@ pub(crate) struct EngineContext {
     /// The consumer has been replaced (see `renew`): its last callbacks, as
     /// it closes, leave the core alone.
     retired: AtomicBool,
+    /// The consumer's requests to the brokers, from its statistics.
+    requests: Requests,
 }
 
 impl EngineContext {
     pub(super) fn new(core: Arc<Mutex<Core>>) -> Self {
+        let requests = Requests::new(&lock(&core).metrics, "consumer");
         EngineContext {
+            requests,
             core,
             group: Mutex::new(GroupWatch::default()),
             retired: AtomicBool::new(false),
@@ -107,8 +112,9 @@ impl GroupWatch {
 impl ClientContext for EngineContext {
     /// librdkafka's statistics (every `statistics.interval.ms`): the lag of each
     /// owned partition, from its last stable offset and the consumer's
-    /// position, and the group membership.
+    /// position, the group membership, and the requests it sent.
     fn stats(&self, statistics: rdkafka::Statistics) {
+        self.requests.observe(&statistics);
         if self.retired() {
             return;
         }

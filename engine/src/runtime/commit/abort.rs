@@ -106,6 +106,7 @@ impl Committer {
                         &self.config,
                         &self.changelog,
                         n,
+                        &self.requests,
                     )?),
                 };
                 match self.protocol.init(&p, STEP) {
