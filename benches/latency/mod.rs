@@ -363,6 +363,8 @@ fn requests(
                 None => by_client.push((client.clone(), vec![(request.clone(), grew)])),
             }
         }
+        // In the order of `names`, any other client after them.
+        by_client.sort_by_key(|(c, _)| names.iter().position(|n| n.0 == c).unwrap_or(names.len()));
         for (client, mut types) in by_client {
             let total: u64 = types.iter().map(|t| t.1).sum();
             all += total;
