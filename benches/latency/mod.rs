@@ -28,6 +28,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod requests;
+
 use crate::measure::{broker_gc_pauses, local_broker, stolen_ticks, Scheduled, ENGINE_THREADS};
 use rapport::config::{Config, Guarantee};
 use rapport::kafka::requests::{Counted, Requests};
@@ -103,7 +105,7 @@ struct Run {
     /// How the threads of this process and of a local broker were scheduled
     /// over the measured run ([`scheduling`]).
     scheduled: String,
-    /// Requests to the broker over the measured run, by client ([`requests`]).
+    /// Requests to the broker over the measured run, by client ([`requests::summary`]).
     requests: String,
 }
 
@@ -235,7 +237,7 @@ fn paced(
     let of_broker = || broker.as_deref().map(Scheduled::of);
     let snapshot = || (Scheduled::of("self"), of_broker(), stolen_ticks());
     let mut sched_warm = snapshot();
-    let asked = || [&metrics, &bench].map(requests_by_client);
+    let asked = || [&metrics, &bench].map(requests::by_client);
     let mut asked_warm = asked();
     let produced = produce(bootstrap, &input, rate, seconds, &sent, &bench, &mut || {
         warm = by_label(&metrics.record_latency_seconds, |_, h| counts(h));
@@ -249,7 +251,7 @@ fn paced(
         .as_ref()
         .zip(sched_end.1.as_ref())
         .map(|(b, a)| a.since(b, &[""]).0);
-    let requests = requests(&asked_warm, &asked(), seconds, broker_ran);
+    let requests = requests::summary(&asked_warm, &asked(), seconds, broker_ran);
     let drained = all_committed(
         &engine,
         produced + rate * WARMUP_SECONDS,
@@ -304,97 +306,6 @@ fn paced(
         scheduled,
         requests,
     })
-}
-
-/// Requests sent so far by each client counted in `m`
-/// (`rapport_kafka_requests_total`): client, then request type, then count.
-fn requests_by_client(m: &Metrics) -> Vec<(String, String, u64)> {
-    use prometheus::core::Collector;
-    let mut out = Vec::new();
-    for family in m.kafka_requests.collect() {
-        for metric in family.get_metric() {
-            let label = |name: &str| {
-                metric
-                    .get_label()
-                    .iter()
-                    .find(|l| l.name() == name)
-                    .map(|l| l.value().to_owned())
-                    .unwrap_or_default()
-            };
-            out.push((
-                label("client"),
-                label("request"),
-                metric.get_counter().get_value() as u64,
-            ));
-        }
-    }
-    out
-}
-
-/// Requests per second over `seconds` between the counts `before` and
-/// `after` (the engine's clients', then the bench's), by client with its
-/// three most frequent request types, and the broker's CPU per request when
-/// its seconds on a core are known.
-fn requests(
-    before: &[Vec<(String, String, u64)>; 2],
-    after: &[Vec<(String, String, u64)>; 2],
-    seconds: u64,
-    broker_ran: Option<f64>,
-) -> String {
-    let names = [
-        ("consumer", "the engine's consumer"),
-        ("producer", "the engine's producers"),
-        ("bench producer", "the bench's producer"),
-        ("action reader", "the bench's action reader"),
-        ("plain consumer", "the plain consumer"),
-    ];
-    let mut parts = Vec::new();
-    let mut all = 0u64;
-    for (side_before, side_after) in before.iter().zip(after) {
-        let mut by_client: Vec<(String, Vec<(String, u64)>)> = Vec::new();
-        for (client, request, n) in side_after {
-            let was = side_before
-                .iter()
-                .find(|(c, r, _)| c == client && r == request)
-                .map_or(0, |e| e.2);
-            let grew = n.saturating_sub(was);
-            match by_client.iter_mut().find(|(c, _)| c == client) {
-                Some((_, v)) => v.push((request.clone(), grew)),
-                None => by_client.push((client.clone(), vec![(request.clone(), grew)])),
-            }
-        }
-        // In the order of `names`, any other client after them.
-        by_client.sort_by_key(|(c, _)| names.iter().position(|n| n.0 == c).unwrap_or(names.len()));
-        for (client, mut types) in by_client {
-            let total: u64 = types.iter().map(|t| t.1).sum();
-            all += total;
-            types.sort_by_key(|t| std::cmp::Reverse(t.1));
-            let top: Vec<String> = types
-                .iter()
-                .take(3)
-                .map(|(r, n)| (r, n / seconds.max(1)))
-                .filter(|t| t.1 > 0)
-                .map(|(r, n)| format!("{r} {n}"))
-                .collect();
-            let name = names
-                .iter()
-                .find(|(c, _)| *c == client)
-                .map_or(client.as_str(), |n| n.1);
-            parts.push(format!(
-                "{name} {} ({})",
-                total / seconds.max(1),
-                top.join(", ")
-            ));
-        }
-    }
-    let per_second = all / seconds.max(1);
-    let broker = broker_ran.map_or(String::new(), |ran| {
-        format!(
-            "; the broker ran {ran:.1} s, {:.0} µs a request",
-            ran * 1e6 / all.max(1) as f64
-        )
-    });
-    format!("{}; all {per_second}{broker}", parts.join("; "))
 }
 
 /// How the engine's threads, the bench's own and a local broker's were
