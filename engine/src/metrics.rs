@@ -48,6 +48,9 @@ pub struct Metrics {
     pub actions_held: IntCounter,
     /// Times uncommitted work was dropped and redone from the last commit.
     pub rewinds: IntCounter,
+    /// Commits given up because a call into the Kafka client overran its own
+    /// timeout (the runtime's `commit::watch`).
+    pub commits_abandoned: IntCounter,
     /// Records in each owned input partition not processed yet, by topic and partition.
     pub lag: IntGaugeVec,
     /// RocksDB memory and compaction: `block_cache`, `memtables`, `pending_compaction`.
@@ -232,6 +235,11 @@ impl Metrics {
                 "Times a failed commit (a rebalance, a broker restart) made the engine drop uncommitted work and redo it from the last commit",
             )
             .expect("valid metric"),
+            commits_abandoned: IntCounter::new(
+                "rapport_commits_abandoned_total",
+                "Commits given up because a call into the Kafka client overran its own timeout; each is redone from the last commit (also counted in rapport_rewinds_total) on a replaced producer",
+            )
+            .expect("valid metric"),
             lag: IntGaugeVec::new(
                 Opts::new(
                     "rapport_consumer_lag_records",
@@ -394,6 +402,7 @@ impl Metrics {
             Box::new(m.input_holds.clone()),
             Box::new(m.actions_held.clone()),
             Box::new(m.rewinds.clone()),
+            Box::new(m.commits_abandoned.clone()),
             Box::new(m.lag.clone()),
             Box::new(m.state_bytes.clone()),
             Box::new(m.profile_lookups.clone()),

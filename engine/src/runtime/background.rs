@@ -19,6 +19,8 @@ type Task = Box<dyn FnOnce() + Send>;
 /// by its own deadline, as a thread of its own was).
 pub(super) struct Background {
     tasks: mpsc::Sender<Task>,
+    /// Cleared by [`Background::abandon`]: the tasks not begun are skipped.
+    open: Arc<AtomicBool>,
 }
 
 /// What a task handed to [`Background::run`] returns, once it has run: its
@@ -35,14 +37,26 @@ impl Background {
     /// of `cargo bench --bench pipeline -- guarantees` show it).
     pub fn start(name: &str) -> std::io::Result<Background> {
         let (tasks, queue) = mpsc::channel::<Task>();
+        let open = Arc::new(AtomicBool::new(true));
+        let running = Arc::clone(&open);
         std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
                 for task in queue {
+                    if !running.load(Ordering::Acquire) {
+                        break;
+                    }
                     task();
                 }
             })?;
-        Ok(Background { tasks })
+        Ok(Background { tasks, open })
+    }
+
+    /// Leaves the thread to the task it is running (one stuck in a call that
+    /// does not return): the tasks given after it never run, and their jobs
+    /// report the thread ended. The thread ends once that task returns.
+    pub fn abandon(self) {
+        self.open.store(false, Ordering::Release);
     }
 
     /// Runs `f` on the thread after the tasks given before it. A panic in
@@ -143,6 +157,30 @@ mod tests {
         assert!(job.wait(std::time::Duration::from_secs(10)));
         assert!(job.wait(std::time::Duration::ZERO), "still received");
         assert_eq!(job.join().unwrap(), 7);
+    }
+
+    /// The tasks behind a stuck one never run once the thread is abandoned,
+    /// even when the stuck one returns after all.
+    #[test]
+    fn an_abandoned_thread_runs_no_task_given_after_the_running_one() {
+        let bg = Background::start("rapport-test-abandon").unwrap();
+        let (go, wait) = mpsc::channel::<()>();
+        let (started, running) = mpsc::channel::<()>();
+        let stuck = bg.run(move || {
+            let _ = started.send(());
+            wait.recv().is_ok()
+        });
+        let ran = Arc::new(AtomicBool::new(false));
+        let later = {
+            let ran = Arc::clone(&ran);
+            bg.run(move || ran.store(true, Ordering::SeqCst))
+        };
+        running.recv().unwrap();
+        bg.abandon();
+        go.send(()).unwrap();
+        assert!(stuck.join().unwrap(), "the running task finishes");
+        assert!(later.join().is_err(), "the later task reported run");
+        assert!(!ran.load(Ordering::SeqCst), "the later task ran");
     }
 
     #[test]

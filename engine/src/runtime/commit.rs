@@ -25,7 +25,9 @@ use crate::processor::CommitCut;
 use crate::state::{StateBatch, StateStore};
 
 mod abort;
+mod watch;
 pub(super) use abort::Abort;
+use watch::CallWatch;
 
 use super::background::{Background, Job};
 use super::rebalance::EngineContext;
@@ -33,6 +35,13 @@ use super::LoopError;
 
 /// How long a producer made at start-up may take to prepare.
 const INIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one call of an interval's commit into the Kafka client (adding
+/// the offsets, committing the transaction) may wait for an answer before it
+/// is retried.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`Committer::finish`] waits for the commit in flight before it
+/// looks again whether the commit's call into the Kafka client is stuck.
+const FINISH_STEP: Duration = Duration::from_secs(1);
 
 /// The engine's producers.
 pub(super) type Producer = BaseProducer<DeliveryContext>;
@@ -47,6 +56,8 @@ pub(super) struct DeliveryContext {
     changelog_offsets: Mutex<HashMap<i32, i64>>,
     /// The engine's producers' requests to the brokers, from their statistics.
     requests: Option<Arc<Requests>>,
+    /// The commit thread's call into this producer, while one runs.
+    calls: CallWatch,
 }
 
 impl DeliveryContext {
@@ -202,7 +213,8 @@ impl CommitProtocol for ExactlyOnce {
     ) -> Result<(), CommitError> {
         if let Some(meta) = meta.filter(|_| offsets.count() > 0) {
             let started = Instant::now();
-            retrying("adding offsets to the transaction", deadline, |t| {
+            let calls = &p.context().calls;
+            retrying("adding offsets to the transaction", deadline, calls, |t| {
                 p.send_offsets_to_transaction(offsets, meta, t)
             })?;
             metrics.phase_done("offsets", started);
@@ -212,7 +224,8 @@ impl CommitProtocol for ExactlyOnce {
 
     fn seal(&self, p: &Producer, deadline: Instant, metrics: &Metrics) -> Result<(), CommitError> {
         let started = Instant::now();
-        retrying("committing the Kafka transaction", deadline, |t| {
+        let calls = &p.context().calls;
+        retrying("committing the Kafka transaction", deadline, calls, |t| {
             p.commit_transaction(t)
         })?;
         metrics.phase_done("transaction", started);
@@ -291,14 +304,16 @@ fn may_retry(e: &KafkaError) -> bool {
 }
 
 /// Runs `op` until it succeeds, retrying errors Kafka marks retriable (a request
-/// that timed out while a broker was away) until `deadline`.
+/// that timed out while a broker was away) until `deadline`. Each call is
+/// given [`CALL_TIMEOUT`] and watched by `calls`, as `what`.
 fn retrying(
-    what: &str,
+    what: &'static str,
     deadline: Instant,
+    calls: &CallWatch,
     mut op: impl FnMut(Duration) -> KafkaResult<()>,
 ) -> Result<(), CommitError> {
     loop {
-        let err = match op(Duration::from_secs(10)) {
+        let err = match calls.call(what, CALL_TIMEOUT, &mut op) {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
@@ -379,6 +394,11 @@ struct InFlight {
     /// interval is sealed: each has its place in its partition, so a record
     /// sent from now on lands after it.
     delivered: Arc<AtomicBool>,
+    /// The producer the interval is committed on.
+    producer: usize,
+    /// Set when the engine gives the commit up ([`Committer::abandon`]): if
+    /// its stuck call returns after all, it goes no further.
+    given_up: Arc<AtomicBool>,
 }
 
 /// Two producers used in turn: one commits an interval in the background while
@@ -399,6 +419,12 @@ pub(super) struct Committer {
     ahead: Vec<Job<Result<StateBatch, CommitError>>>,
     /// Where commits run, one after the other ([`super::background`]).
     thread: Background,
+    /// A producer whose commit was given up with its call into the Kafka
+    /// client stuck: it is replaced, not aborted, by the next abort.
+    abandoned: Option<usize>,
+    /// How long past its timeout a call of the commit in flight may run
+    /// before the commit is given up ([`watch::GRACE`]).
+    grace: Duration,
     patience: Duration,
     metrics: Metrics,
     state: Arc<StateStore>,
@@ -429,6 +455,8 @@ impl Committer {
             in_flight: None,
             ahead: Vec::new(),
             thread: Background::start("rapport-commit")?,
+            abandoned: None,
+            grace: watch::GRACE,
             patience,
             metrics,
             state,
@@ -524,6 +552,12 @@ impl Committer {
         let changelog = self.changelog.clone();
         let delivered = Arc::new(AtomicBool::new(false));
         let acknowledged = delivered.clone();
+        let given_up = Arc::new(AtomicBool::new(false));
+        let abandoned = given_up.clone();
+        let go_on = move || match abandoned.load(Ordering::SeqCst) {
+            false => Ok(()),
+            true => Err(CommitError::Failed("the commit was given up".into())),
+        };
         let job = self.thread.run(move || {
             // What was written ahead comes first: the interval's later changes
             // (and erasures) follow it.
@@ -538,8 +572,10 @@ impl Committer {
             protocol.add_offsets(&producer, &offsets, meta.as_ref(), deadline, &metrics)?;
             flush(&producer, deadline)?;
             metrics.phase_done("flush", started);
+            go_on()?;
             acknowledged.store(true, Ordering::SeqCst);
             protocol.seal(&producer, deadline, &metrics)?;
+            go_on()?;
             if let Ok(mut o) = producer.context().changelog_offsets.lock() {
                 for (p, next) in o.drain() {
                     batch.set_checkpoint(p, next);
@@ -554,6 +590,8 @@ impl Committer {
             job,
             interval,
             delivered,
+            producer: self.current,
+            given_up,
         });
         self.current = 1 - self.current;
         self.open = false;
@@ -592,9 +630,54 @@ impl Committer {
             && self.ahead.iter_mut().all(|j| j.wait(left()))
     }
 
+    /// Why the background commit is given up, if its call into the Kafka
+    /// client has overrun its timeout by more than the grace ([`watch`]).
+    pub fn stuck(&self) -> Option<String> {
+        let f = self.in_flight.as_ref()?;
+        let calls = &self.producers[f.producer].context().calls;
+        let late = calls.overdue(Instant::now(), self.grace)?;
+        Some(format!(
+            "the Kafka client has not returned from {} {} s after its timeout (confluentinc/librdkafka#5456): the commit is given up and its producer replaced",
+            late.what,
+            late.by.as_secs()
+        ))
+    }
+
+    /// Gives up the background commit, stuck in a call into the Kafka client
+    /// (`why`): its thread is left to that call, later commits run on a new
+    /// one, and its producer is marked for replacement by the abort under way.
+    /// Should the call return after all, the commit goes no further.
+    fn abandon(&mut self, why: &str) -> anyhow::Result<()> {
+        let Some(f) = self.in_flight.take() else {
+            return Ok(());
+        };
+        f.given_up.store(true, Ordering::SeqCst);
+        // The parts of the open interval's changelog queued behind the stuck
+        // commit belong to an interval the abort drops: they never run.
+        let stuck = std::mem::replace(&mut self.thread, Background::start("rapport-commit")?);
+        stuck.abandon();
+        self.ahead.clear();
+        self.abandoned = Some(f.producer);
+        self.metrics.commits_abandoned.inc();
+        tracing::warn!(reason = %why, producer = f.producer, "commit given up");
+        Ok(())
+    }
+
     /// Waits for the background commit; returns its interval once Kafka has
-    /// committed it and its state is in RocksDB.
+    /// committed it and its state is in RocksDB. A commit whose call into the
+    /// Kafka client is stuck ([`Committer::stuck`]) fails the interval.
     pub fn finish(&mut self) -> Result<Option<Interval>, LoopError> {
+        loop {
+            let Some(f) = self.in_flight.as_mut() else {
+                return Ok(None);
+            };
+            if f.job.wait(FINISH_STEP) {
+                break;
+            }
+            if let Some(why) = self.stuck() {
+                return Err(LoopError::Rewind(why));
+            }
+        }
         let Some(f) = self.in_flight.take() else {
             return Ok(None);
         };
@@ -686,3 +769,6 @@ fn create_producer(
     })
     .context("creating the Kafka producer")
 }
+
+#[cfg(test)]
+mod tests;

@@ -232,13 +232,17 @@ impl Core {
 
     /// Finishes the background commit if it has ended, without waiting: its
     /// state goes to RocksDB. The actions held for it go out as soon as its
-    /// records are acknowledged, not at the end of the current interval.
+    /// records are acknowledged, not at the end of the current interval. A
+    /// commit stuck in a call into the Kafka client fails the interval.
     pub(super) fn finish_ended(
         &mut self,
         consumer: &BaseConsumer<EngineContext>,
     ) -> Result<(), LoopError> {
         if self.committer.in_flight_ended() {
             return self.finish_in_flight(consumer);
+        }
+        if let Some(why) = self.committer.stuck() {
+            return Err(LoopError::Rewind(why));
         }
         if self.committer.in_flight_delivered() {
             self.release_held()?;

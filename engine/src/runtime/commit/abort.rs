@@ -58,7 +58,13 @@ impl Committer {
     /// in place: a new [`Abort`] starts over.
     pub(in crate::runtime) fn abort_step(&mut self, a: &mut Abort) -> anyhow::Result<bool> {
         a.stage = match std::mem::take(&mut a.stage) {
-            Stage::AwaitCommit if self.committing() => Stage::AwaitCommit,
+            Stage::AwaitCommit if self.committing() => match self.stuck() {
+                Some(why) => {
+                    self.abandon(&why)?;
+                    self.drain(0)
+                }
+                None => Stage::AwaitCommit,
+            },
             Stage::AwaitCommit => {
                 a.committed = self.finish().unwrap_or_default();
                 // What was written ahead of the dropped interval's commit goes with it.
@@ -112,6 +118,9 @@ impl Committer {
                 match self.protocol.init(&p, STEP) {
                     Ok(()) => {
                         self.producers[n] = p;
+                        if self.abandoned == Some(n) {
+                            self.abandoned = None;
+                        }
                         self.aborted(n)
                     }
                     Err(e) if may_retry(&e) && since.elapsed() < INIT_FOR => Stage::Replace {
@@ -142,7 +151,16 @@ impl Committer {
     }
 
     /// Producer `n`'s unsent records dropped; the step that awaits the rest.
+    /// A producer whose commit was given up, still in its stuck call, is
+    /// replaced instead: a new one fences it and aborts its transaction.
     fn drain(&self, n: usize) -> Stage {
+        if self.abandoned == Some(n) {
+            return Stage::Replace {
+                n,
+                since: Instant::now(),
+                new: None,
+            };
+        }
         self.producers[n].purge(PurgeConfig::default().queue());
         Stage::Drain {
             n,
