@@ -58,84 +58,106 @@ impl Committer {
     /// in place: a new [`Abort`] starts over.
     pub(in crate::runtime) fn abort_step(&mut self, a: &mut Abort) -> anyhow::Result<bool> {
         a.stage = match std::mem::take(&mut a.stage) {
-            Stage::AwaitCommit if self.committing() => match self.stuck() {
-                Some(why) => {
-                    self.abandon(&why)?;
-                    self.drain(0)
-                }
-                None => Stage::AwaitCommit,
-            },
-            Stage::AwaitCommit => {
-                a.committed = self.finish().unwrap_or_default();
-                // What was written ahead of the dropped interval's commit goes with it.
-                self.ahead.clear();
-                self.drain(0)
-            }
-            Stage::Drain { n, since } => {
-                let p = &self.producers[n];
-                let started = Instant::now();
-                while p.in_flight_count() > 0 && started.elapsed() < STEP {
-                    p.poll(Duration::from_millis(20));
-                }
-                match p.in_flight_count() > 0 && since.elapsed() < DRAIN_FOR {
-                    true => Stage::Drain { n, since },
-                    false => Stage::Abort {
-                        n,
-                        since: Instant::now(),
-                    },
-                }
-            }
-            Stage::Abort { n, since } => match self.protocol.abort(&self.producers[n], STEP) {
-                Ok(()) => self.aborted(n),
-                // Nothing was open on this producer.
-                Err(KafkaError::Transaction(e)) if e.code() == RDKafkaErrorCode::State => {
-                    self.aborted(n)
-                }
-                Err(e) if may_retry(&e) && since.elapsed() < ABORT_FOR => Stage::Abort { n, since },
-                // Anything else, also records still in flight that will not
-                // complete: a new producer with the same transactional id
-                // fences this one, and its preparation aborts the transaction.
-                Err(e) => {
-                    tracing::warn!(error = %e, "replacing a producer that cannot abort its transaction");
-                    Stage::Replace {
-                        n,
-                        since: Instant::now(),
-                        new: None,
-                    }
-                }
-            },
-            Stage::Replace { n, since, new } => {
-                let p = match new {
-                    Some(p) => p,
-                    None => Arc::new(create_producer(
-                        self.protocol.as_ref(),
-                        &self.config,
-                        &self.changelog,
-                        n,
-                        &self.requests,
-                    )?),
-                };
-                match self.protocol.init(&p, STEP) {
-                    Ok(()) => {
-                        self.producers[n] = p;
-                        if self.abandoned == Some(n) {
-                            self.abandoned = None;
-                        }
-                        self.aborted(n)
-                    }
-                    Err(e) if may_retry(&e) && since.elapsed() < INIT_FOR => Stage::Replace {
-                        n,
-                        since,
-                        new: Some(p),
-                    },
-                    Err(e) => {
-                        return Err(anyhow::Error::new(e).context("initialising Kafka transactions"))
-                    }
-                }
-            }
+            Stage::AwaitCommit => self.await_commit(a)?,
+            Stage::Drain { n, since } => self.drain_step(n, since),
+            Stage::Abort { n, since } => self.abort_producer(n, since),
+            Stage::Replace { n, since, new } => self.replace_step(n, since, new)?,
             Stage::Done => Stage::Done,
         };
         Ok(matches!(a.stage, Stage::Done))
+    }
+
+    /// Waits for the background commit to end (noting in `a` an interval
+    /// Kafka committed after all), or gives it up if it is stuck in a call
+    /// into the Kafka client; then the first producer's turn.
+    fn await_commit(&mut self, a: &mut Abort) -> anyhow::Result<Stage> {
+        if self.committing() {
+            let Some(why) = self.stuck() else {
+                return Ok(Stage::AwaitCommit);
+            };
+            self.abandon(&why)?;
+        }
+        a.committed = self.finish().unwrap_or_default();
+        // What was written ahead of the dropped interval's commit goes with it.
+        self.ahead.clear();
+        Ok(self.drain(0))
+    }
+
+    /// Serves producer `n`'s delivery reports for up to [`STEP`]; its abort
+    /// once none is in flight, or once they have been awaited [`DRAIN_FOR`].
+    fn drain_step(&self, n: usize, since: Instant) -> Stage {
+        let p = &self.producers[n];
+        let started = Instant::now();
+        while p.in_flight_count() > 0 && started.elapsed() < STEP {
+            p.poll(Duration::from_millis(20));
+        }
+        match p.in_flight_count() > 0 && since.elapsed() < DRAIN_FOR {
+            true => Stage::Drain { n, since },
+            false => Stage::Abort {
+                n,
+                since: Instant::now(),
+            },
+        }
+    }
+
+    /// Aborts producer `n`'s open interval, retrying what Kafka may still
+    /// answer for [`ABORT_FOR`]; a producer that cannot abort is replaced.
+    fn abort_producer(&mut self, n: usize, since: Instant) -> Stage {
+        match self.protocol.abort(&self.producers[n], STEP) {
+            Ok(()) => self.aborted(n),
+            // Nothing was open on this producer.
+            Err(KafkaError::Transaction(e)) if e.code() == RDKafkaErrorCode::State => {
+                self.aborted(n)
+            }
+            Err(e) if may_retry(&e) && since.elapsed() < ABORT_FOR => Stage::Abort { n, since },
+            // Anything else, also records still in flight that will not
+            // complete: a new producer with the same transactional id
+            // fences this one, and its preparation aborts the transaction.
+            Err(e) => {
+                tracing::warn!(error = %e, "replacing a producer that cannot abort its transaction");
+                Stage::Replace {
+                    n,
+                    since: Instant::now(),
+                    new: None,
+                }
+            }
+        }
+    }
+
+    /// Prepares `new`, a replacement for producer `n` (made now if `None`),
+    /// for up to [`STEP`], retrying for [`INIT_FOR`]; once prepared it takes
+    /// the old one's place.
+    fn replace_step(
+        &mut self,
+        n: usize,
+        since: Instant,
+        new: Option<Arc<Producer>>,
+    ) -> anyhow::Result<Stage> {
+        let p = match new {
+            Some(p) => p,
+            None => Arc::new(create_producer(
+                self.protocol.as_ref(),
+                &self.config,
+                &self.changelog,
+                n,
+                &self.requests,
+            )?),
+        };
+        match self.protocol.init(&p, STEP) {
+            Ok(()) => {
+                self.producers[n] = p;
+                if self.abandoned == Some(n) {
+                    self.abandoned = None;
+                }
+                Ok(self.aborted(n))
+            }
+            Err(e) if may_retry(&e) && since.elapsed() < INIT_FOR => Ok(Stage::Replace {
+                n,
+                since,
+                new: Some(p),
+            }),
+            Err(e) => Err(anyhow::Error::new(e).context("initialising Kafka transactions")),
+        }
     }
 
     /// Drops everything not committed, waiting as long as that takes (see
