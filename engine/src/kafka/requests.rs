@@ -14,10 +14,14 @@
 //! librdkafka reports totals since each client started, per broker
 //! connection; [`Requests::observe`] adds what grew since the client's last
 //! report, so a producer replaced by a new one (its totals start again at
-//! zero) neither subtracts nor counts twice.
+//! zero) neither subtracts nor counts twice. A client that has not reported
+//! for [`FORGET_AFTER`] is forgotten (a producer replaced after a failed or
+//! abandoned commit reports no more), so the totals kept do not grow with
+//! every replacement.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use prometheus::IntCounterVec;
 use rdkafka::client::ClientContext;
@@ -31,12 +35,23 @@ use crate::metrics::Metrics;
 /// settings say otherwise (`statistics.interval.ms`).
 pub const STATISTICS_INTERVAL_MS: &str = "5000";
 
+/// How long a client may go without a report before its totals are
+/// forgotten: hundreds of its reporting intervals, so only a client that is
+/// gone is.
+const FORGET_AFTER: Duration = Duration::from_secs(30 * 60);
+
 /// A client's totals at its last report.
 #[derive(Default)]
 struct Totals {
     by_request: HashMap<String, i64>,
     sent: u64,
     received: u64,
+}
+
+/// A client's totals and when it reported them.
+struct Last {
+    totals: Totals,
+    at: Instant,
 }
 
 /// Counts one kind of client's requests and bytes into the engine's metrics,
@@ -46,7 +61,7 @@ pub struct Requests {
     requests: IntCounterVec,
     bytes: IntCounterVec,
     /// By librdkafka's name of the client instance (`rdkafka#producer-3`).
-    last: Mutex<HashMap<String, Totals>>,
+    last: Mutex<HashMap<String, Last>>,
 }
 
 impl Requests {
@@ -62,12 +77,27 @@ impl Requests {
 
     /// Adds what the client of `statistics` sent and received since its last report.
     pub fn observe(&self, statistics: &Statistics) {
-        let now = totals(statistics);
+        self.observe_at(statistics, Instant::now());
+    }
+
+    /// [`Requests::observe`] for a report received at `at`; forgets the
+    /// clients that have not reported for [`FORGET_AFTER`].
+    fn observe_at(&self, statistics: &Statistics, at: Instant) {
         let mut last = match self.last.lock() {
             Ok(l) => l,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let before = last.entry(statistics.name.clone()).or_default();
+        let entry = last.entry(statistics.name.clone()).or_insert(Last {
+            totals: Totals::default(),
+            at,
+        });
+        entry.at = at;
+        self.count(&mut entry.totals, totals(statistics));
+        last.retain(|_, l| at.saturating_duration_since(l.at) < FORGET_AFTER);
+    }
+
+    /// Adds what grew from `before` to `now`, and keeps `now`.
+    fn count(&self, before: &mut Totals, now: Totals) {
         for (request, &n) in &now.by_request {
             let grew = n - before.by_request.get(request).copied().unwrap_or(0);
             if grew > 0 {
@@ -171,6 +201,23 @@ mod tests {
         let rendered = m.render();
         assert!(!rendered.contains("request=\"Metadata\""), "{rendered}");
         assert!(!rendered.contains("request=\"Fetch\""), "{rendered}");
+    }
+
+    /// A client silent for long is forgotten; one that reports is kept.
+    #[test]
+    fn a_client_that_stopped_reporting_is_forgotten() {
+        let m = Metrics::new();
+        let r = Requests::new(&m, "producer");
+        let start = Instant::now();
+        r.observe_at(&report("rdkafka#producer-1", 0, 40, 0), start);
+        r.observe_at(&report("rdkafka#producer-2", 0, 5, 0), start);
+        let later = start + FORGET_AFTER - Duration::from_secs(1);
+        r.observe_at(&report("rdkafka#producer-2", 0, 6, 0), later);
+        assert_eq!(r.last.lock().unwrap().len(), 2, "forgotten too soon");
+        r.observe_at(&report("rdkafka#producer-2", 0, 7, 0), start + FORGET_AFTER);
+        let kept: Vec<String> = r.last.lock().unwrap().keys().cloned().collect();
+        assert_eq!(kept, ["rdkafka#producer-2"]);
+        assert_eq!(requests(&m, "Produce"), 47);
     }
 
     #[test]
