@@ -55,8 +55,27 @@ impl Drop for OwnBroker {
         // kept with the engine's log.
         if std::thread::panicking() {
             let log = self.kafka_sh("logfile");
+            eprintln!(
+                "the broker's warnings and errors near the end of {log}:\n{}",
+                warnings(&std::fs::read_to_string(&log).unwrap_or_default())
+            );
             let name = format!("{}.kafka-{}.log", std::process::id(), self.port);
             super::keep_log(std::path::Path::new(&log), &name);
         }
     }
+}
+
+/// The last 60 warnings and errors among the last 5000 lines of a broker's
+/// log (`text`): what the broker did about the clients of a failed test
+/// (connections it closed, coordinators it loaded or gave up), printed with
+/// the failure, where CI keeps no files.
+fn warnings(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let recent = &lines[lines.len().saturating_sub(5000)..];
+    let picked: Vec<&str> = recent
+        .iter()
+        .copied()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    picked[picked.len().saturating_sub(60)..].join("\n")
 }
