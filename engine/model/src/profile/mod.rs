@@ -272,7 +272,7 @@ impl Profile {
     pub fn prefetch_lists(&self) {
         use crate::prefetch::slice;
         slice(&self.products);
-        slice(&self.windows.series);
+        self.windows.prefetch();
         let (recent, wrapped) = self.recent.as_slices();
         slice(recent);
         slice(wrapped);
@@ -283,16 +283,9 @@ impl Profile {
     }
 
     /// Starts loading what encoding the profile reads (see [`crate::prefetch`]):
-    /// its lists, or with `nested` (once those are in cache) the lists inside
-    /// them. A commit calls it a few profiles ahead of the one it encodes.
-    pub fn prefetch_for_encoding(&self, nested: bool) {
+    /// its lists. A commit calls it a few profiles ahead of the one it encodes.
+    pub fn prefetch_for_encoding(&self) {
         use crate::prefetch::slice;
-        if nested {
-            for s in &self.windows.series {
-                slice(&s.buckets);
-            }
-            return;
-        }
         self.prefetch_lists();
         slice(&self.anonymous_ids);
         slice(&self.contacts_ms);
@@ -312,8 +305,7 @@ impl Profile {
     pub fn packing_savings(&self) -> usize {
         let buckets: usize = self
             .windows
-            .series
-            .iter()
+            .series()
             .map(|s| s.buckets.len().saturating_sub(1))
             .sum();
         6 * self.seen_events.len().saturating_sub(1) + 4 * buckets
@@ -594,7 +586,7 @@ mod tests {
         // Appending fields alone would not do: the current struct cannot read it.
         assert!(postcard::from_bytes::<Profile>(&v1[1..]).is_err());
         let old = Profile::decode(&v1).unwrap();
-        assert!(old.windows.series.is_empty() && old.journey_runs.is_empty());
+        assert!(old.windows.series_len() == 0 && old.journey_runs.is_empty());
         let expected = Profile {
             windows: Windows::default(),
             ..p.clone()
@@ -608,9 +600,8 @@ mod tests {
         // Windows as versions 2 to 4 stored them: buckets not packed.
         let windows: Vec<_> = p
             .windows
-            .series
-            .iter()
-            .map(|s| (s.event_type, s.channel, s.last_ms, &s.buckets))
+            .series()
+            .map(|s| (s.event_type, s.channel, s.last_ms, s.buckets))
             .collect();
         let mut v2 = vec![2u8];
         v2.extend(
