@@ -72,8 +72,12 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| "all".into());
     println!("| benchmark | result |\n|---|---|");
     if which == "breakdown" {
-        breakdown(1_000_000)?;
-        profile_codec(100_000, 10)?;
+        // RAPPORT_BENCH_EVENTS shortens both parts (the codec's profiles are
+        // a tenth as many, ten touchpoints each), e.g. to count instructions
+        // under callgrind.
+        let events = bench_events(1_000_000)?;
+        breakdown(events as usize)?;
+        profile_codec((events / 10).max(20), 10)?;
     }
     if which == "all" || which == "in-process" || which == "replay" {
         let counts = match std::env::var("RAPPORT_BENCH_CUSTOMERS") {
