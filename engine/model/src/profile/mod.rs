@@ -272,7 +272,7 @@ impl Profile {
     pub fn prefetch_lists(&self) {
         use crate::prefetch::slice;
         slice(&self.products);
-        self.windows.prefetch();
+        slice(&self.windows.series);
         let (recent, wrapped) = self.recent.as_slices();
         slice(recent);
         slice(wrapped);
@@ -283,9 +283,16 @@ impl Profile {
     }
 
     /// Starts loading what encoding the profile reads (see [`crate::prefetch`]):
-    /// its lists. A commit calls it a few profiles ahead of the one it encodes.
-    pub fn prefetch_for_encoding(&self) {
+    /// its lists, or with `nested` (once those are in cache) the lists inside
+    /// them. A commit calls it a few profiles ahead of the one it encodes.
+    pub fn prefetch_for_encoding(&self, nested: bool) {
         use crate::prefetch::slice;
+        if nested {
+            for s in &self.windows.series {
+                slice(&s.buckets);
+            }
+            return;
+        }
         self.prefetch_lists();
         slice(&self.anonymous_ids);
         slice(&self.contacts_ms);
@@ -305,7 +312,8 @@ impl Profile {
     pub fn packing_savings(&self) -> usize {
         let buckets: usize = self
             .windows
-            .series()
+            .series
+            .iter()
             .map(|s| s.buckets.len().saturating_sub(1))
             .sum();
         6 * self.seen_events.len().saturating_sub(1) + 4 * buckets
@@ -586,7 +594,7 @@ mod tests {
         // Appending fields alone would not do: the current struct cannot read it.
         assert!(postcard::from_bytes::<Profile>(&v1[1..]).is_err());
         let old = Profile::decode(&v1).unwrap();
-        assert!(old.windows.series_len() == 0 && old.journey_runs.is_empty());
+        assert!(old.windows.series.is_empty() && old.journey_runs.is_empty());
         let expected = Profile {
             windows: Windows::default(),
             ..p.clone()
@@ -600,8 +608,9 @@ mod tests {
         // Windows as versions 2 to 4 stored them: buckets not packed.
         let windows: Vec<_> = p
             .windows
-            .series()
-            .map(|s| (s.event_type, s.channel, s.last_ms, s.buckets))
+            .series
+            .iter()
+            .map(|s| (s.event_type, s.channel, s.last_ms, &s.buckets))
             .collect();
         let mut v2 = vec![2u8];
         v2.extend(

@@ -384,8 +384,8 @@ fn assert_same_history(m: &Profile, w: &Profile, seed: u64) {
 /// Windowed counts agree for every type and channel over hour-aligned windows
 /// (buckets younger than a week are at most an hour wide in both).
 fn assert_same_windows(m: &Windows, w: &Windows, ctx: &str) {
-    let now = w.series().map(|s| s.last_ms).max().unwrap_or(T0);
-    for s in w.series() {
+    let now = w.series.iter().map(|s| s.last_ms).max().unwrap_or(T0);
+    for s in &w.series {
         for hours in [0, 1, 2, 3, 5, 8, 24, 48] {
             let since = now - now.rem_euclid(HOUR) - hours * HOUR;
             assert_eq!(
@@ -398,7 +398,7 @@ fn assert_same_windows(m: &Windows, w: &Windows, ctx: &str) {
         }
         assert_eq!(m.last_ms(s.event_type), w.last_ms(s.event_type), "{ctx}");
     }
-    assert_eq!(m.series_len(), w.series_len(), "{ctx}");
+    assert_eq!(m.series.len(), w.series.len(), "{ctx}");
 }
 
 #[test]
@@ -698,7 +698,7 @@ fn extreme_times_and_counts_merge_without_panicking() {
     odd.emotion.active_day = i64::MIN;
     odd.emotion.active_days = u128::MAX;
     odd.windows.record(EventType::Search, Channel::Web, T0);
-    odd.windows.buckets_mut()[0].count = u32::MAX;
+    odd.windows.series[0].buckets[0].count = u32::MAX;
     let mut c = merged(&odd, &[&odd]);
     c.absorb(&Profile::new("anon-2"));
     let mut far = Profile::new("c-1");
@@ -707,8 +707,5 @@ fn extreme_times_and_counts_merge_without_panicking() {
     c.absorb(&far);
     assert_eq!((c.events, c.orders), (u64::MAX, u32::MAX));
     assert_eq!((c.first_seen_ms, c.last_seen_ms), (i64::MIN, i64::MAX));
-    assert_eq!(
-        c.windows.series().next().unwrap().buckets[0].count,
-        u32::MAX
-    );
+    assert_eq!(c.windows.series[0].buckets[0].count, u32::MAX);
 }
