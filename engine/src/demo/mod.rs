@@ -147,7 +147,20 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     result
 }
 
-fn run_on(bootstrap: &str, opts: &DemoOptions) -> anyhow::Result<()> {
+/// The demo's configuration, with the temporary directories it points at
+/// (kept for the demo's life).
+struct Setup {
+    cfg: Config,
+    /// Journey files copied from the demo's journeys directory.
+    files: usize,
+    _journeys: tempfile::TempDir,
+    state: tempfile::TempDir,
+}
+
+/// A configuration of fresh topics and group for this run, its journeys
+/// compiled with compressed time (so the post-delivery survey fires while you
+/// watch) and state in a temporary directory.
+fn configure(bootstrap: &str, opts: &DemoOptions) -> anyhow::Result<Setup> {
     let run_id = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
     let mut cfg = Config::default();
     cfg.kafka.bootstrap_servers = bootstrap.to_owned();
@@ -155,15 +168,25 @@ fn run_on(bootstrap: &str, opts: &DemoOptions) -> anyhow::Result<()> {
     cfg.kafka.touchpoint_topics = vec![format!("rapport.demo.{run_id}.touchpoints")];
     cfg.kafka.action_topic = format!("rapport.demo.{run_id}.actions");
     cfg.kafka.dead_letter_topic = format!("rapport.demo.{run_id}.dead-letter");
-    // Compressed time, so the post-delivery survey fires while you watch.
-    let journey_dir = tempfile::tempdir()?;
-    let files = demo_journeys(&opts.journeys, journey_dir.path())?;
+    let journeys = tempfile::tempdir()?;
+    let files = demo_journeys(&opts.journeys, journeys.path())?;
     cfg.journeys = vec!["*.toml".into()];
-    cfg.compile_journeys(journey_dir.path())?;
-    let state_dir = tempfile::tempdir()?;
-    cfg.state.path = state_dir.path().to_owned();
+    cfg.compile_journeys(journeys.path())?;
+    let state = tempfile::tempdir()?;
+    cfg.state.path = state.path().to_owned();
     cfg.validate()
         .map_err(|(k, m)| anyhow::anyhow!("{k}: {m}"))?;
+    Ok(Setup {
+        cfg,
+        files,
+        _journeys: journeys,
+        state,
+    })
+}
+
+/// Creates the demo's touchpoint, action and dead-letter topics (four
+/// partitions each), in that order.
+fn create_topics(bootstrap: &str, cfg: &Config) -> anyhow::Result<Vec<TopicSpec>> {
     let topics: Vec<TopicSpec> = [
         &cfg.kafka.touchpoint_topics[0],
         &cfg.kafka.action_topic,
@@ -177,14 +200,21 @@ fn run_on(bootstrap: &str, opts: &DemoOptions) -> anyhow::Result<()> {
         .build()?
         .block_on(ensure_topics(bootstrap, &topics))
         .context("creating the demo topics")?;
-    let ids: Vec<String> = cfg
+    Ok(topics)
+}
+
+/// Says which journeys run and which topics the demo uses.
+fn announce(setup: &Setup, opts: &DemoOptions, topics: &[TopicSpec]) -> anyhow::Result<()> {
+    let ids: Vec<String> = setup
+        .cfg
         .journeys()?
         .journeys()
         .iter()
         .map(|j| j.id.clone())
         .collect();
     println!(
-        "{files} journey files from {}: {}",
+        "{} journey files from {}: {}",
+        setup.files,
         opts.journeys.display(),
         ids.join(", ")
     );
@@ -193,36 +223,36 @@ fn run_on(bootstrap: &str, opts: &DemoOptions) -> anyhow::Result<()> {
         "topics: {} -> {} (+ {})",
         topics[0].name, topics[1].name, topics[2].name
     );
+    Ok(())
+}
 
-    import_store_export(&cfg, state_dir.path());
+fn run_on(bootstrap: &str, opts: &DemoOptions) -> anyhow::Result<()> {
+    let setup = configure(bootstrap, opts)?;
+    let cfg = &setup.cfg;
+    let topics = create_topics(bootstrap, cfg)?;
+    announce(&setup, opts, &topics)?;
+
+    import_store_export(cfg, setup.state.path());
 
     let state = Arc::new(StateStore::open(&cfg.state)?);
     let metrics = Metrics::new();
     let engine = runtime::start(cfg.clone(), state.clone(), metrics.clone())?;
-    serve_http(&cfg, &engine, state, metrics);
+    serve_http(cfg, &engine, state, metrics);
 
     let seen = Arc::new(Mutex::new(Seen::default()));
     let stop_readers = Arc::new(AtomicBool::new(false));
-    let readers = start_readers(bootstrap, &cfg, &seen, &stop_readers);
+    let readers = start_readers(bootstrap, cfg, &seen, &stop_readers);
 
-    let (collector_rt, collector) = start_collector(&cfg)?;
+    let (collector_rt, collector) = start_collector(cfg)?;
     println!(
         "web page and product views go through the collector: http://{}/v1/batch (Segment calls, write key {})",
         collector.addr,
         web::WRITE_KEY
     );
     let stop_sim = Arc::new(AtomicBool::new(false));
-    let sim = start_simulator(bootstrap, &cfg, opts, collector.addr, &stop_sim);
+    let sim = start_simulator(bootstrap, cfg, opts, collector.addr, &stop_sim);
 
-    let started = Instant::now();
-    let mut last = (Instant::now(), 0u64);
-    while started.elapsed() < Duration::from_secs(opts.seconds) && !engine.is_finished() {
-        std::thread::sleep(Duration::from_secs(2));
-        let handled = engine.progress.handled.load(Ordering::Relaxed);
-        let rate = (handled - last.1) as f64 / last.0.elapsed().as_secs_f64();
-        last = (Instant::now(), handled);
-        print_summary(started.elapsed().as_secs(), rate, handled, &seen);
-    }
+    watch(&engine, opts.seconds, &seen);
     stop_sim.store(true, Ordering::SeqCst);
     let (published, through_collector, refused) = sim
         .join()
@@ -247,6 +277,20 @@ fn run_on(bootstrap: &str, opts: &DemoOptions) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("reader panicked"))?;
     print_totals(published, through_collector, refused, &s);
     Ok(())
+}
+
+/// Prints what the engine and the readers saw every two seconds, for
+/// `seconds` or until the engine stops.
+fn watch(engine: &runtime::EngineHandle, seconds: u64, seen: &Mutex<Seen>) {
+    let started = Instant::now();
+    let mut last = (Instant::now(), 0u64);
+    while started.elapsed() < Duration::from_secs(seconds) && !engine.is_finished() {
+        std::thread::sleep(Duration::from_secs(2));
+        let handled = engine.progress.handled.load(Ordering::Relaxed);
+        let rate = (handled - last.1) as f64 / last.0.elapsed().as_secs_f64();
+        last = (Instant::now(), handled);
+        print_summary(started.elapsed().as_secs(), rate, handled, seen);
+    }
 }
 
 /// Serves metrics and the profile API of the demo's engine on `http.listen`,

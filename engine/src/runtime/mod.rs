@@ -374,6 +374,48 @@ fn committer(
     )
 }
 
+/// The processor the configuration asks for: its journeys, state and caches,
+/// worker threads, and the optional parts (writer schemas from a registry,
+/// privacy rules, identity stitching).
+fn processor(
+    cfg: &Config,
+    layout: &TopicLayout,
+    state: &Arc<StateStore>,
+    metrics: &Metrics,
+    registry: &encode::RegistryIo,
+) -> anyhow::Result<Processor> {
+    let mut processor = Processor::new(
+        cfg.engine.max_record_bytes,
+        KeyRule::new(cfg.kafka.partitioner, layout.partitions),
+        cfg.journeys()?,
+        state.clone(),
+        metrics.clone(),
+        cfg.state.profile_cache_mb << 20,
+    )?
+    .with_workers(cfg.engine.workers())?
+    .with_encoded_cache(cfg.state.encoded_cache_mb << 20)
+    .with_seen_limits(cfg.engine.seen_limits())
+    .with_pseudonymizer(cfg.pseudonymizer.clone());
+    if let Some(schemas) = &registry.writer_schemas {
+        processor = processor.with_registry(schemas.clone());
+    }
+    if cfg.privacy.enabled() {
+        processor = processor.with_privacy(crate::processor::PrivacyRules {
+            topic: cfg.privacy.topic.clone(),
+            hasher: cfg
+                .privacy
+                .hasher(&cfg.kafka.group_id)
+                .map_err(anyhow::Error::msg)?,
+            after: cfg.privacy.after_erasure,
+        });
+    }
+    processor = processor.with_stitching(crate::processor::StitchRules::of(
+        &cfg.identity,
+        cfg.identity.repartition(&cfg.kafka.group_id),
+    )?);
+    Ok(processor)
+}
+
 impl Worker {
     fn new(
         cfg: Config,
@@ -387,35 +429,7 @@ impl Worker {
         let committer = committer(&cfg, &changelog, &metrics, &state)?;
         let producer_max = (cfg.engine.max_record_bytes + RECORD_OVERHEAD).max(1_000_000);
         let registry = encode::RegistryIo::connect(&cfg)?;
-        let mut processor = Processor::new(
-            cfg.engine.max_record_bytes,
-            KeyRule::new(cfg.kafka.partitioner, layout.partitions),
-            cfg.journeys()?,
-            state.clone(),
-            metrics.clone(),
-            cfg.state.profile_cache_mb << 20,
-        )?
-        .with_workers(cfg.engine.workers())?
-        .with_encoded_cache(cfg.state.encoded_cache_mb << 20)
-        .with_seen_limits(cfg.engine.seen_limits())
-        .with_pseudonymizer(cfg.pseudonymizer.clone());
-        if let Some(schemas) = &registry.writer_schemas {
-            processor = processor.with_registry(schemas.clone());
-        }
-        if cfg.privacy.enabled() {
-            processor = processor.with_privacy(crate::processor::PrivacyRules {
-                topic: cfg.privacy.topic.clone(),
-                hasher: cfg
-                    .privacy
-                    .hasher(&cfg.kafka.group_id)
-                    .map_err(anyhow::Error::msg)?,
-                after: cfg.privacy.after_erasure,
-            });
-        }
-        processor = processor.with_stitching(crate::processor::StitchRules::of(
-            &cfg.identity,
-            cfg.identity.repartition(&cfg.kafka.group_id),
-        )?);
+        let processor = processor(&cfg, &layout, &state, &metrics, &registry)?;
         let core = Arc::new(Mutex::new(Core {
             processor,
             dead_letter_room: layout.dead_letter_max_bytes.min(producer_max) - 8 * 1024,
