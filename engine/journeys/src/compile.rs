@@ -34,6 +34,13 @@ pub(crate) struct Compiler<'a> {
     fallbacks: Vec<(Option<String>, Spanned<String>)>,
 }
 
+/// A journey's instance key and entry and exit conditions, compiled.
+struct Conditions {
+    key: Option<Expr>,
+    when: Option<Expr>,
+    exit_when: Option<Expr>,
+}
+
 /// Where a step list runs: whether an event is at hand (no wait before it).
 #[derive(Clone, Copy)]
 struct StepCx {
@@ -87,28 +94,11 @@ impl<'a> Compiler<'a> {
         let before = self.problems.len();
         let version = self.id_and_version(&raw);
         let (trigger_events, trigger_channels) = self.trigger(&raw.trigger);
-        let full = Scope {
-            event: true,
-            key: true,
-        };
-        let key = raw.key.as_ref().and_then(|k| {
-            self.expr(
-                k,
-                Scope {
-                    event: true,
-                    key: false,
-                },
-                Some(Ty::String),
-            )
-        });
-        let when = raw
-            .when
-            .as_ref()
-            .and_then(|w| self.expr(w, full, Some(Ty::Bool)));
-        let exit_when = raw
-            .exit_when
-            .as_ref()
-            .and_then(|w| self.expr(w, full, Some(Ty::Bool)));
+        let Conditions {
+            key,
+            when,
+            exit_when,
+        } = self.conditions(&raw);
         let reentry = raw
             .reentry
             .as_ref()
@@ -140,19 +130,7 @@ impl<'a> Compiler<'a> {
             .control_group
             .as_ref()
             .map_or(0, |c| self.control_group(c));
-        let reason_scope = Scope {
-            event: !after_wait,
-            key: true,
-        };
-        let reasons = raw
-            .reason
-            .iter()
-            .filter_map(|r| self.reason(r, reason_scope))
-            .collect();
-        let explain = match (&raw.when, &when, raw.explain_when.unwrap_or(true)) {
-            (Some(src), Some(_), true) => self.explain(src),
-            _ => Vec::new(),
-        };
+        let (reasons, explain) = self.reasons(&raw, when.is_some(), after_wait);
         (self.problems.len() == before).then(|| Journey {
             id: raw.id.into_inner(),
             version,
@@ -173,6 +151,64 @@ impl<'a> Compiler<'a> {
             explain,
             actions,
         })
+    }
+
+    /// The journey's instance key (an expression over the event) and its
+    /// entry and exit conditions (over the event and the key).
+    fn conditions(&mut self, raw: &RawJourney) -> Conditions {
+        let full = Scope {
+            event: true,
+            key: true,
+        };
+        let key = raw.key.as_ref().and_then(|k| {
+            self.expr(
+                k,
+                Scope {
+                    event: true,
+                    key: false,
+                },
+                Some(Ty::String),
+            )
+        });
+        let when = raw
+            .when
+            .as_ref()
+            .and_then(|w| self.expr(w, full, Some(Ty::Bool)));
+        let exit_when = raw
+            .exit_when
+            .as_ref()
+            .and_then(|w| self.expr(w, full, Some(Ty::Bool)));
+        Conditions {
+            key,
+            when,
+            exit_when,
+        }
+    }
+
+    /// What an action of the journey says about why it was taken: the
+    /// `reason` lines (without the event once a wait came before the
+    /// actions) and, when `when` compiled and `explain_when` is not off, the
+    /// parts of the entry condition explained.
+    fn reasons(
+        &mut self,
+        raw: &RawJourney,
+        when_compiled: bool,
+        after_wait: bool,
+    ) -> (Vec<ReasonSpec>, Vec<Explain>) {
+        let scope = Scope {
+            event: !after_wait,
+            key: true,
+        };
+        let reasons = raw
+            .reason
+            .iter()
+            .filter_map(|r| self.reason(r, scope))
+            .collect();
+        let explain = match (&raw.when, when_compiled, raw.explain_when.unwrap_or(true)) {
+            (Some(src), true, true) => self.explain(src),
+            _ => Vec::new(),
+        };
+        (reasons, explain)
     }
 
     /// The journey's version; an empty id or a negative version is recorded
