@@ -179,7 +179,7 @@ pub fn profile_codec(customers: u64, per_customer: usize) -> anyhow::Result<()> 
         profiles.len(),
         bytes / profiles.len().max(1),
     );
-    let (encode_us, decode_us) = codec_in_cache(&profiles[..20]);
+    let (encode_us, decode_us) = codec_in_cache(&profiles[..profiles.len().min(20)]);
     crate::report::row!(
         "| profile codec in the CPU's cache: the same 20 of those profiles over and over, best of 5 passes of 100k | encode {encode_us:.2} µs, decode {decode_us:.2} µs per profile (the rest of the figures above is waiting for memory) |"
     );
@@ -190,7 +190,7 @@ pub fn profile_codec(customers: u64, per_customer: usize) -> anyhow::Result<()> 
 /// the CPU's cache: what the codec costs in instructions, µs per profile (best
 /// of five passes of 100k).
 fn codec_in_cache(few: &[Stored]) -> (f64, f64) {
-    let rounds = 100_000 / few.len();
+    let rounds = 100_000 / few.len().max(1);
     let per_profile = (rounds * few.len()) as f64;
     let mut out = Vec::with_capacity(1 << 16);
     let encode = best_of_five(per_profile, || {
