@@ -203,40 +203,17 @@ impl ProfileView {
     /// The view of `p`, its emotional state assessed with `emotion` as of its
     /// latest touchpoint.
     pub fn of(p: &Profile, emotion: &EmotionConfig) -> ProfileView {
-        let channels = Channel::ALL
-            .iter()
-            .map(|c| (c.as_str(), &p.channels[c.index()]))
-            .filter(|(_, a)| a.count > 0)
-            .map(|(name, a)| {
-                let view = ChannelView {
-                    count: a.count,
-                    last: rfc3339(a.last_ms),
-                };
-                (name, view)
-            })
-            .collect();
         let surveys = SurveyKind::ALL
             .into_iter()
             .filter_map(|k| score(p, k).map(|v| (k.as_str(), v)))
             .collect();
-        let feeling = emotion::current(p, emotion);
-        let mut waits: Vec<WaitView> = p
-            .timers
-            .iter()
-            .map(|t| WaitView {
-                journey: t.journey.to_string(),
-                key: t.key.to_string(),
-                due: rfc3339(t.fire_at_ms),
-            })
-            .collect();
-        waits.sort_by(|a, b| a.due.cmp(&b.due));
         ProfileView {
             customer_id: p.id.clone(),
             anonymous_ids: p.anonymous_ids.clone(),
             first_seen: rfc3339(p.first_seen_ms),
             last_seen: rfc3339(p.last_seen_ms),
             events: p.events,
-            channels,
+            channels: channels(p),
             orders: p.orders,
             returns: p.returns,
             lifetime_value: p.lifetime_value,
@@ -244,23 +221,7 @@ impl ProfileView {
             surveys,
             open_issues: p.open_issues,
             sentiment: p.sentiment,
-            emotional_state: EmotionView {
-                state: feeling.state.as_str(),
-                since: (feeling.since_ms > 0).then(|| rfc3339(feeling.since_ms)),
-                score: feeling.score,
-                signals: feeling
-                    .signals
-                    .iter()
-                    .map(|c| SignalView {
-                        signal: c.signal.name(),
-                        description: c.signal.describe(emotion),
-                        observed: c.observed,
-                        value: c.value,
-                        weight: c.weight,
-                        contribution: c.contribution,
-                    })
-                    .collect(),
-            },
+            emotional_state: EmotionView::of(p, emotion),
             recent: p
                 .recent
                 .iter()
@@ -280,8 +241,64 @@ impl ProfileView {
                     since: rfc3339(r.entered_ms),
                 })
                 .collect(),
-            waits,
+            waits: waits(p),
             identity: None,
+        }
+    }
+}
+
+/// The channels the customer used, by name, with how often and when last.
+fn channels(p: &Profile) -> BTreeMap<&'static str, ChannelView> {
+    Channel::ALL
+        .iter()
+        .map(|c| (c.as_str(), &p.channels[c.index()]))
+        .filter(|(_, a)| a.count > 0)
+        .map(|(name, a)| {
+            let view = ChannelView {
+                count: a.count,
+                last: rfc3339(a.last_ms),
+            };
+            (name, view)
+        })
+        .collect()
+}
+
+/// The journeys' waits, soonest due first.
+fn waits(p: &Profile) -> Vec<WaitView> {
+    let mut waits: Vec<WaitView> = p
+        .timers
+        .iter()
+        .map(|t| WaitView {
+            journey: t.journey.to_string(),
+            key: t.key.to_string(),
+            due: rfc3339(t.fire_at_ms),
+        })
+        .collect();
+    waits.sort_by(|a, b| a.due.cmp(&b.due));
+    waits
+}
+
+impl EmotionView {
+    /// The customer's emotional state as of their latest touchpoint, with the
+    /// signals behind it described by `emotion`.
+    fn of(p: &Profile, emotion: &EmotionConfig) -> EmotionView {
+        let feeling = emotion::current(p, emotion);
+        EmotionView {
+            state: feeling.state.as_str(),
+            since: (feeling.since_ms > 0).then(|| rfc3339(feeling.since_ms)),
+            score: feeling.score,
+            signals: feeling
+                .signals
+                .iter()
+                .map(|c| SignalView {
+                    signal: c.signal.name(),
+                    description: c.signal.describe(emotion),
+                    observed: c.observed,
+                    value: c.value,
+                    weight: c.weight,
+                    contribution: c.contribution,
+                })
+                .collect(),
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::journey::*;
 use crate::policy::QuietMode;
 use crate::schema::Ty;
 use crate::symbols;
+use rapport_model::ActionKind;
 
 /// The longest wait a journey may declare: waits are always bounded.
 pub const MAX_WAIT_MS: i64 = 400 * 86_400_000;
@@ -514,66 +515,14 @@ impl<'a> Compiler<'a> {
 
     fn action(&mut self, a: &Spanned<RawAction>, scope: Scope, at: Named) -> Option<ActionStep> {
         let raw = a.get_ref();
-        let name = raw.name.as_ref().map(|n| {
-            let s = n.get_ref().trim();
-            if s.is_empty() {
-                self.fail(
-                    &n.span(),
-                    "action name is empty".into(),
-                    "name it, e.g. name = \"offer\"",
-                );
-            } else if let Some((_, _, first)) = self.named.iter().find(|(x, _, _)| x == s) {
-                let first = self.file.at(first, String::new(), "");
-                self.fail(
-                    &n.span(),
-                    format!("action name {s:?} is already used in this journey"),
-                    format!(
-                        "names are unique per journey; the first is at line {}",
-                        first.line
-                    ),
-                );
-            } else {
-                self.named.push((s.to_owned(), at, n.span()));
-            }
-            s.to_owned()
-        });
+        let name = raw.name.as_ref().map(|n| self.action_name(n, at));
         if let Some(f) = &raw.fallback {
             self.fallbacks.push((name.clone(), f.clone()));
         }
-        let quiet_hours = match &raw.quiet_hours {
-            None => QuietMode::Defer,
-            Some(q) => QuietMode::parse(q.get_ref()).unwrap_or_else(|| {
-                self.fail(
-                    &q.span(),
-                    format!("unknown quiet_hours {:?}", q.get_ref()),
-                    "write quiet_hours = \"defer\" (the default), \"drop\" or \"ignore\"",
-                );
-                QuietMode::Defer
-            }),
-        };
-        let kind = symbols::action_kind(raw.kind.get_ref());
-        if kind.is_none() {
-            self.fail(
-                &raw.kind.span(),
-                format!("unknown action kind {:?}", raw.kind.get_ref()),
-                format!(
-                    "action kinds (schemas/v1/action.avsc) are: {}",
-                    symbols::list(&symbols::ACTION_KINDS, |k| k.as_str())
-                ),
-            );
-        }
+        let quiet_hours = self.quiet_hours(raw.quiet_hours.as_ref());
+        let kind = self.action_kind(&raw.kind);
         let channel = self.channel(&raw.channel, scope);
-        let purpose = match &raw.purpose {
-            None => kind.map(Purpose::default_for),
-            Some(p) => Purpose::parse(p.get_ref()).or_else(|| {
-                self.fail(
-                    &p.span(),
-                    format!("unknown purpose {:?}", p.get_ref()),
-                    "purposes are: marketing, survey, service",
-                );
-                None
-            }),
-        };
+        let purpose = self.purpose(raw.purpose.as_ref(), kind);
         let addresses = raw.addresses.as_ref().and_then(|s| {
             let found = symbols::emotional_state(s.get_ref());
             self.known(s, found, "emotional state", "states", || {
@@ -602,6 +551,83 @@ impl<'a> Compiler<'a> {
             emotion_reasons: raw.emotion_reasons.unwrap_or(true),
             addresses,
         })
+    }
+
+    /// An action's name: not empty, and unique in its journey (fallbacks and
+    /// explanations refer to actions by it).
+    fn action_name(&mut self, n: &Spanned<String>, at: Named) -> String {
+        let s = n.get_ref().trim();
+        if s.is_empty() {
+            self.fail(
+                &n.span(),
+                "action name is empty".into(),
+                "name it, e.g. name = \"offer\"",
+            );
+        } else if let Some((_, _, first)) = self.named.iter().find(|(x, _, _)| x == s) {
+            let first = self.file.at(first, String::new(), "");
+            self.fail(
+                &n.span(),
+                format!("action name {s:?} is already used in this journey"),
+                format!(
+                    "names are unique per journey; the first is at line {}",
+                    first.line
+                ),
+            );
+        } else {
+            self.named.push((s.to_owned(), at, n.span()));
+        }
+        s.to_owned()
+    }
+
+    /// What an action does in the customer's quiet hours; `defer` when not given.
+    fn quiet_hours(&mut self, q: Option<&Spanned<String>>) -> QuietMode {
+        let Some(q) = q else {
+            return QuietMode::Defer;
+        };
+        QuietMode::parse(q.get_ref()).unwrap_or_else(|| {
+            self.fail(
+                &q.span(),
+                format!("unknown quiet_hours {:?}", q.get_ref()),
+                "write quiet_hours = \"defer\" (the default), \"drop\" or \"ignore\"",
+            );
+            QuietMode::Defer
+        })
+    }
+
+    /// The action kind, one of the action schema's symbols.
+    fn action_kind(&mut self, k: &Spanned<String>) -> Option<ActionKind> {
+        let kind = symbols::action_kind(k.get_ref());
+        if kind.is_none() {
+            self.fail(
+                &k.span(),
+                format!("unknown action kind {:?}", k.get_ref()),
+                format!(
+                    "action kinds (schemas/v1/action.avsc) are: {}",
+                    symbols::list(&symbols::ACTION_KINDS, |k| k.as_str())
+                ),
+            );
+        }
+        kind
+    }
+
+    /// The consent purpose an action is sent under; by default the one its
+    /// kind implies.
+    fn purpose(
+        &mut self,
+        p: Option<&Spanned<String>>,
+        kind: Option<ActionKind>,
+    ) -> Option<Purpose> {
+        match p {
+            None => kind.map(Purpose::default_for),
+            Some(p) => Purpose::parse(p.get_ref()).or_else(|| {
+                self.fail(
+                    &p.span(),
+                    format!("unknown purpose {:?}", p.get_ref()),
+                    "purposes are: marketing, survey, service",
+                );
+                None
+            }),
+        }
     }
 
     fn channel(&mut self, c: &Spanned<String>, scope: Scope) -> Option<ChannelSpec> {

@@ -214,6 +214,51 @@ fn bad_message(reason: String) -> Outcome {
     })
 }
 
+/// What a link request gets: the outcome, the anonymous history to move, and
+/// the customer the anonymous id was linked to before (on a conflict).
+type LinkAnswer = (TransferOutcome, Option<Profile>, Option<String>);
+
+/// Decides a link request on the anonymous id's stored profile `s`, linking it
+/// to `target` where it may be: an erased or known id is never linked, an id
+/// linked elsewhere follows the latest login by event time, and a first link
+/// takes the anonymous history with it.
+fn answer_link(s: &mut Stored, anonymous_id: &str, target: &Link, erased: bool) -> LinkAnswer {
+    if erased {
+        return (TransferOutcome::Erased, None, None);
+    }
+    if s.known {
+        return (TransferOutcome::KnownCustomer, None, None);
+    }
+    match s.link().cloned() {
+        Some(l) if l.customer_id == target.customer_id => {
+            (TransferOutcome::AlreadyLinked, None, None)
+        }
+        Some(l) => {
+            // The link follows the latest login by event time,
+            // whichever request arrived first.
+            if target.at_ms >= l.at_ms {
+                s.identity_mut().linked_to = Some(target.clone());
+            }
+            (TransferOutcome::Conflict, None, Some(l.customer_id))
+        }
+        None => {
+            let history = std::mem::replace(&mut s.profile, Profile::new(anonymous_id));
+            s.identity_mut().linked_to = Some(target.clone());
+            let moved = (history.events > 0 || !history.timers.is_empty()).then_some(history);
+            (TransferOutcome::Merged, moved, None)
+        }
+    }
+}
+
+/// The link state a transfer's outcome leaves on the customer's side.
+fn link_state(outcome: TransferOutcome) -> LinkState {
+    match outcome {
+        TransferOutcome::Merged | TransferOutcome::AlreadyLinked => LinkState::Merged,
+        TransferOutcome::Conflict => LinkState::Conflict,
+        TransferOutcome::KnownCustomer | TransferOutcome::Erased => LinkState::KnownCustomer,
+    }
+}
+
 impl Lane<'_> {
     /// When `r` is on the repartition topic: handles its identity message.
     pub(super) fn identity_record(
@@ -276,27 +321,37 @@ impl Lane<'_> {
             Message::Forward {
                 customer_id,
                 touchpoint,
-            } => {
-                let outcome = self.route_and_apply(
-                    Some(r),
-                    Seed::of(r),
-                    &customer_id,
-                    &touchpoint,
-                    None,
-                    false,
-                    out,
-                )?;
-                if outcome == Outcome::Applied {
-                    self.sh
-                        .metrics
-                        .identity_routed
-                        .with_label_values(&["forward_applied"])
-                        .inc();
-                }
-                outcome
-            }
+            } => self.forwarded(r, &customer_id, &touchpoint, out)?,
         };
         Ok(Some(outcome))
+    }
+
+    /// On the customer's partition: applies a touchpoint forwarded from the
+    /// partition of an anonymous id already linked to the customer.
+    fn forwarded(
+        &mut self,
+        r: &Record<'_>,
+        customer_id: &str,
+        touchpoint: &Touchpoint,
+        out: &mut Vec<Action>,
+    ) -> Result<Outcome, StateError> {
+        let outcome = self.route_and_apply(
+            Some(r),
+            Seed::of(r),
+            customer_id,
+            touchpoint,
+            None,
+            false,
+            out,
+        )?;
+        if outcome == Outcome::Applied {
+            self.sh
+                .metrics
+                .identity_routed
+                .with_label_values(&["forward_applied"])
+                .inc();
+        }
+        Ok(outcome)
     }
 
     /// On the anonymous id's partition: links it to the customer (or records
@@ -313,43 +368,52 @@ impl Lane<'_> {
             let suppressed = &self.task.privacy.suppressed;
             !suppressed.is_empty() && suppressed.contains(&rules.hasher.hash(anonymous_id))
         });
-        let mut answer: Option<(TransferOutcome, Option<Profile>, Option<String>)> = None;
+        let mut answer: Option<LinkAnswer> = None;
         self.task.update(&self.sh.state, anonymous_id, |s| {
             if s.reflects(seed.hash, seed.partition, seed.offset) {
                 return false;
             }
             s.advance(seed.hash, seed.partition, seed.offset);
-            answer = Some(if erased {
-                (TransferOutcome::Erased, None, None)
-            } else if s.known {
-                (TransferOutcome::KnownCustomer, None, None)
-            } else {
-                match s.link().cloned() {
-                    Some(l) if l.customer_id == target.customer_id => {
-                        (TransferOutcome::AlreadyLinked, None, None)
-                    }
-                    Some(l) => {
-                        // The link follows the latest login by event time,
-                        // whichever request arrived first.
-                        if target.at_ms >= l.at_ms {
-                            s.identity_mut().linked_to = Some(target.clone());
-                        }
-                        (TransferOutcome::Conflict, None, Some(l.customer_id))
-                    }
-                    None => {
-                        let history = std::mem::replace(&mut s.profile, Profile::new(anonymous_id));
-                        s.identity_mut().linked_to = Some(target.clone());
-                        let moved =
-                            (history.events > 0 || !history.timers.is_empty()).then_some(history);
-                        (TransferOutcome::Merged, moved, None)
-                    }
-                }
-            });
+            answer = Some(answer_link(s, anonymous_id, &target, erased));
             true
         })?;
         let Some((outcome, history, previous)) = answer else {
             return Ok(Outcome::AlreadyApplied);
         };
+        self.link_event(
+            merge_id,
+            anonymous_id,
+            &target,
+            outcome,
+            history.as_ref(),
+            previous,
+        );
+        let profile = history.map(|h| base64::engine::general_purpose::STANDARD.encode(h.encode()));
+        self.task.scratch.outbox.push(Outgoing {
+            partition: target.partition,
+            key: target.customer_id.clone(),
+            message: Message::Transfer {
+                merge_id: merge_id.into(),
+                anonymous_id: anonymous_id.into(),
+                customer_id: target.customer_id,
+                outcome,
+                profile,
+            },
+        });
+        Ok(Outcome::Applied)
+    }
+
+    /// Counts and keeps the identity event a link request's outcome makes
+    /// (merged, conflict, known customer; none for a repeat or an erased id).
+    fn link_event(
+        &mut self,
+        merge_id: &str,
+        anonymous_id: &str,
+        target: &Link,
+        outcome: TransferOutcome,
+        history: Option<&Profile>,
+        previous: Option<String>,
+    ) {
         let kind = match outcome {
             TransferOutcome::Merged => Some("merged"),
             TransferOutcome::Conflict => Some("conflict"),
@@ -365,25 +429,11 @@ impl Lane<'_> {
                 merge_id: Some(merge_id.into()),
                 at_ms: target.at_ms,
                 events_moved: history
-                    .as_ref()
                     .map(|h| h.events)
                     .or(Some(0))
                     .filter(|_| kind == "merged"),
             });
         }
-        let profile = history.map(|h| base64::engine::general_purpose::STANDARD.encode(h.encode()));
-        self.task.scratch.outbox.push(Outgoing {
-            partition: target.partition,
-            key: target.customer_id.clone(),
-            message: Message::Transfer {
-                merge_id: merge_id.into(),
-                anonymous_id: anonymous_id.into(),
-                customer_id: target.customer_id,
-                outcome,
-                profile,
-            },
-        });
-        Ok(Outcome::Applied)
     }
 
     /// On the customer's partition: absorbs an awaited transfer once, then
@@ -414,13 +464,7 @@ impl Lane<'_> {
                 .iter_mut()
                 .find(|l| l.anonymous_id == t.anonymous_id)
             {
-                e.state = match t.outcome {
-                    TransferOutcome::Merged | TransferOutcome::AlreadyLinked => LinkState::Merged,
-                    TransferOutcome::Conflict => LinkState::Conflict,
-                    TransferOutcome::KnownCustomer | TransferOutcome::Erased => {
-                        LinkState::KnownCustomer
-                    }
-                };
+                e.state = link_state(t.outcome);
             }
             let done = ident.awaiting.is_empty();
             released = Some(match done {
@@ -444,6 +488,25 @@ impl Lane<'_> {
         let Some(released) = released else {
             return Ok(Outcome::AlreadyApplied);
         };
+        self.release(customer_id, seed, released, out)?;
+        // Waits that came with the history and are already due fire now.
+        let wm = self.task.watermark;
+        if self.task.timers.first().is_some_and(|(at, _)| *at <= wm) {
+            self.fire_timers(wm, out)?;
+        }
+        Ok(Outcome::Applied)
+    }
+
+    /// Applies the touchpoints held for a customer while their transfers were
+    /// awaited, in the order they arrived, each with its own place in the
+    /// transferring record's idempotence seed.
+    fn release(
+        &mut self,
+        customer_id: &str,
+        seed: Seed,
+        released: Vec<Held>,
+        out: &mut Vec<Action>,
+    ) -> Result<(), StateError> {
         self.sh
             .metrics
             .identity_routed
@@ -464,12 +527,7 @@ impl Lane<'_> {
             };
             self.route_and_apply(None, seed, customer_id, &tp, held.home, true, out)?;
         }
-        // Waits that came with the history and are already due fire now.
-        let wm = self.task.watermark;
-        if self.task.timers.first().is_some_and(|(at, _)| *at <= wm) {
-            self.fire_timers(wm, out)?;
-        }
-        Ok(Outcome::Applied)
+        Ok(())
     }
 
     /// Counts an identity event and keeps it for the identity-events topic.
