@@ -610,6 +610,28 @@ impl Config {
                 "must list at least one non-empty topic name".into(),
             ));
         }
+        if k.prefetch_mb == 0 || k.producer_buffer_mb == 0 {
+            return Err((
+                "kafka.prefetch_mb",
+                "kafka.prefetch_mb and kafka.producer_buffer_mb must be at least 1 (MiB)".into(),
+            ));
+        }
+        if k.producer_buffer_mb * 1024 * 1024 < 2 * self.engine.max_record_bytes {
+            return Err((
+                "kafka.producer_buffer_mb",
+                format!(
+                    "{} MiB cannot hold two records of engine.max_record_bytes = {}; raise it",
+                    k.producer_buffer_mb, self.engine.max_record_bytes
+                ),
+            ));
+        }
+        self.validate_output_topics()
+    }
+
+    /// The topics the engine writes: named, and none of them read back as
+    /// input or shared with the changelog.
+    fn validate_output_topics(&self) -> Result<(), (&'static str, String)> {
+        let k = &self.kafka;
         for (key, topic) in [
             ("kafka.action_topic", &k.action_topic),
             ("kafka.dead_letter_topic", &k.dead_letter_topic),
@@ -625,21 +647,6 @@ impl Config {
                     ),
                 ));
             }
-        }
-        if k.prefetch_mb == 0 || k.producer_buffer_mb == 0 {
-            return Err((
-                "kafka.prefetch_mb",
-                "kafka.prefetch_mb and kafka.producer_buffer_mb must be at least 1 (MiB)".into(),
-            ));
-        }
-        if k.producer_buffer_mb * 1024 * 1024 < 2 * self.engine.max_record_bytes {
-            return Err((
-                "kafka.producer_buffer_mb",
-                format!(
-                    "{} MiB cannot hold two records of engine.max_record_bytes = {}; raise it",
-                    k.producer_buffer_mb, self.engine.max_record_bytes
-                ),
-            ));
         }
         if k.touchpoint_topics.contains(&k.decisions_topic) {
             return Err((

@@ -65,20 +65,7 @@ pub fn replay(
 ) -> anyhow::Result<Summary> {
     let dir = tempfile::tempdir().context("creating a temporary state directory")?;
     let state = Arc::new(StateStore::open_path(dir.path(), &cfg.state)?);
-    let mut processor = Processor::new(
-        cfg.engine.max_record_bytes,
-        KeyRule::off(),
-        cfg.journeys()?,
-        state.clone(),
-        Metrics::new(),
-        cfg.state.profile_cache_mb << 20,
-    )?
-    .with_seen_limits(cfg.engine.seen_limits())
-    .with_pseudonymizer(cfg.pseudonymizer.clone());
-    processor = processor.with_stitching(crate::processor::StitchRules::of(
-        &cfg.identity,
-        REPARTITION.into(),
-    )?);
+    let mut processor = processor(cfg, state.clone())?;
     processor.start_partition(0)?;
     let mut internal = 0i64;
     let mut summary = Summary::default();
@@ -101,20 +88,8 @@ pub fn replay(
             break;
         };
         let record = record(n, &line);
-        summary.records += 1;
-        match processor.process(&record, &mut actions)? {
-            Outcome::Applied => summary.applied += 1,
-            Outcome::Rejected(r) => {
-                summary.rejected += 1;
-                if summary.rejections.len() < 20 {
-                    summary
-                        .rejections
-                        .push(format!("line {}: {}", n + 1, r.reason));
-                }
-            }
-            Outcome::Duplicate => summary.duplicates += 1,
-            Outcome::AlreadyApplied | Outcome::NotOwned => {}
-        }
+        let outcome = processor.process(&record, &mut actions)?;
+        summary.count(n, outcome);
         stitch(&mut processor, &mut internal, &mut actions)?;
         write_actions(&mut actions, out, &mut summary)?;
         write_decisions(&mut processor, decisions, out, &mut summary)?;
@@ -132,6 +107,45 @@ pub fn replay(
     write_decisions(&mut processor, decisions, out, &mut summary)?;
     out.flush()?;
     Ok(summary)
+}
+
+/// The processor a replay runs: the live engine's, with the configuration's
+/// journeys, limits, pseudonyms and identity stitching, its state in `state`.
+fn processor(cfg: &Config, state: Arc<StateStore>) -> anyhow::Result<Processor> {
+    let processor = Processor::new(
+        cfg.engine.max_record_bytes,
+        KeyRule::off(),
+        cfg.journeys()?,
+        state,
+        Metrics::new(),
+        cfg.state.profile_cache_mb << 20,
+    )?
+    .with_seen_limits(cfg.engine.seen_limits())
+    .with_pseudonymizer(cfg.pseudonymizer.clone());
+    Ok(processor.with_stitching(crate::processor::StitchRules::of(
+        &cfg.identity,
+        REPARTITION.into(),
+    )?))
+}
+
+impl Summary {
+    /// Counts what became of line `n` (0-based); the first rejections are
+    /// kept with their line and reason.
+    fn count(&mut self, n: usize, outcome: Outcome) {
+        self.records += 1;
+        match outcome {
+            Outcome::Applied => self.applied += 1,
+            Outcome::Rejected(r) => {
+                self.rejected += 1;
+                if self.rejections.len() < 20 {
+                    self.rejections
+                        .push(format!("line {}: {}", n + 1, r.reason));
+                }
+            }
+            Outcome::Duplicate => self.duplicates += 1,
+            Outcome::AlreadyApplied | Outcome::NotOwned => {}
+        }
+    }
 }
 
 /// Line `n` of the input as a record of the one partition a replay has.

@@ -191,37 +191,11 @@ pub fn map_chat(
     };
     let customer = required(&src.customer, "customer id")?;
     let id = required(&src.event_id, "event id")?;
-    let optional = |pointer: &str| (!pointer.is_empty()).then(|| ev.pointer(pointer)).flatten();
-    let sentiment = match optional(&src.sentiment).filter(|v| !v.is_null()) {
-        None => None,
-        Some(v) => {
-            let x = number(v)
-                .ok_or_else(|| format!("sentiment {v} at {} is not a number", src.sentiment))?;
-            let [lo, hi] = src.sentiment_range;
-            Some(-1.0 + 2.0 * (x - lo) / (hi - lo))
-        }
-    };
+    let optional = |pointer: &str| optional_at(ev, pointer);
+    let sentiment = sentiment(src, optional(&src.sentiment))?;
     let handoff = optional(&src.handoff).is_some_and(truthy);
     let direction = optional(&src.direction).and_then(|v| v.as_str().map(str::to_owned));
-    let is = |list: &[String], d: &str| list.iter().any(|x| x.eq_ignore_ascii_case(d));
-    let mut attributes = BTreeMap::from([("source".to_owned(), source.to_owned())]);
-    if let Some(conv) = (!src.conversation.is_empty())
-        .then(|| str_at(ev, &src.conversation))
-        .flatten()
-    {
-        attributes.insert("conversation_id".into(), conv);
-    }
-    if let Some(d) = &direction {
-        let side = if is(&src.inbound, d) {
-            "inbound"
-        } else {
-            "outbound"
-        };
-        attributes.insert("direction".into(), side.into());
-    }
-    if let Some(Value::String(t)) = optional(&src.text) {
-        attributes.insert("text_length".into(), t.chars().count().to_string());
-    }
+    let attributes = chat_attributes(source, src, ev, direction.as_deref());
     let event_time = match optional(&src.timestamp) {
         None | Some(Value::Null) => received_ms,
         Some(v) => time(v).ok_or_else(|| {
@@ -249,7 +223,7 @@ pub fn map_chat(
         chat: Some(Chat {
             text: None,
             sentiment,
-            from_bot: direction.as_deref().map(|d| is(&src.bot, d)),
+            from_bot: direction.as_deref().map(|d| is_one_of(&src.bot, d)),
         }),
         web: None,
         attributes,
@@ -258,6 +232,59 @@ pub fn map_chat(
         .validate()
         .map(|()| tp)
         .map_err(|e| format!("the chat touchpoint is invalid: {e}")))
+}
+
+/// The message's sentiment on the touchpoint's scale (-1..=1), from the
+/// source's own scale (`sentiment_range`); absent when the event has none.
+fn sentiment(src: &ChatSource, v: Option<&Value>) -> Result<Option<f64>, String> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let x =
+        number(v).ok_or_else(|| format!("sentiment {v} at {} is not a number", src.sentiment))?;
+    let [lo, hi] = src.sentiment_range;
+    Ok(Some(-1.0 + 2.0 * (x - lo) / (hi - lo)))
+}
+
+/// The value at `pointer` in the event, where the source maps that field at
+/// all (an empty pointer means it does not).
+fn optional_at<'a>(ev: &'a Value, pointer: &str) -> Option<&'a Value> {
+    (!pointer.is_empty()).then(|| ev.pointer(pointer)).flatten()
+}
+
+/// Whether direction `d` is one of `list`, ignoring case.
+fn is_one_of(list: &[String], d: &str) -> bool {
+    list.iter().any(|x| x.eq_ignore_ascii_case(d))
+}
+
+/// The touchpoint's attributes: the source, and where the event has them the
+/// conversation, the direction (inbound or outbound) and the text's length
+/// (the text itself is not kept).
+fn chat_attributes(
+    source: &str,
+    src: &ChatSource,
+    ev: &Value,
+    direction: Option<&str>,
+) -> BTreeMap<String, String> {
+    let mut attributes = BTreeMap::from([("source".to_owned(), source.to_owned())]);
+    if let Some(conv) = (!src.conversation.is_empty())
+        .then(|| str_at(ev, &src.conversation))
+        .flatten()
+    {
+        attributes.insert("conversation_id".into(), conv);
+    }
+    if let Some(d) = direction {
+        let side = if is_one_of(&src.inbound, d) {
+            "inbound"
+        } else {
+            "outbound"
+        };
+        attributes.insert("direction".into(), side.into());
+    }
+    if let Some(Value::String(t)) = optional_at(ev, &src.text) {
+        attributes.insert("text_length".into(), t.chars().count().to_string());
+    }
+    attributes
 }
 
 /// true, "true", "yes", 1.
