@@ -596,18 +596,14 @@ impl<'a> Compiler<'a> {
 
     /// The action kind, one of the action schema's symbols.
     fn action_kind(&mut self, k: &Spanned<String>) -> Option<ActionKind> {
-        let kind = symbols::action_kind(k.get_ref());
-        if kind.is_none() {
-            self.fail(
-                &k.span(),
-                format!("unknown action kind {:?}", k.get_ref()),
-                format!(
-                    "action kinds (schemas/v1/action.avsc) are: {}",
-                    symbols::list(&symbols::ACTION_KINDS, |k| k.as_str())
-                ),
-            );
-        }
-        kind
+        let found = symbols::action_kind(k.get_ref());
+        self.known(
+            k,
+            found,
+            "action kind",
+            "action kinds (schemas/v1/action.avsc)",
+            || symbols::list(&symbols::ACTION_KINDS, |k| k.as_str()),
+        )
     }
 
     /// The consent purpose an action is sent under; by default the one its
